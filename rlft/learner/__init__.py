@@ -1,0 +1,1 @@
+"""Learners: own the optimizer, micro-batching, accumulation and clipping; the loop supplies the loss."""

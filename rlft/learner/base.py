@@ -1,0 +1,41 @@
+"""The learner role (after verl's `workers/engine/base.py`).
+
+The learner owns *how* to train (micro-batching, gradient accumulation, clipping, the optimizer and
+schedule, sharding); the loop owns *what* the loss is and passes it in as `loss_fn`. So a DeepSpeed
+learner can drop in without knowing any algorithm.
+
+Loss contract: `train_step` sums the gradients of `loss_fn` over the micro-batches of one minibatch and
+takes one optimizer step. `loss_fn` must therefore already be normalised by minibatch-global counts
+(tokens or sequences of the whole minibatch, passed in the micro-batch), which makes the result
+independent of how the minibatch is split into micro-batches or ranks. Metrics returned by `loss_fn`
+follow the same rule and are summed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import torch
+
+MicroBatch = dict[str, torch.Tensor]
+# loss_fn(model_output, micro_batch) -> (scalar loss, {metric name: detached scalar tensor})
+LossFn = Callable[[object, MicroBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class Learner(Protocol):
+    def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step over a minibatch given as micro-batches. Returns metrics incl. grad norm."""
+        ...
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full (gathered) parameters, for weight sync and HF export."""
+        ...
+
+    def save(self, path: str | Path) -> None:
+        """Write model (HF format), optimizer and scheduler state under `path`."""
+        ...
+
+    def load(self, path: str | Path) -> None:
+        """Restore what `save` wrote (exact resume)."""
+        ...

@@ -1,0 +1,1 @@
+"""Rollout engines: HF `generate` on CPU (tested everywhere), vLLM on GPU."""

@@ -1,0 +1,45 @@
+"""The rollout role: turn prompts into sampled responses.
+
+Every engine (HF on CPU, vLLM on GPU, a Ray group of either) implements `RolloutEngine`; the loop never
+knows which one it talks to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+import torch
+
+from rlft.types import RolloutBatch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample.
+
+    Attributes:
+        n: samples per prompt (a group).
+        temperature: 0 means greedy decoding.
+        top_p: nucleus sampling mass (1.0 = off).
+        top_k: keep the k most likely tokens (0 = off).
+        max_new_tokens: response budget in tokens.
+        logprobs: also return the sampler's log-prob of each generated token.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    logprobs: bool = False
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
+        """Sample `params.n` responses for each prompt (unpadded token id lists)."""
+        ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights with the learner's."""
+        ...

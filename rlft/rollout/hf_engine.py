@@ -1,0 +1,125 @@
+"""Rollout with Hugging Face `generate` (the CPU backend, and the reference for every other engine).
+
+Prompts are left-padded and processed in chunks of `batch_size` prompts; responses come back
+right-padded, with a response mask that includes the EOS token and the sampler's per-token log-probs
+(from the processed scores, i.e. after temperature / top-k / top-p).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from rlft.rollout.base import SamplingParams
+from rlft.types import RolloutBatch
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P) ids and mask for a list of unpadded token lists, padded on the left."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask (B, T) that is 1 up to and including the first EOS; and (B,) truncated flags."""
+    is_eos = response_ids == eos_id  # (B, T)
+    seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # an EOS strictly earlier
+    mask = (~seen_before).long()
+    truncated = ~is_eos.any(dim=1)
+    return mask, truncated
+
+
+class HFRolloutEngine:
+    """Batched sampling with a (shared or own) HF causal LM."""
+
+    def __init__(self, model: torch.nn.Module, *, pad_id: int, eos_id: int, batch_size: int = 64):
+        self.model = model
+        self.pad_id = pad_id
+        self.eos_id = eos_id
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        try:
+            for start in range(0, len(prompt_ids), self.batch_size):
+                chunks.append(self._generate_chunk(prompt_ids[start:start + self.batch_size], params, start))
+        finally:
+            self.model.train(was_training)
+        return _concat(chunks, self.pad_id)
+
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, offset: int) -> RolloutBatch:
+        ids, mask = left_pad(prompts, self.pad_id)  # (b, P)
+        greedy = params.temperature == 0
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=not greedy,
+            temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p,
+            top_k=None if greedy else params.top_k,
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=params.n,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+            output_scores=params.logprobs,
+        )
+        response_ids = out.sequences[:, ids.shape[1]:]  # (b*n, T)
+        response_mask, truncated = response_mask_from_ids(response_ids, self.eos_id)
+        response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
+        logprobs = None
+        if params.logprobs:
+            scores = torch.stack(out.scores, dim=1).float()  # (b*n, T, V), processed logits
+            logprobs = torch.gather(F.log_softmax(scores, dim=-1), 2, response_ids.unsqueeze(-1)).squeeze(-1)
+            logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
+        index = torch.arange(len(prompts)).repeat_interleave(params.n) + offset
+        return RolloutBatch(
+            prompt_ids=ids.repeat_interleave(params.n, dim=0),
+            prompt_mask=mask.repeat_interleave(params.n, dim=0),
+            response_ids=response_ids,
+            response_mask=response_mask,
+            rollout_logprobs=logprobs,
+            prompt_index=index,
+            truncated=truncated,
+        )
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if params[name].data_ptr() != tensor.data_ptr():  # shared module: nothing to copy
+                    params[name].copy_(tensor)
+
+
+def _pad_to(x: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+    extra = width - x.shape[1]
+    if extra == 0:
+        return x
+    return F.pad(x, (extra, 0) if left else (0, extra), value=value)
+
+
+def _concat(chunks: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    P = max(c.prompt_ids.shape[1] for c in chunks)
+    T = max(c.response_ids.shape[1] for c in chunks)
+    cat = torch.cat
+    return RolloutBatch(
+        prompt_ids=cat([_pad_to(c.prompt_ids, P, pad_id, True) for c in chunks]),
+        prompt_mask=cat([_pad_to(c.prompt_mask, P, 0, True) for c in chunks]),
+        response_ids=cat([_pad_to(c.response_ids, T, pad_id, False) for c in chunks]),
+        response_mask=cat([_pad_to(c.response_mask, T, 0, False) for c in chunks]),
+        rollout_logprobs=None if chunks[0].rollout_logprobs is None
+        else cat([_pad_to(c.rollout_logprobs, T, 0.0, False) for c in chunks]),
+        prompt_index=cat([c.prompt_index for c in chunks]),
+        truncated=cat([c.truncated for c in chunks]),
+    )

@@ -1,0 +1,1 @@
+"""Small shared helpers: seeding, metric logging, atomic checkpoints."""
