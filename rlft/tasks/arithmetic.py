@@ -10,6 +10,7 @@ How hard it is, by ``difficulty`` (1 is the demo setting):
 
 | difficulty | steps | factors | counts | amounts |
 |---|---|---|---|---|
+| 0 | 2 | 2-5 | 2-20 | 10-99 |
 | 1 | 2-3 | 2-9 | 10-99 | 100-999 |
 | 2 | 2-4 | 2-19 | 10-999 | 100-9,999 |
 | 3 | 3-4 | 2-29 | 10-9,999 | 100-99,999 |
@@ -92,15 +93,15 @@ class _Problem:
 
 
 def _factor(rng: random.Random, d: int) -> int:
-    return rng.randint(2, 9 if d == 1 else 10 * d - 1)
+    return rng.randint(2, 5 if d == 0 else 9 if d == 1 else 10 * d - 1)
 
 
 def _count(rng: random.Random, d: int) -> int:
-    return rng.randint(10, 10 ** (d + 1) - 1)
+    return rng.randint(2, 20) if d == 0 else rng.randint(10, 10 ** (d + 1) - 1)
 
 
 def _amount(rng: random.Random, d: int) -> int:
-    return rng.randint(100, 10 ** (d + 2) - 1)
+    return rng.randint(10, 99) if d == 0 else rng.randint(100, 10 ** (d + 2) - 1)
 
 
 def _round_up(rng: random.Random, value: int, unit: int = 100) -> int:
@@ -323,7 +324,7 @@ _TEMPLATES = (_shopping, _sharing, _machine, _travel, _savings, _packing, _compa
 
 
 def _steps_range(difficulty: int) -> tuple[int, int]:
-    return (2, 3) if difficulty == 1 else (2, 4) if difficulty == 2 else (3, 4)
+    return (2, 2) if difficulty == 0 else (2, 3) if difficulty == 1 else (2, 4) if difficulty == 2 else (3, 4)
 
 
 def _draw(rng: random.Random, difficulty: int) -> _Problem:
@@ -363,8 +364,8 @@ def _unique(
     rng: random.Random, n: int, difficulty: int, prefix: str, exclude: frozenset[str] = frozenset()
 ) -> list[Record]:
     """The first `n` problems of the stream whose normalized question is new (and not in `exclude`)."""
-    if difficulty < 1:
-        raise ValueError(f"difficulty must be >= 1, got {difficulty}")
+    if difficulty < 0:
+        raise ValueError(f"difficulty must be >= 0, got {difficulty}")
     seen, records = set(exclude), []
     for _ in range(100 * n + 1000):
         if len(records) == n:

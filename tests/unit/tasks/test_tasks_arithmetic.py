@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def by_difficulty():
-    return {d: arithmetic.generate(300, seed=7, difficulty=d) for d in (1, 2, 3)}
+    return {d: arithmetic.generate(300, seed=7, difficulty=d) for d in (0, 1, 2, 3)}
 
 
 def numbers(text):
@@ -70,18 +70,22 @@ def test_difficulty_raises_numbers_and_steps(by_difficulty):
         answers = [int(r.answer) for r in records]
         return sum(steps) / len(steps), sorted(given)[len(given) // 2], max(answers)
 
-    (s1, g1, a1), (s2, g2, a2), (s3, g3, a3) = (stats(by_difficulty[d]) for d in (1, 2, 3))
-    assert s1 < s2 < s3 and g1 < g2 < g3 and a1 < a2 < a3
+    (s0, g0, a0), (s1, g1, a1), (s2, g2, a2), (s3, g3, a3) = (stats(by_difficulty[d]) for d in (0, 1, 2, 3))
+    assert s0 <= s1 < s2 < s3 and g0 < g1 < g2 < g3 and a0 <= a1 < a2 < a3
+    for r in by_difficulty[0]:  # difficulty 0: two steps, small factors
+        steps = EQUATION.findall(r.cot)
+        assert len(steps) == 2
+        assert all(int(a) <= 5 or int(b) <= 5 for a, op, b, _ in steps if op == "*")
     for r in by_difficulty[1]:  # difficulty 1 stays small: operands under 1,000 (bills and page counts aside)
         steps = EQUATION.findall(r.cot)
         assert 2 <= len(steps) <= 3
         assert all(int(b) <= 999 for _, op, b, _ in steps if op in "*/")
         assert all(int(a) <= 9 or int(b) <= 9 for a, op, b, _ in steps if op == "*")  # n-digit x 1-digit
     with pytest.raises(ValueError, match="difficulty"):
-        arithmetic.generate(1, seed=0, difficulty=0)
+        arithmetic.generate(1, seed=0, difficulty=-1)
 
 
-@pytest.mark.parametrize("difficulty", [1, 2, 3])
+@pytest.mark.parametrize("difficulty", [0, 1, 2, 3])
 def test_cot_arithmetic_is_correct(by_difficulty, difficulty):
     for r in by_difficulty[difficulty]:
         lines = r.cot.split("\n")

@@ -1,0 +1,79 @@
+"""Supervised fine-tuning math: the warm-up loss of ReFT (`specs/reft.md` §1) and its label masking.
+
+The warm-up trains next-token cross-entropy on the CoT tokens (and the final EOS) of
+`prompt + CoT + answer line + EOS`; prompt and padding tokens are labelled `ignore_index`.
+Online self-training (`specs/reft.md` §12) uses the same loss.
+
+Conventions: labels are aligned with `input_ids` (Hugging Face style) and `sft_loss` does the shift,
+so logits at position p are scored against labels at p + 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlft.algos import ppo
+
+
+def build_labels(
+    input_ids: torch.Tensor,
+    prompt_lens: torch.Tensor | int,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """Labels for SFT: the input ids, with prompt and padding positions set to `ignore_index`.
+
+    Args:
+        input_ids: (B, S) prompt + target token ids.
+        prompt_lens: (B,) or int, the index where each row's target starts: the prompt length for
+            right-padded rows, or the padded prompt width for left-padded prompts.
+        attention_mask: (B, S) 0/1; positions with 0 are padding. Needed when pad == EOS, so that the
+            final EOS keeps its label while padding does not.
+        ignore_index: the label that the loss skips.
+    Returns:
+        (B, S) int64 labels.
+    """
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (S,)
+    starts = torch.as_tensor(prompt_lens, device=input_ids.device).reshape(-1, 1)  # (B, 1) or (1, 1)
+    keep = positions >= starts  # (B, S)
+    if attention_mask is not None:
+        keep = keep & (attention_mask != 0)
+    return torch.where(keep, input_ids, ignore_index).long()
+
+
+def sft_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    num_tokens: float | torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-mean next-token cross-entropy over labelled tokens.
+
+    Equation: L = −(1/N) Σ_{p: labels[p+1] ≠ ignore} log softmax(logits[p])[labels[p+1]].
+
+    Args:
+        logits: (B, S, V) model outputs for `input_ids`.
+        labels: (B, S) aligned with `input_ids` (see `build_labels`); the shift happens here.
+        ignore_index: label value to skip.
+        num_tokens: the normaliser N; default this shard's labelled-token count (at least 1). Under data
+            parallelism pass global count / (ranks × accumulation steps), as in `ppo.aggregate`.
+        chunk_size: rows per chunk for the log-prob computation (memory bound; see
+            `ppo.logprobs_from_logits`).
+    Returns:
+        loss (0 when nothing is labelled) and metrics `sft/n_tokens`, `sft/token_acc`.
+    """
+    shift_logits = logits[:, :-1]  # (B, S-1, V)
+    shift_labels = labels[:, 1:]  # (B, S-1)
+    valid = shift_labels != ignore_index
+    safe_labels = torch.where(valid, shift_labels, 0)  # gather needs an in-range id everywhere
+    logprobs = ppo.logprobs_from_logits(shift_logits, safe_labels, chunk_size=chunk_size)  # (B, S-1)
+    nll_sum = torch.where(valid, -logprobs, 0.0).sum()
+    n = valid.sum()
+    loss = nll_sum / (n.clamp(min=1).to(nll_sum.dtype) if num_tokens is None else num_tokens)
+    with torch.no_grad():
+        correct = (shift_logits.argmax(dim=-1) == shift_labels).float()
+        metrics = {"sft/n_tokens": n.float(), "sft/token_acc": ppo.masked_mean(correct, valid)}
+    return loss, metrics

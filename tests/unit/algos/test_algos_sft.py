@@ -1,0 +1,71 @@
+"""SFT loss and label masking (specs/reft.md §1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from rlft.algos import sft
+
+
+def close(actual: torch.Tensor, expected: object, atol: float = 1e-5) -> None:
+    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype), atol=atol, rtol=0)
+
+
+def test_build_labels_left_padded_prompt_with_pad_equal_eos() -> None:
+    # pad = eos = 2; rows: [pad, p, p, t, t, eos] and [p, p, p, t, eos, pad]
+    # left-padded prompts share the padded prompt width 3; the final EOS keeps its label, padding does not
+    ids = torch.tensor([[2, 5, 6, 7, 8, 2], [4, 5, 6, 9, 2, 2]])
+    attn = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    labels = sft.build_labels(ids, 3, attn)
+    assert labels.tolist() == [[-100, -100, -100, 7, 8, 2], [-100, -100, -100, 9, 2, -100]]
+    assert torch.equal(ids, torch.tensor([[2, 5, 6, 7, 8, 2], [4, 5, 6, 9, 2, 2]]))  # not modified
+
+
+def test_build_labels_per_row_prompt_lengths() -> None:
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
+    labels = sft.build_labels(ids, torch.tensor([1, 3]), ignore_index=-1)
+    assert labels.tolist() == [[-1, 2, 3, 4], [-1, -1, -1, 4]]
+
+
+def test_sft_loss_uniform_logits_is_log_vocab() -> None:
+    logits = torch.zeros(2, 4, 7)
+    labels = torch.tensor([[-100, -100, 3, 4], [-100, 1, 2, -100]])
+    loss, m = sft.sft_loss(logits, labels)
+    close(loss, math.log(7))  # every labelled token has probability 1/7
+    close(m["sft/n_tokens"], 4.0)  # shifted labels [-100, 3, 4] and [1, 2, -100]
+
+
+def test_sft_loss_matches_torch_cross_entropy() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 9, generator=g, requires_grad=True)
+    labels = torch.randint(0, 9, (3, 6), generator=g)
+    labels[:, :2] = -100  # prompt
+    labels[2, 4:] = -100  # padding
+    loss, m = sft.sft_loss(logits, labels, chunk_size=2)
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 9), labels[:, 1:].reshape(-1), ignore_index=-100)
+    close(loss, expected.detach())
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    valid = labels[:, 1:] != -100
+    acc = (logits[:, :-1].argmax(-1) == labels[:, 1:])[valid].float().mean()
+    close(m["sft/token_acc"], acc)
+
+
+def test_sft_loss_nothing_labelled_is_zero() -> None:
+    loss, m = sft.sft_loss(torch.randn(2, 3, 5), torch.full((2, 3), -100))
+    close(loss, 0.0)
+    close(m["sft/n_tokens"], 0.0)
+
+
+def test_sft_loss_shards_average_to_global() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 5, 6, generator=g)
+    labels = torch.randint(0, 6, (4, 5), generator=g)
+    labels[0, :4] = -100  # uneven token counts across shards
+    full, _ = sft.sft_loss(logits, labels)
+    n = (labels[:, 1:] != -100).sum()
+    shards = [sft.sft_loss(logits[i : i + 2], labels[i : i + 2], num_tokens=n / 2)[0] for i in (0, 2)]
+    close((shards[0] + shards[1]) / 2, full)
