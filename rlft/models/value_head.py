@@ -1,0 +1,87 @@
+"""The policy as the learner sees it: an HF causal LM plus an optional value head on the same backbone.
+
+ReFT's critic (spec §5) is `Linear(hidden, 1)` on the policy's last hidden state, sharing the whole
+backbone (trl's `AutoModelForCausalLMWithValueHead`), randomly initialised. The head's dropout is off in
+the reference (every forward runs in eval mode), so there is none here.
+
+`PolicyModel.forward` returns logits (B, S, V) and values (B, S) over the whole sequence; the loop
+slices response coordinates with `response_slice`.
+
+Checkpoints: `save_pretrained(dir)` writes a plain HF folder (loadable by any HF tool) plus
+`value_head.safetensors` beside it; `load_weights(dir)` restores both exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+@dataclass
+class PolicyOutput:
+    logits: torch.Tensor  # (B, S, V)
+    values: torch.Tensor | None  # (B, S), or None without a value head
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as HF `generate` computes them, so teacher-forced recomputation
+    sees the same positions as sampling did."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class PolicyModel(torch.nn.Module):
+    def __init__(self, lm: torch.nn.Module, *, value_head: bool = False):
+        super().__init__()
+        self.lm = lm
+        self.value_head = torch.nn.Linear(lm.config.hidden_size, 1) if value_head else None
+        if self.value_head is not None:
+            # Small init so the first value estimates are near 0 rather than dominating the first update.
+            torch.nn.init.normal_(self.value_head.weight, std=1.0 / (lm.config.hidden_size + 1))
+            torch.nn.init.zeros_(self.value_head.bias)
+            self.value_head.to(next(lm.parameters()).dtype)
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PolicyOutput:
+        out = self.lm(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+            output_hidden_states=self.value_head is not None, use_cache=False,
+        )
+        values = None
+        if self.value_head is not None:
+            values = self.value_head(out.hidden_states[-1]).squeeze(-1).float()  # (B, S)
+        return PolicyOutput(logits=out.logits, values=values)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.lm.save_pretrained(path, safe_serialization=True)
+        if self.value_head is not None:
+            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(path / VALUE_HEAD_FILE))
+
+    def load_weights(self, path: str | Path) -> None:
+        path = Path(path)
+        state = {}
+        for f in sorted(path.glob("*.safetensors")):
+            if f.name != VALUE_HEAD_FILE:
+                state.update(load_file(str(f)))
+        missing, unexpected = self.lm.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if getattr(self.lm.config, "tie_word_embeddings", False) else set()
+        missing = [m for m in missing if m not in tied]
+        if missing or unexpected:
+            raise RuntimeError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if self.value_head is not None:
+            head = path / VALUE_HEAD_FILE
+            if head.exists():
+                self.value_head.load_state_dict(load_file(str(head)))
+
+
+def response_slice(x: torch.Tensor, prompt_len: int, response_len: int) -> torch.Tensor:
+    """Entries of a full-sequence tensor that act on response tokens: position P-1+t predicts token t."""
+    return x[:, prompt_len - 1: prompt_len - 1 + response_len]

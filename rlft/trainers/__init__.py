@@ -1,0 +1,1 @@
+"""Training loops: SFT warm-up (sft.py); the PPO loop follows in ppo.py."""

@@ -1,0 +1,296 @@
+"""The RL loop: ReFT (PPO with a value head and KL in the reward) and its critic-free baselines.
+
+    rlft train configs/reft_demo.yaml model.path=runs/demo-sft/checkpoints/ckpt-126
+
+`model.path` is the warm-up checkpoint: it is both the initial policy and the frozen reference (spec §1).
+One iteration, top to bottom (spec §9):
+
+    1. sample      rollout.generate               one or more responses per training question
+    2. score       reward.score                   1 / partial / 0, or a plug-in's score
+    3. evaluate    policy.logprobs_and_values, reference.logprobs   (teacher-forced, eval mode)
+    4. advantage   algos: shape_rewards -> gae -> whiten (reft) | group baselines | REINFORCE++
+    5. update      ppo_epochs x minibatches: policy.train_step(micro_batches, loss_fn)
+    6. sync        rollout.load_weights(policy.named_weights())   (free in-process: shared module)
+    7. log         reward/ policy/ value/ kl/ rollout/ timing/ eval/
+
+`algo`: reft | grpo | rloo | reinforce_pp | online_st (online self-training, spec §12: CE on the correct
+samples and the gold CoTs, no KL, no critic). Offline self-training is `rlft/trainers/selftrain.py`.
+
+Deviations from the ReFT reference (spec §17), each a config value:
+- the sampler is an engine (HF here, vLLM on GPU); old log-probs are always recomputed by the learner, so
+  the first minibatch's ratio is exactly 1; the sampler's log-probs are only compared (`rollout/logprob_diff`);
+- `rollout.max_new_tokens` instead of a prompt + response cap;
+- `rollout.samples_per_prompt` > 1 is allowed (ReFT samples 1);
+- `ppo.value_warmup_iterations` > 0 trains only the value head first (spec §16's suggestion);
+- group estimators with `kl.placement=reward` subtract beta * sum_t KL_t from the sequence score before the
+  group baseline (TRL's RLOO does the same); with `kl.placement=loss` the KL term is added to the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from rlft.algos import advantages as adv_algos
+from rlft.algos import kl as kl_algos
+from rlft.algos import ppo
+from rlft.config import Config, to_dict
+from rlft.dist.local import Roles, build_local_roles
+from rlft.evaluate import encode_prompts, evaluate
+from rlft.learner.torch_learner import sequence_batch
+from rlft.models.value_head import response_slice
+from rlft.rollout.base import SamplingParams
+from rlft.trainers.selftrain import online_st_micro_batches
+from rlft.trainers.sft import epoch_order
+from rlft.utils import checkpoint
+from rlft.utils.logging import MetricLogger, print0
+from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
+from rlft.workspace import load_split, open_run_dir, prepare_model
+
+
+def prompt_indices(n: int, per_step: int, seed: int, iteration: int) -> list[int]:
+    """Questions of `iteration`: consecutive slices of per-epoch shuffles, wrapping across epochs."""
+    out = []
+    for p in range(iteration * per_step, (iteration + 1) * per_step):
+        out.append(epoch_order(n, seed, p // n)[p % n])
+    return out
+
+
+def compute_advantages(cfg: Config, data: dict, kl_coef: float) -> dict:
+    """Step 4: advantages (B, T) and returns (reft) from scores, log-probs and values. Adds metrics."""
+    mask, scores = data["response_mask"], data["scores"]
+    metrics: dict = {}
+    kl_t = None
+    if "ref_logprobs" in data:
+        kl_t = kl_algos.kl_penalty(data["old_logprobs"], data["ref_logprobs"], kind=cfg.kl.estimator) * mask
+        k1 = kl_algos.kl_penalty(data["old_logprobs"], data["ref_logprobs"], kind="k1") * mask
+        metrics["kl/mean"] = (kl_t.sum(-1)).mean()
+        metrics["kl/k1_mean"] = (k1.sum(-1)).mean()
+    in_reward = kl_t is not None and cfg.kl.placement == "reward"
+    G = cfg.rollout.samples_per_prompt
+    if cfg.algo == "reft":
+        rewards = ppo.shape_rewards(scores, mask, kl_t if in_reward else None, kl_coef=kl_coef if in_reward else 0.0)
+        advantages, returns = ppo.gae(rewards, data["values"], mask, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam)
+        metrics["value/explained_variance"] = ppo.explained_variance(data["values"], returns, mask)
+        data["returns"] = returns
+        if cfg.ppo.whiten_advantages:
+            advantages = ppo.masked_whiten(advantages, mask)
+    elif cfg.algo in ("grpo", "rloo"):
+        seq_scores = scores - kl_coef * kl_t.sum(-1) if in_reward else scores
+        estimator = adv_algos.grpo if cfg.algo == "grpo" else adv_algos.rloo
+        advantages = adv_algos.broadcast_to_tokens(estimator(seq_scores, group_size=G), mask)
+        if G > 1:
+            metrics.update(adv_algos.group_metrics(scores, group_size=G))
+    elif cfg.algo == "reinforce_pp":
+        advantages, _ = adv_algos.reinforce_pp(scores, mask, kl_t if in_reward else None,
+                                               kl_coef=kl_coef if in_reward else 0.0, gamma=cfg.ppo.gamma)
+    else:
+        raise ValueError(f"compute_advantages: algo {cfg.algo} has no advantages")
+    data["advantages"] = advantages
+    return metrics
+
+
+def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, value_only: bool):
+    """Step 5's loss: PPO-clip policy loss [+ vf_coef * value loss] [+ beta * KL in the loss].
+
+    Normalised by the minibatch's global sequence count (the learner sums micro-batches), and metrics are
+    weighted by each micro-batch's share, so micro-batching does not change either.
+    """
+    agg = dict(agg=cfg.ppo.loss_agg, num_seqs=num_seqs, max_len=cfg.rollout.max_new_tokens)
+
+    def loss_fn(output, mb):
+        P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
+        logits = response_slice(output.logits, P, T)  # (b, T, V)
+        values = None if output.values is None else response_slice(output.values, P, T)  # (b, T)
+        mask = mb["response_mask"]
+        logprobs = ppo.logprobs_from_logits(logits.float(), mb["response_ids"])  # (b, T)
+        share = mask.shape[0] / num_seqs
+        pg_loss, metrics = ppo.policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mask,
+                                           clip_eps=cfg.ppo.clip_eps, clip_eps_high=cfg.ppo.clip_eps_high, **agg)
+        loss = pg_loss * (0.0 if value_only else 1.0)
+        metrics["policy/loss"] = pg_loss.detach()
+        if values is not None:
+            v_loss, v_metrics = ppo.value_loss(values, mb["old_values"], mb["returns"], mask,
+                                               clip_eps=cfg.ppo.value_clip_eps, **agg)
+            loss = loss + cfg.ppo.vf_coef * v_loss
+            metrics.update(v_metrics, **{"value/loss": v_loss.detach()})
+        if cfg.kl.placement == "loss" and "ref_logprobs" in mb and not value_only:
+            kl_loss = ppo.aggregate(kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind=cfg.kl.estimator), mask,
+                                    mode=cfg.ppo.loss_agg, num_seqs=num_seqs, max_len=cfg.rollout.max_new_tokens)
+            loss = loss + kl_coef * kl_loss
+            metrics["kl/loss"] = kl_loss.detach()
+        with torch.no_grad():
+            metrics["policy/entropy"] = ppo.masked_mean(ppo.entropy_from_logits(logits.float()), mask)
+        # loss pieces are already normalised globally; per-micro-batch means get weighted by their share
+        return loss, {k: v if k.endswith("/loss") else v * share for k, v in metrics.items()}
+
+    return loss_fn
+
+
+def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_only: bool, seed: int) -> dict:
+    """Step 5: `ppo_epochs` passes of shuffled minibatches; returns the metrics averaged over steps."""
+    keys = ["prompt_ids", "prompt_mask", "response_ids", "response_mask", "old_logprobs", "advantages"]
+    keys += [k for k in ("old_values", "returns", "ref_logprobs") if k in data]
+    B = data["response_ids"].shape[0]
+    per_mb = cfg.ppo.sequences_per_minibatch or B
+    micro = cfg.ppo.micro_batch_size_per_device
+    generator = torch.Generator().manual_seed(seed)
+    # Value warm-up: freeze the backbone so only the value head learns (AdamW skips params without grads).
+    backbone = roles.policy.model.lm
+    backbone.requires_grad_(not value_only)
+    sums: dict = {}
+    n_steps = 0
+    for _ in range(cfg.ppo.ppo_epochs):
+        order = torch.randperm(B, generator=generator)
+        for start in range(0, B, per_mb):
+            idx = order[start:start + per_mb]
+            mbs = []
+            for m in range(0, len(idx), micro):
+                mb = {k: data[k][idx[m:m + micro]] for k in keys}
+                mb["input_ids"], mb["attention_mask"] = sequence_batch(mb)
+                mbs.append(mb)
+            step = roles.policy.train_step(mbs, make_loss_fn(cfg, num_seqs=len(idx), kl_coef=kl_coef, value_only=value_only))
+            for k, v in step.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_steps += 1
+    backbone.requires_grad_(True)
+    return {k: v / n_steps for k, v in sums.items()}
+
+
+@contextmanager
+def timed(metrics: dict, name: str):
+    start = time.perf_counter()
+    yield
+    metrics[f"timing/{name}"] = time.perf_counter() - start
+
+
+def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
+    """Train with `cfg.algo` from the warm-up at `model.path`; returns the summary (also summary.json)."""
+    if cfg.algo == "reft" and cfg.kl.coef == 0:
+        warnings.warn("algo=reft with kl.coef=0: the ReFT paper reports collapse to 0% accuracy without KL")
+    run_dir = open_run_dir(cfg)
+    seed_everything(cfg.run.seed)
+    train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    lm, tokenizer, model_path = prepare_model(cfg, train)
+    roles = build_local_roles(cfg, lm, tokenizer, model_path, total_steps=cfg.ppo.iterations)
+    prompts = encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens)
+    kl_ctl = kl_algos.AdaptiveKLController(init_kl_coef=cfg.kl.coef, target=cfg.kl.target, horizon=cfg.kl.horizon) \
+        if cfg.kl.adaptive else kl_algos.FixedKLController(kl_coef=cfg.kl.coef)
+    sampling = SamplingParams(n=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
+                              top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                              max_new_tokens=cfg.rollout.max_new_tokens, logprobs=True)
+    micro = cfg.ppo.micro_batch_size_per_device
+    state = {"iteration": 0, "train_seconds": 0.0, "samples": 0, "tokens": 0, "best_accuracy": -1.0,
+             "best_checkpoint": None, "history": [], "model_path": str(model_path)}
+    ckpt_root = run_dir / "checkpoints"
+    latest = checkpoint.latest_checkpoint(ckpt_root) if cfg.run.resume else None
+    if latest is not None:
+        roles.policy.load(latest)
+        saved = torch.load(latest / "trainer_state.pt", weights_only=False)
+        state = saved["state"]
+        set_rng_state(saved["rng"])
+        kl_ctl.load_state_dict(saved["kl"])
+        print0(f"rlft train: resumed from {latest} (iteration {state['iteration']})")
+    logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["iteration"] if latest else None)
+    print0(f"rlft train: algo={cfg.algo}, {len(train)} questions, {cfg.rollout.prompts_per_step} x "
+           f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from {model_path}")
+
+    for it in range(state["iteration"], cfg.ppo.iterations):
+        if cfg.ppo.max_seconds is not None and state["train_seconds"] >= cfg.ppo.max_seconds:
+            print0(f"rlft train: wall-time budget {cfg.ppo.max_seconds:.0f}s reached at iteration {it}")
+            break
+        m: dict = {}
+        t_start = time.perf_counter()
+        indices = prompt_indices(len(train), cfg.rollout.prompts_per_step, cfg.run.seed, it)
+        records = [train[i] for i in indices]
+        # 1. sample
+        with timed(m, "rollout"):
+            batch = roles.rollout.generate([prompts[i] for i in indices], sampling)
+        owners = [records[j] for j in batch.prompt_index.tolist()]
+        texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
+        # 2. score
+        with timed(m, "reward"):
+            scores, reward_metrics = roles.reward.score(texts, owners, batch.truncated)
+        data = {"prompt_ids": batch.prompt_ids, "prompt_mask": batch.prompt_mask, "response_ids": batch.response_ids,
+                "response_mask": batch.response_mask, "scores": scores}
+        # 3. evaluate (teacher-forced, no grad) + 4. advantage; 5. update
+        if cfg.algo == "online_st":
+            with timed(m, "train"):
+                m.update(roles.policy.train_step(*online_st_micro_batches(data, records, tokenizer, cfg)))
+        else:
+            with timed(m, "logprobs"):
+                data["old_logprobs"], values = roles.policy.logprobs_and_values(data, micro)
+                if values is not None:
+                    data["old_values"] = data["values"] = values
+                if roles.reference is not None:
+                    data["ref_logprobs"] = roles.reference.logprobs(data, micro)
+            m.update(compute_advantages(cfg, data, kl_ctl.value))
+            with timed(m, "train"):
+                m.update(ppo_update(cfg, roles, data, kl_coef=kl_ctl.value,
+                                    value_only=it < cfg.ppo.value_warmup_iterations, seed=cfg.run.seed * 7919 + it))
+            m["rollout/logprob_diff"] = ((batch.rollout_logprobs - data["old_logprobs"]).abs() * batch.response_mask).sum() \
+                / batch.response_mask.sum().clamp(min=1)
+            if "kl/mean" in m:
+                kl_ctl.update(float(m["kl/mean"]), len(batch))
+        # 6. sync (a no-op when the engine shares the policy's module)
+        with timed(m, "sync"):
+            roles.rollout.load_weights(roles.policy.named_weights())
+        # 7. log
+        lengths = batch.response_mask.sum(-1).float()
+        state["iteration"] = it + 1
+        state["train_seconds"] += time.perf_counter() - t_start
+        state["samples"] += len(batch)
+        state["tokens"] += int(lengths.sum())
+        m.update(reward_metrics)
+        m.update({"reward/mean": scores.mean(), "reward/accuracy": (scores >= 1.0).float().mean(),
+                  "rollout/response_len_mean": lengths.mean(), "rollout/truncated_frac": batch.truncated.float().mean(),
+                  "kl/coef": kl_ctl.value, "time/train_seconds": state["train_seconds"], "time/samples": state["samples"]})
+        m["timing/iteration"] = time.perf_counter() - t_start
+        done = it + 1 == cfg.ppo.iterations or it + 1 == stop_after_iterations or (
+            cfg.ppo.max_seconds is not None and state["train_seconds"] >= cfg.ppo.max_seconds)
+        if (it + 1) % cfg.ppo.eval_every == 0 or done:
+            summary, predictions = evaluate(
+                roles.rollout, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
+                samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
+                seed=cfg.run.seed,
+            )
+            m.update(summary)
+            state["history"].append({"iteration": it + 1, "accuracy": summary["eval/accuracy"],
+                                     "train_seconds": state["train_seconds"], "samples": state["samples"]})
+            _write_jsonl(run_dir / f"predictions_iter{it + 1}.jsonl", predictions)
+            print0(f"iteration {it + 1}: held-out accuracy {summary['eval/accuracy']:.3f}, train reward "
+                   f"{float(m['reward/mean']):.3f}, kl {float(m.get('kl/mean', 0.0)):.3f}, {state['train_seconds']:.0f}s")
+        logger.log(it + 1, m)
+        if (it + 1) % cfg.ppo.save_every == 0 or done:
+            _save(roles, tokenizer, state, kl_ctl, ckpt_root, cfg)
+        if done:
+            break
+    logger.close()
+    summary = {k: state[k] for k in ("history", "best_accuracy", "best_checkpoint", "train_seconds", "samples", "tokens")}
+    summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _save(roles: Roles, tokenizer, state: dict, kl_ctl, root: Path, cfg: Config) -> Path:
+    final = root / f"ckpt-{state['iteration']}"
+    accuracy = state["history"][-1]["accuracy"] if state["history"] and state["history"][-1]["iteration"] == state["iteration"] else -1.0
+    if accuracy > state["best_accuracy"]:
+        state["best_accuracy"], state["best_checkpoint"] = accuracy, str(final)
+    tmp = checkpoint.begin(root, state["iteration"])
+    roles.policy.save(tmp)
+    tokenizer.save_pretrained(tmp / "model")
+    torch.save({"state": state, "rng": rng_state(), "kl": kl_ctl.state_dict(), "config": to_dict(cfg)}, tmp / "trainer_state.pt")
+    best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()
+    return checkpoint.commit(tmp, keep_last=cfg.ppo.keep_last_checkpoints, protect=best)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,203 @@
+"""SFT warm-up: next-token cross-entropy on the CoT tokens (and EOS) of (question, CoT) pairs.
+
+Run it with `rlft sft configs/demo.yaml` (or `make demo`). One epoch = one pass over a fixed, shuffled
+training set; each epoch ends with a held-out greedy evaluation and a resumable checkpoint
+(`run.dir/checkpoints/ckpt-<step>`: HF model + tokenizer, optimizer, scheduler, RNG and data position).
+An interrupted run started again with the same config continues from the last checkpoint and ends with
+the same weights as an uninterrupted one (tested).
+
+As in ReFT (spec §1/§2): prompt tokens are masked out of the loss, the target is the CoT followed by
+`\\nTherefore, the answer is: X` and EOS; no BOS, no chat template. The loss is a token mean over the
+whole minibatch (normalised by the minibatch's label-token count, so micro-batching does not change it).
+The early-epoch checkpoints of this run are ReFT's warm-up models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlft.algos import sft as sft_algo
+from rlft.config import Config, derive_sft_geometry, to_dict
+from rlft.evaluate import evaluate
+from rlft.learner.torch_learner import TorchLearner
+from rlft.models.value_head import PolicyModel
+from rlft.rollout.hf_engine import HFRolloutEngine
+from rlft.tasks.base import Record
+from rlft.tasks.prompts import prompt_text, target_text
+from rlft.utils import checkpoint
+from rlft.utils.logging import MetricLogger, print0
+from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
+from rlft.workspace import load_split, open_run_dir, prepare_model
+
+IGNORE = -100
+
+
+def encode_examples(tokenizer, records: list[Record], style: str, max_tokens: int) -> tuple[list[dict], int]:
+    """Token ids and labels per record: labels are -100 on the prompt, the target ids (+ EOS) after it.
+
+    Returns the examples and how many were truncated to `max_tokens`.
+    """
+    prompts = tokenizer([prompt_text(r, style) for r in records], add_special_tokens=False)["input_ids"]
+    targets = tokenizer([target_text(r, style) for r in records], add_special_tokens=False)["input_ids"]
+    examples, n_truncated = [], 0
+    for p, t in zip(prompts, targets):
+        ids = p + t + [tokenizer.eos_token_id]
+        labels = [IGNORE] * len(p) + t + [tokenizer.eos_token_id]
+        if len(ids) > max_tokens:
+            ids, labels, n_truncated = ids[:max_tokens], labels[:max_tokens], n_truncated + 1
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples, n_truncated
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of examples into (B, S) input_ids / attention_mask / labels."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """Shuffled example order of `epoch`; a pure function of (seed, epoch), so resume needs no state."""
+    return random.Random(seed * 100_003 + epoch).sample(range(n), n)
+
+
+def make_loss_fn(num_label_tokens: int):
+    """Minibatch token-mean CE: each micro-batch contributes its CE sum / the minibatch's label count."""
+
+    def loss_fn(output, mb):
+        loss, metrics = sft_algo.sft_loss(output.logits, mb["labels"], num_tokens=num_label_tokens)
+        # The learner sums metrics over micro-batches: weight this micro-batch's accuracy by its share.
+        share = metrics["sft/n_tokens"] / num_label_tokens
+        return loss, {"sft/loss": loss.detach(), "sft/token_acc": metrics["sft/token_acc"] * share}
+
+    return loss_fn
+
+
+def run_sft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
+    """Train, evaluating and checkpointing every epoch. Returns the run summary (also in summary.json).
+
+    `stop_after_epoch` ends the process's work early (as a kill would), for resume tests.
+    """
+    run_dir = open_run_dir(cfg)
+    seed_everything(cfg.run.seed)
+    train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    model, tokenizer, model_path = prepare_model(cfg, train)
+    examples, n_truncated = encode_examples(tokenizer, train, cfg.data.style, cfg.sft.max_seq_tokens)
+
+    geo = derive_sft_geometry(cfg)
+    steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
+    total_steps = steps_per_epoch * cfg.sft.epochs
+    learner = TorchLearner(
+        PolicyModel(model), lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
+        total_steps=total_steps, warmup_steps=int(cfg.sft.warmup_ratio * total_steps), schedule=cfg.sft.schedule,
+    )
+    engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                             batch_size=cfg.eval.batch_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    print0(f"rlft sft: {len(train)} train / {len(test)} test records, model {model_path} ({n_params / 1e6:.2f}M params)")
+    print0(f"  batch geometry: {geo.sequences_per_step} sequences/step = {geo.grad_accum_steps} x "
+           f"{geo.micro_batch_size_per_device} micro-batch; {steps_per_epoch} steps/epoch, {total_steps} steps total"
+           + (f"; {n_truncated} examples truncated to {cfg.sft.max_seq_tokens} tokens" if n_truncated else ""))
+
+    state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_checkpoint": None, "history": [],
+             "train_seconds": 0.0, "train_tokens": 0}
+    ckpt_root = run_dir / "checkpoints"
+    latest = checkpoint.latest_checkpoint(ckpt_root) if cfg.run.resume else None
+    if latest is not None:
+        learner.load(latest)
+        saved = torch.load(latest / "trainer_state.pt", weights_only=False)
+        state = saved["state"]
+        set_rng_state(saved["rng"])
+        print0(f"  resumed from {latest} (epoch {state['epoch']}, step {state['step']})")
+    logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["step"] if latest else None)
+
+    for epoch in range(state["epoch"], cfg.sft.epochs):
+        order = epoch_order(len(examples), cfg.run.seed, epoch)
+        bar = tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.sft.epochs}", disable=not cfg.log.progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        for i in bar:
+            t0 = time.perf_counter()
+            idx = order[i * geo.sequences_per_step:(i + 1) * geo.sequences_per_step]
+            batch = [examples[j] for j in idx]
+            micro = [collate(batch[k:k + geo.micro_batch_size_per_device], tokenizer.pad_token_id)
+                     for k in range(0, len(batch), geo.micro_batch_size_per_device)]
+            n_label = sum(int((mb["labels"][:, 1:] != IGNORE).sum()) for mb in micro)
+            metrics = learner.train_step(micro, make_loss_fn(n_label))
+            dt = time.perf_counter() - t0
+            n_tokens = sum(int(mb["attention_mask"].sum()) for mb in micro)
+            state["step"] += 1
+            state["train_seconds"] += dt
+            state["train_tokens"] += n_tokens
+            metrics.update({"train/tokens_per_s": n_tokens / dt, "train/epoch": epoch + (i + 1) / steps_per_epoch})
+            bar.set_postfix(loss=f"{metrics['sft/loss']:.3f}", tok_s=f"{n_tokens / dt:.0f}")
+            if state["step"] % cfg.log.every_steps == 0 or i == steps_per_epoch - 1:
+                logger.log(state["step"], metrics)
+        bar.close()
+        state["epoch"] = epoch + 1
+        record = {"epoch": epoch + 1, "step": state["step"], "train_seconds": state["train_seconds"]}
+        if cfg.eval.every_epoch or epoch + 1 == cfg.sft.epochs:
+            summary, predictions = evaluate(
+                engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
+                samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
+                seed=cfg.run.seed,
+            )
+            logger.log(state["step"], summary)
+            record["accuracy"] = summary["eval/accuracy"]
+            _write_jsonl(run_dir / f"predictions_epoch{epoch + 1}.jsonl", predictions)
+            print0(f"epoch {epoch + 1}: held-out accuracy {summary['eval/accuracy']:.3f} "
+                   f"(mean score {summary['eval/mean_score']:.3f}, {summary['eval/n']} problems, "
+                   f"train {state['train_seconds']:.0f}s, {state['train_tokens'] / max(state['train_seconds'], 1e-9):.0f} tok/s)")
+        state["history"].append(record)
+        if cfg.sft.save_every_epoch or epoch + 1 == cfg.sft.epochs:
+            path = _save(learner, tokenizer, state, ckpt_root, record, cfg)
+            record["checkpoint"] = str(path)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    logger.close()
+
+    summary = {
+        "model": str(model_path),
+        "epochs_done": state["epoch"],
+        "history": state["history"],
+        "best_accuracy": state["best_accuracy"],
+        "best_checkpoint": state["best_checkpoint"],
+        "final_checkpoint": str(checkpoint.latest_checkpoint(ckpt_root) or ""),
+        "train_seconds": state["train_seconds"],
+        "train_tokens_per_s": state["train_tokens"] / max(state["train_seconds"], 1e-9),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _save(learner: TorchLearner, tokenizer, state: dict, root: Path, record: dict, cfg: Config) -> Path:
+    final = root / f"ckpt-{state['step']}"
+    accuracy = record.get("accuracy", -1.0)
+    if accuracy > state["best_accuracy"]:
+        state["best_accuracy"], state["best_checkpoint"] = accuracy, str(final)
+    tmp = checkpoint.begin(root, state["step"])
+    learner.save(tmp)
+    tokenizer.save_pretrained(tmp / "model")  # each checkpoint's model/ is a complete HF folder
+    torch.save({"state": state, "rng": rng_state(), "config": to_dict(cfg)}, tmp / "trainer_state.pt")
+    best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()
+    return checkpoint.commit(tmp, keep_last=cfg.sft.keep_last_checkpoints, protect=best)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")

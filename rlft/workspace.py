@@ -1,0 +1,49 @@
+"""What every command does first: open the run directory, load the splits, resolve and load the model.
+
+Kept apart from the trainers so `rlft sft`, `rlft eval` and `rlft compare` prepare runs identically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlft import tasks
+from rlft.config import Config, save_config
+from rlft.tasks.base import Record
+
+
+def open_run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def load_split(cfg: Config, split: str) -> list[Record]:
+    """Records of `split` ('train' or 'test') as configured in `data.*`."""
+    d = cfg.data
+    is_train = split == "train"
+    source = d.train if is_train else d.test
+    if source.startswith("hf:"):  # the hub's split names may differ from train/test
+        split = d.hf_train_split if is_train else d.hf_test_split
+    return tasks.load_records(
+        source, split, style=d.style, n_train=d.n_train, n_test=d.n_test, seed=d.seed,
+        difficulty=d.difficulty, hf_kwargs={"config": d.hf_config} if d.hf_config else None,
+        limit=d.limit_train if is_train else d.limit_test,
+    )
+
+
+def tokenizer_corpus(records: list[Record], style: str) -> list[str]:
+    """Texts the tiny model's tokenizer is trained on: every prompt and target of the training split."""
+    from rlft.tasks.prompts import prompt_text, target_text
+
+    return [prompt_text(r, style) + target_text(r, style) for r in records]
+
+
+def prepare_model(cfg: Config, train_records: list[Record]):
+    """Return (model, tokenizer, model_path) for `model.path` (building the tiny model if asked)."""
+    from rlft.models.policy import load_policy, resolve_model_path
+
+    path = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed, tokenizer_corpus(train_records, cfg.data.style))
+    model, tokenizer = load_policy(path, dtype=cfg.model.dtype)
+    return model, tokenizer, path

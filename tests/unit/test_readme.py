@@ -1,0 +1,42 @@
+"""Every `rlft` command in the README parses, and its config arguments load (docs cannot drift from flags)."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from rlft.cli import _split_config_args, build_parser
+from rlft.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = [ln.split("#")[0].strip() for block in blocks for ln in block.splitlines()]
+    return [ln for ln in lines if ln.startswith("rlft ")]
+
+
+def test_readme_has_commands():
+    assert len(readme_commands()) >= 5
+
+
+@pytest.mark.parametrize("line", readme_commands())
+def test_readme_command_parses(line):
+    argv = shlex.split(line)[1:]
+    if argv[0] == "check":
+        from rewards.cli import build_parser as check_parser  # the checker owns its flags
+
+        check_parser().parse_args(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    path, overrides = _split_config_args(args.config)
+    load_config(REPO / path if path else None, overrides)
+
+
+def test_readme_make_targets_exist():
+    makefile = (REPO / "Makefile").read_text()
+    for target in re.findall(r"^make (\w[\w-]*)", (REPO / "README.md").read_text(), flags=re.M):
+        assert re.search(rf"^{target}:", makefile, flags=re.M), target
