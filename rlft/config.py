@@ -124,6 +124,8 @@ class SFTConfig:
     """Clip the global gradient norm to this value (0 disables)."""
     max_seq_tokens: int = 512
     """Prompt + target longer than this is truncated from the right (and counted in the metrics)."""
+    max_seconds: float | None = None
+    """Stop after this much training wall time, at the end of the epoch that crosses it (a compare budget)."""
     save_every_epoch: bool = True
     """Write a resumable checkpoint at the end of every epoch."""
     keep_last_checkpoints: int = 2
@@ -243,6 +245,45 @@ class RewardConfig:
 
 
 @dataclass
+class CARFTConfig:
+    cl_coef: float = 1.0
+    """Weight of the contrastive loss (reference configs `cl2_v4`: 1; `my_cl_config.py` default: 0.1)."""
+    tau: float = 0.2
+    """InfoNCE temperature."""
+    clamp: float = 0.9
+    """Clamp on the positive cosine: no gradient once cos(anchor, sample) >= clamp."""
+    negatives_grad: bool = False
+    """False (reference): the InfoNCE denominator carries no gradient; True lets the local negatives carry it."""
+    negative: Literal["none", "lcs"] = "none"
+    """`lcs` adds the negative signal of incorrect samples built from the longest common subsequence (v9)."""
+    partial_reward: Literal["flat", "embedding"] = "flat"
+    """`embedding`: wrong-but-extractable answers score 0.2 + 0.1*cos(anchor, sample) instead of the flat value (v11)."""
+    head_dropout: float = 0.0
+    """Dropout on the head input (the reference's 0.1 is active in its PPO forward; 0 here)."""
+
+
+@dataclass
+class OfflineSTConfig:
+    samples_per_question: int = 16
+    """Responses sampled per training question from the warm-up (the ReFT paper samples 100; 16 keeps CPU
+    runs short). Temperature, top-p/top-k, length and batch size come from `rollout.*` (ReFT: T = 1.0)."""
+    max_unique_per_question: int = 10
+    """At most this many distinct correct responses per question join the SFT data (ReFT: 10, subsampled)."""
+
+
+@dataclass
+class CompareConfig:
+    methods: list[str] = field(default_factory=lambda: ["sft", "reft", "carft"])
+    """Methods to run from the shared warm-up: `sft` (continued SFT), an algo name, or `label: key=value ...`."""
+    seeds: list[int] = field(default_factory=lambda: [1])
+    """`run.seed` of each repetition; every method runs once per seed."""
+    warmup_epochs: int = 2
+    """SFT epochs of the shared warm-up (ReFT takes an early checkpoint of a longer SFT schedule)."""
+    max_seconds: float | None = None
+    """Training wall-time budget per run (evaluation excluded); None: `ppo.iterations` / `sft.epochs` only."""
+
+
+@dataclass
 class LogConfig:
     every_steps: int = 10
     """Write training metrics every N optimizer steps."""
@@ -252,15 +293,17 @@ class LogConfig:
     """Show a progress bar on stderr."""
 
 
-ALGOS = ("reft", "grpo", "rloo", "reinforce_pp", "online_st")
+ALGOS = ("reft", "carft", "grpo", "rloo", "reinforce_pp", "online_st", "offline_st")
 GROUP_ALGOS = ("grpo", "rloo")
 
 
 @dataclass
 class Config:
-    algo: Literal["reft", "grpo", "rloo", "reinforce_pp", "online_st"] = "reft"
-    """RL algorithm for `rlft train`: reft (PPO + value head, KL in reward), grpo / rloo (group baselines),
-    reinforce_pp (REINFORCE++), online_st (online self-training)."""
+    algo: Literal["reft", "carft", "grpo", "rloo", "reinforce_pp", "online_st", "offline_st"] = "reft"
+    """RL algorithm for `rlft train`: reft (PPO + value head, KL in reward), carft (ReFT + contrastive loss
+    against the annotated CoT), grpo / rloo (group baselines),
+    reinforce_pp (REINFORCE++), online_st (online self-training), offline_st (offline self-training: sample
+    the warm-up once, then SFT on gold + correct samples)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where and how a run is stored."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -279,6 +322,12 @@ class Config:
     """KL regularisation to the warm-up (reference) policy."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """How responses are scored."""
+    carft: CARFTConfig = field(default_factory=CARFTConfig)
+    """CARFT's contrastive head and loss (algo=carft)."""
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    """`rlft compare`: methods, seeds and budget."""
+    offline_st: OfflineSTConfig = field(default_factory=OfflineSTConfig)
+    """Offline self-training (algo=offline_st, spec §12): how many samples to draw and keep."""
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics and progress."""
 
@@ -326,9 +375,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if cfg.kl.placement == "loss" and cfg.kl.estimator == "k1":
         raise ConfigError("kl.placement=loss with kl.estimator=k1 has zero expected gradient; use k2 or k3")
     for key in ("rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-                "ppo.ppo_epochs", "ppo.micro_batch_size_per_device", "ppo.eval_every", "ppo.save_every"):
+                "ppo.ppo_epochs", "ppo.micro_batch_size_per_device", "ppo.eval_every", "ppo.save_every",
+                "offline_st.samples_per_question", "offline_st.max_unique_per_question"):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    if not cfg.compare.seeds or not cfg.compare.methods:
+        raise ConfigError("compare.seeds and compare.methods must not be empty")
     if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
         raise ConfigError(
             f"model.tiny.hidden_size={cfg.model.tiny.hidden_size} is not a multiple of "

@@ -83,7 +83,8 @@ class Roles:
 
 def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, *, total_steps: int) -> Roles:
     """Policy (+ value head for reft), a frozen reference loaded from the same warm-up, the HF engine."""
-    policy = PolicyModel(lm, value_head=cfg.algo == "reft")
+    head = {"reft": "linear", "carft": "carft"}.get(cfg.algo)
+    policy = PolicyModel(lm, value_head=head, head_dropout=cfg.carft.head_dropout)
     learner = TorchLearner(
         policy, lr=cfg.ppo.lr, weight_decay=cfg.ppo.weight_decay, max_grad_norm=cfg.ppo.max_grad_norm,
         total_steps=total_steps, warmup_steps=cfg.ppo.warmup_iterations, schedule="constant",

@@ -26,6 +26,7 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 class PolicyOutput:
     logits: torch.Tensor  # (B, S, V)
     values: torch.Tensor | None  # (B, S), or None without a value head
+    embeddings: torch.Tensor | None = None  # (B, S, D) CARFT token embeddings, or None
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -35,11 +36,23 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class PolicyModel(torch.nn.Module):
-    def __init__(self, lm: torch.nn.Module, *, value_head: bool = False):
+    """`value_head`: None (SFT, critic-free RL), "linear" (ReFT) or "carft" (64-d bottleneck head)."""
+
+    def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0):
         super().__init__()
         self.lm = lm
-        self.value_head = torch.nn.Linear(lm.config.hidden_size, 1) if value_head else None
-        if self.value_head is not None:
+        self.head_kind = value_head
+        if value_head == "carft":
+            from rlft.models.carft_head import CARFTHead
+
+            self.value_head = CARFTHead(lm.config.hidden_size, dropout=head_dropout)
+        elif value_head == "linear":
+            self.value_head = torch.nn.Linear(lm.config.hidden_size, 1)
+        elif value_head is None:
+            self.value_head = None
+        else:
+            raise ValueError(f"unknown value head {value_head!r}")
+        if value_head == "linear":
             # Small init so the first value estimates are near 0 rather than dominating the first update.
             torch.nn.init.normal_(self.value_head.weight, std=1.0 / (lm.config.hidden_size + 1))
             torch.nn.init.zeros_(self.value_head.bias)
@@ -54,10 +67,12 @@ class PolicyModel(torch.nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
             output_hidden_states=self.value_head is not None, use_cache=False,
         )
-        values = None
-        if self.value_head is not None:
+        values = embeddings = None
+        if self.head_kind == "carft":
+            values, embeddings = self.value_head(out.hidden_states[-1])  # (B, S), (B, S, D)
+        elif self.value_head is not None:
             values = self.value_head(out.hidden_states[-1]).squeeze(-1).float()  # (B, S)
-        return PolicyOutput(logits=out.logits, values=values)
+        return PolicyOutput(logits=out.logits, values=values, embeddings=embeddings)
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)

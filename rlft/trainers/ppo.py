@@ -13,7 +13,7 @@ One iteration, top to bottom (spec §9):
     6. sync        rollout.load_weights(policy.named_weights())   (free in-process: shared module)
     7. log         reward/ policy/ value/ kl/ rollout/ timing/ eval/
 
-`algo`: reft | grpo | rloo | reinforce_pp | online_st (online self-training, spec §12: CE on the correct
+`algo`: reft | carft (ReFT + contrastive loss, `rlft/trainers/carft.py`) | grpo | rloo | reinforce_pp | online_st (online self-training, spec §12: CE on the correct
 samples and the gold CoTs, no KL, no critic). Offline self-training is `rlft/trainers/selftrain.py`.
 
 Deviations from the ReFT reference (spec §17), each a config value:
@@ -45,6 +45,7 @@ from rlft.evaluate import encode_prompts, evaluate
 from rlft.learner.torch_learner import sequence_batch
 from rlft.models.value_head import response_slice
 from rlft.rollout.base import SamplingParams
+from rlft.trainers import carft
 from rlft.trainers.selftrain import online_st_micro_batches
 from rlft.trainers.sft import epoch_order
 from rlft.utils import checkpoint
@@ -73,7 +74,7 @@ def compute_advantages(cfg: Config, data: dict, kl_coef: float) -> dict:
         metrics["kl/k1_mean"] = (k1.sum(-1)).mean()
     in_reward = kl_t is not None and cfg.kl.placement == "reward"
     G = cfg.rollout.samples_per_prompt
-    if cfg.algo == "reft":
+    if cfg.algo in ("reft", "carft"):
         rewards = ppo.shape_rewards(scores, mask, kl_t if in_reward else None, kl_coef=kl_coef if in_reward else 0.0)
         advantages, returns = ppo.gae(rewards, data["values"], mask, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam)
         metrics["value/explained_variance"] = ppo.explained_variance(data["values"], returns, mask)
@@ -93,6 +94,9 @@ def compute_advantages(cfg: Config, data: dict, kl_coef: float) -> dict:
         raise ValueError(f"compute_advantages: algo {cfg.algo} has no advantages")
     data["advantages"] = advantages
     return metrics
+
+
+GLOBAL_METRICS = ("policy/loss", "value/loss", "kl/loss")
 
 
 def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, value_only: bool):
@@ -119,6 +123,10 @@ def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, value_only: bool
                                                clip_eps=cfg.ppo.value_clip_eps, **agg)
             loss = loss + cfg.ppo.vf_coef * v_loss
             metrics.update(v_metrics, **{"value/loss": v_loss.detach()})
+        if cfg.algo == "carft" and not value_only:
+            cl_loss, cl_metrics = carft.loss_term(cfg, output, mb)
+            loss = loss + share * cl_loss  # L_cl is a per-micro-batch mean: average it over micro-batches
+            metrics.update(cl_metrics)
         if cfg.kl.placement == "loss" and "ref_logprobs" in mb and not value_only:
             kl_loss = ppo.aggregate(kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind=cfg.kl.estimator), mask,
                                     mode=cfg.ppo.loss_agg, num_seqs=num_seqs, max_len=cfg.rollout.max_new_tokens)
@@ -126,8 +134,8 @@ def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, value_only: bool
             metrics["kl/loss"] = kl_loss.detach()
         with torch.no_grad():
             metrics["policy/entropy"] = ppo.masked_mean(ppo.entropy_from_logits(logits.float()), mask)
-        # loss pieces are already normalised globally; per-micro-batch means get weighted by their share
-        return loss, {k: v if k.endswith("/loss") else v * share for k, v in metrics.items()}
+        # policy/value/kl losses are already normalised globally; per-micro-batch means get their share
+        return loss, {k: v if k in GLOBAL_METRICS else v * share for k, v in metrics.items()}
 
     return loss_fn
 
@@ -135,7 +143,8 @@ def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, value_only: bool
 def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_only: bool, seed: int) -> dict:
     """Step 5: `ppo_epochs` passes of shuffled minibatches; returns the metrics averaged over steps."""
     keys = ["prompt_ids", "prompt_mask", "response_ids", "response_mask", "old_logprobs", "advantages"]
-    keys += [k for k in ("old_values", "returns", "ref_logprobs") if k in data]
+    keys += [k for k in ("old_values", "returns", "ref_logprobs", "scores", "z_anchor", "z_anchor_diff", "lcs_gen_in")
+             if k in data]
     B = data["response_ids"].shape[0]
     per_mb = cfg.ppo.sequences_per_minibatch or B
     micro = cfg.ppo.micro_batch_size_per_device
@@ -229,6 +238,10 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
                     data["old_values"] = data["values"] = values
                 if roles.reference is not None:
                     data["ref_logprobs"] = roles.reference.logprobs(data, micro)
+            if cfg.algo == "carft":
+                with timed(m, "anchor"):
+                    m.update(carft.anchor_phase(cfg, roles.policy.model, tokenizer, owners, data))
+                scores = data["scores"]
             m.update(compute_advantages(cfg, data, kl_ctl.value))
             with timed(m, "train"):
                 m.update(ppo_update(cfg, roles, data, kl_coef=kl_ctl.value,

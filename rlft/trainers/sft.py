@@ -40,13 +40,16 @@ from rlft.workspace import load_split, open_run_dir, prepare_model
 IGNORE = -100
 
 
-def encode_examples(tokenizer, records: list[Record], style: str, max_tokens: int) -> tuple[list[dict], int]:
+def encode_examples(tokenizer, records: list[Record], style: str, max_tokens: int,
+                    targets: list[str] | None = None) -> tuple[list[dict], int]:
     """Token ids and labels per record: labels are -100 on the prompt, the target ids (+ EOS) after it.
 
+    `targets` replaces the annotated targets (offline self-training trains on sampled responses).
     Returns the examples and how many were truncated to `max_tokens`.
     """
     prompts = tokenizer([prompt_text(r, style) for r in records], add_special_tokens=False)["input_ids"]
-    targets = tokenizer([target_text(r, style) for r in records], add_special_tokens=False)["input_ids"]
+    targets = targets if targets is not None else [target_text(r, style) for r in records]
+    targets = tokenizer(targets, add_special_tokens=False)["input_ids"]
     examples, n_truncated = [], 0
     for p, t in zip(prompts, targets):
         ids = p + t + [tokenizer.eos_token_id]
@@ -88,16 +91,19 @@ def make_loss_fn(num_label_tokens: int):
     return loss_fn
 
 
-def run_sft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
+def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples: list[dict] | None = None) -> dict:
     """Train, evaluating and checkpointing every epoch. Returns the run summary (also in summary.json).
 
     `stop_after_epoch` ends the process's work early (as a kill would), for resume tests.
+    `extra_examples` (`{"input_ids", "labels"}` dicts, e.g. offline self-training's correct samples) are
+    appended to the encoded training set; for exact resume they must be the same on every call.
     """
     run_dir = open_run_dir(cfg)
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     model, tokenizer, model_path = prepare_model(cfg, train)
     examples, n_truncated = encode_examples(tokenizer, train, cfg.data.style, cfg.sft.max_seq_tokens)
+    examples += extra_examples or []  # offline self-training: SFT on the union (spec §12)
 
     geo = derive_sft_geometry(cfg)
     steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
@@ -109,7 +115,8 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
                              batch_size=cfg.eval.batch_size)
     n_params = sum(p.numel() for p in model.parameters())
-    print0(f"rlft sft: {len(train)} train / {len(test)} test records, model {model_path} ({n_params / 1e6:.2f}M params)")
+    extra = f" + {len(extra_examples)} extra examples" if extra_examples else ""
+    print0(f"rlft sft: {len(train)} train{extra} / {len(test)} test records, model {model_path} ({n_params / 1e6:.2f}M params)")
     print0(f"  batch geometry: {geo.sequences_per_step} sequences/step = {geo.grad_accum_steps} x "
            f"{geo.micro_batch_size_per_device} micro-batch; {steps_per_epoch} steps/epoch, {total_steps} steps total"
            + (f"; {n_truncated} examples truncated to {cfg.sft.max_seq_tokens} tokens" if n_truncated else ""))
@@ -150,7 +157,9 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
         bar.close()
         state["epoch"] = epoch + 1
         record = {"epoch": epoch + 1, "step": state["step"], "train_seconds": state["train_seconds"]}
-        if cfg.eval.every_epoch or epoch + 1 == cfg.sft.epochs:
+        over_budget = cfg.sft.max_seconds is not None and state["train_seconds"] >= cfg.sft.max_seconds
+        last = epoch + 1 == cfg.sft.epochs or over_budget
+        if cfg.eval.every_epoch or last:
             summary, predictions = evaluate(
                 engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
                 samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
@@ -163,16 +172,20 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
                    f"(mean score {summary['eval/mean_score']:.3f}, {summary['eval/n']} problems, "
                    f"train {state['train_seconds']:.0f}s, {state['train_tokens'] / max(state['train_seconds'], 1e-9):.0f} tok/s)")
         state["history"].append(record)
-        if cfg.sft.save_every_epoch or epoch + 1 == cfg.sft.epochs:
+        if cfg.sft.save_every_epoch or last:
             path = _save(learner, tokenizer, state, ckpt_root, record, cfg)
             record["checkpoint"] = str(path)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+        if cfg.sft.max_seconds is not None and state["train_seconds"] >= cfg.sft.max_seconds:
+            print0(f"rlft sft: wall-time budget {cfg.sft.max_seconds:.0f}s reached after epoch {epoch + 1}")
             break
     logger.close()
 
     summary = {
         "model": str(model_path),
         "epochs_done": state["epoch"],
+        "n_train": len(examples),
         "history": state["history"],
         "best_accuracy": state["best_accuracy"],
         "best_checkpoint": state["best_checkpoint"],

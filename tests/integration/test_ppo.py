@@ -135,3 +135,29 @@ def test_group_algo_needs_two_samples(warm_model):
 
     with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
         load_config(None, ["algo=grpo", "rollout.samples_per_prompt=1"])
+
+
+@pytest.mark.parametrize("extra", [[], ["carft.negative=lcs", "carft.partial_reward=embedding"]], ids=["v4", "lcs+embedding"])
+def test_carft_runs_and_logs_contrastive_metrics(tmp_path, warm_model, extra):
+    # a stub reward that marks half the samples correct, so the contrastive loss has positives
+    reward = tmp_path / "stub_reward.py"
+    reward.write_text("def fn(completions, **columns):\n    return [1.0 if i % 2 else 0.1 for i in range(len(completions))]\n")
+    run_ppo(_cfg(tmp_path, warm_model, "algo=carft", "ppo.iterations=2", f"reward.fn={reward}:fn", *extra))
+    row = _metrics(tmp_path)[-1]
+    assert row["carft/n_positive"] > 0 and torch.isfinite(torch.tensor(row["carft/loss"]))
+    assert (tmp_path / "checkpoints" / "ckpt-2" / "model" / "value_head.safetensors").exists()
+    if extra:
+        assert "carft/neg_loss" in row and 0.1 <= row["carft/partial_reward_mean"] <= 0.3
+
+
+def test_carft_with_zero_cl_coef_equals_reft_with_the_same_head(tmp_path, warm_model, monkeypatch):
+    """cl_coef = 0 and the flat partial reward: CARFT's updates are exactly ReFT's (same 64-d head)."""
+    import rlft.dist.local as local
+
+    run_ppo(_cfg(tmp_path / "carft", warm_model, "algo=carft", "carft.cl_coef=0", "ppo.iterations=2"))
+    real = local.PolicyModel
+    monkeypatch.setattr(local, "PolicyModel", lambda lm, value_head=None, **kw: real(lm, value_head=value_head and "carft", **kw))
+    run_ppo(_cfg(tmp_path / "reft", warm_model, "algo=reft", "ppo.iterations=2"))
+    a, b = _weights(tmp_path / "carft", 2), _weights(tmp_path / "reft", 2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(tmp_path / "carft")[-1]["carft/n_positive"] >= 0  # the contrastive path did run

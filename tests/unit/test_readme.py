@@ -27,7 +27,7 @@ def test_readme_has_commands():
 def test_readme_command_parses(line):
     argv = shlex.split(line)[1:]
     if argv[0] == "check":
-        from rewards.cli import build_parser as check_parser  # the checker owns its flags
+        from rewards.cli import _parser as check_parser  # the checker owns its flags
 
         check_parser().parse_args(argv[1:])
         return

@@ -1,0 +1,350 @@
+"""Answer equivalence: structure first (lists, sets, tuples, intervals, equations, matrices),
+then scalars (exact rationals on the fast path, sympy in the worker process).
+
+Why two comparators:
+- `FastScalar` uses only `Fraction` and string normalisation. It answers True/False when it can
+  and None ("undecided") otherwise. It runs in the caller's process, so GSM8K-style checks cost
+  microseconds and no process round trip.
+- `SympyScalar` (worker only, under a deadline) settles the undecided cases: it builds sympy
+  objects from `expr.py`'s AST, or from `latex2sympy2_extended` for LaTeX outside that grammar,
+  after the guards of `checker.md` §6.
+
+Equality rules (`checker.md` §3):
+- numbers are exact rationals; a tolerance is applied only when the caller asks (MathQA-numeric
+  and `reft_compat` use 0.01 absolute); approximations never equal irrationals (6.28 != 2*pi);
+- comma lists and `\\{…\\}` are unordered multisets; `(…)`/`[…]` with several elements are ordered
+  and their bracket types must match, so [0,5] != (0,5);
+- `x = 3` matches `3`; a chain `x = 2 + 3 = 5` means 5; two equations match side by side or when
+  one is a non-zero multiple of the other;
+- matrices compare shape and entries; text compares case-insensitively.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any
+
+from rewards import expr
+from rewards.normalize import clean_latex, collapse_thousands, parse_number, strip_units_words
+
+SNode = tuple[Any, ...]
+"""Structure node: ('expr', s) | ('text', s) | ('list', items) | ('set', items) |
+('seq', open, close, items) | ('union', items) | ('eq', parts) | ('rel', ops, parts) |
+('matrix', rows) | ('empty',) | ('reals',)."""
+
+MAX_ITEMS = 50
+MAX_STRUCT_DEPTH = 8
+MAX_ANSWER_CHARS = 1000
+
+_MATRIX_RE = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.S)
+_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z .'\-]*")
+_LETTER_RE = re.compile(r"\(?([A-Za-z])\)?")
+_BASE_SUBSCRIPT_RE = re.compile(r"\d_\{?\d")
+_REL_RE = re.compile(r"\\leq?(?![a-zA-Z])|\\geq?(?![a-zA-Z])|<=|>=|<|>")
+_REL_CANON = {"\\le": "le", "\\leq": "le", "<=": "le", "<": "lt",
+              "\\ge": "ge", "\\geq": "ge", ">=": "ge", ">": "gt"}
+_FLIP = {"le": "ge", "ge": "le", "lt": "gt", "gt": "lt"}
+_KNOWN_WORDS = {"sin", "cos", "tan", "log", "ln", "exp", "sqrt", "pi"}
+
+
+def _opener_len(s: str, i: int) -> int:
+    if s.startswith("\\{", i) or s.startswith("\\}", i):
+        return 2
+    if s.startswith("\\langle", i) or s.startswith("\\rangle", i):
+        return 7
+    return 1
+
+
+def split_top(s: str, sep: str) -> list[str]:
+    """Split at `sep` outside any brackets; `[0,5)` counts as balanced (intervals mix types)."""
+    parts, depth, start, i, n = [], 0, 0, 0, len(s)
+    while i < n:
+        c = s[i]
+        if s.startswith("\\langle", i):
+            depth += 1
+            i += 7
+            continue
+        if s.startswith("\\rangle", i):
+            depth -= 1
+            i += 7
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i):
+            # `=` inside `<=`, `>=`, `!=`, `==` is not an equation sign
+            if not (sep == "=" and ((i > 0 and s[i - 1] in "<>!=") or s.startswith("==", i))):
+                if not (sep[0] == "\\" and i + len(sep) < n and s[i + len(sep)].isalpha()):
+                    parts.append(s[start:i])
+                    start = i + len(sep)
+                    i = start
+                    continue
+        i += 1
+    parts.append(s[start:])
+    return parts
+
+
+def _outer_bracket(s: str) -> tuple[str, str, str] | None:
+    """If s is one bracketed group `(…)`, `[…)`, `\\{…\\}`, `\\langle…\\rangle`, return (open, inner, close)."""
+    if not s or s[0] not in "([\\":
+        return None
+    if s[0] == "\\" and not (s.startswith("\\{") or s.startswith("\\langle")):
+        return None
+    depth, i, n = 0, 0, len(s)
+    while i < n:
+        if s.startswith("\\langle", i):
+            depth, i = depth + 1, i + 7
+        elif s.startswith("\\rangle", i):
+            depth, i = depth - 1, i + 7
+        else:
+            c = s[i]
+            if c in "([{":
+                depth += 1
+            elif c in ")]}":
+                depth -= 1
+            i += 1
+        if depth == 0:
+            if i != n:
+                return None
+            break
+    else:
+        return None
+    open_len = _opener_len(s, 0)
+    close_len = 7 if s.endswith("\\rangle") else 2 if s.endswith("\\}") else 1
+    opener, closer = s[:open_len], s[n - close_len:]
+    return opener, s[open_len:n - close_len], closer
+
+
+def _is_text(s: str) -> bool:
+    if not _TEXT_RE.fullmatch(s):
+        return False
+    words = s.lower().split()
+    return (" " in s.strip() or len(s) >= 3) and not any(w in _KNOWN_WORDS for w in words)
+
+
+def parse_structure(s: str, depth: int = 0) -> SNode:
+    """Turn a cleaned answer string into a structure node (see SNode); leaves stay strings."""
+    if depth > MAX_STRUCT_DEPTH:
+        raise expr.GuardError("answer structure nested too deeply")
+    s = s.strip().strip(",;")
+    if s.startswith("{") and s.endswith("}") and _outer_bracket(s) is not None and "," not in s:
+        s = s[1:-1].strip()  # a bare brace group is only grouping
+    m = _MATRIX_RE.fullmatch(s)
+    if m:
+        rows = [r for r in split_top(m.group(2), "\\\\") if r.strip()]
+        return ("matrix", [[parse_structure(c, depth + 1) for c in split_top(r, "&")] for r in rows])
+    for sep, kind in (("\\cup", "union"), (",", "list"), (";", "list")):
+        parts = split_top(s, sep)
+        if len(parts) > 1:
+            if len(parts) > MAX_ITEMS:
+                raise expr.GuardError("too many list items")
+            return (kind, [parse_structure(p, depth + 1) for p in parts if p.strip()])
+    parts = re.split(r"\s+and\s+", s) if " and " in s else [s]
+    if len(parts) > 1 and all(split_top(p, "=") for p in parts):
+        return ("list", [parse_structure(p, depth + 1) for p in parts])
+    parts = split_top(s, "=")
+    if len(parts) > 1:
+        return ("eq", [parse_structure(p, depth + 1) for p in parts])
+    rel = _parse_relation(s, depth)
+    if rel is not None:
+        return rel
+    for pm in ("\\pm", "\\mp"):
+        parts = split_top(s, pm)
+        if len(parts) == 2:
+            a, b = parts[0].strip(), parts[1].strip()
+            if not a:
+                return ("list", [("expr", f"{b}"), ("expr", f"-({b})")])
+            return ("list", [("expr", f"{a}+({b})"), ("expr", f"{a}-({b})")])
+    br = _outer_bracket(s)
+    if br is not None:
+        opener, inner, closer = br
+        items = split_top(inner, ",")
+        if opener == "\\{":
+            if not inner.strip():
+                return ("empty",)
+            return ("set", [parse_structure(p, depth + 1) for p in items])
+        if len(items) >= 2:
+            if len(items) > MAX_ITEMS:
+                raise expr.GuardError("too many tuple items")
+            op = "(" if opener == "\\langle" else opener
+            cl = ")" if closer == "\\rangle" else closer
+            return ("seq", op, cl, [parse_structure(p, depth + 1) for p in items])
+        if opener + closer in ("()", "[]", "{}"):
+            return parse_structure(inner, depth + 1)
+    if s == "\\emptyset":
+        return ("empty",)
+    if s in ("\\R", "R"):
+        return ("reals",)
+    letter = _LETTER_RE.fullmatch(s)
+    if letter and s.startswith("("):
+        return ("text", letter.group(1).lower())
+    if _is_text(s):
+        return ("text", " ".join(s.lower().replace("-", " ").split()))
+    return ("expr", s)
+
+
+def _parse_relation(s: str, depth: int) -> SNode | None:
+    pieces = _REL_RE.split(s)
+    if len(pieces) < 2:
+        return None
+    ops = [_REL_CANON[m.group(0)] for m in _REL_RE.finditer(s)]
+    parts = [parse_structure(p, depth + 1) for p in pieces]
+    if ops and all(o in ("ge", "gt") for o in ops):  # 3 < x is x > 3 read backwards
+        ops = [_FLIP[o] for o in reversed(ops)]
+        parts = list(reversed(parts))
+    return ("rel", tuple(ops), parts)
+
+
+def prepare(answer: str) -> SNode:
+    """Clean an extracted answer (or gold) and parse its structure."""
+    if len(answer) > MAX_ANSWER_CHARS:
+        raise expr.GuardError("answer too long")
+    s = collapse_thousands(clean_latex(answer))
+    bare = strip_units_words(s)
+    if bare != s and parse_number(bare) is not None:
+        s = bare  # "5 cm" is 5; a unit word is dropped only when a plain number remains
+    return parse_structure(s)
+
+
+# --- comparators ---------------------------------------------------------------------------
+
+def canon(s: str) -> str:
+    """Whitespace- and brace-insensitive spelling used for cheap string equality."""
+    return s.replace(" ", "").replace("{", "").replace("}", "").lower()
+
+
+class FastScalar:
+    """Scalar equality with strings and Fractions only; returns None when sympy is needed."""
+
+    def __init__(self, tolerance: Fraction = Fraction(0)) -> None:
+        self.tolerance = tolerance
+        self._values: dict[str, Fraction | None] = {}  # per-check memo, dropped with the object
+
+    def rational(self, s: str) -> Fraction | None:
+        """Exact value of a numeric answer, None if not rational on the fast path."""
+        if s in self._values:
+            return self._values[s]
+        value = parse_number(s)
+        if value is None:
+            try:
+                value = expr.eval_rational(expr.parse(s))
+            except expr.GuardError:
+                raise
+            except (expr.ParseError, expr.NotRational, ZeroDivisionError, ValueError, OverflowError):
+                value = None
+            except RecursionError:
+                raise expr.GuardError("expression nested too deeply") from None
+        self._values[s] = value
+        return value
+
+    def numbers_equal(self, a: Fraction, b: Fraction) -> bool:
+        return abs(a - b) <= self.tolerance
+
+    def scalar(self, a: str, b: str) -> bool | None:
+        if canon(a) == canon(b):
+            return True
+        if _BASE_SUBSCRIPT_RE.search(a) or _BASE_SUBSCRIPT_RE.search(b):
+            return False  # 1011_2 is compared literally (checker.md §3)
+        va, vb = self.rational(a), self.rational(b)
+        if va is not None and vb is not None:
+            return self.numbers_equal(va, vb)
+        return None
+
+    def proportional(self, l1: str, r1: str, l2: str, r2: str) -> bool | None:
+        """Is `l1 = r1` the same equation as `l2 = r2` up to a non-zero factor? Needs sympy."""
+        return None
+
+
+def _and(results: list[bool | None]) -> bool | None:
+    if any(r is False for r in results):
+        return False
+    return None if any(r is None for r in results) else True
+
+
+def _multiset_equal(gs: list[SNode], ps: list[SNode], cmp: FastScalar) -> bool | None:
+    if len(gs) != len(ps):
+        return False
+    unmatched = list(range(len(ps)))
+    undecided = False
+    for g in gs:
+        for k, j in enumerate(unmatched):
+            r = equal(g, ps[j], cmp)
+            if r is True:
+                del unmatched[k]
+                break
+            if r is None:
+                undecided = True
+        else:
+            return None if undecided else False
+    return True
+
+
+def _is_bare_lhs(node: SNode) -> bool:
+    """`x`, `y`, `k`, `f(2)`, `P`, `AB`: the left side of an assignment rather than an equation."""
+    if node[0] == "text":
+        return True
+    if node[0] != "expr":
+        return False
+    return re.fullmatch(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([^()]*\))?|[A-Z]{1,3}|\\[a-zA-Z]+", node[1].strip()) is not None
+
+
+def _unwrap(node: SNode) -> SNode:
+    while node[0] in ("list", "set") and len(node[1]) == 1:
+        node = node[1][0]
+    return node
+
+
+def equal(g: SNode, p: SNode, cmp: FastScalar) -> bool | None:
+    """Three-valued structural equality of gold `g` and prediction `p`."""
+    g, p = _unwrap(g), _unwrap(p)
+    tg, tp = g[0], p[0]
+    if tg == "eq" and tp == "eq":
+        gl, pl = g[1], p[1]
+        first = equal(gl[0], pl[0], cmp)
+        last = equal(gl[-1], pl[-1], cmp)
+        if first is True and last is True:
+            return True
+        if len(gl) == 2 and len(pl) == 2 and all(n[0] == "expr" for n in gl + pl):
+            return cmp.proportional(gl[0][1], gl[1][1], pl[0][1], pl[1][1])
+        return _and([first, last])
+    if tg == "eq":
+        return equal(g[1][-1], p, cmp) if _is_bare_lhs(g[1][0]) else False
+    if tp == "eq":
+        # "x = 2 + 3 = 5" means 5; "y = 2x + 3" matches "2x + 3"
+        if _is_bare_lhs(p[1][0]) or len(p[1]) >= 3:
+            return equal(g, p[1][-1], cmp)
+        return False
+    if tg in ("list", "set") and tp in ("list", "set"):
+        return _multiset_equal(g[1], p[1], cmp)
+    if tg == "union" and tp == "union":
+        return _multiset_equal(g[1], p[1], cmp)
+    if tg == "seq" and tp == "seq":
+        if g[1] != p[1] or g[2] != p[2] or len(g[3]) != len(p[3]):
+            return False
+        return _and([equal(a, b, cmp) for a, b in zip(g[3], p[3])])
+    if {tg, tp} == {"reals", "seq"}:
+        seq = g if tg == "seq" else p
+        if seq[1:3] != ("(", ")") or len(seq[3]) != 2:
+            return False
+        return _and([equal(seq[3][0], ("expr", "-\\infty"), cmp), equal(seq[3][1], ("expr", "\\infty"), cmp)])
+    if tg == "matrix" and tp == "matrix":
+        if len(g[1]) != len(p[1]) or any(len(a) != len(b) for a, b in zip(g[1], p[1])):
+            return False
+        return _and([equal(a, b, cmp) for ra, rb in zip(g[1], p[1]) for a, b in zip(ra, rb)])
+    if tg == "rel" and tp == "rel":
+        if g[1] != p[1] or len(g[2]) != len(p[2]):
+            return False
+        return _and([equal(a, b, cmp) for a, b in zip(g[2], p[2])])
+    if tg == tp and tg in ("empty", "reals"):
+        return True
+    if tg == "text" or tp == "text":
+        a = g[1] if tg in ("text", "expr") else None
+        b = p[1] if tp in ("text", "expr") else None
+        if a is None or b is None:
+            return False
+        return canon(a).strip("()") == canon(b).strip("()")
+    if tg == "expr" and tp == "expr":
+        return cmp.scalar(g[1], p[1])
+    return False

@@ -1,0 +1,1 @@
+"""Experiments built from the trainers: `compare.py` runs several methods over seeds and reports."""

@@ -1,0 +1,234 @@
+"""`rlft compare CONFIG`: SFT vs ReFT vs CARFT (and baselines) from one warm-up, over seeds, one command.
+
+    rlft compare configs/demo.yaml                      # the embedded default (make demo)
+    rlft compare configs/demo.yaml compare.seeds=[1,2,3]
+
+What it does, in `run.dir`:
+1. `warmup/`: one SFT run of `compare.warmup_epochs` epochs (seed `run.seed`); its last checkpoint is the
+   shared warm-up: the initial policy of every method and the frozen reference of the RL methods.
+2. `runs/<method>/seed<k>/`: each method from that warm-up, once per seed, under the same budget:
+   `compare.max_seconds` of training wall time (evaluation excluded) and at most `ppo.iterations`
+   iterations (RL) or `sft.epochs` epochs (SFT-continued: a fresh SFT run initialised from the warm-up).
+3. `results.json`, `results.md` (per method: final and best held-out greedy accuracy as mean ± std and a
+   95% t-interval over seeds, wall time, samples, tokens) and PNG plots (accuracy vs samples and vs wall
+   time, training reward, KL, response length; one line per method, a band over seeds).
+
+Finished runs are skipped on re-run (the command resumes); a method that fails is reported with its
+error in the results and the other methods still run.
+
+Methods are strings: `sft`, an algo name (`reft`, `carft`, `grpo`, ...), or `label: key=value ...` with
+per-method overrides (e.g. `"grpo4: algo=grpo rollout.samples_per_prompt=4 kl.placement=loss kl.estimator=k3"`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from pathlib import Path
+
+from rlft.config import ALGOS, Config, ConfigError, load_config, save_config, to_dict
+from rlft.utils.logging import print0, read_metrics
+
+# two-sided 95% Student-t quantiles by degrees of freedom (1..10); beyond that ~1.96-2.2
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def parse_method(entry: str) -> tuple[str, list[str]]:
+    """`reft` -> ("reft", ["algo=reft"]); `label: k=v ...` -> (label, overrides); `sft` -> ("sft", [])."""
+    label, _, rest = entry.partition(":")
+    label, overrides = label.strip(), rest.split()
+    if not label:
+        raise ConfigError(f"compare.methods entry {entry!r} has no label")
+    if label in ALGOS and not any(o.startswith("algo=") for o in overrides):
+        overrides = [f"algo={label}", *overrides]
+    if label != "sft" and not any(o.startswith("algo=") for o in overrides):
+        raise ConfigError(f"compare.methods entry {entry!r}: '{label}' is not sft or an algo {list(ALGOS)}; "
+                          "add algo=... after a colon")
+    return label, overrides
+
+
+def mean_std_ci(values: list[float]) -> dict:
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "ci95": None, "n": 0}
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = T95.get(n - 1, 2.0) * std / math.sqrt(n) if n > 1 else None
+    return {"mean": mean, "std": std, "ci95": None if half is None else [mean - half, mean + half], "n": n}
+
+
+def _method_config(base: Config, config_path: str | None, cli_overrides: list[str], method_overrides: list[str],
+                   run_dir: Path, warmup: Path, seed: int) -> Config:
+    overrides = [*cli_overrides, *method_overrides, f"run.dir={run_dir}", f"run.seed={seed}", f"model.path={warmup}"]
+    cfg = load_config(config_path, overrides)
+    if base.compare.max_seconds is not None:
+        cfg.ppo.max_seconds = cfg.sft.max_seconds = base.compare.max_seconds
+    return cfg
+
+
+def _run_one(label: str, cfg: Config) -> dict:
+    from rlft.trainers.ppo import run_ppo
+    from rlft.trainers.sft import run_sft
+
+    if label == "sft":
+        summary = run_sft(cfg)
+        history = [{"step": h["epoch"], "accuracy": h.get("accuracy"), "train_seconds": h["train_seconds"],
+                    "samples": h["epoch"] * summary.get("n_train", 0)} for h in summary["history"]]
+    else:
+        summary = run_ppo(cfg)
+        history = [{"step": h["iteration"], "accuracy": h["accuracy"], "train_seconds": h["train_seconds"],
+                    "samples": h["samples"]} for h in summary["history"]]
+    accs = [h["accuracy"] for h in history if h["accuracy"] is not None]
+    return {
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
+        "train_seconds": summary["train_seconds"],
+        "samples": history[-1]["samples"] if history else 0,
+        "tokens": summary.get("tokens", summary.get("train_tokens", 0)),
+        "history": history,
+    }
+
+
+def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
+    from rlft.trainers.sft import run_sft
+
+    base = load_config(config_path, cli_overrides)
+    root = Path(base.run.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(base, root / "config.yaml")
+    methods = [parse_method(m) for m in base.compare.methods]
+    start = time.perf_counter()
+
+    # 1. the shared warm-up
+    warm_dir = root / "warmup"
+    warm_cfg = load_config(config_path, [*cli_overrides, f"run.dir={warm_dir}", f"sft.epochs={base.compare.warmup_epochs}"])
+    print0(f"rlft compare: warm-up SFT ({base.compare.warmup_epochs} epochs) in {warm_dir}")
+    warm = run_sft(warm_cfg)
+    warmup_ckpt = Path(warm["final_checkpoint"])
+
+    # 2. every method x seed, skipping finished runs
+    results: dict = {"warmup": {"checkpoint": str(warmup_ckpt), "history": warm["history"]},
+                     "budget": {"max_seconds": base.compare.max_seconds, "ppo.iterations": base.ppo.iterations,
+                                "sft.epochs": base.sft.epochs},
+                     "methods": {}}
+    for label, overrides in methods:
+        runs = {}
+        for seed in base.compare.seeds:
+            run_dir = root / "runs" / label / f"seed{seed}"
+            done = run_dir / "compare_result.json"
+            if done.exists():
+                runs[str(seed)] = json.loads(done.read_text())
+                print0(f"rlft compare: {label} seed {seed} already finished, skipped")
+                continue
+            print0(f"rlft compare: {label} seed {seed} -> {run_dir}")
+            try:
+                cfg = _method_config(base, config_path, cli_overrides, overrides, run_dir, warmup_ckpt, seed)
+                out = _run_one(label, cfg)
+                done.write_text(json.dumps(out, indent=2))
+            except Exception as e:  # one failed method must not lose the others: report it and go on
+                out = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
+                print0(f"rlft compare: {label} seed {seed} FAILED: {out['error']}")
+            runs[str(seed)] = out
+        ok = [r for r in runs.values() if "error" not in r]
+        results["methods"][label] = {
+            "overrides": overrides,
+            "runs": runs,
+            "final_accuracy": mean_std_ci([r["final_accuracy"] for r in ok if r["final_accuracy"] is not None]),
+            "best_accuracy": mean_std_ci([r["best_accuracy"] for r in ok if r["best_accuracy"] is not None]),
+            "train_seconds": mean_std_ci([r["train_seconds"] for r in ok]),
+            "samples": mean_std_ci([r["samples"] for r in ok]),
+            "tokens": mean_std_ci([r["tokens"] for r in ok]),
+            "failed": len(runs) - len(ok),
+        }
+    results["wall_seconds"] = time.perf_counter() - start
+    results["config"] = to_dict(base)
+    (root / "results.json").write_text(json.dumps(results, indent=2))
+    table = results_markdown(results, base)
+    (root / "results.md").write_text(table)
+    write_plots(root, results, methods, base.compare.seeds)
+    print0("\n" + table)
+    return results
+
+
+def _fmt(stat: dict, pct: bool = True) -> str:
+    if stat["mean"] is None:
+        return "–"
+    scale = 100 if pct else 1
+    text = f"{stat['mean'] * scale:.1f} ± {stat['std'] * scale:.1f}"
+    if stat["ci95"]:
+        text += f" [{stat['ci95'][0] * scale:.1f}, {stat['ci95'][1] * scale:.1f}]"
+    return text
+
+
+def results_markdown(results: dict, cfg: Config) -> str:
+    seeds = cfg.compare.seeds
+    budget = f"{cfg.compare.max_seconds:.0f} s of training per run" if cfg.compare.max_seconds else "no wall-time cap"
+    lines = [
+        f"# rlft compare: {cfg.data.train} (held-out: {cfg.data.test}), model {cfg.model.path}",
+        "",
+        f"Seeds {seeds}; budget: {budget}, at most {cfg.ppo.iterations} RL iterations / {cfg.sft.epochs} SFT epochs. "
+        f"Warm-up: {cfg.compare.warmup_epochs} SFT epochs (accuracy "
+        f"{(results['warmup']['history'][-1].get('accuracy') or 0) * 100:.1f}%). "
+        "Accuracy is held-out greedy accuracy in %, mean ± std [95% t-interval] over seeds.",
+        "",
+        "| method | final accuracy | best accuracy | train seconds | samples | failed runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, r in results["methods"].items():
+        lines.append(f"| {label} | {_fmt(r['final_accuracy'])} | {_fmt(r['best_accuracy'])} | "
+                     f"{r['train_seconds']['mean'] or 0:.0f} | {r['samples']['mean'] or 0:.0f} | {r['failed']} |")
+    lines += ["", f"Total wall time {results['wall_seconds'] / 60:.1f} min. Plots: accuracy.png, training.png.", ""]
+    return "\n".join(lines)
+
+
+def write_plots(root: Path, results: dict, methods: list[tuple[str, list[str]]], seeds: list[int]) -> None:
+    """accuracy.png (vs samples and vs wall time) and training.png (reward, KL, response length)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print0("rlft compare: matplotlib not installed; no plots (pip install -e '.[plots]')")
+        return
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, _ in methods:
+        runs = [r for r in results["methods"][label]["runs"].values() if "history" in r]
+        for ax, key in zip(axes, ("samples", "train_seconds")):
+            _band(ax, np, [[(h[key], h["accuracy"] * 100) for h in r["history"] if h["accuracy"] is not None] for r in runs], label)
+    for ax, xl in zip(axes, ("training samples", "training wall time (s)")):
+        ax.set_xlabel(xl), ax.set_ylabel("held-out accuracy (%)"), ax.grid(alpha=0.3), ax.legend()
+    fig.tight_layout()
+    fig.savefig(root / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for label, _ in methods:
+        if label == "sft":
+            continue
+        dirs = [root / "runs" / label / f"seed{s}" for s in seeds]
+        for ax, key in zip(axes, ("reward/mean", "kl/mean", "rollout/response_len_mean")):
+            curves = [[(row["step"], row[key]) for row in read_metrics(d) if isinstance(row.get(key), (int, float))] for d in dirs]
+            _band(ax, np, curves, label)
+    for ax, title in zip(axes, ("training reward", "KL to the warm-up (sum over tokens)", "response length (tokens)")):
+        ax.set_title(title), ax.set_xlabel("iteration"), ax.grid(alpha=0.3), ax.legend()
+    fig.tight_layout()
+    fig.savefig(root / "training.png", dpi=110)
+    plt.close(fig)
+
+
+def _band(ax, np, curves: list[list[tuple[float, float]]], label: str) -> None:
+    """Mean line over seeds with a min-max band, on the shortest common length."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return
+    n = min(len(c) for c in curves)
+    xs = np.array([[p[0] for p in c[:n]] for c in curves]).mean(0)
+    ys = np.array([[p[1] for p in c[:n]] for c in curves])
+    line, = ax.plot(xs, ys.mean(0), marker="o", ms=3, label=label)
+    if len(curves) > 1:
+        ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)

@@ -1,0 +1,93 @@
+"""CARFT on top of the ReFT loop (`specs/carft.md`): the anchor forward, the partial reward, the loss term.
+
+The loop in `ppo.py` calls three hooks when `algo=carft`:
+- `anchor_phase` (step 3, no grad, eval mode, once per rollout batch): pools the embedding of each
+  sample's *annotated* CoT (prompt + CoT + answer line + EOS, pooled over the target tokens) with the
+  current policy; with `carft.negative=lcs` it also computes the LCS masks and z_1 (anchor tokens
+  outside the LCS); with `carft.partial_reward=embedding` it rescales wrong-but-extractable scores.
+- `loss_term` (step 5, inside the loss): pools z_gen over the generated tokens with gradient and returns
+  cl_coef * L_cl (v4 positive InfoNCE; with the LCS negative, 0.5 * (L_pos + L_neg) as in v9).
+
+In-process there is one rank, so the InfoNCE negatives are the other samples of the micro-batch.
+Deviation: the LCS runs on token ids of prompt + annotated target vs prompt + response, without pads
+(the reference runs it on token strings of the padded sequences and removes pads afterwards: same LCS).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlft.algos import contrastive
+from rlft.config import Config
+from rlft.tasks.base import Record
+from rlft.trainers.sft import IGNORE, collate, encode_examples
+
+
+def _anchor_batch(tokenizer, records: list[Record], cfg: Config) -> dict[str, torch.Tensor]:
+    examples, _ = encode_examples(tokenizer, records, cfg.data.style, cfg.sft.max_seq_tokens)
+    batch = collate(examples, tokenizer.pad_token_id)
+    batch["cot_mask"] = (batch["labels"] != IGNORE).long()  # the annotated target tokens (incl. EOS)
+    return batch
+
+
+@torch.no_grad()
+def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], data: dict) -> dict:
+    """Adds `z_anchor` (B, D) [and LCS masks / `z_anchor_diff`] to `data`; may rescale `scores`."""
+    model.eval()
+    if any(r.cot is None and r.program is None for r in owners):
+        raise ValueError("algo=carft needs annotated CoTs in the training data (the anchor); "
+                         f"record {next(r.id for r in owners if r.cot is None and r.program is None)} has none")
+    anchor = _anchor_batch(tokenizer, owners, cfg)
+    micro = cfg.ppo.micro_batch_size_per_device
+    z, z_diff = [], []
+    if cfg.carft.negative == "lcs":
+        gen_ids = torch.cat([data["prompt_ids"], data["response_ids"]], dim=1)
+        gen_mask = torch.cat([data["prompt_mask"], data["response_mask"]], dim=1)
+        anchor_in, gen_in = contrastive.lcs_masks(anchor["input_ids"], anchor["attention_mask"], gen_ids, gen_mask)
+        data["lcs_gen_in"] = gen_in.long()
+    for s in range(0, len(owners), micro):
+        out = model(anchor["input_ids"][s:s + micro], anchor["attention_mask"][s:s + micro])
+        cot = anchor["cot_mask"][s:s + micro]
+        z.append(contrastive.pool(out.values, out.embeddings, cot))
+        if cfg.carft.negative == "lcs":
+            z_diff.append(contrastive.pool(out.values, out.embeddings, cot.bool() & ~anchor_in[s:s + micro]))
+    data["z_anchor"] = torch.cat(z)
+    if z_diff:
+        data["z_anchor_diff"] = torch.cat(z_diff)
+    metrics = {}
+    if cfg.carft.partial_reward == "embedding":
+        z_gen = []
+        for s in range(0, len(owners), micro):
+            mb = {k: data[k][s:s + micro] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
+            ids, mask = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1), torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
+            out = model(ids, mask)
+            P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
+            z_gen.append(contrastive.pool(out.values[:, P:P + T], out.embeddings[:, P:P + T], mb["response_mask"]))
+        scores = data["scores"]
+        is_partial = (scores > 0) & (scores < 1)
+        data["scores"] = contrastive.partial_reward(scores, is_partial, data["z_anchor"], torch.cat(z_gen))
+        metrics["carft/partial_reward_mean"] = data["scores"][is_partial].mean() if is_partial.any() else torch.tensor(0.0)
+    return metrics
+
+
+def loss_term(cfg: Config, output, mb: dict) -> tuple[torch.Tensor, dict]:
+    """cl_coef * L_cl for one micro-batch (z_gen pooled over the generated tokens, with gradient)."""
+    P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
+    values, emb = output.values[:, P:P + T], output.embeddings[:, P:P + T]  # the generated tokens themselves
+    z_gen = contrastive.pool(values, emb, mb["response_mask"])
+    correct = mb["scores"] > 0.5
+    l_cl, metrics = contrastive.loss(mb["z_anchor"], z_gen, correct, tau=cfg.carft.tau, clamp=cfg.carft.clamp,
+                                     negatives_grad=cfg.carft.negatives_grad)
+    metrics["carft/pool_entropy"] = contrastive.pool_entropy(contrastive.pool_weights(values, mb["response_mask"])).mean()
+    if cfg.carft.negative == "lcs":
+        gen_in = mb["lcs_gen_in"].bool()
+        response_positions = torch.zeros_like(gen_in)
+        response_positions[:, P:] = mb["response_mask"].bool()
+        z2 = contrastive.pool(output.values, output.embeddings, gen_in)
+        z3 = contrastive.pool(output.values, output.embeddings, response_positions & ~gen_in)
+        valid = ~correct & gen_in.any(-1)
+        l_neg, neg_metrics = contrastive.negative_loss(mb["z_anchor_diff"], z2, z3, valid, tau=cfg.carft.tau,
+                                                       clamp=cfg.carft.clamp)
+        metrics.update(neg_metrics)
+        l_cl = 0.5 * (l_cl + l_neg)
+    return cfg.carft.cl_coef * l_cl, metrics

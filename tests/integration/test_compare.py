@@ -1,0 +1,47 @@
+"""`rlft compare` end to end on a micro config: every output file, one entry per method and seed, resume."""
+
+import json
+
+from rlft.cli import main
+from rlft.experiments.compare import mean_std_ci, parse_method
+
+MICRO = [
+    "data.difficulty=0", "data.n_train=24", "data.n_test=4", "model.tiny.hidden_size=128", "model.tiny.num_layers=2",
+    "model.tiny.intermediate_size=256", "model.tiny.vocab_size=320", "sft.sequences_per_step=8",
+    "sft.micro_batch_size_per_device=8", "sft.epochs=1", "eval.max_new_tokens=8", "rollout.prompts_per_step=4",
+    "rollout.max_new_tokens=8", "ppo.iterations=2", "ppo.eval_every=1", "ppo.save_every=2", "log.progress=false",
+    "compare.warmup_epochs=1", "compare.seeds=[1,2]",
+    "compare.methods=[sft, reft, carft, 'grpo2: algo=grpo rollout.samples_per_prompt=2', 'broken: algo=reft reward.fn=nope:fn']",
+]
+
+
+def test_compare_writes_results_for_every_method_and_seed(tmp_path, capsys):
+    code = main(["compare", f"run.dir={tmp_path}", *MICRO])
+    assert code == 1  # the deliberately broken method is reported, not hidden
+    out = capsys.readouterr().out
+    assert "| reft |" in out and "| carft |" in out
+    for name in ("results.json", "results.md", "accuracy.png", "training.png", "config.yaml"):
+        assert (tmp_path / name).exists(), name
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["methods"]) == ["sft", "reft", "carft", "grpo2", "broken"]
+    for label in ("sft", "reft", "carft", "grpo2"):
+        runs = results["methods"][label]["runs"]
+        assert sorted(runs) == ["1", "2"] and all("error" not in r for r in runs.values())
+        assert results["methods"][label]["final_accuracy"]["n"] == 2
+        assert (tmp_path / "runs" / label / "seed1" / "tb").is_dir()
+    assert results["methods"]["broken"]["failed"] == 2
+    assert "nope" in results["methods"]["broken"]["runs"]["1"]["error"]
+    assert (tmp_path / "runs" / "reft" / "seed2" / "predictions_iter2.jsonl").exists()
+
+    # re-running skips the finished runs
+    main(["compare", f"run.dir={tmp_path}", *MICRO])
+    assert "reft seed 1 already finished, skipped" in capsys.readouterr().out
+
+
+def test_parse_method_and_stats():
+    assert parse_method("reft") == ("reft", ["algo=reft"])
+    assert parse_method("sft") == ("sft", [])
+    assert parse_method("g4: algo=grpo ppo.lr=1e-5") == ("g4", ["algo=grpo", "ppo.lr=1e-5"])
+    stats = mean_std_ci([0.5, 0.7])
+    assert abs(stats["mean"] - 0.6) < 1e-12 and abs(stats["std"] - 0.1414213562) < 1e-9
+    assert abs(stats["ci95"][1] - (0.6 + 12.706 * 0.1)) < 1e-9  # t(1) * std / sqrt(2)
