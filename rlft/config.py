@@ -194,6 +194,11 @@ class PPOConfig:
     """Value clip around the old values (ReFT: 0.2); None disables."""
     vf_coef: float = 5.0
     """Weight of the value loss (ReFT: 5)."""
+    critic: Literal["shared", "separate"] = "shared"
+    """Value model (spec §5). `shared`: a value head on the policy's backbone (ReFT default). `separate`: a
+    second copy of the warm-up model with a value head and its own AdamW (same lr, clip, ...); the spec
+    reports the same accuracy and faster convergence at about 2x forward compute (and 2x weights and
+    optimizer memory). algo=reft only. vf_coef still scales the critic's loss."""
     gamma: float = 1.0
     """Discount (ReFT: 1.0; standard GAE naming, the paper swaps the letters)."""
     lam: float = 0.95
@@ -371,6 +376,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError(
             f"algo={cfg.algo} needs rollout.samples_per_prompt >= 2 (got {cfg.rollout.samples_per_prompt}): "
             "with one sample per group every advantage is 0 and training is a silent no-op"
+        )
+    if cfg.ppo.critic == "separate" and cfg.algo != "reft":
+        raise ConfigError(
+            f"ppo.critic=separate needs algo=reft (got algo={cfg.algo}): carft's head feeds the contrastive loss "
+            "from the policy's backbone and the other algos have no critic; use ppo.critic=shared"
         )
     if cfg.kl.placement == "loss" and cfg.kl.estimator == "k1":
         raise ConfigError("kl.placement=loss with kl.estimator=k1 has zero expected gradient; use k2 or k3")

@@ -1,10 +1,12 @@
 """The roles of one RL run as plain in-process objects (tests, `breakpoint()`, a laptop).
 
 The loop in `rlft/trainers/ppo.py` talks only to `Roles`; `rlft/dist/ray_roles.py` (a later backend)
-provides the same four objects as proxies over Ray actor groups.
+provides the same objects as proxies over Ray actor groups.
 
 - rollout:   `HFRolloutEngine` sharing the policy's module, so weight sync is free (same tensors).
 - policy:    `TorchLearner` over `PolicyModel` (LM + value head for `algo=reft`).
+- critic:    with `ppo.critic=separate` only, a second `TorchLearner` over another copy of the warm-up
+             model with the value head (the policy then has none); otherwise None.
 - reference: a frozen copy of the warm-up model, used only through `logprobs`.
 - reward:    `RewardRole`, the configured reward function behind a timeout that counts failures.
 """
@@ -79,19 +81,25 @@ class Roles:
     policy: TorchLearner
     reference: FrozenReference | None
     reward: RewardRole
+    critic: TorchLearner | None = None  # a separate value model (ppo.critic=separate), else None
 
 
 def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, *, total_steps: int) -> Roles:
-    """Policy (+ value head for reft), a frozen reference loaded from the same warm-up, the HF engine."""
-    head = {"reft": "linear", "carft": "carft"}.get(cfg.algo)
-    policy = PolicyModel(lm, value_head=head, head_dropout=cfg.carft.head_dropout)
-    learner = TorchLearner(
-        policy, lr=cfg.ppo.lr, weight_decay=cfg.ppo.weight_decay, max_grad_norm=cfg.ppo.max_grad_norm,
+    """Policy (+ value head for reft), the optional separate critic and a frozen reference, each loaded
+    from the same warm-up, and the HF engine."""
+    make_learner = functools.partial(
+        TorchLearner, lr=cfg.ppo.lr, weight_decay=cfg.ppo.weight_decay, max_grad_norm=cfg.ppo.max_grad_norm,
         total_steps=total_steps, warmup_steps=cfg.ppo.warmup_iterations, schedule="constant",
         train_mode=False,  # ReFT runs every forward in eval mode (dropout off), spec §9
     )
+    separate = cfg.ppo.critic == "separate"
+    head = None if separate else {"reft": "linear", "carft": "carft"}.get(cfg.algo)
+    learner = make_learner(PolicyModel(lm, value_head=head, head_dropout=cfg.carft.head_dropout))
+    critic = None
+    if separate:  # spec §5's ablation: a second learner with a value head, not a new kind of role
+        critic = make_learner(PolicyModel(load_policy(model_path, dtype=cfg.model.dtype)[0], value_head="linear"))
     needs_reference = cfg.algo != "online_st" and cfg.kl.coef > 0
     reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0]) if needs_reference else None
     engine = HFRolloutEngine(lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
                              batch_size=cfg.rollout.batch_size)
-    return Roles(rollout=engine, policy=learner, reference=reference, reward=RewardRole(cfg))
+    return Roles(rollout=engine, policy=learner, reference=reference, reward=RewardRole(cfg), critic=critic)

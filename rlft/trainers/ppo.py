@@ -7,9 +7,10 @@ One iteration, top to bottom (spec §9):
 
     1. sample      rollout.generate               one or more responses per training question
     2. score       reward.score                   1 / partial / 0, or a plug-in's score
-    3. evaluate    policy.logprobs_and_values, reference.logprobs   (teacher-forced, eval mode)
+    3. evaluate    policy.logprobs_and_values, reference.logprobs   (teacher-forced, eval mode; values
+                   from critic.logprobs_and_values when ppo.critic=separate)
     4. advantage   algos: shape_rewards -> gae -> whiten (reft) | group baselines | REINFORCE++
-    5. update      ppo_epochs x minibatches: policy.train_step(micro_batches, loss_fn)
+    5. update      ppo_epochs x minibatches: policy.train_step(micro_batches, loss_fn) [+ critic.train_step]
     6. sync        rollout.load_weights(policy.named_weights())   (free in-process: shared module)
     7. log         reward/ policy/ value/ kl/ rollout/ timing/ eval/
 
@@ -99,8 +100,11 @@ def compute_advantages(cfg: Config, data: dict, kl_coef: float) -> dict:
 GLOBAL_METRICS = ("policy/loss", "value/loss", "kl/loss")
 
 
-def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, value_only: bool):
-    """Step 5's loss: PPO-clip policy loss [+ vf_coef * value loss] [+ beta * KL in the loss].
+def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, part: str):
+    """Step 5's loss on one learner. `part`:
+    - "policy": PPO-clip policy loss [+ CARFT's L_cl] [+ beta * KL in the loss] (the policy, separate critic);
+    - "value":  vf_coef * value loss (a separate critic, or the shared head during value warm-up);
+    - "both":   their sum, for a value head on the policy's backbone (or none: critic-free algos).
 
     Normalised by the minibatch's global sequence count (the learner sums micro-batches), and metrics are
     weighted by each micro-batch's share, so micro-batching does not change either.
@@ -109,31 +113,32 @@ def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, value_only: bool
 
     def loss_fn(output, mb):
         P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
-        logits = response_slice(output.logits, P, T)  # (b, T, V)
-        values = None if output.values is None else response_slice(output.values, P, T)  # (b, T)
         mask = mb["response_mask"]
-        logprobs = ppo.logprobs_from_logits(logits.float(), mb["response_ids"])  # (b, T)
         share = mask.shape[0] / num_seqs
-        pg_loss, metrics = ppo.policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mask,
-                                           clip_eps=cfg.ppo.clip_eps, clip_eps_high=cfg.ppo.clip_eps_high, **agg)
-        loss = pg_loss * (0.0 if value_only else 1.0)
-        metrics["policy/loss"] = pg_loss.detach()
-        if values is not None:
+        loss, metrics = 0.0, {}
+        if part != "value":
+            logits = response_slice(output.logits, P, T)  # (b, T, V)
+            logprobs = ppo.logprobs_from_logits(logits.float(), mb["response_ids"])  # (b, T)
+            loss, metrics = ppo.policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mask,
+                                            clip_eps=cfg.ppo.clip_eps, clip_eps_high=cfg.ppo.clip_eps_high, **agg)
+            metrics["policy/loss"] = loss.detach()
+            if cfg.algo == "carft":
+                cl_loss, cl_metrics = carft.loss_term(cfg, output, mb)
+                loss = loss + share * cl_loss  # L_cl is a per-micro-batch mean: average it over micro-batches
+                metrics.update(cl_metrics)
+            if cfg.kl.placement == "loss" and "ref_logprobs" in mb:
+                kl_loss = ppo.aggregate(kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind=cfg.kl.estimator),
+                                        mask, mode=cfg.ppo.loss_agg, num_seqs=num_seqs, max_len=cfg.rollout.max_new_tokens)
+                loss = loss + kl_coef * kl_loss
+                metrics["kl/loss"] = kl_loss.detach()
+            with torch.no_grad():
+                metrics["policy/entropy"] = ppo.masked_mean(ppo.entropy_from_logits(logits.float()), mask)
+        if part != "policy" and output.values is not None:
+            values = response_slice(output.values, P, T)  # (b, T)
             v_loss, v_metrics = ppo.value_loss(values, mb["old_values"], mb["returns"], mask,
                                                clip_eps=cfg.ppo.value_clip_eps, **agg)
             loss = loss + cfg.ppo.vf_coef * v_loss
             metrics.update(v_metrics, **{"value/loss": v_loss.detach()})
-        if cfg.algo == "carft" and not value_only:
-            cl_loss, cl_metrics = carft.loss_term(cfg, output, mb)
-            loss = loss + share * cl_loss  # L_cl is a per-micro-batch mean: average it over micro-batches
-            metrics.update(cl_metrics)
-        if cfg.kl.placement == "loss" and "ref_logprobs" in mb and not value_only:
-            kl_loss = ppo.aggregate(kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind=cfg.kl.estimator), mask,
-                                    mode=cfg.ppo.loss_agg, num_seqs=num_seqs, max_len=cfg.rollout.max_new_tokens)
-            loss = loss + kl_coef * kl_loss
-            metrics["kl/loss"] = kl_loss.detach()
-        with torch.no_grad():
-            metrics["policy/entropy"] = ppo.masked_mean(ppo.entropy_from_logits(logits.float()), mask)
         # policy/value/kl losses are already normalised globally; per-micro-batch means get their share
         return loss, {k: v if k in GLOBAL_METRICS else v * share for k, v in metrics.items()}
 
@@ -141,7 +146,12 @@ def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, value_only: bool
 
 
 def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_only: bool, seed: int) -> dict:
-    """Step 5: `ppo_epochs` passes of shuffled minibatches; returns the metrics averaged over steps."""
+    """Step 5: `ppo_epochs` passes of shuffled minibatches; returns the metrics averaged over steps.
+
+    Shared value head: one policy step per minibatch. Separate critic: a policy step with the policy loss,
+    then a critic step with the value loss (its train/* metrics logged as critic/*). Value warm-up
+    (`value_only`) trains only the shared head, or only the separate critic.
+    """
     keys = ["prompt_ids", "prompt_mask", "response_ids", "response_mask", "old_logprobs", "advantages"]
     keys += [k for k in ("old_values", "returns", "ref_logprobs", "scores", "z_anchor", "z_anchor_diff", "lcs_gen_in")
              if k in data]
@@ -149,9 +159,13 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
     per_mb = cfg.ppo.sequences_per_minibatch or B
     micro = cfg.ppo.micro_batch_size_per_device
     generator = torch.Generator().manual_seed(seed)
-    # Value warm-up: freeze the backbone so only the value head learns (AdamW skips params without grads).
+    if roles.critic is None:
+        steps = [(roles.policy, "value" if value_only else "both")]
+    else:
+        steps = ([] if value_only else [(roles.policy, "policy")]) + [(roles.critic, "value")]
+    # Shared-head warm-up: freeze the backbone so only the value head learns (AdamW skips params without grads).
     backbone = roles.policy.model.lm
-    backbone.requires_grad_(not value_only)
+    backbone.requires_grad_(not (value_only and roles.critic is None))
     sums: dict = {}
     n_steps = 0
     for _ in range(cfg.ppo.ppo_epochs):
@@ -163,9 +177,12 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
                 mb = {k: data[k][idx[m:m + micro]] for k in keys}
                 mb["input_ids"], mb["attention_mask"] = sequence_batch(mb)
                 mbs.append(mb)
-            step = roles.policy.train_step(mbs, make_loss_fn(cfg, num_seqs=len(idx), kl_coef=kl_coef, value_only=value_only))
-            for k, v in step.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            for learner, part in steps:
+                step = learner.train_step(mbs, make_loss_fn(cfg, num_seqs=len(idx), kl_coef=kl_coef, part=part))
+                if learner is roles.critic:
+                    step = {k.replace("train/", "critic/", 1): v for k, v in step.items()}
+                for k, v in step.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
             n_steps += 1
     backbone.requires_grad_(True)
     return {k: v / n_steps for k, v in sums.items()}
@@ -200,6 +217,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     latest = checkpoint.latest_checkpoint(ckpt_root) if cfg.run.resume else None
     if latest is not None:
         roles.policy.load(latest)
+        if roles.critic is not None:
+            roles.critic.load(latest / "critic")
         saved = torch.load(latest / "trainer_state.pt", weights_only=False)
         state = saved["state"]
         set_rng_state(saved["rng"])
@@ -234,6 +253,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
         else:
             with timed(m, "logprobs"):
                 data["old_logprobs"], values = roles.policy.logprobs_and_values(data, micro)
+                if roles.critic is not None:  # a separate value model; its log-probs are not used
+                    values = roles.critic.logprobs_and_values(data, micro)[1]
                 if values is not None:
                     data["old_values"] = data["values"] = values
                 if roles.reference is not None:
@@ -297,6 +318,8 @@ def _save(roles: Roles, tokenizer, state: dict, kl_ctl, root: Path, cfg: Config)
         state["best_accuracy"], state["best_checkpoint"] = accuracy, str(final)
     tmp = checkpoint.begin(root, state["iteration"])
     roles.policy.save(tmp)
+    if roles.critic is not None:
+        roles.critic.save(tmp / "critic")
     tokenizer.save_pretrained(tmp / "model")
     torch.save({"state": state, "rng": rng_state(), "kl": kl_ctl.state_dict(), "config": to_dict(cfg)}, tmp / "trainer_state.pt")
     best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()

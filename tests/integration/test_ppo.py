@@ -161,3 +161,56 @@ def test_carft_with_zero_cl_coef_equals_reft_with_the_same_head(tmp_path, warm_m
     a, b = _weights(tmp_path / "carft", 2), _weights(tmp_path / "reft", 2)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(tmp_path / "carft")[-1]["carft/n_positive"] >= 0  # the contrastive path did run
+
+
+def _critic_weights(run_dir, step):
+    folder = run_dir / "checkpoints" / f"ckpt-{step}" / "critic" / "model"
+    return {**load_file(str(folder / "model.safetensors")), **load_file(str(folder / "value_head.safetensors"))}
+
+
+def test_separate_critic_trains_both_learners(tmp_path, warm_model):
+    before = load_file(str(warm_model / "model.safetensors"))
+    run_ppo(_cfg(tmp_path, warm_model, "ppo.iterations=2", "ppo.critic=separate"))
+    after, critic = _weights(tmp_path, 2), _critic_weights(tmp_path, 2)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "policy parameters did not change"
+    assert any(not torch.equal(before[k], critic[k]) for k in before), "critic backbone did not change"
+    ckpt = tmp_path / "checkpoints" / "ckpt-2"
+    assert (ckpt / "critic" / "optim.pt").exists()
+    assert not (ckpt / "model" / "value_head.safetensors").exists()  # the policy has no value head
+    rows = _metrics(tmp_path)
+    for key in ("value/explained_variance", "value/loss", "policy/loss", "policy/entropy", "critic/grad_norm",
+                "train/grad_norm"):
+        assert key in rows[-1], key
+    for row in rows:
+        for k, v in row.items():
+            if isinstance(v, float):
+                assert torch.isfinite(torch.tensor(v)), (k, v)
+
+
+def test_separate_critic_value_warmup_trains_only_the_critic(tmp_path, warm_model):
+    before = load_file(str(warm_model / "model.safetensors"))
+    run_ppo(_cfg(tmp_path, warm_model, "ppo.iterations=1", "ppo.critic=separate", "ppo.value_warmup_iterations=1"))
+    after, critic = _weights(tmp_path, 1), _critic_weights(tmp_path, 1)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(before[k], critic[k]) for k in before)
+    row = _metrics(tmp_path)[0]
+    assert row["value/loss"] > 0 and "critic/grad_norm" in row and "policy/loss" not in row
+
+
+def test_resume_equals_uninterrupted_with_separate_critic(tmp_path, warm_model):
+    extra = ("ppo.iterations=2", "ppo.critic=separate", "ppo.eval_every=1", "ppo.save_every=1")
+    run_ppo(_cfg(tmp_path / "full", warm_model, *extra))
+    run_ppo(_cfg(tmp_path / "part", warm_model, *extra), stop_after_iterations=1)
+    run_ppo(_cfg(tmp_path / "part", warm_model, *extra))
+    for load in (_weights, _critic_weights):
+        a, b = load(tmp_path / "full", 2), load(tmp_path / "part", 2)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith(("timing/", "time/", "eval/seconds"))} for r in rs]  # noqa: E731
+    assert strip(_metrics(tmp_path / "full")) == strip(_metrics(tmp_path / "part"))
+
+
+def test_separate_critic_needs_reft():
+    from rlft.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ppo.critic=separate needs algo=reft"):
+        load_config(None, ["algo=carft", "ppo.critic=separate"])
