@@ -284,6 +284,8 @@ class CompareConfig:
     """`run.seed` of each repetition; every method runs once per seed."""
     warmup_epochs: int = 2
     """SFT epochs of the shared warm-up (ReFT takes an early checkpoint of a longer SFT schedule)."""
+    warmup_checkpoint: str | None = None
+    """Use this existing warm-up (HF folder or rlft checkpoint) instead of running the warm-up SFT."""
     max_seconds: float | None = None
     """Training wall-time budget per run (evaluation excluded); None: `ppo.iterations` / `sft.epochs` only."""
 

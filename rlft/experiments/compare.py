@@ -101,12 +101,19 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
     methods = [parse_method(m) for m in base.compare.methods]
     start = time.perf_counter()
 
-    # 1. the shared warm-up
-    warm_dir = root / "warmup"
-    warm_cfg = load_config(config_path, [*cli_overrides, f"run.dir={warm_dir}", f"sft.epochs={base.compare.warmup_epochs}"])
-    print0(f"rlft compare: warm-up SFT ({base.compare.warmup_epochs} epochs) in {warm_dir}")
-    warm = run_sft(warm_cfg)
-    warmup_ckpt = Path(warm["final_checkpoint"])
+    # 1. the shared warm-up (or a given one)
+    if base.compare.warmup_checkpoint:
+        warmup_ckpt = Path(base.compare.warmup_checkpoint)
+        if not warmup_ckpt.exists():
+            raise ConfigError(f"compare.warmup_checkpoint '{warmup_ckpt}' does not exist")
+        warm = {"history": [{"accuracy": None}]}
+        print0(f"rlft compare: warm-up {warmup_ckpt} (given)")
+    else:
+        warm_dir = root / "warmup"
+        warm_cfg = load_config(config_path, [*cli_overrides, f"run.dir={warm_dir}", f"sft.epochs={base.compare.warmup_epochs}"])
+        print0(f"rlft compare: warm-up SFT ({base.compare.warmup_epochs} epochs) in {warm_dir}")
+        warm = run_sft(warm_cfg)
+        warmup_ckpt = Path(warm["final_checkpoint"])
 
     # 2. every method x seed, skipping finished runs
     results: dict = {"warmup": {"checkpoint": str(warmup_ckpt), "history": warm["history"]},
@@ -169,8 +176,9 @@ def results_markdown(results: dict, cfg: Config) -> str:
         f"# rlft compare: {cfg.data.train} (held-out: {cfg.data.test}), model {cfg.model.path}",
         "",
         f"Seeds {seeds}; budget: {budget}, at most {cfg.ppo.iterations} RL iterations / {cfg.sft.epochs} SFT epochs. "
-        f"Warm-up: {cfg.compare.warmup_epochs} SFT epochs (accuracy "
-        f"{(results['warmup']['history'][-1].get('accuracy') or 0) * 100:.1f}%). "
+        + (f"Warm-up: {cfg.compare.warmup_checkpoint}. " if cfg.compare.warmup_checkpoint else
+           f"Warm-up: {cfg.compare.warmup_epochs} SFT epochs (accuracy "
+           f"{(results['warmup']['history'][-1].get('accuracy') or 0) * 100:.1f}%). ") +
         "Accuracy is held-out greedy accuracy in %, mean ± std [95% t-interval] over seeds.",
         "",
         "| method | final accuracy | best accuracy | train seconds | samples | failed runs |",
@@ -196,11 +204,16 @@ def write_plots(root: Path, results: dict, methods: list[tuple[str, list[str]]],
     import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    warm_acc = results["warmup"]["history"][-1].get("accuracy")
+    start = [(0.0, warm_acc * 100)] if warm_acc is not None else []  # every method starts at the warm-up
     for label, _ in methods:
         runs = [r for r in results["methods"][label]["runs"].values() if "history" in r]
         for ax, key in zip(axes, ("samples", "train_seconds")):
-            _band(ax, np, [[(h[key], h["accuracy"] * 100) for h in r["history"] if h["accuracy"] is not None] for r in runs], label)
+            _band(ax, np, [start + [(h[key], h["accuracy"] * 100) for h in r["history"] if h["accuracy"] is not None]
+                           for r in runs], label)
     for ax, xl in zip(axes, ("training samples", "training wall time (s)")):
+        if warm_acc is not None:
+            ax.axhline(warm_acc * 100, color="gray", ls="--", lw=1, label="warm-up")
         ax.set_xlabel(xl), ax.set_ylabel("held-out accuracy (%)"), ax.grid(alpha=0.3), ax.legend()
     fig.tight_layout()
     fig.savefig(root / "accuracy.png", dpi=110)

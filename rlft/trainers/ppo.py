@@ -30,12 +30,14 @@ Deviations from the ReFT reference (spec §17), each a config value:
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from rlft.algos import advantages as adv_algos
 from rlft.algos import kl as kl_algos
@@ -63,12 +65,20 @@ def prompt_indices(n: int, per_step: int, seed: int, iteration: int) -> list[int
     return out
 
 
+def needs_old_logprobs(cfg: Config, batch_size: int) -> bool:
+    """False when one on-policy step per batch makes old log-probs equal the current ones (TRL's
+    num_iterations=1 shortcut): critic-free, one PPO epoch, one minibatch, no KL in the reward."""
+    single_step = cfg.ppo.ppo_epochs == 1 and (cfg.ppo.sequences_per_minibatch or batch_size) >= batch_size
+    kl_in_reward = cfg.kl.placement == "reward" and cfg.kl.coef > 0
+    return not (cfg.algo in ("grpo", "rloo", "reinforce_pp") and single_step and not kl_in_reward)
+
+
 def compute_advantages(cfg: Config, data: dict, kl_coef: float) -> dict:
     """Step 4: advantages (B, T) and returns (reft) from scores, log-probs and values. Adds metrics."""
     mask, scores = data["response_mask"], data["scores"]
     metrics: dict = {}
     kl_t = None
-    if "ref_logprobs" in data:
+    if "ref_logprobs" in data and "old_logprobs" in data:
         kl_t = kl_algos.kl_penalty(data["old_logprobs"], data["ref_logprobs"], kind=cfg.kl.estimator) * mask
         k1 = kl_algos.kl_penalty(data["old_logprobs"], data["ref_logprobs"], kind="k1") * mask
         metrics["kl/mean"] = (kl_t.sum(-1)).mean()
@@ -119,7 +129,8 @@ def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, part: str):
         if part != "value":
             logits = response_slice(output.logits, P, T)  # (b, T, V)
             logprobs = ppo.logprobs_from_logits(logits.float(), mb["response_ids"])  # (b, T)
-            loss, metrics = ppo.policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mask,
+            old = mb["old_logprobs"] if "old_logprobs" in mb else logprobs.detach()
+            loss, metrics = ppo.policy_loss(logprobs, old, mb["advantages"], mask,
                                             clip_eps=cfg.ppo.clip_eps, clip_eps_high=cfg.ppo.clip_eps_high, **agg)
             metrics["policy/loss"] = loss.detach()
             if cfg.algo == "carft":
@@ -131,6 +142,11 @@ def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, part: str):
                                         mask, mode=cfg.ppo.loss_agg, num_seqs=num_seqs, max_len=cfg.rollout.max_new_tokens)
                 loss = loss + kl_coef * kl_loss
                 metrics["kl/loss"] = kl_loss.detach()
+                if "old_logprobs" not in mb:  # no pre-update pass computed the KL metrics: take them here
+                    with torch.no_grad():
+                        k1 = kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind="k1") * mask
+                        kl_est = kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind=cfg.kl.estimator) * mask
+                    metrics["kl/mean"], metrics["kl/k1_mean"] = kl_est.sum(-1).mean(), k1.sum(-1).mean()
             with torch.no_grad():
                 metrics["policy/entropy"] = ppo.masked_mean(ppo.entropy_from_logits(logits.float()), mask)
         if part != "policy" and output.values is not None:
@@ -152,8 +168,8 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
     then a critic step with the value loss (its train/* metrics logged as critic/*). Value warm-up
     (`value_only`) trains only the shared head, or only the separate critic.
     """
-    keys = ["prompt_ids", "prompt_mask", "response_ids", "response_mask", "old_logprobs", "advantages"]
-    keys += [k for k in ("old_values", "returns", "ref_logprobs", "scores", "z_anchor", "z_anchor_diff", "lcs_gen_in")
+    keys = ["prompt_ids", "prompt_mask", "response_ids", "response_mask", "advantages"]
+    keys += [k for k in ("old_logprobs", "old_values", "returns", "ref_logprobs", "scores", "z_anchor", "z_anchor_diff", "lcs_gen_in")
              if k in data]
     B = data["response_ids"].shape[0]
     per_mb = cfg.ppo.sequences_per_minibatch or B
@@ -228,6 +244,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     print0(f"rlft train: algo={cfg.algo}, {len(train)} questions, {cfg.rollout.prompts_per_step} x "
            f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from {model_path}")
 
+    bar = tqdm(total=cfg.ppo.iterations, initial=state["iteration"], desc=f"rlft train {cfg.algo}",
+               disable=not cfg.log.progress, file=sys.stderr, dynamic_ncols=True)
     for it in range(state["iteration"], cfg.ppo.iterations):
         if cfg.ppo.max_seconds is not None and state["train_seconds"] >= cfg.ppo.max_seconds:
             print0(f"rlft train: wall-time budget {cfg.ppo.max_seconds:.0f}s reached at iteration {it}")
@@ -252,7 +270,10 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
                 m.update(roles.policy.train_step(*online_st_micro_batches(data, records, tokenizer, cfg)))
         else:
             with timed(m, "logprobs"):
-                data["old_logprobs"], values = roles.policy.logprobs_and_values(data, micro)
+                if needs_old_logprobs(cfg, len(batch)):
+                    data["old_logprobs"], values = roles.policy.logprobs_and_values(data, micro)
+                else:
+                    values = None  # one on-policy step: old = current log-probs (detached), as TRL does
                 if roles.critic is not None:  # a separate value model; its log-probs are not used
                     values = roles.critic.logprobs_and_values(data, micro)[1]
                 if values is not None:
@@ -267,8 +288,9 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
             with timed(m, "train"):
                 m.update(ppo_update(cfg, roles, data, kl_coef=kl_ctl.value,
                                     value_only=it < cfg.ppo.value_warmup_iterations, seed=cfg.run.seed * 7919 + it))
-            m["rollout/logprob_diff"] = ((batch.rollout_logprobs - data["old_logprobs"]).abs() * batch.response_mask).sum() \
-                / batch.response_mask.sum().clamp(min=1)
+            if "old_logprobs" in data:
+                m["rollout/logprob_diff"] = ((batch.rollout_logprobs - data["old_logprobs"]).abs()
+                                             * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1)
             if "kl/mean" in m:
                 kl_ctl.update(float(m["kl/mean"]), len(batch))
         # 6. sync (a no-op when the engine shares the policy's module)
@@ -300,10 +322,14 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
             print0(f"iteration {it + 1}: held-out accuracy {summary['eval/accuracy']:.3f}, train reward "
                    f"{float(m['reward/mean']):.3f}, kl {float(m.get('kl/mean', 0.0)):.3f}, {state['train_seconds']:.0f}s")
         logger.log(it + 1, m)
+        bar.update(1)
+        bar.set_postfix(reward=f"{float(m['reward/mean']):.3f}", kl=f"{float(m.get('kl/mean', 0.0)):.2f}",
+                        samples_s=f"{len(batch) / m['timing/iteration']:.1f}")
         if (it + 1) % cfg.ppo.save_every == 0 or done:
             _save(roles, tokenizer, state, kl_ctl, ckpt_root, cfg)
         if done:
             break
+    bar.close()
     logger.close()
     summary = {k: state[k] for k in ("history", "best_accuracy", "best_checkpoint", "train_seconds", "samples", "tokens")}
     summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""))

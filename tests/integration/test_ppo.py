@@ -214,3 +214,19 @@ def test_separate_critic_needs_reft():
 
     with pytest.raises(ConfigError, match="ppo.critic=separate needs algo=reft"):
         load_config(None, ["algo=carft", "ppo.critic=separate"])
+
+
+def test_single_on_policy_step_skips_the_old_logprob_pass(tmp_path, warm_model, monkeypatch):
+    """GRPO with one PPO epoch and KL in the loss: old = current log-probs, so the extra no-grad forward is
+    skipped (TRL's num_iterations=1 shortcut) and the update equals the one with the pass."""
+    import rlft.trainers.ppo as ppo_trainer
+
+    args = ["algo=grpo", "kl.placement=loss", "kl.estimator=k3", "ppo.ppo_epochs=1", "ppo.iterations=2"]
+    assert not ppo_trainer.needs_old_logprobs(_cfg(tmp_path, warm_model, *args), 8)
+    run_ppo(_cfg(tmp_path / "skip", warm_model, *args))
+    monkeypatch.setattr(ppo_trainer, "needs_old_logprobs", lambda cfg, n: True)
+    run_ppo(_cfg(tmp_path / "full", warm_model, *args))
+    a, b = _weights(tmp_path / "skip", 2), _weights(tmp_path / "full", 2)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    skip, full = _metrics(tmp_path / "skip")[-1], _metrics(tmp_path / "full")[-1]
+    assert "rollout/logprob_diff" not in skip and abs(skip["kl/mean"] - full["kl/mean"]) < 1e-5

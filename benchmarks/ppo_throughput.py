@@ -1,0 +1,462 @@
+"""Speed of one RL iteration (issue 4): rlft's GRPO and ReFT iterations against TRL's GRPOTrainer on CPU.
+
+    python benchmarks/ppo_throughput.py                  # tiny model, 8 prompts x 4 samples, 64 tokens, 12 steps
+    python benchmarks/ppo_throughput.py --steps 2 --prompts 2 --group 2 --max-new-tokens 8 --out /tmp/ppo.md  # smoke
+
+Timings are only meaningful on an otherwise idle machine: with torch's intra-op threads competing for the
+cores, one slow thread stalls every parallel region (seen here: 100x slower iterations under load).
+
+Three runs, each in its own subprocess of this script (`--only NAME`), one after the other, so that peak
+RSS (`ru_maxrss` of that process) is per run and no run inherits another's caches or allocator state:
+
+- `rlft-grpo`: `rlft.trainers.ppo.run_ppo` with algo=grpo, P prompts x G samples per iteration;
+- `trl-grpo`:  TRL's `GRPOTrainer`, P prompts x G completions per optimizer step;
+- `rlft-reft`: `run_ppo` with algo=reft (value head, KL in the reward), P*G prompts x 1 sample: the same
+  number of samples per iteration, for a second row (a different algorithm; not a like-for-like ratio).
+
+What is shared: one model folder built once, offline (`rlft.models.tiny.build_tiny_model` on the built-in
+arithmetic task's text, difficulty 0, random init; or SmolLM2-135M with `--model-size smollm2`), loaded in
+float32 by both sides (policy and a frozen reference copy each); the same training questions
+(`rlft.tasks.load_records("arithmetic", "train", n_train=P * steps, difficulty=0)`, prompt text from
+`rlft.tasks.prompts.prompt_text`, so each run sees every question once, in its own shuffled order); G
+samples per question at temperature 1.0, top-p 1, top-k off, at most `--max-new-tokens` new tokens, stopping
+at EOS; the same reward (`rewards.math_reward`, partial reward 0.1, wrapped for TRL's
+`fn(prompts, completions, **columns)` signature with the `answer` and `dataset` columns); KL to the reference
+with beta 0.04 (k3 estimator in the loss for GRPO on both sides); PPO clip 0.2; one optimizer step (AdamW,
+lr 1e-5 constant, grad-norm clip 1.0, no weight decay) on the whole P*G batch per iteration, in ONE forward
+/ backward (rlft `ppo.micro_batch_size_per_device` = TRL `per_device_train_batch_size` = P*G), no gradient
+checkpointing, no mixed precision, no vLLM, torch's default thread count (or `--threads`) on both sides.
+
+One iteration, per side (what is timed):
+
+rlft (`timing/iteration` from `metrics.jsonl`; evaluation, checkpoints and metric logging are outside it,
+     and evaluation happens only after the last iteration with 4 questions):
+  rollout   HF `generate` of P prompts x G (`num_return_sequences`), left-padded, with the sampler's scores
+            kept (`output_scores`, for the `rollout/logprob_diff` check);
+  reward    `rewards.math_reward` behind rlft's timeout wrapper (`rewards.safe_call`);
+  logprobs  two no-grad teacher-forced forwards over prompt+response: the policy's old log-probs (rlft
+            always recomputes them, even with one PPO epoch) and the reference's;
+  (other)   decode, advantages, metrics;
+  train     one forward + backward with grad over the P*G sequences, clip, AdamW step.
+TRL (`on_step_begin` -> `on_step_end` of a `TrainerCallback`; TRL's own `profiling/Time taken` records are
+     captured by wrapping `trl.extras.profiling.ProfilingContext._log_metrics`, since report_to="none"):
+  rollout   `transformers.generate` of the P*G repeated prompts, left-padded;
+  reward    `_calculate_rewards` (decode happens before, in `other`);
+  logprobs  ONE no-grad forward: the reference's log-probs. With num_iterations=1 and one step per generation
+            TRL skips the old-policy forward (the ratio is exactly 1 anyway), and its fused LM head computes
+            log-probs over the completion positions only, in chunks, never the full logits;
+  (other)   tokenization, decode, padding, advantages;
+  train     `compute_loss` (forward with grad) + backward + clip + AdamW step (step time minus `_prepare_inputs`).
+The first (warm-up) iteration of every run is excluded. samples/s = samples / time of the timed iterations;
+completion tokens/s counts generated tokens up to and including EOS (rlft `rollout/response_len_mean`, TRL
+`completions/mean_length`). With a random-init model almost every completion runs to `--max-new-tokens`, so
+both sides generate the same number of tokens.
+
+Writes the markdown report to stdout and `--out` (default docs/benchmarks_ppo.md) and the raw numbers to
+`--run-dir`/results.json. Needs `pip install -e '.[bench]'` (TRL >= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RUNS = ("rlft-grpo", "trl-grpo", "rlft-reft")
+BETA = 0.04  # KL coefficient on both sides (TRL's `beta`; rlft's `kl.coef`)
+CLIP = 0.2
+PARTIAL_REWARD = 0.1
+PHASES = ("rollout", "logprobs", "reward", "train", "other")
+TOKENIZER_CORPUS = 2000  # questions the tiny model's tokenizer is trained on
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared setup
+
+
+def training_records(n: int):
+    from rlft.tasks import load_records
+
+    return load_records("arithmetic", "train", n_train=n, difficulty=0, seed=0)
+
+
+def build_model(size: str, run_dir: Path, seed: int) -> Path:
+    """The one model folder both frameworks load (built once, in the parent process)."""
+    if size == "smollm2":
+        from rlft.models.smollm import convert_smollm2
+
+        return convert_smollm2()
+    from rlft.models.tiny import build_tiny_model
+    from rlft.workspace import tokenizer_corpus
+
+    out = run_dir / "tiny-model"
+    if not (out / "config.json").exists():
+        build_tiny_model(out, tokenizer_corpus(training_records(TOKENIZER_CORPUS), "nl"), seed=seed)
+    return out
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def geometry(name: str, args) -> tuple[int, int]:
+    """(prompts per step, samples per prompt) of a run."""
+    return (args.prompts * args.group, 1) if name == "rlft-reft" else (args.prompts, args.group)
+
+
+# ----------------------------------------------------------------------------------------------------
+# rlft
+
+
+def run_rlft(name: str, args, model_dir: Path, out_dir: Path) -> dict:
+    from rlft.config import load_config
+    from rlft.trainers.ppo import run_ppo
+    from rlft.utils.logging import read_metrics
+
+    P, G = geometry(name, args)
+    algo = "grpo" if name == "rlft-grpo" else "reft"
+    never = 10**9
+    overrides = [
+        f"algo={algo}", f"run.dir={out_dir}", "run.resume=false", f"run.seed={args.seed}",
+        f"model.path={model_dir}", "model.dtype=float32",
+        "data.train=arithmetic", "data.test=arithmetic", "data.difficulty=0", "data.seed=0",
+        f"data.n_train={P * args.steps}", "data.n_test=4",
+        f"rollout.prompts_per_step={P}", f"rollout.samples_per_prompt={G}", "rollout.temperature=1.0",
+        "rollout.top_p=1.0", "rollout.top_k=0", f"rollout.max_new_tokens={args.max_new_tokens}",
+        f"rollout.batch_size={P}",  # one generate call for the whole batch, like TRL
+        f"ppo.iterations={args.steps}", "ppo.ppo_epochs=1", f"ppo.micro_batch_size_per_device={P * G}",
+        f"ppo.lr={args.lr}", "ppo.warmup_iterations=0", "ppo.weight_decay=0.0", "ppo.max_grad_norm=1.0",
+        f"ppo.clip_eps={CLIP}", f"ppo.eval_every={never}", f"ppo.save_every={never}", "ppo.keep_last_checkpoints=1",
+        f"kl.coef={BETA}", f"reward.partial_reward={PARTIAL_REWARD}",
+        "eval.max_new_tokens=8", "eval.batch_size=4",
+        "log.tensorboard=false", "log.progress=false",
+    ]
+    if algo == "grpo":
+        overrides += ["kl.placement=loss", "kl.estimator=k3", "ppo.loss_agg=seq-mean-token-mean"]
+    cfg = load_config(None, overrides)
+    run_ppo(cfg)
+    rows = [r for r in read_metrics(out_dir) if "timing/iteration" in r]
+    steps = []
+    for r in rows:
+        parts = {k: float(r.get(f"timing/{k}", 0.0)) for k in ("rollout", "reward", "logprobs", "train", "sync")}
+        total = float(r["timing/iteration"])
+        steps.append({
+            "step": r["step"], "seconds": total, "samples": P * G,
+            "tokens": float(r["rollout/response_len_mean"]) * P * G,
+            "rollout": parts["rollout"], "reward": parts["reward"], "logprobs": parts["logprobs"],
+            "train": parts["train"], "other": total - sum(parts.values()) + parts["sync"],
+        })
+    return {"steps": steps, "overrides": overrides}
+
+
+# ----------------------------------------------------------------------------------------------------
+# TRL
+
+
+def run_trl(name: str, args, model_dir: Path, out_dir: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.extras import profiling
+
+    import rewards
+    from rlft.tasks.prompts import prompt_text
+
+    P, G = geometry(name, args)
+    records = training_records(P * args.steps)
+    dataset = Dataset.from_list([{"prompt": prompt_text(r, "nl"), "answer": r.answer, "dataset": r.dataset}
+                                 for r in records])
+
+    def math_reward(prompts, completions, answer, dataset, **_):
+        return rewards.math_reward(completions, answer=answer, dataset=dataset, partial_reward=PARTIAL_REWARD)
+
+    # TRL times its phases with `profiling_context`, but only reports them to wandb/mlflow/trackio: record them.
+    events: list[tuple[str, float]] = []
+
+    def record(self, duration: float) -> None:
+        events.append((self.name.split(".", 1)[-1], duration))
+
+    profiling.ProfilingContext._log_metrics = record
+
+    steps: list[dict] = []
+    logs_by_step: dict[int, dict] = {}
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args_, state, control, **kwargs):
+            self.start, self.first_event = time.perf_counter(), len(events)
+
+        def on_step_end(self, args_, state, control, **kwargs):
+            steps.append({"step": state.global_step, "seconds": time.perf_counter() - self.start,
+                          "events": events[self.first_event:]})
+
+        def on_log(self, args_, state, control, logs=None, **kwargs):
+            logs_by_step.setdefault(state.global_step, {}).update(logs or {})
+
+    # TRL defaults to gradient checkpointing (an extra forward per step); transformers >= 5.24 renamed the flag.
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    no_checkpointing = {"activation_checkpointing": False} if "activation_checkpointing" in fields \
+        else {"gradient_checkpointing": False}
+    config = GRPOConfig(
+        output_dir=str(out_dir), seed=args.seed, data_seed=args.seed,
+        per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_generations=G,
+        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, min_p=None,
+        repetition_penalty=1.0, beta=BETA, num_iterations=1, epsilon=CLIP, loss_type="grpo", scale_rewards="group",
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
+        use_cpu=True, bf16=False, fp16=False, use_vllm=False, **no_checkpointing,
+        model_init_kwargs={"dtype": "float32"}, remove_unused_columns=False, log_completions=False,
+        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
+    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=math_reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[StepTimer()])
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; ours are read by StepTimer
+    model = trainer.model
+    checkpointing = model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing") \
+        else model.is_gradient_checkpointing
+    setup = {"policy_dtype": str(model.dtype), "reference": trainer.ref_model is not None,
+             "reference_dtype": str(trainer.ref_model.dtype) if trainer.ref_model is not None else None,
+             "checkpointing": bool(checkpointing)}
+    if setup["checkpointing"] or model.dtype != torch.float32 or trainer.ref_model is None:
+        raise SystemExit(f"trl-grpo: not the benchmark's setup: {setup}")
+    trainer.train()
+
+    def total(evs, key):
+        return sum(d for n, d in evs if n == key)
+
+    out = []
+    for s in steps:
+        names = [n for n, _ in s["events"]]
+        # Events are recorded when a block ends: the reference forward ends inside `_prepare_inputs`, i.e.
+        # before its record; the policy's forward with grad comes after it (inside `compute_loss`).
+        cut = names.index("_prepare_inputs") if "_prepare_inputs" in names else len(names)
+        before = s["events"][:cut]
+        prepare = total(s["events"], "_prepare_inputs")
+        rollout = total(before, "transformers.generate")
+        reward = total(before, "_calculate_rewards")
+        logprobs = total(before, "_get_per_token_logps_and_entropies")
+        row = logs_by_step.get(s["step"], {})
+        out.append({
+            "step": s["step"], "seconds": s["seconds"], "samples": P * G,
+            "tokens": float(row.get("completions/mean_length", float("nan"))) * P * G,
+            "rollout": rollout, "reward": reward, "logprobs": logprobs, "train": s["seconds"] - prepare,
+            "other": prepare - rollout - reward - logprobs,
+            "trl_step_time": row.get("step_time"),  # TRL's own timer: training_step only (no optimizer step)
+            "trl_profiling": s["events"],  # (block, seconds) in the order the blocks ended
+        })
+    return {"steps": out, "setup": setup, "config": {k: v for k, v in config.to_dict().items() if not k.startswith("_")}}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Child and parent
+
+
+def child(args) -> None:
+    import torch
+
+    # transformers 5.x renamed gradient_checkpointing; TRL still reads the old name (harmless FutureWarnings)
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out_dir = Path(args.run_dir) / args.only
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    model_dir = Path(args.model_dir) if args.model_dir else build_model(args.model_size, Path(args.run_dir), args.seed)
+    start = time.perf_counter()
+    result = (run_trl if args.only == "trl-grpo" else run_rlft)(args.only, args, model_dir, out_dir / "run")
+    result.update(name=args.only, wall_seconds=time.perf_counter() - start, peak_rss_mib=peak_rss_mib(),
+                  torch_threads=torch.get_num_threads())
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+def summarize(result: dict) -> dict:
+    timed = result["steps"][1:]  # drop the warm-up iteration
+    if not timed:
+        raise SystemExit(f"{result['name']}: need --steps >= 2 (the first iteration is a warm-up)")
+    seconds = sum(s["seconds"] for s in timed)
+    out = {
+        "samples_per_s": sum(s["samples"] for s in timed) / seconds,
+        "tokens_per_s": sum(s["tokens"] for s in timed) / seconds,
+        "s_per_step": seconds / len(timed),
+        "s_per_step_stdev": statistics.stdev(s["seconds"] for s in timed) if len(timed) > 1 else 0.0,
+        "completion_len": sum(s["tokens"] for s in timed) / sum(s["samples"] for s in timed),
+        "peak_rss_mib": result["peak_rss_mib"],
+        "timed_steps": len(timed),
+    }
+    for k in PHASES:
+        out[k] = sum(s[k] for s in timed) / len(timed)
+    return out
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            if line.strip().startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    mem = ""
+    try:
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        kib = next(int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal:"))
+        mem = f", {kib / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs{mem}, {platform.system()} {platform.release()}, " \
+           f"Python {platform.python_version()}"
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("torch", "transformers", "trl", "accelerate", "datasets"):
+        try:
+            out.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            out.append(f"{pkg} (not installed)")
+    return ", ".join(out)
+
+
+def report(args, results: dict, command: str, prompt_note: str) -> str:
+    s = {name: summarize(r) for name, r in results.items()}
+    P, G = args.prompts, args.group
+    threads = results[next(iter(results))]["torch_threads"]
+    batch = (f"{P} prompts x {G} samples = {P * G} samples per iteration, at most {args.max_new_tokens} new tokens, "
+             f"temperature 1.0; one optimizer step per iteration; {args.steps} iterations per run, the first "
+             "excluded (warm-up); each run in its own process, one after the other (peak RSS per run)")
+    passes = ("see the docstring of `benchmarks/ppo_throughput.py`. rlft does one more no-grad forward than TRL "
+              "(it recomputes the old policy log-probs, which TRL skips at num_iterations=1) and computes full-vocab "
+              "logits over prompt + response, where TRL's fused LM head covers the completion positions only")
+    lines = [
+        f"## PPO iteration throughput: rlft vs TRL GRPOTrainer ({datetime.date.today().isoformat()})",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {machine()}; torch threads {threads}",
+        f"- versions: {versions()}",
+        f"- model: {args.model_size} (float32, policy + frozen reference on both sides); {prompt_note}",
+        f"- batch: {batch}",
+        f"- what each side does per iteration: {passes}",
+        "",
+        ("| run | algo | prompts x samples | samples/s | completion tokens/s | s/iteration (stdev) "
+         "| mean completion tokens | peak RSS MiB |"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    algo = {"rlft-grpo": "GRPO (KL k3 in loss)", "trl-grpo": "GRPO (KL k3 in loss)",
+            "rlft-reft": "ReFT PPO (value head, KL k1 in reward)"}
+    for name in results:
+        p, g = geometry(name, args)
+        x = s[name]
+        lines.append(f"| {name} | {algo[name]} | {p} x {g} | {x['samples_per_s']:.2f} | {x['tokens_per_s']:.1f} "
+                     f"| {x['s_per_step']:.3f} ({x['s_per_step_stdev']:.3f}) | {x['completion_len']:.1f} "
+                     f"| {x['peak_rss_mib']:.0f} |")
+    lines += [
+        "",
+        "Where the time goes (seconds per timed iteration and share; `other` is the rest of the iteration):",
+        "",
+        "| run | rollout (generate) | logprobs (no-grad forwards) | reward | train (fwd+bwd+step) | other | total |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in results:
+        x = s[name]
+        cells = [f"{x[k]:.3f} ({x[k] / x['s_per_step'] * 100:.0f}%)" for k in PHASES]
+        lines.append(f"| {name} | {' | '.join(cells)} | {x['s_per_step']:.3f} |")
+    if "rlft-grpo" in s and "trl-grpo" in s:
+        a, b = s["rlft-grpo"], s["trl-grpo"]
+        verdict = "meets" if a["samples_per_s"] >= b["samples_per_s"] else "misses"
+        ratio = (f"{a['samples_per_s'] / b['samples_per_s']:.2f}x samples/s, "
+                 f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x completion tokens/s, "
+                 f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x peak RSS")
+        per_phase = ", ".join(f"{k} {a[k] / b[k]:.2f}x" for k in PHASES[:4] if b[k] > 0)
+        lines += ["", f"**rlft-grpo / trl-grpo: {ratio}** ({verdict} the target: at least as fast per sample).",
+                  f"Per phase, rlft seconds / TRL seconds: {per_phase}."]
+    if "rlft-reft" in s and "trl-grpo" in s:
+        ratio = s["rlft-reft"]["samples_per_s"] / s["trl-grpo"]["samples_per_s"]
+        lines.append(f"rlft-reft / trl-grpo: {ratio:.2f}x samples/s (a different algorithm at the same samples per "
+                     "iteration, for scale).")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def prompt_tokens_note(model_dir: Path) -> str:
+    """rlft tokenizes prompts with add_special_tokens=False; TRL with the tokenizer's default. Say if they differ."""
+    from transformers import AutoTokenizer
+
+    from rlft.tasks.prompts import prompt_text
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    text = prompt_text(training_records(1)[0], "nl")
+    extra = len(tok(text)["input_ids"]) - len(tok(text, add_special_tokens=False)["input_ids"])
+    return "same prompt token ids on both sides" if extra == 0 else \
+        f"TRL's prompts carry {extra} more special token(s) (the tokenizer's default add_special_tokens=True)"
+
+
+def parent(args) -> None:
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = build_model(args.model_size, run_dir, args.seed)
+    note = prompt_tokens_note(model_dir)
+    passthrough = ["--steps", str(args.steps), "--prompts", str(args.prompts), "--group", str(args.group),
+                   "--max-new-tokens", str(args.max_new_tokens), "--model-size", args.model_size,
+                   "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
+                   "--run-dir", str(run_dir), "--model-dir", str(model_dir)]
+    results = {}
+    for name in args.runs:
+        print(f"ppo_throughput: running {name} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--only", name, *passthrough], check=True)
+        results[name] = json.loads((run_dir / name / "result.json").read_text())
+    command = "python benchmarks/ppo_throughput.py " + " ".join(sys.argv[1:])
+    text = report(args, results, command.strip(), note)
+    (run_dir / "results.json").write_text(json.dumps(
+        {"args": vars(args), "summary": {n: summarize(r) for n, r in results.items()}, "runs": results},
+        indent=2, default=str))
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# PPO throughput: rlft vs TRL\n\n" + text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12, help="iterations per run; the first is a warm-up")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step (P)")
+    parser.add_argument("--group", type=int, default=4, help="samples per prompt (G)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--model-size", choices=("tiny", "smollm2"), default="tiny")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: torch's default)")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs, in order")
+    parser.add_argument("--out", default=str(ROOT / "docs/benchmarks_ppo.md"), help="markdown report")
+    parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_ppo_throughput"), help="scratch folder")
+    parser.add_argument("--only", choices=RUNS, help=argparse.SUPPRESS)  # internal: one run in this process
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be >= 2 (the first iteration is a warm-up)")
+    if args.group < 2:
+        parser.error("--group must be >= 2 (GRPO needs groups)")
+    child(args) if args.only else parent(args)
+
+
+if __name__ == "__main__":
+    main()
