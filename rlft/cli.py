@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from rlft.config import ConfigError, describe, load_config, to_dict
+from rlft.utils.logging import write_jsonl
 
 EPILOG = "Config keys (set in YAML or as section.key=value):\n" + describe()
 
@@ -102,9 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     out = Path(args.out) if args.out else Path(cfg.run.dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "predictions.jsonl").open("w") as f:
-        for row in predictions:
-            f.write(json.dumps(row) + "\n")
+    write_jsonl(out / "predictions.jsonl", predictions)
     summary["model"] = str(model_dir)
     (out / "eval_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
@@ -128,9 +127,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("rlft data export needs --out FILE.jsonl")
-    with open(args.out, "w") as f:
-        for r in records:
-            f.write(json.dumps(r.to_dict()) + "\n")
+    write_jsonl(args.out, [r.to_dict() for r in records])
     print(f"wrote {len(records)} records to {args.out}")
     return 0
 

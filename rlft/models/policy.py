@@ -7,7 +7,6 @@ package (cached); anything else is a local folder or a hub name passed to `from_
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable
 

@@ -52,7 +52,7 @@ from rlft.trainers import carft
 from rlft.trainers.selftrain import online_st_micro_batches
 from rlft.trainers.sft import epoch_order
 from rlft.utils import checkpoint
-from rlft.utils.logging import MetricLogger, print0
+from rlft.utils.logging import MetricLogger, print0, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
 from rlft.workspace import load_split, open_run_dir, prepare_model
 
@@ -318,7 +318,7 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
             m.update(summary)
             state["history"].append({"iteration": it + 1, "accuracy": summary["eval/accuracy"],
                                      "train_seconds": state["train_seconds"], "samples": state["samples"]})
-            _write_jsonl(run_dir / f"predictions_iter{it + 1}.jsonl", predictions)
+            write_jsonl(run_dir / f"predictions_iter{it + 1}.jsonl", predictions)
             print0(f"iteration {it + 1}: held-out accuracy {summary['eval/accuracy']:.3f}, train reward "
                    f"{float(m['reward/mean']):.3f}, kl {float(m.get('kl/mean', 0.0)):.3f}, {state['train_seconds']:.0f}s")
         logger.log(it + 1, m)
@@ -350,9 +350,3 @@ def _save(roles: Roles, tokenizer, state: dict, kl_ctl, root: Path, cfg: Config)
     torch.save({"state": state, "rng": rng_state(), "kl": kl_ctl.state_dict(), "config": to_dict(cfg)}, tmp / "trainer_state.pt")
     best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()
     return checkpoint.commit(tmp, keep_last=cfg.ppo.keep_last_checkpoints, protect=best)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")

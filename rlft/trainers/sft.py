@@ -33,7 +33,7 @@ from rlft.rollout.hf_engine import HFRolloutEngine
 from rlft.tasks.base import Record
 from rlft.tasks.prompts import prompt_text, target_text
 from rlft.utils import checkpoint
-from rlft.utils.logging import MetricLogger, print0
+from rlft.utils.logging import MetricLogger, print0, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
 from rlft.workspace import load_split, open_run_dir, prepare_model
 
@@ -167,7 +167,7 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
             )
             logger.log(state["step"], summary)
             record["accuracy"] = summary["eval/accuracy"]
-            _write_jsonl(run_dir / f"predictions_epoch{epoch + 1}.jsonl", predictions)
+            write_jsonl(run_dir / f"predictions_epoch{epoch + 1}.jsonl", predictions)
             print0(f"epoch {epoch + 1}: held-out accuracy {summary['eval/accuracy']:.3f} "
                    f"(mean score {summary['eval/mean_score']:.3f}, {summary['eval/n']} problems, "
                    f"train {state['train_seconds']:.0f}s, {state['train_tokens'] / max(state['train_seconds'], 1e-9):.0f} tok/s)")
@@ -208,9 +208,3 @@ def _save(learner: TorchLearner, tokenizer, state: dict, root: Path, record: dic
     torch.save({"state": state, "rng": rng_state(), "config": to_dict(cfg)}, tmp / "trainer_state.pt")
     best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()
     return checkpoint.commit(tmp, keep_last=cfg.sft.keep_last_checkpoints, protect=best)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")

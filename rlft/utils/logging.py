@@ -56,6 +56,13 @@ class MetricLogger:
             self._tb.close()
 
 
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """One JSON object per line (per-example predictions, exported records)."""
+    with Path(path).open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln] if path.exists() else []

@@ -14,9 +14,6 @@ from safetensors.torch import load_file
 
 from rlft.cli import main
 from rlft.config import load_config
-from rlft.models.tiny import build_tiny_model
-from rlft.tasks import load_records
-from rlft.tasks.prompts import prompt_text, target_text
 from rlft.trainers import selftrain
 from rlft.trainers.selftrain import run_offline_st
 
@@ -35,13 +32,6 @@ MICRO = [
 ]
 
 
-@pytest.fixture(scope="module")
-def warm_model(tmp_path_factory):
-    """A tiny random model whose tokenizer knows the task (stands in for a warm-up checkpoint)."""
-    records = load_records("arithmetic", "train", n_train=8, difficulty=0)
-    texts = [prompt_text(r) + target_text(r) for r in records] * 4
-    return build_tiny_model(tmp_path_factory.mktemp("warm") / "model", texts, seed=0, vocab_size=300,
-                            hidden_size=128, num_layers=2, intermediate_size=256)
 
 
 @pytest.fixture(scope="module")

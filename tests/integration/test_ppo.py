@@ -12,13 +12,12 @@ from safetensors.torch import load_file
 
 from rlft.config import load_config
 from rlft.models.policy import load_policy
-from rlft.models.tiny import build_tiny_model
 from rlft.rollout.base import SamplingParams
 from rlft.rollout.hf_engine import HFRolloutEngine
 from rlft.learner.torch_learner import response_logprobs_and_values
 from rlft.models.value_head import PolicyModel
 from rlft.tasks import load_records
-from rlft.tasks.prompts import prompt_text, target_text
+from rlft.tasks.prompts import prompt_text
 from rlft.trainers.ppo import run_ppo
 
 MICRO = [
@@ -28,13 +27,6 @@ MICRO = [
 ]
 
 
-@pytest.fixture(scope="module")
-def warm_model(tmp_path_factory):
-    """A tiny random model whose tokenizer knows the task (stands in for a warm-up checkpoint)."""
-    records = load_records("arithmetic", "train", n_train=16, difficulty=0)
-    texts = [prompt_text(r) + target_text(r) for r in records] * 4
-    return build_tiny_model(tmp_path_factory.mktemp("warm") / "model", texts, seed=0, vocab_size=300,
-                            hidden_size=128, num_layers=2, intermediate_size=256)
 
 
 def _cfg(run_dir, model, *extra):
