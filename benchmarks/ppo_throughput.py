@@ -34,8 +34,9 @@ rlft (`timing/iteration` from `metrics.jsonl`; evaluation, checkpoints and metri
   rollout   HF `generate` of P prompts x G (`num_return_sequences`), left-padded, with the sampler's scores
             kept (`output_scores`, for the `rollout/logprob_diff` check);
   reward    `rewards.math_reward` behind rlft's timeout wrapper (`rewards.safe_call`);
-  logprobs  two no-grad teacher-forced forwards over prompt+response: the policy's old log-probs (rlft
-            always recomputes them, even with one PPO epoch) and the reference's;
+  logprobs  no-grad teacher-forced forwards over prompt+response: the reference's, plus the policy's old
+            log-probs for ReFT (KL in the reward); GRPO with one PPO epoch skips that pass like TRL does
+            (old = current log-probs, `rlft.trainers.ppo.needs_old_logprobs`);
   (other)   decode, advantages, metrics;
   train     one forward + backward with grad over the P*G sequences, clip, AdamW step.
 TRL (`on_step_begin` -> `on_step_end` of a `TrainerCallback`; TRL's own `profiling/Time taken` records are
@@ -344,9 +345,10 @@ def report(args, results: dict, command: str, prompt_note: str) -> str:
     batch = (f"{P} prompts x {G} samples = {P * G} samples per iteration, at most {args.max_new_tokens} new tokens, "
              f"temperature 1.0; one optimizer step per iteration; {args.steps} iterations per run, the first "
              "excluded (warm-up); each run in its own process, one after the other (peak RSS per run)")
-    passes = ("see the docstring of `benchmarks/ppo_throughput.py`. rlft does one more no-grad forward than TRL "
-              "(it recomputes the old policy log-probs, which TRL skips at num_iterations=1) and computes full-vocab "
-              "logits over prompt + response, where TRL's fused LM head covers the completion positions only")
+    passes = ("see the docstring of `benchmarks/ppo_throughput.py`. For GRPO with one PPO epoch both sides skip "
+              "the old-log-prob pass (old = current, TRL's num_iterations=1 shortcut; rlft's `needs_old_logprobs`); "
+              "rlft-reft needs it (KL in the reward) and adds the value head. rlft computes full-vocab logits over "
+              "prompt + response, where TRL's LM head covers the completion positions only")
     lines = [
         f"## PPO iteration throughput: rlft vs TRL GRPOTrainer ({datetime.date.today().isoformat()})",
         "",
