@@ -24,6 +24,7 @@ from pathlib import Path
 from rlft.config import load_config
 from rlft.experiments.compare import run_compare
 from rlft.trainers.sft import run_sft
+from rlft.utils.logging import quiet_libraries
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--warmup-epoch", type=int, default=3, help="epoch of the SFT run used as the warm-up")
     parser.add_argument("--docs", action="store_true", help="append the table to docs/benchmarks.md")
     args = parser.parse_args()
+    quiet_libraries()
 
     base = load_config(args.config, args.overrides)
     root = Path(base.run.dir)

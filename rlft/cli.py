@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from rlft.config import ConfigError, describe, load_config, to_dict
-from rlft.utils.logging import write_jsonl
+from rlft.utils.logging import quiet_libraries, write_jsonl
 
 EPILOG = "Config keys (set in YAML or as section.key=value):\n" + describe()
 
@@ -213,14 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """rlft prints its own progress; the libraries' per-file bars and notices only bury it."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["check"]:  # the checker has its own parser and lives in the standalone rewards package
@@ -228,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return check_main(argv[1:])
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     from rlft.models.policy import ModelLoadError
     from rlft.tasks.errors import DataError
 

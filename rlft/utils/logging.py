@@ -68,5 +68,13 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln] if path.exists() else []
 
 
+def quiet_libraries() -> None:
+    """rlft prints its own progress; transformers' per-file bars and notices only bury it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def print0(*args: Any) -> None:
     print(*args, flush=True)
