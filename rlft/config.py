@@ -532,12 +532,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, key, source)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                continue  # try the next member; the error below names the whole union
         raise _type_error(key, value, hint, source)
     if origin is Literal:
         if value not in args:

@@ -62,10 +62,9 @@ def mean_std_ci(values: list[float]) -> dict:
 def _method_config(base: Config, config_path: str | None, cli_overrides: list[str], method_overrides: list[str],
                    run_dir: Path, warmup: Path, seed: int) -> Config:
     overrides = [*cli_overrides, *method_overrides, f"run.dir={run_dir}", f"run.seed={seed}", f"model.path={warmup}"]
-    cfg = load_config(config_path, overrides)
-    if base.compare.max_seconds is not None:
-        cfg.ppo.max_seconds = cfg.sft.max_seconds = base.compare.max_seconds
-    return cfg
+    if base.compare.max_seconds is not None:  # the compare budget applies to every method's own cap
+        overrides += [f"ppo.max_seconds={base.compare.max_seconds}", f"sft.max_seconds={base.compare.max_seconds}"]
+    return load_config(config_path, overrides)
 
 
 def _run_one(label: str, cfg: Config) -> dict:
