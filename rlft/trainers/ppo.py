@@ -59,9 +59,13 @@ from rlft.workspace import load_split, open_run_dir, prepare_model
 
 def prompt_indices(n: int, per_step: int, seed: int, iteration: int) -> list[int]:
     """Questions of `iteration`: consecutive slices of per-epoch shuffles, wrapping across epochs."""
+    orders: dict[int, list[int]] = {}  # one shuffle per epoch touched (at most two per iteration)
     out = []
     for p in range(iteration * per_step, (iteration + 1) * per_step):
-        out.append(epoch_order(n, seed, p // n)[p % n])
+        epoch = p // n
+        if epoch not in orders:
+            orders[epoch] = epoch_order(n, seed, epoch)
+        out.append(orders[epoch][p % n])
     return out
 
 

@@ -222,3 +222,12 @@ def test_single_on_policy_step_skips_the_old_logprob_pass(tmp_path, warm_model, 
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     skip, full = _metrics(tmp_path / "skip")[-1], _metrics(tmp_path / "full")[-1]
     assert "rollout/logprob_diff" not in skip and abs(skip["kl/mean"] - full["kl/mean"]) < 1e-5
+
+
+def test_prompt_indices_cover_every_question_once_per_epoch():
+    from rlft.trainers.ppo import prompt_indices
+
+    first_epoch = [i for it in range(5) for i in prompt_indices(10, 2, seed=3, iteration=it)]
+    assert sorted(first_epoch) == list(range(10))
+    wrap = prompt_indices(10, 4, seed=3, iteration=2)  # questions 8, 9 of epoch 0 and 0, 1 of epoch 1
+    assert wrap[:2] == first_epoch[8:] and len(wrap) == 4
