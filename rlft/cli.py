@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     from rlft.models.policy import ModelLoadError
+    from rlft.dist.errors import ClusterTooSmallError, WorkerLostError
     from rlft.tasks.errors import DataError
 
     try:
@@ -231,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlft: error: {e}", file=sys.stderr)
         return 2
+    except (WorkerLostError, ClusterTooSmallError) as e:
+        if os.environ.get("RLFT_DEBUG"):
+            raise
+        print(f"rlft: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("rlft: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -300,6 +300,43 @@ class LogConfig:
     """Show a progress bar on stderr."""
 
 
+@dataclass
+class ClusterConfig:
+    backend: Literal["local", "ray"] = "local"
+    """local: every role in this process (tests, debugging, a laptop); ray: roles as Ray actors
+    (`rlft/dist/ray_roles.py`), on one machine or a cluster. The loop is the same."""
+    address: str | None = None
+    """Ray cluster to join: None starts a private local Ray; `auto` joins the running cluster (what a job
+    submitted with `rlft launch` uses); `ray://host:10001` connects a client."""
+    num_cpus: int | None = None
+    """Logical CPUs of a private local Ray (address None); None: Ray counts the machine's cores."""
+    learner: Literal["torch", "deepspeed"] = "deepspeed"
+    """Learner backend of the Ray policy/critic ranks: deepspeed (ZeRO, any number of ranks) or torch
+    (one rank only)."""
+    learner_ranks: int = 1
+    """Data-parallel learner ranks (one torch.distributed group: gloo on CPU, NCCL on GPU)."""
+    deepspeed_config: str = "configs/deepspeed/zero2.json"
+    """DeepSpeed JSON (ZeRO stage, offload, precision). Batch sizes, optimizer, lr and clipping in it are
+    replaced by rlft's own (`ppo.*`); relative paths are resolved against the working directory."""
+    rollout_workers: int = 1
+    """Rollout engines (Ray actors); prompts are split evenly among them and results gathered in order."""
+    reward_workers: int = 1
+    """Reward scoring actors (CPU only)."""
+    placement: Literal["colocated", "split"] = "split"
+    """colocated: learner rank i and rollout engine i share a placement-group bundle (one GPU each pair);
+    split: separate bundles (and devices) for learners and rollout engines."""
+    gpus_per_worker: float = 0.0
+    """GPUs per learner rank / rollout engine bundle (0 on CPU). Colocated pairs share it."""
+    cpus_per_worker: float = 1.0
+    """Logical CPUs per learner rank, rollout engine, reference and reward actor."""
+    weight_sync: Literal["object_store", "broadcast"] = "object_store"
+    """How new weights reach the rollout engines: object_store (learner rank 0 puts a state dict once,
+    every engine reads it; CPU and small models) or broadcast (a torch.distributed group of learner
+    rank 0 + the engines: NCCL on GPU, gloo on CPU)."""
+    startup_timeout: float = 300.0
+    """Seconds to wait for the placement group before failing with the cluster's free resources."""
+
+
 ALGOS = ("reft", "carft", "grpo", "rloo", "reinforce_pp", "online_st", "offline_st")
 GROUP_ALGOS = ("grpo", "rloo")
 
@@ -337,6 +374,8 @@ class Config:
     """Offline self-training (algo=offline_st, spec §12): how many samples to draw and keep."""
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics and progress."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the roles run: in this process, or as Ray actors with DeepSpeed learners."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -393,11 +432,35 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
     if not cfg.compare.seeds or not cfg.compare.methods:
         raise ConfigError("compare.seeds and compare.methods must not be empty")
+    if cfg.cluster.backend == "ray":
+        _validate_cluster(cfg)
     if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
         raise ConfigError(
             f"model.tiny.hidden_size={cfg.model.tiny.hidden_size} is not a multiple of "
             f"model.tiny.head_dim={cfg.model.tiny.head_dim}"
         )
+
+
+def _validate_cluster(cfg: Config) -> None:
+    c = cfg.cluster
+    for key in ("cluster.learner_ranks", "cluster.rollout_workers", "cluster.reward_workers"):
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    if c.learner == "torch" and c.learner_ranks > 1:
+        raise ConfigError(f"cluster.learner=torch runs one rank (got cluster.learner_ranks={c.learner_ranks}); "
+                          "use cluster.learner=deepspeed for data parallelism")
+    if c.placement == "colocated" and c.rollout_workers != c.learner_ranks:
+        raise ConfigError(f"cluster.placement=colocated pairs each learner rank with one rollout engine: set "
+                          f"cluster.rollout_workers={c.learner_ranks} (got {c.rollout_workers}) or use placement=split")
+    if cfg.algo in ("carft", "online_st", "offline_st"):
+        raise ConfigError(f"algo={cfg.algo} runs with cluster.backend=local only (its extra phases need the "
+                          "policy module in the driver); use cluster.backend=local")
+    samples = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    per_minibatch = cfg.ppo.sequences_per_minibatch or samples
+    if per_minibatch % c.learner_ranks or samples % per_minibatch:
+        raise ConfigError(
+            f"ppo.sequences_per_minibatch={per_minibatch} must divide the {samples} samples per iteration "
+            f"and split evenly across cluster.learner_ranks={c.learner_ranks}; use a multiple of {c.learner_ranks}")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -40,10 +40,11 @@ def tokenizer_corpus(records: list[Record], style: str) -> list[str]:
     return [prompt_text(r, style) + target_text(r, style) for r in records]
 
 
-def prepare_model(cfg: Config, train_records: list[Record]):
-    """Return (model, tokenizer, model_path) for `model.path` (building the tiny model if asked)."""
+def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = True):
+    """Return (model, tokenizer, model_path) for `model.path` (building the tiny model if asked); model
+    is None with `with_model=False`."""
     from rlft.models.policy import load_policy, resolve_model_path
 
     path = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed, tokenizer_corpus(train_records, cfg.data.style))
-    model, tokenizer = load_policy(path, dtype=cfg.model.dtype)
+    model, tokenizer = load_policy(path, dtype=cfg.model.dtype, with_model=with_model)
     return model, tokenizer, path

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -77,11 +78,36 @@ class FrozenReference:
 
 @dataclass
 class Roles:
+    """What the loop talks to; each member is an in-process object here or a Ray group
+    (`rlft/dist/ray_roles.py`) with the same methods."""
+
     rollout: HFRolloutEngine
     policy: TorchLearner
     reference: FrozenReference | None
     reward: RewardRole
     critic: TorchLearner | None = None  # a separate value model (ppo.critic=separate), else None
+    on_close: Callable[[], None] | None = None  # stops remote workers
+
+    def remote_state(self) -> dict:
+        """State that lives outside this process (the RNG of Ray rollout engines), for exact resume."""
+        return {"rollout": self.rollout.state_dict()} if hasattr(self.rollout, "state_dict") else {}
+
+    def load_remote_state(self, state: dict) -> None:
+        if "rollout" in state and hasattr(self.rollout, "load_state_dict"):
+            self.rollout.load_state_dict(state["rollout"])
+
+    def close(self) -> None:
+        if self.on_close is not None:
+            self.on_close()
+
+
+def build_roles(cfg: Config, lm, tokenizer, model_path, *, total_steps: int) -> Roles:
+    """`cluster.backend=local`: every role in this process; `ray`: actor groups (imported only then)."""
+    if cfg.cluster.backend == "ray":
+        from rlft.dist.ray_roles import build_ray_roles
+
+        return build_ray_roles(cfg, tokenizer, model_path, total_steps=total_steps)
+    return build_local_roles(cfg, lm, tokenizer, model_path, total_steps=total_steps)
 
 
 def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, *, total_steps: int) -> Roles:
@@ -94,10 +120,11 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, *
     )
     separate = cfg.ppo.critic == "separate"
     head = None if separate else {"reft": "linear", "carft": "carft"}.get(cfg.algo)
-    learner = make_learner(PolicyModel(lm, value_head=head, head_dropout=cfg.carft.head_dropout))
+    learner = make_learner(PolicyModel(lm, value_head=head, head_dropout=cfg.carft.head_dropout, init_seed=cfg.run.seed))
     critic = None
     if separate:  # spec §5's ablation: a second learner with a value head, not a new kind of role
-        critic = make_learner(PolicyModel(load_policy(model_path, dtype=cfg.model.dtype)[0], value_head="linear"))
+        critic = make_learner(PolicyModel(load_policy(model_path, dtype=cfg.model.dtype)[0], value_head="linear",
+                                          init_seed=cfg.run.seed))
     needs_reference = cfg.algo != "online_st" and cfg.kl.coef > 0
     reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0]) if needs_reference else None
     engine = HFRolloutEngine(lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,

@@ -28,6 +28,14 @@ class Learner(Protocol):
         """One optimizer step over a minibatch given as micro-batches. Returns metrics incl. grad norm."""
         ...
 
+    def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced response log-probs (B, T) and values (B, T) or None, in eval mode, no grad."""
+        ...
+
+    def set_value_only(self, flag: bool) -> None:
+        """While set, only the value head receives gradients (value warm-up)."""
+        ...
+
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full (gathered) parameters, for weight sync and HF export."""
         ...

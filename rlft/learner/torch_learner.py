@@ -83,6 +83,10 @@ class TorchLearner:
         self.optimizer.zero_grad(set_to_none=True)
         return totals
 
+    def set_value_only(self, flag: bool) -> None:
+        """Value warm-up: train the value head only (the backbone runs without autograd)."""
+        self.model.value_only = flag
+
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The language model's parameters under their HF names (what a rollout engine loads)."""
         yield from self.model.lm.named_parameters()

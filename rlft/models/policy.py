@@ -25,8 +25,9 @@ def _is_hub_name(path: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(path).exists() and not path.startswith((".", "/", "~"))
 
 
-def load_policy(path: str | Path, *, dtype: str = "float32"):
-    """Return (model, tokenizer). Pad token falls back to EOS (masks, not pad ids, mark padding in rlft)."""
+def load_policy(path: str | Path, *, dtype: str = "float32", with_model: bool = True):
+    """Return (model, tokenizer); model is None with `with_model=False` (a Ray driver needs only the
+    tokenizer). Pad token falls back to EOS (masks, not pad ids, mark padding in rlft)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = str(path)
@@ -37,7 +38,7 @@ def load_policy(path: str | Path, *, dtype: str = "float32"):
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]) if with_model else None
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"could not load model '{path}': {first}") from None

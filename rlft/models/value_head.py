@@ -13,8 +13,8 @@ Checkpoints: `save_pretrained(dir)` writes a plain HF folder (loadable by any HF
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
-@dataclass
-class PolicyOutput:
+class PolicyOutput(NamedTuple):
+    """A named tuple, not a dataclass: ZeRO-3 must see the output tensors to hook their backward."""
+
     logits: torch.Tensor  # (B, S, V)
     values: torch.Tensor | None  # (B, S), or None without a value head
     embeddings: torch.Tensor | None = None  # (B, S, D) CARFT token embeddings, or None
@@ -38,10 +39,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 class PolicyModel(torch.nn.Module):
     """`value_head`: None (SFT, critic-free RL), "linear" (ReFT) or "carft" (64-d bottleneck head)."""
 
-    def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0):
+    def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
+                 init_seed: int = 0):
         super().__init__()
         self.lm = lm
         self.head_kind = value_head
+        # Value warm-up: the backbone runs without autograd, so only the head learns (and no backbone
+        # activations are kept). A flag on the module, not requires_grad, so sharded learners can use it.
+        self.value_only = False
         if value_head == "carft":
             from rlft.models.carft_head import CARFTHead
 
@@ -54,7 +59,9 @@ class PolicyModel(torch.nn.Module):
             raise ValueError(f"unknown value head {value_head!r}")
         if value_head == "linear":
             # Small init so the first value estimates are near 0 rather than dominating the first update.
-            torch.nn.init.normal_(self.value_head.weight, std=1.0 / (lm.config.hidden_size + 1))
+            # Seeded on its own so every process (local loop, Ray learner ranks) builds the same head.
+            generator = torch.Generator().manual_seed(init_seed)
+            torch.nn.init.normal_(self.value_head.weight, std=1.0 / (lm.config.hidden_size + 1), generator=generator)
             torch.nn.init.zeros_(self.value_head.bias)
             self.value_head.to(next(lm.parameters()).dtype)
 
@@ -63,10 +70,11 @@ class PolicyModel(torch.nn.Module):
         return self.lm.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PolicyOutput:
-        out = self.lm(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-            output_hidden_states=self.value_head is not None, use_cache=False,
-        )
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
+            out = self.lm(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                output_hidden_states=self.value_head is not None, use_cache=False,
+            )
         values = embeddings = None
         if self.head_kind == "carft":
             values, embeddings = self.value_head(out.hidden_states[-1])  # (B, S), (B, S, D)

@@ -57,7 +57,7 @@ class HFRolloutEngine:
         finally:
             self.model.train(was_training)
         # Clone out of inference mode: the loop later indexes these tensors inside autograd-tracked ops.
-        batch = _concat(chunks, self.pad_id)
+        batch = concat_batches(chunks, self.pad_id)
         return RolloutBatch(**{k: None if v is None else v.clone() for k, v in vars(batch).items()})
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, offset: int) -> RolloutBatch:
@@ -111,7 +111,8 @@ def _pad_to(x: torch.Tensor, width: int, value: float, left: bool) -> torch.Tens
     return F.pad(x, (extra, 0) if left else (0, extra), value=value)
 
 
-def _concat(chunks: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+def concat_batches(chunks: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """One batch from several, re-padding prompts (left) and responses (right) to common widths."""
     P = max(c.prompt_ids.shape[1] for c in chunks)
     T = max(c.response_ids.shape[1] for c in chunks)
     cat = torch.cat

@@ -43,7 +43,8 @@ from rlft.algos import advantages as adv_algos
 from rlft.algos import kl as kl_algos
 from rlft.algos import ppo
 from rlft.config import Config, to_dict
-from rlft.dist.local import Roles, build_local_roles
+from rlft.dist.errors import WorkerLostError
+from rlft.dist.local import Roles, build_roles
 from rlft.evaluate import encode_prompts, evaluate
 from rlft.learner.torch_learner import sequence_batch
 from rlft.models.value_head import response_slice
@@ -183,9 +184,8 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
         steps = [(roles.policy, "value" if value_only else "both")]
     else:
         steps = ([] if value_only else [(roles.policy, "policy")]) + [(roles.critic, "value")]
-    # Shared-head warm-up: freeze the backbone so only the value head learns (AdamW skips params without grads).
-    backbone = roles.policy.model.lm
-    backbone.requires_grad_(not (value_only and roles.critic is None))
+    # Shared-head warm-up: the backbone gets no gradient, so only the value head learns.
+    roles.policy.set_value_only(value_only and roles.critic is None)
     sums: dict = {}
     n_steps = 0
     for _ in range(cfg.ppo.ppo_epochs):
@@ -204,7 +204,7 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
                 for k, v in step.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             n_steps += 1
-    backbone.requires_grad_(True)
+    roles.policy.set_value_only(False)
     return {k: v / n_steps for k, v in sums.items()}
 
 
@@ -222,8 +222,20 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     run_dir = open_run_dir(cfg)
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
-    lm, tokenizer, model_path = prepare_model(cfg, train)
-    roles = build_local_roles(cfg, lm, tokenizer, model_path, total_steps=cfg.ppo.iterations)
+    lm, tokenizer, model_path = prepare_model(cfg, train, with_model=cfg.cluster.backend == "local")
+    roles = build_roles(cfg, lm, tokenizer, model_path, total_steps=cfg.ppo.iterations)
+    try:
+        return _train(cfg, roles, run_dir, train, test, tokenizer, model_path, stop_after_iterations)
+    except WorkerLostError as e:
+        last = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+        where = f"last checkpoint: {last}; continue from it with run.resume=true" if last else "no checkpoint yet"
+        raise WorkerLostError(f"{e}; the run stopped ({where})") from None
+    finally:
+        roles.close()
+
+
+def _train(cfg: Config, roles: Roles, run_dir: Path, train, test, tokenizer, model_path,
+           stop_after_iterations: int | None) -> dict:
     prompts = encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens)
     kl_ctl = kl_algos.AdaptiveKLController(init_kl_coef=cfg.kl.coef, target=cfg.kl.target, horizon=cfg.kl.horizon) \
         if cfg.kl.adaptive else kl_algos.FixedKLController(kl_coef=cfg.kl.coef)
@@ -243,6 +255,7 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
         state = saved["state"]
         set_rng_state(saved["rng"])
         kl_ctl.load_state_dict(saved["kl"])
+        roles.load_remote_state(saved.get("remote", {}))
         print0(f"rlft train: resumed from {latest} (iteration {state['iteration']})")
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["iteration"] if latest else None)
     print0(f"rlft train: algo={cfg.algo}, {len(train)} questions, {cfg.rollout.prompts_per_step} x "
@@ -351,6 +364,7 @@ def _save(roles: Roles, tokenizer, state: dict, kl_ctl, root: Path, cfg: Config)
     if roles.critic is not None:
         roles.critic.save(tmp / "critic")
     tokenizer.save_pretrained(tmp / "model")
-    torch.save({"state": state, "rng": rng_state(), "kl": kl_ctl.state_dict(), "config": to_dict(cfg)}, tmp / "trainer_state.pt")
+    torch.save({"state": state, "rng": rng_state(), "kl": kl_ctl.state_dict(), "config": to_dict(cfg),
+                "remote": roles.remote_state()}, tmp / "trainer_state.pt")
     best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()
     return checkpoint.commit(tmp, keep_last=cfg.ppo.keep_last_checkpoints, protect=best)

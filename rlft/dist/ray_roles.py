@@ -1,0 +1,475 @@
+"""The roles of one RL run as Ray actor groups (`cluster.backend=ray`); the only module importing ray.
+
+Every group satisfies the same small protocol as its in-process counterpart in `rlft/dist/local.py`, so
+the loop in `rlft/trainers/ppo.py` is unchanged and never calls `ray.get`:
+
+- `RayRolloutGroup`  N engines (`cluster.rollout_workers`); prompts are split into N contiguous slices and
+                     the results gathered back in prompt order.
+- `RayLearnerGroup`  `cluster.learner_ranks` data-parallel ranks forming one torch.distributed group
+                     (gloo on CPU, NCCL on GPU), each a `DeepSpeedLearner` (or one `TorchLearner`). A
+                     minibatch is split evenly across ranks; metrics are summed (the loss contract makes
+                     per-rank shares add up), the gradient norm comes from rank 0.
+- `RayReference`     the frozen warm-up model in an actor of its own.
+- `RayRewardPool`    `cluster.reward_workers` CPU actors, each with the configured reward function.
+
+Placement (`cluster.placement`): learner ranks, engines and the reference live in one placement group;
+`colocated` puts learner rank i and engine i (and the reference with rank 0) in bundle i, sharing its GPU;
+`split` gives each its own bundle. The cluster's resources are checked before anything starts.
+
+Failures: any call to a dead actor raises `WorkerLostError` naming the actor (role, index, pid, node); the
+loop stops, names the last checkpoint, and `run.resume=true` continues from it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlft.config import Config, config_from_dict, to_dict
+from rlft.dist.errors import ClusterTooSmallError, WorkerLostError
+from rlft.rollout.base import SamplingParams
+from rlft.types import RolloutBatch
+
+# Metrics of a learner step that are global (equal on every rank), not per-rank shares to be summed.
+GLOBAL_STEP_METRICS = ("train/grad_norm", "train/lr", "train/skipped_step")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Actors (plain classes; wrapped with ray.remote when placed)
+
+
+class _Actor:
+    def where(self) -> dict:
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address()}
+
+    def rng_state(self) -> dict:
+        from rlft.utils.seeding import rng_state
+
+        return rng_state()
+
+    def set_rng_state(self, state: dict) -> None:
+        from rlft.utils.seeding import set_rng_state
+
+        set_rng_state(state)
+
+
+class RolloutWorker(_Actor):
+    def __init__(self, cfg: dict, model_path: str, seed: int):
+        from rlft.models.policy import load_policy
+        from rlft.rollout.hf_engine import HFRolloutEngine
+        from rlft.utils.seeding import seed_everything
+
+        cfg = config_from_dict(cfg)
+        seed_everything(seed)
+        self.model, tokenizer = load_policy(model_path, dtype=cfg.model.dtype)
+        self.engine = HFRolloutEngine(self.model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                                      batch_size=cfg.rollout.batch_size)
+        self.sync_group = None
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
+        return self.engine.generate(prompt_ids, params)
+
+    def load_weights(self, state: dict) -> None:
+        self.engine.load_weights(state.items())
+
+    def join_sync_group(self, backend: str, addr: str, port: int, rank: int, world: int) -> None:
+        from rlft.dist.weight_sync import new_group
+
+        self.sync_group = new_group(backend, addr, port, rank, world)
+
+    def receive_weights(self) -> None:
+        from rlft.dist.weight_sync import broadcast_receive
+
+        broadcast_receive(self.sync_group, self.model)
+
+
+class LearnerWorker(_Actor):
+    """One data-parallel rank. `setup` joins the learners' torch.distributed group, then builds the model."""
+
+    def __init__(self, cfg: dict, model_path: str, rank: int, world_size: int, value_head: str | None,
+                 total_steps: int):
+        self.cfg, self.model_path, self.rank, self.world_size = config_from_dict(cfg), model_path, rank, world_size
+        self.value_head, self.total_steps = value_head, total_steps
+        self.sync_group = None
+
+    def address(self) -> tuple[str, int]:
+        from rlft.dist.weight_sync import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master_addr: str, master_port: int, backend: str) -> None:
+        import torch.distributed as dist
+
+        from rlft.learner.torch_learner import TorchLearner
+        from rlft.models.policy import load_policy
+        from rlft.models.value_head import PolicyModel
+        from rlft.utils.seeding import seed_everything
+
+        cfg = self.cfg
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
+        seed_everything(cfg.run.seed)
+        model = PolicyModel(load_policy(self.model_path, dtype=cfg.model.dtype)[0], value_head=self.value_head,
+                            init_seed=cfg.run.seed)
+        common = dict(lr=cfg.ppo.lr, weight_decay=cfg.ppo.weight_decay, max_grad_norm=cfg.ppo.max_grad_norm,
+                      total_steps=self.total_steps, warmup_steps=cfg.ppo.warmup_iterations, schedule="constant",
+                      train_mode=False)
+        if cfg.cluster.learner == "deepspeed":
+            from rlft.learner.deepspeed_learner import DeepSpeedLearner, load_deepspeed_config
+
+            self.learner = DeepSpeedLearner(model, ds_config=load_deepspeed_config(cfg.cluster.deepspeed_config), **common)
+        else:
+            self.learner = TorchLearner(model, **common)
+
+    def train_step(self, micro_batches, loss_fn) -> dict:
+        return self.learner.train_step(micro_batches, loss_fn)
+
+    def logprobs_and_values(self, batch, micro_batch_size: int):
+        return self.learner.logprobs_and_values(batch, micro_batch_size)
+
+    def set_value_only(self, flag: bool) -> None:
+        self.learner.set_value_only(flag)
+
+    def named_weights(self) -> dict | None:
+        """Full weights from rank 0 (every rank must take part: a collective under ZeRO-3)."""
+        weights = dict(self.learner.named_weights())
+        return weights if self.rank == 0 else None
+
+    def join_sync_group(self, backend: str, addr: str, port: int, world: int) -> None:
+        from rlft.dist.weight_sync import new_group
+
+        if self.rank == 0:
+            self.sync_group = new_group(backend, addr, port, 0, world)
+
+    def send_weights(self) -> int:
+        """Broadcast to the engines (rank 0 sends; the others only join a ZeRO-3 gather)."""
+        from rlft.dist.weight_sync import broadcast_send
+
+        named = list(self.learner.named_weights())  # every rank: a collective gather under ZeRO-3
+        return broadcast_send(self.sync_group, named) if self.rank == 0 else 0
+
+    def save(self, path: str) -> None:
+        self.learner.save(path)
+
+    def load(self, path: str) -> None:
+        self.learner.load(path)
+
+
+class ReferenceWorker(_Actor):
+    def __init__(self, cfg: dict, model_path: str):
+        from rlft.dist.local import FrozenReference
+        from rlft.models.policy import load_policy
+
+        cfg = config_from_dict(cfg)
+        self.reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0])
+
+    def logprobs(self, batch, micro_batch_size: int):
+        return self.reference.logprobs(batch, micro_batch_size)
+
+
+class RewardWorker(_Actor):
+    def __init__(self, cfg: dict):
+        from rlft.dist.local import RewardRole
+
+        self.role = RewardRole(config_from_dict(cfg))
+
+    def score(self, texts, records, truncated):
+        return self.role.score(texts, records, truncated)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Driver-side groups
+
+
+def _describe(role: str, index: int, where: dict) -> str:
+    return f"{role} {index} (pid {where.get('pid', '?')} on {where.get('node', '?')})"
+
+
+class _Group:
+    def __init__(self, role: str, actors: list):
+        self.role = role
+        self.actors = actors
+        self.where = ray.get([a.where.remote() for a in actors])
+
+    def _get(self, refs: list, indices: list[int] | None = None) -> list:
+        """`ray.get` that turns a dead actor into `WorkerLostError` naming it."""
+        indices = list(range(len(refs))) if indices is None else indices
+        try:
+            return ray.get(refs)
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+            dead = []
+            for i, ref in zip(indices, refs):
+                try:
+                    ray.get(ref, timeout=0)
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
+                    dead.append(_describe(self.role, i, self.where[i]))
+                except Exception:  # noqa: BLE001  (another error or still running: not the dead one)
+                    pass
+            names = ", ".join(dead) or f"a {self.role}"
+            raise WorkerLostError(f"{names} died ({type(e).__name__})") from None
+
+    def call_all(self, method: str, *args) -> list:
+        return self._get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def state_dict(self) -> dict:
+        return {"rng": self.call_all("rng_state")}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._get([a.set_rng_state.remote(s) for a, s in zip(self.actors, state["rng"])])
+
+
+class RemoteWeights:
+    """The policy's weights as a Ray object (learner rank 0's result); iterating fetches them."""
+
+    def __init__(self, ref):
+        self.ref = ref
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter(ray.get(self.ref).items())
+
+
+def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous [start, end) slices of range(n) whose sizes differ by at most one."""
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+class RayRolloutGroup(_Group):
+    def __init__(self, actors: list, pad_id: int, weight_sync: str, learners: "RayLearnerGroup"):
+        super().__init__("rollout engine", actors)
+        self.pad_id = pad_id
+        self.weight_sync = weight_sync
+        self.learners = learners
+        if weight_sync == "broadcast":
+            self._init_broadcast()
+
+    def _init_broadcast(self) -> None:
+        addr, port = self.learners._get([self.learners.actors[0].address.remote()])[0]
+        world = 1 + len(self.actors)
+        backend = self.learners.backend
+        refs = [a.join_sync_group.remote(backend, addr, port, world) for a in self.learners.actors]
+        refs += [a.join_sync_group.remote(backend, addr, port, i + 1, world) for i, a in enumerate(self.actors)]
+        ray.get(refs)
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
+        from rlft.rollout.hf_engine import concat_batches
+
+        slices = [(s, e) for s, e in split_evenly(len(prompt_ids), len(self.actors)) if e > s]
+        refs = [self.actors[i].generate.remote(prompt_ids[s:e], params) for i, (s, e) in enumerate(slices)]
+        batches = self._get(refs, list(range(len(slices))))
+        for batch, (start, _) in zip(batches, slices):
+            batch.prompt_index = batch.prompt_index + start  # engine-local -> global prompt index
+        return concat_batches(batches, self.pad_id)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if self.weight_sync == "broadcast":
+            # The learners' `named_weights()` result is not needed: rank 0 sends straight to the engines.
+            refs = [a.send_weights.remote() for a in self.learners.actors]
+            refs += [a.receive_weights.remote() for a in self.actors]
+            n = len(self.learners.actors)
+            self._get(refs[n:], list(range(len(self.actors))))
+            self.learners._get(refs[:n])
+            return
+        ref = named_tensors.ref if isinstance(named_tensors, RemoteWeights) else ray.put(dict(named_tensors))
+        self._get([a.load_weights.remote(ref) for a in self.actors])
+
+
+class RayLearnerGroup(_Group):
+    def __init__(self, actors: list, backend: str, micro_batch_size: int):
+        super().__init__("learner rank", actors)
+        self.backend = backend
+        self.micro_batch_size = micro_batch_size
+        addr, port = self._get([actors[0].address.remote()])[0]
+        self._get([a.setup.remote(addr, port, backend) for a in actors])
+
+    def _shards(self, batch: dict, rows_per_rank: int) -> list[dict]:
+        return [{k: v[r * rows_per_rank:(r + 1) * rows_per_rank] for k, v in batch.items()}
+                for r in range(len(self.actors))]
+
+    def train_step(self, micro_batches: list[dict], loss_fn) -> dict[str, float]:
+        """Re-splits the minibatch: rank r gets rows [r*n/R, (r+1)*n/R) in micro-batches of the same size."""
+        rows = sum(mb["response_ids"].shape[0] for mb in micro_batches)
+        ranks = len(self.actors)
+        if rows % ranks:
+            raise ValueError(f"a minibatch of {rows} sequences does not split across {ranks} learner ranks; "
+                             f"make ppo.sequences_per_minibatch a multiple of {ranks}")
+        micro = max(mb["response_ids"].shape[0] for mb in micro_batches)
+        full = {k: torch.cat([mb[k] for mb in micro_batches]) for k in micro_batches[0]}
+        refs = []
+        for actor, shard in zip(self.actors, self._shards(full, rows // ranks)):
+            n = shard["response_ids"].shape[0]
+            mbs = [{k: v[s:s + micro] for k, v in shard.items()} for s in range(0, n, micro)]
+            refs.append(actor.train_step.remote(mbs, loss_fn))
+        results = self._get(refs)
+        out = {k: v for k, v in results[0].items() if k in GLOBAL_STEP_METRICS}
+        for result in results:
+            for k, v in result.items():
+                if k not in GLOBAL_STEP_METRICS:
+                    out[k] = out.get(k, 0.0) + v
+        return out
+
+    def logprobs_and_values(self, batch: dict, micro_batch_size: int):
+        """Rows split evenly; the batch is padded (by repeating its last row) to a multiple of ranks x
+        micro-batch so every rank runs the same number of forwards (ZeRO-3 gathers are collectives)."""
+        n, ranks = batch["response_ids"].shape[0], len(self.actors)
+        unit = ranks * micro_batch_size
+        padded = -(-n // unit) * unit
+        full = {k: torch.cat([v, v[-1:].expand(padded - n, *v.shape[1:])]) if padded > n else v
+                for k, v in batch.items()}
+        results = self._get([a.logprobs_and_values.remote(shard, micro_batch_size)
+                             for a, shard in zip(self.actors, self._shards(full, padded // ranks))])
+        logprobs = torch.cat([r[0] for r in results])[:n]
+        values = None if results[0][1] is None else torch.cat([r[1] for r in results])[:n]
+        return logprobs, values
+
+    def set_value_only(self, flag: bool) -> None:
+        self.call_all("set_value_only", flag)
+
+    def named_weights(self) -> RemoteWeights:
+        refs = [a.named_weights.remote() for a in self.actors]
+        self._get(refs[1:], list(range(1, len(refs))))  # the others only took part in the gather
+        return RemoteWeights(refs[0])
+
+    def save(self, path) -> None:
+        self.call_all("save", str(path))
+
+    def load(self, path) -> None:
+        self.call_all("load", str(path))
+
+
+class RayReference(_Group):
+    def __init__(self, actor):
+        super().__init__("reference", [actor])
+
+    def logprobs(self, batch: dict, micro_batch_size: int) -> torch.Tensor:
+        return self._get([self.actors[0].logprobs.remote(batch, micro_batch_size)])[0]
+
+
+class RayRewardPool(_Group):
+    def __init__(self, actors: list):
+        super().__init__("reward worker", actors)
+
+    def score(self, texts: list[str], records: list, truncated: torch.Tensor):
+        slices = [(s, e) for s, e in split_evenly(len(texts), len(self.actors)) if e > s]
+        refs = [self.actors[i].score.remote(texts[s:e], records[s:e], truncated[s:e]) for i, (s, e) in enumerate(slices)]
+        results = self._get(refs, list(range(len(slices))))
+        metrics: dict = {}
+        for _, m in results:
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        return torch.cat([r[0] for r in results]), metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# Placement and construction
+
+
+def connect(cfg: Config) -> None:
+    """Join `cluster.address`, or start a private local Ray bound to loopback."""
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "RLFT_", "TOKENIZERS_", "TRANSFORMERS_"))}
+    runtime_env = {"env_vars": env}
+    if cfg.cluster.address is None:
+        ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 runtime_env=runtime_env, log_to_driver=True, logging_level="warning")
+    else:
+        ray.init(address=cfg.cluster.address, runtime_env=runtime_env, logging_level="warning")
+
+
+def plan_bundles(cfg: Config) -> tuple[list[dict], dict[str, list[tuple[int, float]]]]:
+    """Placement-group bundles and, per role, [(bundle index, GPUs per actor)].
+
+    colocated: bundle i = learner rank i + rollout engine i (+ the reference in bundle 0), sharing the
+    bundle's GPU equally; split: one bundle per actor."""
+    c = cfg.cluster
+    has_reference = cfg.kl.coef > 0
+    members: list[list[str]] = []
+    if c.placement == "colocated":
+        members = [["learner", "rollout"] for _ in range(c.learner_ranks)]
+        if has_reference:
+            members[0].append("reference")
+    else:
+        members = [["learner"] for _ in range(c.learner_ranks)] + [["rollout"] for _ in range(c.rollout_workers)]
+        if has_reference:
+            members.append(["reference"])
+    bundles, assignment = [], {"learner": [], "rollout": [], "reference": []}
+    for i, roles in enumerate(members):
+        bundle = {"CPU": c.cpus_per_worker * len(roles)}
+        if c.gpus_per_worker > 0:
+            bundle["GPU"] = c.gpus_per_worker
+        bundles.append(bundle)
+        for role in roles:
+            assignment[role].append((i, c.gpus_per_worker / len(roles)))
+    return bundles, assignment
+
+
+def check_resources(cfg: Config, bundles: list[dict]) -> None:
+    need = {"CPU": sum(b["CPU"] for b in bundles) + cfg.cluster.reward_workers * cfg.cluster.cpus_per_worker,
+            "GPU": sum(b.get("GPU", 0) for b in bundles)}
+    have = ray.cluster_resources()  # total: resources busy now are waited for by the placement group
+    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+    if short:
+        detail = ", ".join(f"{k}: needs {n:g}, the cluster has {h:g}" for k, (n, h) in short.items())
+        c = cfg.cluster
+        raise ClusterTooSmallError(
+            f"the Ray cluster is too small for this run ({detail}): {c.learner_ranks} learner ranks, "
+            f"{c.rollout_workers} rollout engines, {c.reward_workers} reward workers, placement={c.placement}, "
+            f"{c.cpus_per_worker:g} CPU / {c.gpus_per_worker:g} GPU each; lower cluster.* or add nodes")
+
+
+def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
+    """Start every actor (checking the cluster first) and return `Roles` whose members are groups."""
+    from rlft.dist.local import Roles
+
+    connect(cfg)
+    bundles, assignment = plan_bundles(cfg)
+    check_resources(cfg, bundles)
+    pg = placement_group(bundles, strategy="PACK")
+    try:
+        ray.get(pg.ready(), timeout=cfg.cluster.startup_timeout)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise ClusterTooSmallError(f"the placement group {bundles} was not scheduled within "
+                                   f"cluster.startup_timeout={cfg.cluster.startup_timeout:g}s") from None
+    c, cfg_dict, path = cfg.cluster, to_dict(cfg), str(model_path)
+
+    def place(cls, bundle: int, gpus: float):
+        return ray.remote(cls).options(
+            num_cpus=c.cpus_per_worker, num_gpus=gpus, max_restarts=0, max_concurrency=1,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=bundle))
+
+    head = {"reft": "linear", "carft": "carft"}.get(cfg.algo)
+    backend = "nccl" if c.gpus_per_worker > 0 else "gloo"
+    learners = RayLearnerGroup(
+        [place(LearnerWorker, b, g).remote(cfg_dict, path, rank, c.learner_ranks, head, total_steps)
+         for rank, (b, g) in enumerate(assignment["learner"])],
+        backend=backend, micro_batch_size=cfg.ppo.micro_batch_size_per_device)
+    engines = [place(RolloutWorker, b, g).remote(cfg_dict, path, cfg.run.seed * 1000 + i)
+               for i, (b, g) in enumerate(assignment["rollout"])]
+    rollout = RayRolloutGroup(engines, pad_id=tokenizer.pad_token_id, weight_sync=c.weight_sync, learners=learners)
+    reference = None
+    if assignment["reference"] and cfg.algo != "online_st":
+        b, g = assignment["reference"][0]
+        reference = RayReference(place(ReferenceWorker, b, g).remote(cfg_dict, path))
+    reward = RayRewardPool([ray.remote(RewardWorker).options(num_cpus=c.cpus_per_worker, max_restarts=0).remote(cfg_dict)
+                            for _ in range(c.reward_workers)])
+
+    def close() -> None:
+        for group in (learners, rollout, reference, reward):
+            for actor in group.actors if group is not None else []:
+                ray.kill(actor, no_restart=True)
+        remove_placement_group(pg)
+
+    return Roles(rollout=rollout, policy=learners, reference=reference, reward=reward, on_close=close)
