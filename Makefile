@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[test,smollm]"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[test,smollm,ray,deepspeed]"
 	touch $@
 
 demo: install

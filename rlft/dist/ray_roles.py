@@ -379,13 +379,12 @@ def connect(cfg: Config) -> None:
     """Join `cluster.address`, or start a private local Ray bound to loopback."""
     if ray.is_initialized():
         return
-    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "RLFT_", "TOKENIZERS_", "TRANSFORMERS_"))}
-    runtime_env = {"env_vars": env}
     if cfg.cluster.address is None:
+        # Workers of a private Ray inherit this process's environment (HF_HUB_OFFLINE etc.).
         ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env=runtime_env, log_to_driver=True, logging_level="warning")
-    else:
-        ray.init(address=cfg.cluster.address, runtime_env=runtime_env, logging_level="warning")
+                 log_to_driver=True, logging_level="warning")
+    else:  # a submitted job: its runtime env (working dir, env vars from `rlft launch`) applies
+        ray.init(address=cfg.cluster.address, logging_level="warning")
 
 
 def plan_bundles(cfg: Config) -> tuple[list[dict], dict[str, list[tuple[int, float]]]]:
