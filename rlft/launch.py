@@ -1,6 +1,6 @@
 """`rlft launch CONFIG [key=value ...]`: submit `rlft train` to a Ray cluster as a Ray job.
 
-    rlft launch configs/demo.yaml --address http://HEAD:8265 cluster.learner_ranks=2 cluster.rollout_workers=2
+    rlft launch --address http://HEAD:8265 configs/demo.yaml cluster.learner_ranks=2 cluster.rollout_workers=2
 
 The config is validated here first (a typo fails in a second, not after the job starts). The job runs
 `python -m rlft.cli train CONFIG ... cluster.backend=ray cluster.address=auto` with the current directory

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 def readme_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    lines = [ln.split("#")[0].strip() for block in blocks for ln in block.splitlines()]
+    blocks = [b.replace("\\\n", " ") for b in blocks]  # join continued lines
+    lines = [re.sub(r"\s+#\s.*$", "", ln).strip() for block in blocks for ln in block.splitlines()]
     return [ln for ln in lines if ln.startswith("rlft ")]
 
 
