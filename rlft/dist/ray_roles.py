@@ -201,6 +201,12 @@ class _Group:
         """`ray.get` that turns a dead actor into `WorkerLostError` naming it."""
         indices = list(range(len(refs))) if indices is None else indices
         try:
+            # Wait for results one at a time, so a dead actor is reported at once, even while its peers
+            # are blocked in a collective waiting for it (they are killed when the run closes).
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                ray.get(ready[0])
             return ray.get(refs)
         except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
             dead = []

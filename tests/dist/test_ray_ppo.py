@@ -113,3 +113,18 @@ def test_killed_rollout_engine_stops_the_run_naming_it_then_resume(ray_cluster, 
     summary = run_ppo(load_config(None, [*overrides, "run.resume=true"]))
     assert summary["iterations_done"] == 3
     assert [r["step"] for r in _metrics(tmp_path)][-2:] == [2, 3]
+
+
+def test_killed_learner_rank_stops_the_run_instead_of_hanging(ray_cluster, warm_model, tmp_path, monkeypatch):
+    """Rank 0 would wait for rank 1 in a collective forever; the group reports rank 1 at once."""
+    from rlft.dist import ray_roles
+
+    train_step = ray_roles.RayLearnerGroup.train_step
+
+    def kill_rank1_then_step(self, micro_batches, loss_fn):
+        os.kill(self.where[1]["pid"], signal.SIGKILL)
+        return train_step(self, micro_batches, loss_fn)
+
+    monkeypatch.setattr(ray_roles.RayLearnerGroup, "train_step", kill_rank1_then_step)
+    with pytest.raises(WorkerLostError, match=r"learner rank 1 \(pid \d+ on 127\.0\.0\.1\) died.*no checkpoint yet"):
+        run_ppo(load_config(None, [f"run.dir={tmp_path}", f"model.path={warm_model}", *SMALL, *RAY]))
