@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -82,6 +83,16 @@ def test_ray_deepspeed_matches_in_process_loop(ray_cluster, warm_model, local_ru
     assert remote[1]["rollout/logprob_diff"] < 1e-4, remote[1]["rollout/logprob_diff"]
     assert remote[1]["rollout/response_len_mean"] == pytest.approx(local[1]["rollout/response_len_mean"])
     assert remote[1]["timing/sync"] > 0
+    if stage == 3:  # resume from DeepSpeed's sharded checkpoint of iteration 1 reproduces iteration 2
+        resumed = tmp_path / "resumed"
+        (resumed / "checkpoints").mkdir(parents=True)
+        shutil.copytree(run_dir / "checkpoints" / "ckpt-1", resumed / "checkpoints" / "ckpt-1")
+        run_ppo(load_config(None, [f"run.dir={resumed}", f"model.path={warm_model}", *SMALL, *RAY, "run.resume=true",
+                                   f"cluster.deepspeed_config=configs/deepspeed/zero{stage}.json",
+                                   f"cluster.weight_sync={sync}"]))
+        a, b = _update(run_dir, before, step=2), _update(resumed, before, step=2)
+        assert ((a - b).norm() / a.norm()).item() < 1e-6
+        assert _metrics(resumed)[-1]["policy/loss"] == pytest.approx(remote[1]["policy/loss"], rel=1e-6)
 
 
 def test_too_small_cluster_fails_early_with_what_is_missing(ray_cluster, warm_model, tmp_path):
