@@ -455,6 +455,9 @@ def _validate_cluster(cfg: Config) -> None:
     if cfg.algo in ("carft", "online_st", "offline_st"):
         raise ConfigError(f"algo={cfg.algo} runs with cluster.backend=local only (its extra phases need the "
                           "policy module in the driver); use cluster.backend=local")
+    if cfg.ppo.critic == "separate":
+        raise ConfigError("ppo.critic=separate runs with cluster.backend=local only (the Ray backend trains the "
+                          "shared value head); use ppo.critic=shared")
     samples = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
     per_minibatch = cfg.ppo.sequences_per_minibatch or samples
     if per_minibatch % c.learner_ranks or samples % per_minibatch:
