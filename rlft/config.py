@@ -333,6 +333,10 @@ class ClusterConfig:
     """How new weights reach the rollout engines: object_store (learner rank 0 puts a state dict once,
     every engine reads it; CPU and small models) or broadcast (a torch.distributed group of learner
     rank 0 + the engines: NCCL on GPU, gloo on CPU)."""
+    on_worker_failure: Literal["stop", "restart"] = "stop"
+    """A rollout engine or reward worker died: stop (name it and the last checkpoint; resume with
+    run.resume=true) or restart (replace it, re-send the weights, retry the call once). A learner rank or
+    the reference always stops the run. restart needs cluster.weight_sync=object_store."""
     startup_timeout: float = 300.0
     """Seconds to wait for the placement group before failing with the cluster's free resources."""
 
@@ -455,6 +459,9 @@ def _validate_cluster(cfg: Config) -> None:
     if cfg.algo in ("carft", "online_st", "offline_st"):
         raise ConfigError(f"algo={cfg.algo} runs with cluster.backend=local only (its extra phases need the "
                           "policy module in the driver); use cluster.backend=local")
+    if c.on_worker_failure == "restart" and c.weight_sync != "object_store":
+        raise ConfigError("cluster.on_worker_failure=restart needs cluster.weight_sync=object_store (a new engine "
+                          "cannot join a running broadcast group)")
     if cfg.ppo.critic == "separate":
         raise ConfigError("ppo.critic=separate runs with cluster.backend=local only (the Ray backend trains the "
                           "shared value head); use ppo.critic=shared")

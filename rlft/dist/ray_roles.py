@@ -17,7 +17,10 @@ Placement (`cluster.placement`): learner ranks, engines and the reference live i
 `split` gives each its own bundle. The cluster's resources are checked before anything starts.
 
 Failures: any call to a dead actor raises `WorkerLostError` naming the actor (role, index, pid, node); the
-loop stops, names the last checkpoint, and `run.resume=true` continues from it.
+loop stops, names the last checkpoint, and `run.resume=true` continues from it. With
+`cluster.on_worker_failure=restart`, dead rollout engines and reward workers (stateless apart from the
+weights, which are re-sent) are replaced and the call is retried once; learner ranks and the reference
+always stop the run (their state is in the checkpoint).
 """
 
 from __future__ import annotations
@@ -192,10 +195,35 @@ def _describe(role: str, index: int, where: dict) -> str:
 
 
 class _Group:
-    def __init__(self, role: str, actors: list):
+    def __init__(self, role: str, actors: list, factory=None):
         self.role = role
         self.actors = actors
+        self.factory = factory  # factory(index, restart) -> a new actor; None: this role cannot be replaced
+        self.restarts = 0
         self.where = ray.get([a.where.remote() for a in actors])
+
+    def replace(self, indices: list[int]) -> None:
+        """Start fresh actors in place of dead ones (stateless roles only)."""
+        for i in indices:
+            self.restarts += 1
+            ray.kill(self.actors[i], no_restart=True)
+            self.actors[i] = self.factory(i, self.restarts)
+            self.where[i] = ray.get(self.actors[i].where.remote())
+            print(f"rlft: replaced {self.role} {i} (now pid {self.where[i]['pid']} on {self.where[i]['node']})")
+
+    def _retrying(self, call):
+        """Run `call()`; with cluster.on_worker_failure=restart, replace dead actors and run it once more."""
+        try:
+            return call()
+        except WorkerLostError as e:
+            if self.factory is None or not getattr(e, "dead", None):
+                raise
+            self.replace(e.dead)
+            self.after_replace()
+            return call()
+
+    def after_replace(self) -> None:
+        """Bring replaced actors up to date (rollout engines: the latest weights)."""
 
     def _get(self, refs: list, indices: list[int] | None = None) -> list:
         """`ray.get` that turns a dead actor into `WorkerLostError` naming it."""
@@ -214,11 +242,13 @@ class _Group:
                 try:
                     ray.get(ref, timeout=0)
                 except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
-                    dead.append(_describe(self.role, i, self.where[i]))
+                    dead.append(i)
                 except Exception:  # noqa: BLE001  (another error or still running: not the dead one)
                     pass
-            names = ", ".join(dead) or f"a {self.role}"
-            raise WorkerLostError(f"{names} died ({type(e).__name__})") from None
+            names = ", ".join(_describe(self.role, i, self.where[i]) for i in dead) or f"a {self.role}"
+            error = WorkerLostError(f"{names} died ({type(e).__name__})")
+            error.dead = dead
+            raise error from None
 
     def call_all(self, method: str, *args) -> list:
         return self._get([getattr(a, method).remote(*args) for a in self.actors])
@@ -252,11 +282,12 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 class RayRolloutGroup(_Group):
-    def __init__(self, actors: list, pad_id: int, weight_sync: str, learners: "RayLearnerGroup"):
-        super().__init__("rollout engine", actors)
+    def __init__(self, actors: list, pad_id: int, weight_sync: str, learners: "RayLearnerGroup", factory=None):
+        super().__init__("rollout engine", actors, factory)
         self.pad_id = pad_id
         self.weight_sync = weight_sync
         self.learners = learners
+        self.latest_weights = None  # object ref of the last synced state dict (to bring a new engine up to date)
         if weight_sync == "broadcast":
             self._init_broadcast()
 
@@ -268,7 +299,14 @@ class RayRolloutGroup(_Group):
         refs += [a.join_sync_group.remote(backend, addr, port, i + 1, world) for i, a in enumerate(self.actors)]
         ray.get(refs)
 
+    def after_replace(self) -> None:
+        if self.latest_weights is not None:
+            self._get([a.load_weights.remote(self.latest_weights) for a in self.actors])
+
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
+        return self._retrying(lambda: self._generate(prompt_ids, params))
+
+    def _generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
         from rlft.rollout.hf_engine import concat_batches
 
         slices = [(s, e) for s, e in split_evenly(len(prompt_ids), len(self.actors)) if e > s]
@@ -288,7 +326,8 @@ class RayRolloutGroup(_Group):
             self.learners._get(refs[:n])
             return
         ref = named_tensors.ref if isinstance(named_tensors, RemoteWeights) else ray.put(dict(named_tensors))
-        self._get([a.load_weights.remote(ref) for a in self.actors])
+        self.latest_weights = ref
+        self._retrying(lambda: self._get([a.load_weights.remote(ref) for a in self.actors]))
 
 
 class RayLearnerGroup(_Group):
@@ -363,10 +402,13 @@ class RayReference(_Group):
 
 
 class RayRewardPool(_Group):
-    def __init__(self, actors: list):
-        super().__init__("reward worker", actors)
+    def __init__(self, actors: list, factory=None):
+        super().__init__("reward worker", actors, factory)
 
     def score(self, texts: list[str], records: list, truncated: torch.Tensor):
+        return self._retrying(lambda: self._score(texts, records, truncated))
+
+    def _score(self, texts: list[str], records: list, truncated: torch.Tensor):
         slices = [(s, e) for s, e in split_evenly(len(texts), len(self.actors)) if e > s]
         refs = [self.actors[i].score.remote(texts[s:e], records[s:e], truncated[s:e]) for i, (s, e) in enumerate(slices)]
         results = self._get(refs, list(range(len(slices))))
@@ -461,15 +503,24 @@ def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
         [place(LearnerWorker, b, g).remote(cfg_dict, path, rank, c.learner_ranks, head, total_steps)
          for rank, (b, g) in enumerate(assignment["learner"])],
         backend=backend, micro_batch_size=cfg.ppo.micro_batch_size_per_device)
-    engines = [place(RolloutWorker, b, g).remote(cfg_dict, path, cfg.run.seed * 1000 + i)
-               for i, (b, g) in enumerate(assignment["rollout"])]
-    rollout = RayRolloutGroup(engines, pad_id=tokenizer.pad_token_id, weight_sync=c.weight_sync, learners=learners)
+    restart = c.on_worker_failure == "restart"
+
+    def new_engine(i: int, restart_count: int = 0):
+        b, g = assignment["rollout"][i]
+        return place(RolloutWorker, b, g).remote(cfg_dict, path, cfg.run.seed * 1000 + i + 7919 * restart_count)
+
+    engines = [new_engine(i) for i in range(len(assignment["rollout"]))]
+    rollout = RayRolloutGroup(engines, pad_id=tokenizer.pad_token_id, weight_sync=c.weight_sync, learners=learners,
+                              factory=new_engine if restart else None)
     reference = None
     if assignment["reference"] and cfg.algo != "online_st":
         b, g = assignment["reference"][0]
         reference = RayReference(place(ReferenceWorker, b, g).remote(cfg_dict, path))
-    reward = RayRewardPool([ray.remote(RewardWorker).options(num_cpus=c.cpus_per_worker, max_restarts=0).remote(cfg_dict)
-                            for _ in range(c.reward_workers)])
+    def new_reward_worker(i: int, restart_count: int = 0):
+        return ray.remote(RewardWorker).options(num_cpus=c.cpus_per_worker, max_restarts=0).remote(cfg_dict)
+
+    reward = RayRewardPool([new_reward_worker(i) for i in range(c.reward_workers)],
+                           factory=new_reward_worker if restart else None)
 
     def close() -> None:
         for group in (learners, rollout, reference, reward):

@@ -139,3 +139,34 @@ def test_killed_learner_rank_stops_the_run_instead_of_hanging(ray_cluster, warm_
     monkeypatch.setattr(ray_roles.RayLearnerGroup, "train_step", kill_rank1_then_step)
     with pytest.raises(WorkerLostError, match=r"learner rank 1 \(pid \d+ on 127\.0\.0\.1\) died.*no checkpoint yet"):
         run_ppo(load_config(None, [f"run.dir={tmp_path}", f"model.path={warm_model}", *SMALL, *RAY]))
+
+
+def test_restart_policy_replaces_killed_engine_and_reward_worker(ray_cluster, warm_model, tmp_path, monkeypatch):
+    """cluster.on_worker_failure=restart: the run finishes; the new engine got the latest weights."""
+    from rlft.dist import ray_roles
+
+    generate, score = ray_roles.RayRolloutGroup.generate, ray_roles.RayRewardPool.score
+    calls = {"generate": 0, "score": 0}
+
+    def kill_engine_then_generate(self, prompt_ids, params):
+        calls["generate"] += 1
+        if calls["generate"] == 2:
+            os.kill(self.where[0]["pid"], signal.SIGKILL)
+        return generate(self, prompt_ids, params)
+
+    def kill_reward_then_score(self, texts, records, truncated):
+        calls["score"] += 1
+        if calls["score"] == 1:
+            os.kill(self.where[1]["pid"], signal.SIGKILL)
+        return score(self, texts, records, truncated)
+
+    monkeypatch.setattr(ray_roles.RayRolloutGroup, "generate", kill_engine_then_generate)
+    monkeypatch.setattr(ray_roles.RayRewardPool, "score", kill_reward_then_score)
+    run_dir = tmp_path / "restart"
+    summary = run_ppo(load_config(None, [f"run.dir={run_dir}", f"model.path={warm_model}", *SMALL, *RAY,
+                                         "cluster.learner=torch", "cluster.learner_ranks=1",
+                                         "cluster.on_worker_failure=restart"]))
+    assert summary["iterations_done"] == 2
+    rows = _metrics(run_dir)
+    # iteration 2 sampled on the replaced engine 0: it must hold the synced weights, not the warm-up's
+    assert rows[1]["rollout/logprob_diff"] < 1e-4
