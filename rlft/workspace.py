@@ -41,9 +41,15 @@ def tokenizer_corpus(records: list[Record], style: str) -> list[str]:
 
 
 def prepare_model(cfg: Config, train_records: list[Record]):
-    """Return (model, tokenizer, model_path) for `model.path` (building the tiny model if asked)."""
-    from rlft.models.policy import load_policy, resolve_model_path
+    """Return (model, tokenizer, model_path, adapter) for `model.path` (building the tiny model if asked).
+
+    The model has `cfg.adapter` attached (identity-initialised), or, when `model.path` is an adapter
+    checkpoint, the saved adapter on its base model. Call the returned model (peft's wrapper for LoRA).
+    """
+    from rlft.adapters import load_policy_and_adapter
+    from rlft.models.policy import resolve_model_path
 
     path = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed, tokenizer_corpus(train_records, cfg.data.style))
-    model, tokenizer = load_policy(path, dtype=cfg.model.dtype)
-    return model, tokenizer, path
+    model, tokenizer, adapter = load_policy_and_adapter(path, dtype=cfg.model.dtype, adapter_cfg=cfg.adapter,
+                                                        seed=cfg.run.seed)
+    return model, tokenizer, path, adapter

@@ -25,6 +25,10 @@ Deviations from the ReFT reference (spec §17), each a config value:
 - `ppo.value_warmup_iterations` > 0 trains only the value head first (spec §16's suggestion);
 - group estimators with `kl.placement=reward` subtract beta * sum_t KL_t from the sequence score before the
   group baseline (TRL's RLOO does the same); with `kl.placement=loss` the KL term is added to the loss.
+
+Policy adapters (`adapter.kind`, `rlft/adapters/`): the policy may train a LoRA or a representation
+adapter on a frozen warm-up instead of every weight. The reference is then the same model with the
+adapter switched off (no second copy); the value head trains beside the adapter on the shared trunk.
 """
 
 from __future__ import annotations
@@ -183,9 +187,13 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
         steps = [(roles.policy, "value" if value_only else "both")]
     else:
         steps = ([] if value_only else [(roles.policy, "policy")]) + [(roles.critic, "value")]
-    # Shared-head warm-up: freeze the backbone so only the value head learns (AdamW skips params without grads).
-    backbone = roles.policy.model.lm
-    backbone.requires_grad_(not (value_only and roles.critic is None))
+    # Shared-head warm-up: freeze the policy (its adapter, or the whole backbone) so only the value head
+    # learns (AdamW skips params without grads); the flags are restored after, as HEFT freezes stages itself.
+    policy_params = roles.policy.model.policy_parameters()
+    trainable_flags = [p.requires_grad for p in policy_params]
+    if value_only and roles.critic is None:
+        for p in policy_params:
+            p.requires_grad_(False)
     sums: dict = {}
     n_steps = 0
     for _ in range(cfg.ppo.ppo_epochs):
@@ -204,7 +212,8 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
                 for k, v in step.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             n_steps += 1
-    backbone.requires_grad_(True)
+    for p, flag in zip(policy_params, trainable_flags):
+        p.requires_grad_(flag)
     return {k: v / n_steps for k, v in sums.items()}
 
 
@@ -222,8 +231,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     run_dir = open_run_dir(cfg)
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
-    lm, tokenizer, model_path = prepare_model(cfg, train)
-    roles = build_local_roles(cfg, lm, tokenizer, model_path, total_steps=cfg.ppo.iterations)
+    lm, tokenizer, model_path, adapter = prepare_model(cfg, train)
+    roles = build_local_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=cfg.ppo.iterations)
     prompts = encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens)
     kl_ctl = kl_algos.AdaptiveKLController(init_kl_coef=cfg.kl.coef, target=cfg.kl.target, horizon=cfg.kl.horizon) \
         if cfg.kl.adaptive else kl_algos.FixedKLController(kl_coef=cfg.kl.coef)
@@ -246,7 +255,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
         print0(f"rlft train: resumed from {latest} (iteration {state['iteration']})")
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["iteration"] if latest else None)
     print0(f"rlft train: algo={cfg.algo}, {len(train)} questions, {cfg.rollout.prompts_per_step} x "
-           f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from {model_path}")
+           f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from {model_path}; "
+           f"adapter {adapter.kind}, {roles.policy.num_trainable():,} trainable parameters")
 
     bar = tqdm(total=cfg.ppo.iterations, initial=state["iteration"], desc=f"rlft train {cfg.algo}",
                disable=not cfg.log.progress, file=sys.stderr, dynamic_ncols=True)
@@ -256,6 +266,7 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
             break
         m: dict = {}
         t_start = time.perf_counter()
+        adapter.set_progress(it, cfg.ppo.iterations)  # HEFT's stage
         indices = prompt_indices(len(train), cfg.rollout.prompts_per_step, cfg.run.seed, it)
         records = [train[i] for i in indices]
         # 1. sample
@@ -336,7 +347,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     bar.close()
     logger.close()
     summary = {k: state[k] for k in ("history", "best_accuracy", "best_checkpoint", "train_seconds", "samples", "tokens")}
-    summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""))
+    summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""),
+                   adapter=adapter.kind, trainable_params=roles.policy.num_trainable())
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
