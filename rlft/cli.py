@@ -85,10 +85,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rlft.adapters import ADAPTER_FILE, load_policy_and_adapter
     from rlft.evaluate import evaluate
-    from rlft.models.policy import load_policy
+    from rlft.models.policy import resolve_model_path
     from rlft.rollout.hf_engine import HFRolloutEngine
-    from rlft.workspace import load_split, prepare_model
+    from rlft.workspace import load_split, tokenizer_corpus
 
     extra = []
     if args.samples is not None:
@@ -97,12 +98,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     test = load_split(cfg, "test")
     if args.model:
         model_dir = Path(args.model)
-        if (model_dir / "model" / "config.json").exists():  # a checkpoint folder: use its HF model
+        if any((model_dir / "model" / name).exists() for name in ("config.json", ADAPTER_FILE)):  # a checkpoint folder
             model_dir = model_dir / "model"
-        model, tokenizer = load_policy(model_dir, dtype=cfg.model.dtype)
     else:
-        model, tokenizer, model_dir = prepare_model(cfg, load_split(cfg, "train"))
-    engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, batch_size=cfg.eval.batch_size)
+        model_dir = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed,
+                                       tokenizer_corpus(load_split(cfg, "train"), cfg.data.style))
+    # the folder decides: a whole model, or adapter-only files put back on the base model they name
+    model, tokenizer, adapter = load_policy_and_adapter(model_dir, dtype=cfg.model.dtype)
+    engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                             batch_size=cfg.eval.batch_size, adapter=adapter)
     summary, predictions = evaluate(
         engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
         samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
@@ -112,6 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "predictions.jsonl", predictions)
     summary["model"] = str(model_dir)
+    summary["adapter"] = adapter.kind
     (out / "eval_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / 'predictions.jsonl'} and {out / 'eval_summary.json'}")

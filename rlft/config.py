@@ -291,6 +291,82 @@ class CompareConfig:
 
 
 @dataclass
+class LoRAConfig:
+    rank: int = 8
+    """LoRA rank r (peft's `r`): each adapted Linear(d_in, d_out) gains r * (d_in + d_out) parameters."""
+    alpha: float = 16.0
+    """LoRA scaling: the weight update is (alpha / rank) * B A (peft's `lora_alpha`)."""
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Names of the Linear layers inside each decoder layer that get a LoRA update (Llama-style names)."""
+
+
+@dataclass
+class RepFTConfig:
+    layers: list[int] | None = None
+    """Decoder layers that get an intervention (0-based; negative counts from the end); None: every layer."""
+    rank: int = 4
+    """r of LoReFT / DiReFT / BaFT / gated interventions: 2rd + r parameters each (BaFT 3rd + 2r, gated
+    2rd + r + d + 1), d = hidden size. The ReFT paper's math setting: 8."""
+    positions: Literal["prefix_suffix", "last_prompt", "prompt_plus_first_n", "response_first_n", "all"] | None = None
+    """Edited tokens, as absolute unpadded indices j with prompt length P (the same in sampling and in
+    teacher-forced recomputation): `prefix_suffix` (j < first or P - last <= j < P, each side clamped to
+    P // 2, as pyreft), `last_prompt` (j = P - 1), `prompt_plus_first_n` (j < P + generated, BREP),
+    `response_first_n` (P <= j < P + generated), `all`. None: the kind's default (brep:
+    prompt_plus_first_n; gated: last_prompt, as GRUN; others: prefix_suffix)."""
+    first: int = 7
+    """`prefix_suffix`: f, the first prompt positions edited (ReFT math setting: 7)."""
+    last: int = 7
+    """`prefix_suffix`: l, the last prompt positions edited (ReFT math setting: 7)."""
+    tied: bool = True
+    """`prefix_suffix`: one intervention per layer serves both sides (pyreft's shared weights); false gives
+    the first and the last positions their own interventions (twice the parameters)."""
+    generated: int = 8
+    """n of `prompt_plus_first_n` / `response_first_n`: how many generated positions are edited (BREP: 8)."""
+
+
+@dataclass
+class BREPConfig:
+    bias_bound: float = 1.6
+    """tau: after every optimizer step each layer's bias is projected onto the L2 ball ||beta|| <= tau (the
+    BREP code's target 2 x 0.8; 0 disables). rlft's hard bound replaces BREP's PID loss multiplier."""
+    train_prefix_tokens: int | None = 64
+    """Truncated-prefix SFT (`rlft sft` with adapter.kind=brep): most examples are trained on their first k
+    target tokens only (BREP: 64); None trains every example on its whole target."""
+    full_response_frac: float = 0.1
+    """Truncated-prefix SFT: the share of examples that keep their whole target (BREP: 0.1)."""
+
+
+@dataclass
+class HEFTConfig:
+    lora_fraction: float = 0.5
+    """HEFT's schedule: the first round(fraction x total) SFT epochs (`rlft sft`) or RL iterations
+    (`rlft train`) train the LoRA (adapter.lora.*); after that the LoRA is frozen and a LoReFT
+    (adapter.repft.*) trains on top. The total is sft.epochs / ppo.iterations, not a wall-time budget."""
+
+
+ADAPTER_KINDS = ("full", "lora", "loreft", "direft", "brep", "heft", "baft", "gated")
+
+
+@dataclass
+class AdapterConfig:
+    kind: Literal["full", "lora", "loreft", "direft", "brep", "heft", "baft", "gated"] = "full"
+    """What the policy trains (`rlft/adapters/`): `full` (every weight), `lora` (peft), or a frozen model edited
+    by hooks on its hidden states (representation finetuning, `repft`): `loreft`, `direft` (Wu et al. 2024),
+    `brep` (scale + bounded bias on mlp.up_proj, Liang et al. 2026), `heft` (LoRA, then LoReFT), `baft`
+    (LoReFT with input-dependent per-basis weights, reconstructed from the BaFT abstract), `gated` (LoReFT with
+    a per-token sigmoid gate, GRUN). Hook-based kinds need the HF rollout engine: vLLM cannot run them."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """`lora` and HEFT's first stage."""
+    repft: RepFTConfig = field(default_factory=RepFTConfig)
+    """Hook-based kinds (loreft, direft, brep, baft, gated, HEFT's second stage): layers, rank, positions."""
+    brep: BREPConfig = field(default_factory=BREPConfig)
+    """`brep`: the bias bound and the truncated-prefix SFT data."""
+    heft: HEFTConfig = field(default_factory=HEFTConfig)
+    """`heft`: when the LoRA stage hands over to the LoReFT stage."""
+
+
+@dataclass
 class LogConfig:
     every_steps: int = 10
     """Write training metrics every N optimizer steps."""
@@ -374,6 +450,8 @@ class Config:
     """CARFT's contrastive head and loss (algo=carft)."""
     compare: CompareConfig = field(default_factory=CompareConfig)
     """`rlft compare`: methods, seeds and budget."""
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    """What the policy trains: every weight, a LoRA, or a representation-finetuning adapter (SFT, RL, eval)."""
     offline_st: OfflineSTConfig = field(default_factory=OfflineSTConfig)
     """Offline self-training (algo=offline_st, spec §12): how many samples to draw and keep."""
     log: LogConfig = field(default_factory=LogConfig)
@@ -438,6 +516,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError("compare.seeds and compare.methods must not be empty")
     if cfg.cluster.backend == "ray":
         _validate_cluster(cfg)
+    _validate_adapter(cfg.adapter)
     if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
         raise ConfigError(
             f"model.tiny.hidden_size={cfg.model.tiny.hidden_size} is not a multiple of "
@@ -462,6 +541,9 @@ def _validate_cluster(cfg: Config) -> None:
     if c.on_worker_failure == "restart" and c.weight_sync != "object_store":
         raise ConfigError("cluster.on_worker_failure=restart needs cluster.weight_sync=object_store (a new engine "
                           "cannot join a running broadcast group)")
+    if cfg.adapter.kind != "full":
+        raise ConfigError(f"adapter.kind={cfg.adapter.kind} runs with cluster.backend=local only (the Ray learners "
+                          "and engines train and serve full weights); use adapter.kind=full or cluster.backend=local")
     if cfg.ppo.critic == "separate":
         raise ConfigError("ppo.critic=separate runs with cluster.backend=local only (the Ray backend trains the "
                           "shared value head); use ppo.critic=shared")
@@ -471,6 +553,36 @@ def _validate_cluster(cfg: Config) -> None:
         raise ConfigError(
             f"ppo.sequences_per_minibatch={per_minibatch} must divide the {samples} samples per iteration "
             f"and split evenly across cluster.learner_ranks={c.learner_ranks}; use a multiple of {c.learner_ranks}")
+
+
+def default_positions(kind: str) -> str:
+    """The position rule a hook-based kind uses when `adapter.repft.positions` is None."""
+    return {"brep": "prompt_plus_first_n", "gated": "last_prompt"}.get(kind, "prefix_suffix")
+
+
+def _validate_adapter(a: AdapterConfig) -> None:
+    if a.kind == "full":
+        return
+    for key, value in (("adapter.lora.rank", a.lora.rank), ("adapter.repft.rank", a.repft.rank)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    r = a.repft
+    positions = r.positions or default_positions(a.kind)
+    if min(r.first, r.last, r.generated) < 0:
+        raise ConfigError("adapter.repft.first, .last and .generated must be >= 0")
+    if positions == "prefix_suffix" and r.first + r.last == 0:
+        raise ConfigError("adapter.repft.positions=prefix_suffix with first=0 and last=0 edits nothing")
+    if not r.tied and positions != "prefix_suffix":
+        raise ConfigError(f"adapter.repft.tied=false splits prefix and suffix interventions; it needs "
+                          f"adapter.repft.positions=prefix_suffix (got {positions})")
+    if a.brep.bias_bound < 0:
+        raise ConfigError(f"adapter.brep.bias_bound must be >= 0, got {a.brep.bias_bound}")
+    if a.brep.train_prefix_tokens is not None and a.brep.train_prefix_tokens < 1:
+        raise ConfigError("adapter.brep.train_prefix_tokens must be >= 1 or null")
+    for key, value in (("adapter.brep.full_response_frac", a.brep.full_response_frac),
+                       ("adapter.heft.lora_fraction", a.heft.lora_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {value}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -512,6 +624,14 @@ def config_from_dict(data: dict) -> Config:
     """Rebuild a Config from `to_dict` output (e.g. the copy stored in a checkpoint)."""
     cfg = Config()
     _merge(cfg, data, prefix="", source="checkpoint")
+    return cfg
+
+
+def adapter_config_from_dict(data: dict) -> AdapterConfig:
+    """Rebuild an AdapterConfig from its `to_dict` form (e.g. the copy in an adapter's adapter.json)."""
+    cfg = AdapterConfig()
+    _merge(cfg, data, prefix="adapter.", source="adapter.json")
+    _validate_adapter(cfg)
     return cfg
 
 

@@ -41,10 +41,19 @@ def tokenizer_corpus(records: list[Record], style: str) -> list[str]:
 
 
 def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = True):
-    """Return (model, tokenizer, model_path) for `model.path` (building the tiny model if asked); model
-    is None with `with_model=False`."""
-    from rlft.models.policy import load_policy, resolve_model_path
+    """Return (model, tokenizer, model_path, adapter) for `model.path` (building the tiny model if asked).
+
+    The model has `cfg.adapter` attached (identity-initialised), or, when `model.path` is an adapter
+    checkpoint, the saved adapter on its base model. Call the returned model (peft's wrapper for LoRA).
+    """
+    from rlft.adapters import load_policy_and_adapter
+    from rlft.models.policy import resolve_model_path
 
     path = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed, tokenizer_corpus(train_records, cfg.data.style))
-    model, tokenizer = load_policy(path, dtype=cfg.model.dtype, with_model=with_model)
-    return model, tokenizer, path
+    if not with_model:  # a Ray driver needs only the tokenizer; actors load the model
+        from rlft.models.policy import load_policy
+
+        return None, load_policy(path, dtype=cfg.model.dtype, with_model=False)[1], path, None
+    model, tokenizer, adapter = load_policy_and_adapter(path, dtype=cfg.model.dtype, adapter_cfg=cfg.adapter,
+                                                        seed=cfg.run.seed)
+    return model, tokenizer, path, adapter

@@ -7,7 +7,9 @@ provides the same objects as proxies over Ray actor groups.
 - policy:    `TorchLearner` over `PolicyModel` (LM + value head for `algo=reft`).
 - critic:    with `ppo.critic=separate` only, a second `TorchLearner` over another copy of the warm-up
              model with the value head (the policy then has none); otherwise None.
-- reference: a frozen copy of the warm-up model, used only through `logprobs`.
+- reference: a frozen copy of the warm-up model, used only through `logprobs` (`adapter.kind=full`);
+             with any other adapter, the policy itself with its adapter switched off (`AdapterReference`):
+             no second copy of the model.
 - reward:    `RewardRole`, the configured reward function behind a timeout that counts failures.
 """
 
@@ -20,6 +22,7 @@ from typing import Callable
 import torch
 
 import rewards
+from rlft.adapters import read_adapter_json
 from rlft.config import Config
 from rlft.learner.torch_learner import TorchLearner, response_logprobs_and_values
 from rlft.models.policy import load_policy
@@ -76,6 +79,27 @@ class FrozenReference:
         return response_logprobs_and_values(self.model, batch, micro_batch_size)[0]
 
 
+class AdapterReference:
+    """The policy with its adapter switched off, or, for a run that continues an adapter checkpoint, set
+    back to the weights it started from (`specs/adapters.md` §11.4). Adapters start as the identity, so
+    adapter-off is exactly the warm-up and the first KL is 0."""
+
+    def __init__(self, model: PolicyModel, start_state: dict[str, torch.Tensor] | None = None):
+        self.model = model
+        self.start_state = start_state
+
+    def logprobs(self, batch: dict[str, torch.Tensor], micro_batch_size: int) -> torch.Tensor:
+        adapter = self.model.adapter
+        switch = adapter.disabled() if self.start_state is None else adapter.using(self.start_state)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with switch, torch.inference_mode():
+                return response_logprobs_and_values(self.model, batch, micro_batch_size)[0]
+        finally:
+            self.model.train(was_training)
+
+
 @dataclass
 class Roles:
     """What the loop talks to; each member is an in-process object here or a Ray group
@@ -83,7 +107,7 @@ class Roles:
 
     rollout: HFRolloutEngine
     policy: TorchLearner
-    reference: FrozenReference | None
+    reference: FrozenReference | AdapterReference | None
     reward: RewardRole
     critic: TorchLearner | None = None  # a separate value model (ppo.critic=separate), else None
     on_close: Callable[[], None] | None = None  # stops remote workers
@@ -101,18 +125,18 @@ class Roles:
             self.on_close()
 
 
-def build_roles(cfg: Config, lm, tokenizer, model_path, *, total_steps: int) -> Roles:
+def build_roles(cfg: Config, lm, tokenizer, model_path, adapter, *, total_steps: int) -> Roles:
     """`cluster.backend=local`: every role in this process; `ray`: actor groups (imported only then)."""
     if cfg.cluster.backend == "ray":
         from rlft.dist.ray_roles import build_ray_roles
 
         return build_ray_roles(cfg, tokenizer, model_path, total_steps=total_steps)
-    return build_local_roles(cfg, lm, tokenizer, model_path, total_steps=total_steps)
+    return build_local_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=total_steps)
 
 
-def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, *, total_steps: int) -> Roles:
-    """Policy (+ value head for reft), the optional separate critic and a frozen reference, each loaded
-    from the same warm-up, and the HF engine."""
+def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, adapter, *, total_steps: int) -> Roles:
+    """Policy (+ value head for reft) over `lm` with its attached `adapter`, the optional separate critic
+    and the reference, each from the same warm-up, and the HF engine."""
     make_learner = functools.partial(
         TorchLearner, lr=cfg.ppo.lr, weight_decay=cfg.ppo.weight_decay, max_grad_norm=cfg.ppo.max_grad_norm,
         total_steps=total_steps, warmup_steps=cfg.ppo.warmup_iterations, schedule="constant",
@@ -120,13 +144,20 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, *
     )
     separate = cfg.ppo.critic == "separate"
     head = None if separate else {"reft": "linear", "carft": "carft"}.get(cfg.algo)
-    learner = make_learner(PolicyModel(lm, value_head=head, head_dropout=cfg.carft.head_dropout, init_seed=cfg.run.seed))
+    learner = make_learner(PolicyModel(lm, value_head=head, head_dropout=cfg.carft.head_dropout, adapter=adapter,
+                                       init_seed=cfg.run.seed))
+    base_path = adapter.base_path or model_path  # the HF folder under an adapter checkpoint
     critic = None
     if separate:  # spec §5's ablation: a second learner with a value head, not a new kind of role
-        critic = make_learner(PolicyModel(load_policy(model_path, dtype=cfg.model.dtype)[0], value_head="linear",
+        critic = make_learner(PolicyModel(load_policy(base_path, dtype=cfg.model.dtype)[0], value_head="linear",
                                           init_seed=cfg.run.seed))
-    needs_reference = cfg.algo != "online_st" and cfg.kl.coef > 0
-    reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0]) if needs_reference else None
+    reference = None
+    if cfg.algo != "online_st" and cfg.kl.coef > 0:
+        if adapter.kind == "full":
+            reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0])
+        else:  # continuing an adapter checkpoint: the reference is that checkpoint, not the bare base
+            start = adapter.adapter_state_dict() if read_adapter_json(model_path) is not None else None
+            reference = AdapterReference(learner.model, start)
     engine = HFRolloutEngine(lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=cfg.rollout.batch_size)
+                             batch_size=cfg.rollout.batch_size, adapter=adapter)
     return Roles(rollout=engine, policy=learner, reference=reference, reward=RewardRole(cfg), critic=critic)

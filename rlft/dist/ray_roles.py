@@ -139,6 +139,9 @@ class LearnerWorker(_Actor):
     def set_value_only(self, flag: bool) -> None:
         self.learner.set_value_only(flag)
 
+    def num_trainable(self) -> int:
+        return self.learner.num_trainable()
+
     def named_weights(self) -> dict | None:
         """Full weights from rank 0 (every rank must take part: a collective under ZeRO-3)."""
         weights = dict(self.learner.named_weights())
@@ -380,6 +383,9 @@ class RayLearnerGroup(_Group):
 
     def set_value_only(self, flag: bool) -> None:
         self.call_all("set_value_only", flag)
+
+    def num_trainable(self) -> int:
+        return self._get([self.actors[0].num_trainable.remote()])[0]
 
     def named_weights(self) -> RemoteWeights:
         refs = [a.named_weights.remote() for a in self.actors]

@@ -16,8 +16,13 @@ What it does, in `run.dir`:
 Finished runs are skipped on re-run (the command resumes); a method that fails is reported with its
 error in the results and the other methods still run.
 
-Methods are strings: `sft`, an algo name (`reft`, `carft`, `grpo`, ...), or `label: key=value ...` with
-per-method overrides (e.g. `"grpo4: algo=grpo rollout.samples_per_prompt=4 kl.placement=loss kl.estimator=k3"`).
+Methods are strings: `sft`, an algo name (`reft`, `carft`, `grpo`, ...), either with `+<adapter kind>`
+for a policy adapter (`sft+lora`, `reft+loreft`, `reft+brep`: `adapter.kind=...`, trained on top of the
+shared full-finetuned warm-up), or `label: key=value ...` with per-method overrides (e.g.
+`"grpo4: algo=grpo rollout.samples_per_prompt=4 kl.placement=loss kl.estimator=k3"`,
+`"reft+loreft-r8: algo=reft adapter.kind=loreft adapter.repft.rank=8"`). The table reports each method's
+trainable parameters (what its optimizer updates: the adapter, or the whole model, plus heads) beside
+its accuracy.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import time
 import traceback
 from pathlib import Path
 
-from rlft.config import ALGOS, Config, ConfigError, load_config, save_config, to_dict
+from rlft.config import ADAPTER_KINDS, ALGOS, Config, ConfigError, load_config, save_config, to_dict
 from rlft.utils.logging import print0, read_metrics
 
 # two-sided 95% Student-t quantiles by degrees of freedom (1..10); beyond that ~1.96-2.2
@@ -36,17 +41,29 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 
 
 def parse_method(entry: str) -> tuple[str, list[str]]:
-    """`reft` -> ("reft", ["algo=reft"]); `label: k=v ...` -> (label, overrides); `sft` -> ("sft", [])."""
+    """`reft` -> ("reft", ["algo=reft"]); `sft` -> ("sft", []); `reft+lora` -> ("reft+lora", ["algo=reft",
+    "adapter.kind=lora"]); `label: k=v ...` -> (label, overrides), the label read the same way first."""
     label, _, rest = entry.partition(":")
     label, overrides = label.strip(), rest.split()
     if not label:
         raise ConfigError(f"compare.methods entry {entry!r} has no label")
-    if label in ALGOS and not any(o.startswith("algo=") for o in overrides):
-        overrides = [f"algo={label}", *overrides]
-    if label != "sft" and not any(o.startswith("algo=") for o in overrides):
-        raise ConfigError(f"compare.methods entry {entry!r}: '{label}' is not sft or an algo {list(ALGOS)}; "
+    method, plus, kind = label.partition("+")
+    if plus and not any(o.startswith("adapter.kind=") for o in overrides):
+        if kind not in ADAPTER_KINDS:
+            raise ConfigError(f"compare.methods entry {entry!r}: '+{kind}' is not an adapter kind {list(ADAPTER_KINDS)}; "
+                              "name it after a colon with adapter.kind=...")
+        overrides = [f"adapter.kind={kind}", *overrides]
+    if method in ALGOS and not any(o.startswith("algo=") for o in overrides):
+        overrides = [f"algo={method}", *overrides]
+    if method != "sft" and not any(o.startswith("algo=") for o in overrides):
+        raise ConfigError(f"compare.methods entry {entry!r}: '{method}' is not sft or an algo {list(ALGOS)}; "
                           "add algo=... after a colon")
     return label, overrides
+
+
+def is_sft(overrides: list[str]) -> bool:
+    """SFT-continued methods are the ones without an algo (`parse_method` gives every RL method one)."""
+    return not any(o.startswith("algo=") for o in overrides)
 
 
 def mean_std_ci(values: list[float]) -> dict:
@@ -67,11 +84,11 @@ def _method_config(base: Config, config_path: str | None, cli_overrides: list[st
     return load_config(config_path, overrides)
 
 
-def _run_one(label: str, cfg: Config) -> dict:
+def _run_one(sft: bool, cfg: Config) -> dict:
     from rlft.trainers.ppo import run_ppo
     from rlft.trainers.sft import run_sft
 
-    if label == "sft":
+    if sft:
         summary = run_sft(cfg)
         history = [{"step": h["epoch"], "accuracy": h.get("accuracy"), "train_seconds": h["train_seconds"],
                     "samples": h["epoch"] * summary.get("n_train", 0)} for h in summary["history"]]
@@ -86,6 +103,7 @@ def _run_one(label: str, cfg: Config) -> dict:
         "train_seconds": summary["train_seconds"],
         "samples": history[-1]["samples"] if history else 0,
         "tokens": summary.get("tokens", summary.get("train_tokens", 0)),
+        "trainable_params": summary["trainable_params"],
         "history": history,
     }
 
@@ -109,7 +127,9 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
         print0(f"rlft compare: warm-up {warmup_ckpt} (given)")
     else:
         warm_dir = root / "warmup"
-        warm_cfg = load_config(config_path, [*cli_overrides, f"run.dir={warm_dir}", f"sft.epochs={base.compare.warmup_epochs}"])
+        # the warm-up trains every weight: adapter methods start from it and use it as their reference
+        warm_cfg = load_config(config_path, [*cli_overrides, f"run.dir={warm_dir}", f"sft.epochs={base.compare.warmup_epochs}",
+                                             "adapter.kind=full"])
         print0(f"rlft compare: warm-up SFT ({base.compare.warmup_epochs} epochs) in {warm_dir}")
         warm = run_sft(warm_cfg)
         warmup_ckpt = Path(warm["final_checkpoint"])
@@ -131,7 +151,7 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
             print0(f"rlft compare: {label} seed {seed} -> {run_dir}")
             try:
                 cfg = _method_config(base, config_path, cli_overrides, overrides, run_dir, warmup_ckpt, seed)
-                out = _run_one(label, cfg)
+                out = _run_one(is_sft(overrides), cfg)
                 done.write_text(json.dumps(out, indent=2))
             except Exception as e:  # one failed method must not lose the others: report it and go on
                 out = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
@@ -146,6 +166,7 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
             "train_seconds": mean_std_ci([r["train_seconds"] for r in ok]),
             "samples": mean_std_ci([r["samples"] for r in ok]),
             "tokens": mean_std_ci([r["tokens"] for r in ok]),
+            "trainable_params": next((r["trainable_params"] for r in ok if "trainable_params" in r), None),
             "failed": len(runs) - len(ok),
         }
     results["wall_seconds"] = time.perf_counter() - start
@@ -180,11 +201,12 @@ def results_markdown(results: dict, cfg: Config) -> str:
            f"{(results['warmup']['history'][-1].get('accuracy') or 0) * 100:.1f}%). ") +
         "Accuracy is held-out greedy accuracy in %, mean ± std [95% t-interval] over seeds.",
         "",
-        "| method | final accuracy | best accuracy | train seconds | samples | failed runs |",
-        "|---|---|---|---|---|---|",
+        "| method | final accuracy | best accuracy | trainable params | train seconds | samples | failed runs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, r in results["methods"].items():
-        lines.append(f"| {label} | {_fmt(r['final_accuracy'])} | {_fmt(r['best_accuracy'])} | "
+        params = "–" if r.get("trainable_params") is None else f"{r['trainable_params']:,}"
+        lines.append(f"| {label} | {_fmt(r['final_accuracy'])} | {_fmt(r['best_accuracy'])} | {params} | "
                      f"{r['train_seconds']['mean'] or 0:.0f} | {r['samples']['mean'] or 0:.0f} | {r['failed']} |")
     lines += ["", f"Total wall time {results['wall_seconds'] / 60:.1f} min. Plots: accuracy.png, training.png.", ""]
     return "\n".join(lines)
@@ -219,8 +241,8 @@ def write_plots(root: Path, results: dict, methods: list[tuple[str, list[str]]],
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for label, _ in methods:
-        if label == "sft":
+    for label, overrides in methods:
+        if is_sft(overrides):
             continue
         dirs = [root / "runs" / label / f"seed{s}" for s in seeds]
         for ax, key in zip(axes, ("reward/mean", "kl/mean", "rollout/response_len_mean")):

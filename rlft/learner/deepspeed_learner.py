@@ -128,6 +128,10 @@ class DeepSpeedLearner:
     def set_value_only(self, flag: bool) -> None:
         self.model.value_only = flag
 
+    def num_trainable(self) -> int:
+        """Trainable parameters of the whole model (ZeRO-3 partitions tensors; `ds_numel` is the full size)."""
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad)
+
     # -- weights and checkpoints ---------------------------------------------------------------------
 
     def _gathered(self, params: list[torch.nn.Parameter]):

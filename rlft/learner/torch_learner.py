@@ -2,6 +2,10 @@
 
 A step whose gradient norm is not finite is skipped (weights and optimizer state untouched) and counted
 in `train/skipped_step`, so one bad batch cannot poison a long run.
+
+The optimizer covers what the policy's adapter trains (`PolicyModel.param_groups`: the whole model for
+full finetuning, adapter parameters otherwise, with per-adapter groups such as LoReFT's R without weight
+decay) plus the heads; after every step the adapter restores its constraints (`after_optimizer_step`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Iterator
 
 import torch
 
+from rlft.adapters.positions import PositionMeta, positions_for_batch
 from rlft.algos import ppo
 from rlft.learner.base import LossFn, MicroBatch
 from rlft.models.value_head import response_slice
@@ -43,8 +48,8 @@ class TorchLearner:
         self.model = model
         self.max_grad_norm = max_grad_norm
         self.train_mode = train_mode  # ReFT trains in eval mode (dropout off); SFT in train mode
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
+        groups = model.param_groups(weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_lambda(s, total_steps=total_steps, warmup_steps=warmup_steps, schedule=schedule),
@@ -52,7 +57,7 @@ class TorchLearner:
 
     def forward(self, micro_batch: MicroBatch):
         """Full-sequence forward of the `PolicyModel`: logits (B, S, V) and values (B, S) or None."""
-        return self.model(micro_batch["input_ids"], micro_batch["attention_mask"])
+        return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch))
 
     @torch.inference_mode()
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -76,16 +81,22 @@ class TorchLearner:
         totals["train/lr"] = self.scheduler.get_last_lr()[0]
         if math.isfinite(grad_norm):
             self.optimizer.step()
+            self.model.adapter.after_optimizer_step()  # R retraction, bias bound
             totals["train/skipped_step"] = 0.0
         else:
             totals["train/skipped_step"] = 1.0
         self.scheduler.step()  # the schedule advances either way, so resumed runs stay aligned
         self.optimizer.zero_grad(set_to_none=True)
+        totals.update(self.model.adapter.metrics())
         return totals
 
     def set_value_only(self, flag: bool) -> None:
         """Value warm-up: train the value head only (the backbone runs without autograd)."""
         self.model.value_only = flag
+
+    def num_trainable(self) -> int:
+        """Parameters the optimizer can update (adapter, or the whole model, plus heads)."""
+        return sum(p.numel() for g in self.optimizer.param_groups for p in g["params"])
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The language model's parameters under their HF names (what a rollout engine loads)."""
@@ -114,7 +125,7 @@ def sequence_batch(batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
 def response_forward(model: torch.nn.Module, batch: MicroBatch):
     """Forward a prompt+response batch; returns (logits, values) sliced to response coordinates."""
     ids, mask = sequence_batch(batch)
-    out = model(ids, mask)
+    out = model(ids, mask, PositionMeta.from_prompt_mask(batch["prompt_mask"]))
     P, T = batch["prompt_ids"].shape[1], batch["response_ids"].shape[1]
     logits = response_slice(out.logits, P, T)  # (B, T, V)
     values = None if out.values is None else response_slice(out.values, P, T)  # (B, T)

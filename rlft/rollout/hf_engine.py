@@ -3,15 +3,22 @@
 Prompts are left-padded and processed in chunks of `batch_size` prompts; responses come back
 right-padded, with a response mask that includes the EOS token and the sampler's per-token log-probs
 (from the processed scores, i.e. after temperature / top-k / top-p).
+
+With a policy adapter, every `generate` call runs under `adapter.plan(meta)`, meta built from the prompt
+attention mask (expanded to the `n` samples per prompt as `generate` expands the batch), so hook-based
+adapters edit the same absolute token positions in the prefill and in every cached decode step as the
+learner does when it recomputes the sequence. This engine is the one that can run hook-based adapters.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 
+from rlft.adapters.positions import PositionMeta
 from rlft.rollout.base import SamplingParams
 from rlft.types import RolloutBatch
 
@@ -38,13 +45,14 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[tor
 
 
 class HFRolloutEngine:
-    """Batched sampling with a (shared or own) HF causal LM."""
+    """Batched sampling with a (shared or own) HF causal LM; `adapter`: the policy adapter attached to it."""
 
-    def __init__(self, model: torch.nn.Module, *, pad_id: int, eos_id: int, batch_size: int = 64):
+    def __init__(self, model: torch.nn.Module, *, pad_id: int, eos_id: int, batch_size: int = 64, adapter=None):
         self.model = model
         self.pad_id = pad_id
         self.eos_id = eos_id
         self.batch_size = batch_size
+        self.adapter = adapter
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
         was_training = self.model.training
@@ -63,20 +71,23 @@ class HFRolloutEngine:
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, offset: int) -> RolloutBatch:
         ids, mask = left_pad(prompts, self.pad_id)  # (b, P)
         greedy = params.temperature == 0
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=not greedy,
-            temperature=None if greedy else params.temperature,
-            top_p=None if greedy else params.top_p,
-            top_k=None if greedy else params.top_k,
-            max_new_tokens=params.max_new_tokens,
-            num_return_sequences=params.n,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-            return_dict_in_generate=True,
-            output_scores=params.logprobs,
-        )
+        plan = contextlib.nullcontext() if self.adapter is None else self.adapter.plan(
+            PositionMeta.from_prompt_mask(mask.repeat_interleave(params.n, dim=0)))  # generate expands rows alike
+        with plan:
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=not greedy,
+                temperature=None if greedy else params.temperature,
+                top_p=None if greedy else params.top_p,
+                top_k=None if greedy else params.top_k,
+                max_new_tokens=params.max_new_tokens,
+                num_return_sequences=params.n,
+                eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id,
+                return_dict_in_generate=True,
+                output_scores=params.logprobs,
+            )
         response_ids = out.sequences[:, ids.shape[1]:]  # (b*n, T)
         response_mask, truncated = response_mask_from_ids(response_ids, self.eos_id)
         response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)

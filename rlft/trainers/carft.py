@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from rlft.adapters.positions import PositionMeta
 from rlft.algos import contrastive
 from rlft.config import Config
 from rlft.tasks.base import Record
@@ -46,7 +47,8 @@ def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], data: dict
         anchor_in, gen_in = contrastive.lcs_masks(anchor["input_ids"], anchor["attention_mask"], gen_ids, gen_mask)
         data["lcs_gen_in"] = gen_in.long()
     for s in range(0, len(owners), micro):
-        out = model(anchor["input_ids"][s:s + micro], anchor["attention_mask"][s:s + micro])
+        out = model(anchor["input_ids"][s:s + micro], anchor["attention_mask"][s:s + micro],
+                    PositionMeta.unpadded_prompt(anchor["prompt_len"][s:s + micro]))
         cot = anchor["cot_mask"][s:s + micro]
         z.append(contrastive.pool(out.values, out.embeddings, cot))
         if cfg.carft.negative == "lcs":
@@ -60,7 +62,7 @@ def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], data: dict
         for s in range(0, len(owners), micro):
             mb = {k: data[k][s:s + micro] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
             ids, mask = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1), torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
-            out = model(ids, mask)
+            out = model(ids, mask, PositionMeta.from_prompt_mask(mb["prompt_mask"]))
             P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
             z_gen.append(contrastive.pool(out.values[:, P:P + T], out.embeddings[:, P:P + T], mb["response_mask"]))
         scores = data["scores"]

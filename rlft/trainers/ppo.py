@@ -25,6 +25,10 @@ Deviations from the ReFT reference (spec §17), each a config value:
 - `ppo.value_warmup_iterations` > 0 trains only the value head first (spec §16's suggestion);
 - group estimators with `kl.placement=reward` subtract beta * sum_t KL_t from the sequence score before the
   group baseline (TRL's RLOO does the same); with `kl.placement=loss` the KL term is added to the loss.
+
+Policy adapters (`adapter.kind`, `rlft/adapters/`): the policy may train a LoRA or a representation
+adapter on a frozen warm-up instead of every weight. The reference is then the same model with the
+adapter switched off (no second copy); the value head trains beside the adapter on the shared trunk.
 """
 
 from __future__ import annotations
@@ -222,10 +226,10 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     run_dir = open_run_dir(cfg)
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
-    lm, tokenizer, model_path = prepare_model(cfg, train, with_model=cfg.cluster.backend == "local")
-    roles = build_roles(cfg, lm, tokenizer, model_path, total_steps=cfg.ppo.iterations)
+    lm, tokenizer, model_path, adapter = prepare_model(cfg, train, with_model=cfg.cluster.backend == "local")
+    roles = build_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=cfg.ppo.iterations)
     try:
-        return _train(cfg, roles, run_dir, train, test, tokenizer, model_path, stop_after_iterations)
+        return _train(cfg, roles, adapter, run_dir, train, test, tokenizer, model_path, stop_after_iterations)
     except WorkerLostError as e:
         last = checkpoint.latest_checkpoint(run_dir / "checkpoints")
         where = f"last checkpoint: {last}; continue from it with run.resume=true" if last else "no checkpoint yet"
@@ -234,7 +238,7 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
         roles.close()
 
 
-def _train(cfg: Config, roles: Roles, run_dir: Path, train, test, tokenizer, model_path,
+def _train(cfg: Config, roles: Roles, adapter, run_dir: Path, train, test, tokenizer, model_path,
            stop_after_iterations: int | None) -> dict:
     prompts = encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens)
     kl_ctl = kl_algos.AdaptiveKLController(init_kl_coef=cfg.kl.coef, target=cfg.kl.target, horizon=cfg.kl.horizon) \
@@ -259,7 +263,8 @@ def _train(cfg: Config, roles: Roles, run_dir: Path, train, test, tokenizer, mod
         print0(f"rlft train: resumed from {latest} (iteration {state['iteration']})")
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["iteration"] if latest else None)
     print0(f"rlft train: algo={cfg.algo}, {len(train)} questions, {cfg.rollout.prompts_per_step} x "
-           f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from {model_path}")
+           f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from {model_path}; "
+           f"adapter {adapter.kind if adapter else 'full'}, {roles.policy.num_trainable():,} trainable parameters")
 
     bar = tqdm(total=cfg.ppo.iterations, initial=state["iteration"], desc=f"rlft train {cfg.algo}",
                disable=not cfg.log.progress, file=sys.stderr, dynamic_ncols=True)
@@ -269,6 +274,8 @@ def _train(cfg: Config, roles: Roles, run_dir: Path, train, test, tokenizer, mod
             break
         m: dict = {}
         t_start = time.perf_counter()
+        if adapter is not None:  # None on Ray (full finetuning only)
+            adapter.set_progress(it, cfg.ppo.iterations)  # HEFT's stage
         indices = prompt_indices(len(train), cfg.rollout.prompts_per_step, cfg.run.seed, it)
         records = [train[i] for i in indices]
         # 1. sample
@@ -349,7 +356,8 @@ def _train(cfg: Config, roles: Roles, run_dir: Path, train, test, tokenizer, mod
     bar.close()
     logger.close()
     summary = {k: state[k] for k in ("history", "best_accuracy", "best_checkpoint", "train_seconds", "samples", "tokens")}
-    summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""))
+    summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""),
+                   adapter=adapter.kind if adapter else "full", trainable_params=roles.policy.num_trainable())
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -89,7 +89,7 @@ def online_st_micro_batches(data: dict, records: list[Record], tokenizer, cfg: C
     return micro, loss_fn
 
 
-def sample_correct(cfg: Config, model, tokenizer, records: list[Record]) -> tuple[list[dict], dict]:
+def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter=None) -> tuple[list[dict], dict]:
     """Offline-ST steps 1-2: sample every question, keep distinct correct responses, cap per question.
 
     Returns:
@@ -100,7 +100,7 @@ def sample_correct(cfg: Config, model, tokenizer, records: list[Record]) -> tupl
     start = time.perf_counter()
     o, r = cfg.offline_st, cfg.rollout
     engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=r.batch_size)
+                             batch_size=r.batch_size, adapter=adapter)
     reward = RewardRole(cfg)
     prompts = encode_prompts(tokenizer, records, cfg.data.style, cfg.data.max_prompt_tokens)
     params = SamplingParams(n=o.samples_per_question, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
@@ -147,7 +147,7 @@ def run_offline_st(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     train = load_split(cfg, "train")
     samples_path, summary_path = run_dir / SAMPLES_FILE, run_dir / SUMMARY_FILE
     settings = {key: functools.reduce(getattr, key.split("."), cfg) for key in SAMPLING_KEYS}
-    model, tokenizer, model_path = prepare_model(cfg, train)
+    model, tokenizer, model_path, adapter = prepare_model(cfg, train)
     # The summary file is written last, so its presence means the samples file is complete.
     if cfg.run.resume and summary_path.exists():
         saved = json.loads(summary_path.read_text())
@@ -161,10 +161,10 @@ def run_offline_st(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     else:
         print0(f"rlft offline-st: sampling {cfg.offline_st.samples_per_question} responses x {len(train)} "
                f"questions from {model_path}")
-        rows, counts = sample_correct(cfg, model, tokenizer, train)
+        rows, counts = sample_correct(cfg, model, tokenizer, train, adapter)
         _write_atomic(samples_path, "".join(json.dumps(row) + "\n" for row in rows))
         _write_atomic(summary_path, json.dumps({"counts": counts, "settings": settings}, indent=2))
-    del model  # run_sft loads the warm-up afresh as its initial policy
+    del model, adapter  # run_sft loads the warm-up afresh as its initial policy
     by_id = {record.id: record for record in train}
     extra, n_truncated = [], 0
     if rows:

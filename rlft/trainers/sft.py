@@ -10,6 +10,11 @@ As in ReFT (spec §1/§2): prompt tokens are masked out of the loss, the target 
 `\\nTherefore, the answer is: X` and EOS; no BOS, no chat template. The loss is a token mean over the
 whole minibatch (normalised by the minibatch's label-token count, so micro-batching does not change it).
 The early-epoch checkpoints of this run are ReFT's warm-up models.
+
+With `adapter.kind` other than `full` the base model stays frozen and only the adapter trains
+(`rlft/adapters/`); checkpoints then hold the adapter's files and name the base model. `brep` also
+switches to BREP's truncated-prefix data (`truncate_targets`), and `heft` moves from its LoRA stage to
+its LoReFT stage after `adapter.heft.lora_fraction` of the epochs.
 """
 
 from __future__ import annotations
@@ -60,8 +65,28 @@ def encode_examples(tokenizer, records: list[Record], style: str, max_tokens: in
     return examples, n_truncated
 
 
+def _target_start(labels: list[int]) -> int:
+    """Index of the first labelled token: the prompt length of an SFT example."""
+    return next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+
+
+def truncate_targets(examples: list[dict], *, prefix_tokens: int, full_frac: float, seed: int) -> list[dict]:
+    """BREP's truncated-prefix SFT data (`LiangThree/BREP`, `Prefix/prefix_train.py`): a random share
+    `1 - full_frac` of the examples keep only their first `prefix_tokens` target tokens, the rest their whole
+    target. BREP keeps the ids and drops the labels; cutting the ids after the last label gives the same
+    causal loss for less compute."""
+    rng = random.Random(seed)
+    full = set(rng.sample(range(len(examples)), round(full_frac * len(examples))))
+    out = []
+    for i, e in enumerate(examples):
+        end = _target_start(e["labels"]) + prefix_tokens
+        out.append(e if i in full else {"input_ids": e["input_ids"][:end], "labels": e["labels"][:end]})
+    return out
+
+
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of examples into (B, S) input_ids / attention_mask / labels."""
+    """Right-pad a list of examples into (B, S) input_ids / attention_mask / labels, plus (B,) prompt_len
+    (where the labels start: hook-based adapters place their edits by it)."""
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -71,7 +96,8 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(e["input_ids"])
         labels[i, :n] = torch.tensor(e["labels"])
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    prompt_len = torch.tensor([_target_start(e["labels"]) for e in examples], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "prompt_len": prompt_len}
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -101,22 +127,27 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     run_dir = open_run_dir(cfg)
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
-    model, tokenizer, model_path = prepare_model(cfg, train)
+    model, tokenizer, model_path, adapter = prepare_model(cfg, train)
     examples, n_truncated = encode_examples(tokenizer, train, cfg.data.style, cfg.sft.max_seq_tokens)
     examples += extra_examples or []  # offline self-training: SFT on the union (spec §12)
+    brep = cfg.adapter.brep
+    if cfg.adapter.kind == "brep" and brep.train_prefix_tokens is not None:
+        examples = truncate_targets(examples, prefix_tokens=brep.train_prefix_tokens,
+                                    full_frac=brep.full_response_frac, seed=cfg.run.seed)
 
     geo = derive_sft_geometry(cfg)
     steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
     total_steps = steps_per_epoch * cfg.sft.epochs
     learner = TorchLearner(
-        PolicyModel(model), lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
+        PolicyModel(model, adapter=adapter), lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
         total_steps=total_steps, warmup_steps=int(cfg.sft.warmup_ratio * total_steps), schedule=cfg.sft.schedule,
     )
     engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=cfg.eval.batch_size)
-    n_params = sum(p.numel() for p in model.parameters())
+                             batch_size=cfg.eval.batch_size, adapter=adapter)
+    n_params = sum(p.numel() for p in learner.model.parameters())
     extra = f" + {len(extra_examples)} extra examples" if extra_examples else ""
-    print0(f"rlft sft: {len(train)} train{extra} / {len(test)} test records, model {model_path} ({n_params / 1e6:.2f}M params)")
+    print0(f"rlft sft: {len(train)} train{extra} / {len(test)} test records, model {model_path} ({n_params / 1e6:.2f}M params, "
+           f"adapter {adapter.kind}: {learner.num_trainable():,} trainable)")
     print0(f"  batch geometry: {geo.sequences_per_step} sequences/step = {geo.grad_accum_steps} x "
            f"{geo.micro_batch_size_per_device} micro-batch; {steps_per_epoch} steps/epoch, {total_steps} steps total"
            + (f"; {n_truncated} examples truncated to {cfg.sft.max_seq_tokens} tokens" if n_truncated else ""))
@@ -134,6 +165,7 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["step"] if latest else None)
 
     for epoch in range(state["epoch"], cfg.sft.epochs):
+        adapter.set_progress(epoch, cfg.sft.epochs)  # HEFT's stage
         order = epoch_order(len(examples), cfg.run.seed, epoch)
         bar = tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.sft.epochs}", disable=not cfg.log.progress,
                    file=sys.stderr, dynamic_ncols=True)
@@ -192,6 +224,8 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
         "final_checkpoint": str(checkpoint.latest_checkpoint(ckpt_root) or ""),
         "train_seconds": state["train_seconds"],
         "train_tokens_per_s": state["train_tokens"] / max(state["train_seconds"], 1e-9),
+        "adapter": adapter.kind,
+        "trainable_params": learner.num_trainable(),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

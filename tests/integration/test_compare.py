@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from rlft.cli import main
-from rlft.experiments.compare import mean_std_ci, parse_method
+from rlft.config import ConfigError
+from rlft.experiments.compare import is_sft, mean_std_ci, parse_method
 
 MICRO = [
     "data.difficulty=0", "data.n_train=24", "data.n_test=4", "model.tiny.hidden_size=128", "model.tiny.num_layers=2",
@@ -42,6 +45,13 @@ def test_parse_method_and_stats():
     assert parse_method("reft") == ("reft", ["algo=reft"])
     assert parse_method("sft") == ("sft", [])
     assert parse_method("g4: algo=grpo ppo.lr=1e-5") == ("g4", ["algo=grpo", "ppo.lr=1e-5"])
+    assert parse_method("reft+loreft") == ("reft+loreft", ["algo=reft", "adapter.kind=loreft"])
+    assert parse_method("sft+lora") == ("sft+lora", ["adapter.kind=lora"]) and is_sft(["adapter.kind=lora"])
+    assert parse_method("reft+lora: adapter.lora.rank=4") == ("reft+lora", ["algo=reft", "adapter.kind=lora",
+                                                                             "adapter.lora.rank=4"])
+    assert not is_sft(parse_method("reft+brep")[1])
+    with pytest.raises(ConfigError, match="not an adapter kind"):
+        parse_method("reft+pyreft")
     stats = mean_std_ci([0.5, 0.7])
     assert abs(stats["mean"] - 0.6) < 1e-12 and abs(stats["std"] - 0.1414213562) < 1e-9
     assert abs(stats["ci95"][1] - (0.6 + 12.706 * 0.1)) < 1e-9  # t(1) * std / sqrt(2)

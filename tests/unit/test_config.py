@@ -70,6 +70,29 @@ def test_validate_cross_field():
         C.validate(C.Config(), world_size=3)
 
 
+@pytest.mark.parametrize("overrides, fragment", [
+    (["adapter.kind=loreft", "adapter.repft.tied=false", "adapter.repft.positions=all"], "needs adapter.repft.positions=prefix_suffix"),
+    (["adapter.kind=brep", "adapter.repft.tied=false"], "got prompt_plus_first_n"),  # brep's default rule
+    (["adapter.kind=loreft", "adapter.repft.first=0", "adapter.repft.last=0"], "edits nothing"),
+    (["adapter.kind=lora", "adapter.lora.rank=0"], "adapter.lora.rank must be >= 1"),
+    (["adapter.kind=heft", "adapter.heft.lora_fraction=1.5"], "adapter.heft.lora_fraction must be in [0, 1]"),
+    (["adapter.kind=brep", "adapter.brep.bias_bound=-1"], "bias_bound must be >= 0"),
+])
+def test_adapter_settings_are_validated(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert fragment in str(e.value)
+    load_config(None, ["adapter.kind=full", *overrides[1:]])  # full finetuning ignores the adapter settings
+
+
+def test_adapter_section_round_trips():
+    cfg = load_config(None, ["adapter.kind=loreft", "adapter.repft.layers=[0, -1]", "adapter.repft.positions=all"])
+    assert cfg.adapter.repft.layers == [0, -1]
+    assert C.adapter_config_from_dict(C.to_dict(cfg)["adapter"]) == cfg.adapter
+    with pytest.raises(ConfigError, match="did you mean 'adapter.repft.rank'"):
+        load_config(None, ["adapter.repft.rnak=4"])
+
+
 def test_every_field_has_a_doc():
     def walk(cls):
         docs = C.field_docs(cls)

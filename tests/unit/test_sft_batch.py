@@ -4,7 +4,7 @@ import torch
 
 from rlft.tasks.base import Record
 from rlft.tasks.prompts import prompt_text, target_text
-from rlft.trainers.sft import IGNORE, collate, encode_examples, epoch_order
+from rlft.trainers.sft import IGNORE, collate, encode_examples, epoch_order, truncate_targets
 from rlft.models.tiny import train_tokenizer
 
 RECORDS = [
@@ -40,6 +40,27 @@ def test_collate_pads_right_with_ignored_labels():
         assert batch["attention_mask"][i, :n].all() and not batch["attention_mask"][i, n:].any()
         assert (batch["labels"][i, n:] == IGNORE).all()
         assert (batch["input_ids"][i, n:] == tok.pad_token_id).all()
+
+
+def test_collate_reports_where_each_target_starts():
+    tok = _tok()
+    examples, _ = encode_examples(tok, RECORDS, "nl", max_tokens=512)
+    batch = collate(examples, tok.pad_token_id)
+    for i, r in enumerate(RECORDS):
+        assert batch["prompt_len"][i] == len(tok(prompt_text(r), add_special_tokens=False)["input_ids"])
+
+
+def test_truncated_prefix_data_keeps_k_target_tokens_on_most_examples():
+    """BREP: 1 - full_frac of the examples train on their first k target tokens only."""
+    examples = [{"input_ids": list(range(10 + i % 3)), "labels": [IGNORE] * 4 + list(range(4, 10 + i % 3))}
+                for i in range(20)]
+    out = truncate_targets(examples, prefix_tokens=3, full_frac=0.1, seed=0)
+    full = [e for e, o in zip(examples, out) if o is e]
+    assert len(full) == 2  # round(0.1 * 20) keep everything
+    for e, o in zip(examples, out):
+        if o is not e:
+            assert o["input_ids"] == e["input_ids"][:7] and o["labels"] == [IGNORE] * 4 + [4, 5, 6]
+    assert out == truncate_targets(examples, prefix_tokens=3, full_frac=0.1, seed=0)  # reproducible
 
 
 def test_truncation_is_counted():
