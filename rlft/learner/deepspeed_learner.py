@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from rlft.learner.base import LossFn, MicroBatch
-from rlft.learner.torch_learner import lr_lambda, response_logprobs_and_values
+from rlft.learner.torch_learner import lr_lambda, response_logits_to_keep, response_logprobs_and_values
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -103,7 +103,7 @@ class DeepSpeedLearner:
         totals: dict[str, float] = {}
         bad = False
         for mb in micro_batches:
-            output = self.engine(mb["input_ids"], mb["attention_mask"])
+            output = self.engine(mb["input_ids"], mb["attention_mask"], None, response_logits_to_keep(mb))
             loss, metrics = loss_fn(output, mb)
             flag = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank must agree before its backward

@@ -56,8 +56,10 @@ class TorchLearner:
         )
 
     def forward(self, micro_batch: MicroBatch):
-        """Full-sequence forward of the `PolicyModel`: logits (B, S, V) and values (B, S) or None."""
-        return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch))
+        """Forward of the `PolicyModel`: values (B, S) or None and logits (B, S, V), or for an RL batch
+        (prompt + response) logits of the T + 1 positions that score the response only."""
+        return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch),
+                          logits_to_keep=response_logits_to_keep(micro_batch))
 
     @torch.inference_mode()
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -122,10 +124,17 @@ def sequence_batch(batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def response_logits_to_keep(batch: MicroBatch) -> int:
+    """T + 1 for an RL batch (prompt + response, no SFT labels), else 0 (all positions)."""
+    if "response_ids" in batch and "labels" not in batch:
+        return batch["response_ids"].shape[1] + 1
+    return 0
+
+
 def response_forward(model: torch.nn.Module, batch: MicroBatch):
     """Forward a prompt+response batch; returns (logits, values) sliced to response coordinates."""
     ids, mask = sequence_batch(batch)
-    out = model(ids, mask, PositionMeta.from_prompt_mask(batch["prompt_mask"]))
+    out = model(ids, mask, PositionMeta.from_prompt_mask(batch["prompt_mask"]), logits_to_keep=batch["response_ids"].shape[1] + 1)
     P, T = batch["prompt_ids"].shape[1], batch["response_ids"].shape[1]
     logits = response_slice(out.logits, P, T)  # (B, T, V)
     values = None if out.values is None else response_slice(out.values, P, T)  # (B, T)

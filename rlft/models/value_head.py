@@ -85,12 +85,16 @@ class PolicyModel(torch.nn.Module):
         return self.lm.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                positions: PositionMeta | None = None) -> PolicyOutput:
-        """`positions`: the batch's layout (`PositionMeta`), needed by hook-based adapters."""
+                positions: PositionMeta | None = None, logits_to_keep: int = 0) -> PolicyOutput:
+        """`positions`: the batch's layout (`PositionMeta`), needed by hook-based adapters.
+        `logits_to_keep`: compute logits for the last k positions only (0: all). RL passes T + 1, the
+        positions that score response tokens: the LM head and its (B, S, V) output are the largest
+        activation, and prompt positions need none (`response_slice` accounts for the dropped ones)."""
+        kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         with self.adapter.plan(positions), torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
             out = self.lm(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                output_hidden_states=self.value_head is not None, use_cache=False,
+                output_hidden_states=self.value_head is not None, use_cache=False, **kwargs,
             )
         values = embeddings = None
         if self.head_kind == "carft":
@@ -127,5 +131,12 @@ class PolicyModel(torch.nn.Module):
 
 
 def response_slice(x: torch.Tensor, prompt_len: int, response_len: int) -> torch.Tensor:
-    """Entries of a full-sequence tensor that act on response tokens: position P-1+t predicts token t."""
-    return x[:, prompt_len - 1: prompt_len - 1 + response_len]
+    """Entries of a sequence tensor that act on response tokens: position P-1+t predicts token t.
+
+    `x` covers all S = P + T positions, or only the last ones (logits computed with `logits_to_keep`);
+    the dropped leading positions are counted from its width."""
+    dropped = prompt_len + response_len - x.shape[1]
+    start = prompt_len - 1 - dropped
+    if start < 0:
+        raise ValueError(f"response_slice: {x.shape[1]} positions do not cover the {response_len} response tokens")
+    return x[:, start: start + response_len]

@@ -231,3 +231,25 @@ def test_prompt_indices_cover_every_question_once_per_epoch():
     assert sorted(first_epoch) == list(range(10))
     wrap = prompt_indices(10, 4, seed=3, iteration=2)  # questions 8, 9 of epoch 0 and 0, 1 of epoch 1
     assert wrap[:2] == first_epoch[8:] and len(wrap) == 4
+
+
+def test_response_logits_only_match_full_logits(warm_model):
+    """RL forwards compute logits for the T + 1 response-scoring positions only; the log-probs and values
+    must equal those from full-sequence logits (a wrong offset in response_slice shifts every token)."""
+    from rlft.models.value_head import response_slice
+
+    lm, tok = load_policy(warm_model)
+    model = PolicyModel(lm, value_head="linear").eval()
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, lm.config.vocab_size, (3, 7), generator=g)
+    prompt_mask = torch.ones_like(prompt)
+    prompt_mask[0, :3] = 0
+    response = torch.randint(3, lm.config.vocab_size, (3, 5), generator=g)
+    ids, mask = torch.cat([prompt, response], 1), torch.cat([prompt_mask, torch.ones_like(response)], 1)
+    with torch.no_grad():
+        full = model(ids, mask)
+        kept = model(ids, mask, logits_to_keep=6)
+    assert kept.logits.shape[1] == 6 and full.logits.shape[1] == 12
+    torch.testing.assert_close(response_slice(kept.logits, 7, 5), response_slice(full.logits, 7, 5), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(response_slice(full.logits, 7, 5), full.logits[:, 5:10])  # the offset matters
+    torch.testing.assert_close(kept.values, full.values)
