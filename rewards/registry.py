@@ -159,6 +159,8 @@ def combine(parts: Sequence[tuple[Callable[..., Any] | str, float]]) -> Combined
 
 
 def _bad(x: Any) -> bool:
+    if isinstance(x, (str, bytes)):  # "0.7" is a plug-in bug, not a score: count it instead of coercing
+        return True
     try:
         return not math.isfinite(float(x))
     except (TypeError, ValueError):
@@ -227,6 +229,8 @@ def _run_one(fn: Callable[..., Any], completions: list[str], columns: dict[str, 
             raw = _call_in_thread(fn, completions, columns, timeout)
     except Exception as e:
         return [None] * n, [True] * n, f"{type(e).__name__}: {str(e)[:200]}"
+    if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__"):
+        return [None] * n, [True] * n, f"returned a {type(raw).__name__}, not a list of scores"
     if len(raw) != n:
         return [None] * n, [True] * n, f"returned {len(raw)} scores for {n} completions"
     scores: list[float | None] = []

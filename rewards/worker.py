@@ -81,10 +81,14 @@ def _handle_plugin(task: dict[str, Any]) -> dict[str, Any]:
             _PLUGINS.clear()
         _PLUGINS[spec] = resolve(spec)
     scores = _PLUGINS[spec](task["completions"], **task.get("columns", {}))
+    if isinstance(scores, (str, bytes, dict)) or not hasattr(scores, "__len__"):
+        raise TypeError(f"returned a {type(scores).__name__}, not a list of scores")
     out: list[float | None] = []
     for s in list(scores):
         if s is None:
             out.append(None)
+        elif isinstance(s, (str, bytes)):  # same rule as registry._bad: a string is not a score
+            out.append(math.nan)
         else:
             try:
                 out.append(float(s))

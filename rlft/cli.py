@@ -11,7 +11,8 @@
 
 Every command that takes a config accepts dotted overrides after it; `rlft config --keys` lists every key
 with its type, default and meaning. Errors in user input print one line (`rlft: error: ...`) and exit 2
-(set RLFT_DEBUG=1 for the traceback).
+(set RLFT_DEBUG=1 for the traceback). A run that stops on a runtime fault (a lost Ray worker, too many
+non-finite steps in a row) prints one line naming the last checkpoint and exits 3.
 """
 
 from __future__ import annotations
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from rlft.models.policy import ModelLoadError
     from rlft.dist.errors import ClusterTooSmallError, WorkerLostError
+    from rlft.learner.base import DivergedError
     from rlft.tasks.errors import DataError
 
     try:
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlft: error: {e}", file=sys.stderr)
         return 2
-    except (WorkerLostError, ClusterTooSmallError) as e:
+    except (WorkerLostError, ClusterTooSmallError, DivergedError) as e:
         if os.environ.get("RLFT_DEBUG"):
             raise
         print(f"rlft: error: {e}", file=sys.stderr)

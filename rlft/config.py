@@ -216,6 +216,9 @@ class PPOConfig:
     """Write a resumable checkpoint every N iterations (and at the end)."""
     keep_last_checkpoints: int = 2
     """How many checkpoints to keep (the best by held-out accuracy is always kept)."""
+    max_consecutive_skipped_steps: int = 10
+    """Stop the run after this many optimizer steps in a row were skipped for a non-finite loss or
+    gradient (each skip leaves the weights untouched); the error names the last checkpoint. 0: never stop."""
 
 
 @dataclass
@@ -512,6 +515,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
                 "offline_st.samples_per_question", "offline_st.max_unique_per_question"):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    if cfg.ppo.max_consecutive_skipped_steps < 0:
+        raise ConfigError(f"ppo.max_consecutive_skipped_steps must be >= 0 (0: never stop), got {cfg.ppo.max_consecutive_skipped_steps}")
     if not cfg.compare.seeds or not cfg.compare.methods:
         raise ConfigError("compare.seeds and compare.methods must not be empty")
     if cfg.cluster.backend == "ray":

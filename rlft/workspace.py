@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlft import tasks
-from rlft.config import Config, save_config
+from rlft.config import Config, ConfigError, save_config
 from rlft.tasks.base import Record
 
 
@@ -38,6 +38,24 @@ def tokenizer_corpus(records: list[Record], style: str) -> list[str]:
     from rlft.tasks.prompts import prompt_text, target_text
 
     return [prompt_text(r, style) + target_text(r, style) for r in records]
+
+
+def check_context(cfg: Config, model_path) -> None:
+    """Prompt plus response must fit the model's context. Past it a RoPE model does not fail, it
+    degrades silently, so this is a config error before any compute."""
+    from transformers import AutoConfig
+
+    try:
+        context = getattr(AutoConfig.from_pretrained(str(model_path)), "max_position_embeddings", None)
+    except (OSError, ValueError):  # an adapter-only folder: no config.json of its own
+        return
+    new_tokens = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens)
+    if context and cfg.data.max_prompt_tokens + new_tokens > context:
+        raise ConfigError(
+            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} + max_new_tokens={new_tokens} "
+            f"(rollout/eval) exceeds the context of {model_path} ({context} tokens); lower data.max_prompt_tokens "
+            "or rollout.max_new_tokens / eval.max_new_tokens"
+        )
 
 
 def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = True):

@@ -18,6 +18,11 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+
+class DivergedError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient (`ppo.max_consecutive_skipped_steps`).
+    The message says how many; the loop adds the last checkpoint and how to resume."""
+
 MicroBatch = dict[str, torch.Tensor]
 # loss_fn(model_output, micro_batch) -> (scalar loss, {metric name: detached scalar tensor})
 LossFn = Callable[[object, MicroBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]

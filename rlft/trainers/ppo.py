@@ -50,6 +50,7 @@ from rlft.config import Config, to_dict
 from rlft.dist.errors import WorkerLostError
 from rlft.dist.local import Roles, build_roles
 from rlft.evaluate import encode_prompts, evaluate
+from rlft.learner.base import DivergedError
 from rlft.learner.torch_learner import sequence_batch
 from rlft.models.value_head import response_slice
 from rlft.rollout.base import SamplingParams
@@ -59,7 +60,7 @@ from rlft.trainers.sft import epoch_order
 from rlft.utils import checkpoint
 from rlft.utils.logging import MetricLogger, print0, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
-from rlft.workspace import load_split, open_run_dir, prepare_model
+from rlft.workspace import check_context, load_split, open_run_dir, prepare_model
 
 
 def prompt_indices(n: int, per_step: int, seed: int, iteration: int) -> list[int]:
@@ -170,7 +171,17 @@ def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, part: str):
     return loss_fn
 
 
-def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_only: bool, seed: int) -> dict:
+def count_skipped(state: dict, step: dict, limit: int) -> None:
+    """Track optimizer steps skipped in a row for a non-finite loss or gradient; raise at `limit` (0: never).
+    The streak lives in the trainer state, so it survives a resume."""
+    state["skipped_streak"] = state.get("skipped_streak", 0) + 1 if step.get("train/skipped_step", 0.0) > 0 else 0
+    if limit and state["skipped_streak"] >= limit:
+        raise DivergedError(f"{state['skipped_streak']} optimizer steps in a row had a non-finite loss or gradient "
+                            f"and were skipped (ppo.max_consecutive_skipped_steps={limit})")
+
+
+def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_only: bool, seed: int,
+               state: dict) -> dict:
     """Step 5: `ppo_epochs` passes of shuffled minibatches; returns the metrics averaged over steps.
 
     Shared value head: one policy step per minibatch. Separate critic: a policy step with the policy loss,
@@ -203,6 +214,7 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
                 mbs.append(mb)
             for learner, part in steps:
                 step = learner.train_step(mbs, make_loss_fn(cfg, num_seqs=len(idx), kl_coef=kl_coef, part=part))
+                count_skipped(state, step, cfg.ppo.max_consecutive_skipped_steps)
                 if learner is roles.critic:
                     step = {k.replace("train/", "critic/", 1): v for k, v in step.items()}
                 for k, v in step.items():
@@ -227,13 +239,15 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     lm, tokenizer, model_path, adapter = prepare_model(cfg, train, with_model=cfg.cluster.backend == "local")
+    check_context(cfg, model_path)
     roles = build_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=cfg.ppo.iterations)
     try:
         return _train(cfg, roles, adapter, run_dir, train, test, tokenizer, model_path, stop_after_iterations)
-    except WorkerLostError as e:
+    except (WorkerLostError, DivergedError) as e:
+        # skipped steps never touch the weights, so the last checkpoint is a good one in both cases
         last = checkpoint.latest_checkpoint(run_dir / "checkpoints")
         where = f"last checkpoint: {last}; continue from it with run.resume=true" if last else "no checkpoint yet"
-        raise WorkerLostError(f"{e}; the run stopped ({where})") from None
+        raise type(e)(f"{e}; the run stopped ({where})") from None
     finally:
         roles.close()
 
@@ -291,7 +305,9 @@ def _train(cfg: Config, roles: Roles, adapter, run_dir: Path, train, test, token
         # 3. evaluate (teacher-forced, no grad) + 4. advantage; 5. update
         if cfg.algo == "online_st":
             with timed(m, "train"):
-                m.update(roles.policy.train_step(*online_st_micro_batches(data, records, tokenizer, cfg)))
+                step = roles.policy.train_step(*online_st_micro_batches(data, records, tokenizer, cfg))
+                count_skipped(state, step, cfg.ppo.max_consecutive_skipped_steps)
+                m.update(step)
         else:
             with timed(m, "logprobs"):
                 if needs_old_logprobs(cfg, len(batch)):
@@ -311,7 +327,8 @@ def _train(cfg: Config, roles: Roles, adapter, run_dir: Path, train, test, token
             m.update(compute_advantages(cfg, data, kl_ctl.value))
             with timed(m, "train"):
                 m.update(ppo_update(cfg, roles, data, kl_coef=kl_ctl.value,
-                                    value_only=it < cfg.ppo.value_warmup_iterations, seed=cfg.run.seed * 7919 + it))
+                                    value_only=it < cfg.ppo.value_warmup_iterations, seed=cfg.run.seed * 7919 + it,
+                                    state=state))
             if "old_logprobs" in data:
                 m["rollout/logprob_diff"] = ((batch.rollout_logprobs - data["old_logprobs"]).abs()
                                              * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1)

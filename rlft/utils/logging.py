@@ -21,12 +21,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _row(line: str) -> dict | None:
+    """A metrics row, or None for a blank line or the torn last line of a run killed mid-write (that row is
+    past the checkpoint being resumed from, so the resumed run writes it again)."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+
+
 class MetricLogger:
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            kept = [ln for ln in self.path.read_text().splitlines() if (row := _row(ln)) and row.get("step", 0) <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
