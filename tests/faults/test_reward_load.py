@@ -7,9 +7,8 @@ or the pool's memory grows without bound.
 """
 
 import importlib.util
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import pytest
 
