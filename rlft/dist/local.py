@@ -3,7 +3,8 @@
 The loop in `rlft/trainers/ppo.py` talks only to `Roles`; `rlft/dist/ray_roles.py` (a later backend)
 provides the same objects as proxies over Ray actor groups.
 
-- rollout:   `HFRolloutEngine` sharing the policy's module, so weight sync is free (same tensors).
+- rollout:   `HFRolloutEngine` sharing the policy's module, so weight sync is free (same tensors); or,
+             with `rollout.engine=vllm`, a `VLLMRolloutEngine` built from the warm-up folder.
 - policy:    `TorchLearner` over `PolicyModel` (LM + value head for `algo=reft`).
 - critic:    with `ppo.critic=separate` only, a second `TorchLearner` over another copy of the warm-up
              model with the value head (the policy then has none); otherwise None.
@@ -23,6 +24,7 @@ from rlft.config import Config
 from rlft.learner.torch_learner import TorchLearner, response_logprobs_and_values
 from rlft.models.policy import load_policy
 from rlft.models.value_head import PolicyModel
+from rlft.rollout.base import RolloutEngine
 from rlft.rollout.hf_engine import HFRolloutEngine
 from rlft.tasks.base import Record
 from rlft.tasks.prompts import program_text, prompt_text
@@ -77,7 +79,7 @@ class FrozenReference:
 
 @dataclass
 class Roles:
-    rollout: HFRolloutEngine
+    rollout: RolloutEngine  # HFRolloutEngine, or VLLMRolloutEngine with rollout.engine=vllm
     policy: TorchLearner
     reference: FrozenReference | None
     reward: RewardRole
@@ -100,6 +102,18 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, *
         critic = make_learner(PolicyModel(load_policy(model_path, dtype=cfg.model.dtype)[0], value_head="linear"))
     needs_reference = cfg.algo != "online_st" and cfg.kl.coef > 0
     reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0]) if needs_reference else None
-    engine = HFRolloutEngine(lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=cfg.rollout.batch_size)
+    if cfg.rollout.engine == "vllm":  # its own copy of the weights, refreshed by the loop's load_weights
+        from rlft.rollout.vllm_engine import VLLMRolloutEngine  # lazy: vllm is an optional extra
+
+        engine = VLLMRolloutEngine(
+            model_path, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, dtype=cfg.model.dtype,
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, enable_sleep=cfg.rollout.vllm_enable_sleep,
+            max_model_len=min(cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens),
+                              getattr(lm.config, "max_position_embeddings", None) or 10**9),  # bounds vLLM's KV cache
+            seed=cfg.run.seed,
+        )
+    else:
+        engine = HFRolloutEngine(lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                                 batch_size=cfg.rollout.batch_size)
     return Roles(rollout=engine, policy=learner, reference=reference, reward=RewardRole(cfg), critic=critic)

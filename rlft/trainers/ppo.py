@@ -243,6 +243,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
         state = saved["state"]
         set_rng_state(saved["rng"])
         kl_ctl.load_state_dict(saved["kl"])
+        # An engine with its own weights (vLLM) was built from the warm-up; a shared module is a no-op here.
+        roles.rollout.load_weights(roles.policy.named_weights())
         print0(f"rlft train: resumed from {latest} (iteration {state['iteration']})")
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["iteration"] if latest else None)
     print0(f"rlft train: algo={cfg.algo}, {len(train)} questions, {cfg.rollout.prompts_per_step} x "
@@ -335,6 +337,7 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
             break
     bar.close()
     logger.close()
+    roles.rollout.close()  # frees a vLLM engine's memory before the next run in this process (compare)
     summary = {k: state[k] for k in ("history", "best_accuracy", "best_checkpoint", "train_seconds", "samples", "tokens")}
     summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
