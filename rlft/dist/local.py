@@ -3,7 +3,8 @@
 The loop in `rlft/trainers/ppo.py` talks only to `Roles`; `rlft/dist/ray_roles.py` (a later backend)
 provides the same objects as proxies over Ray actor groups.
 
-- rollout:   `HFRolloutEngine` sharing the policy's module, so weight sync is free (same tensors).
+- rollout:   `HFRolloutEngine` sharing the policy's module, so weight sync is free (same tensors); or,
+             with `rollout.engine=vllm`, a `VLLMRolloutEngine` built from the warm-up folder.
 - policy:    `TorchLearner` over `PolicyModel` (LM + value head for `algo=reft`).
 - critic:    with `ppo.critic=separate` only, a second `TorchLearner` over another copy of the warm-up
              model with the value head (the policy then has none); otherwise None.
@@ -27,6 +28,7 @@ from rlft.config import Config
 from rlft.learner.torch_learner import TorchLearner, response_logprobs_and_values
 from rlft.models.policy import load_policy
 from rlft.models.value_head import PolicyModel
+from rlft.rollout.base import RolloutEngine
 from rlft.rollout.hf_engine import HFRolloutEngine
 from rlft.tasks.base import Record
 from rlft.tasks.prompts import program_text, prompt_text
@@ -105,7 +107,7 @@ class Roles:
     """What the loop talks to; each member is an in-process object here or a Ray group
     (`rlft/dist/ray_roles.py`) with the same methods."""
 
-    rollout: HFRolloutEngine
+    rollout: RolloutEngine  # HFRolloutEngine, or VLLMRolloutEngine with rollout.engine=vllm
     policy: TorchLearner
     reference: FrozenReference | AdapterReference | None
     reward: RewardRole
@@ -134,6 +136,25 @@ def build_roles(cfg: Config, lm, tokenizer, model_path, adapter, *, total_steps:
     return build_local_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=total_steps)
 
 
+def make_engine(cfg: Config, lm, tokenizer, model_path, adapter=None) -> RolloutEngine:
+    """`rollout.engine`: hf (shares `lm`, so syncing is free) or vllm (its own copy of the weights at
+    `model_path`, refreshed by the loop's `load_weights`). Used in-process and by Ray rollout workers."""
+    if cfg.rollout.engine == "vllm":
+        from rlft.rollout.vllm_engine import VLLMRolloutEngine  # lazy: vllm is an optional extra
+
+        max_position = getattr(getattr(lm, "config", None), "max_position_embeddings", None) or 10**9
+        return VLLMRolloutEngine(
+            model_path, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, dtype=cfg.model.dtype,
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, enable_sleep=cfg.rollout.vllm_enable_sleep,
+            max_model_len=min(cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens),
+                              max_position),  # bounds vLLM's KV cache
+            seed=cfg.run.seed,
+        )
+    return HFRolloutEngine(lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                           batch_size=cfg.rollout.batch_size, adapter=adapter)
+
+
 def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, adapter, *, total_steps: int) -> Roles:
     """Policy (+ value head for reft) over `lm` with its attached `adapter`, the optional separate critic
     and the reference, each from the same warm-up, and the HF engine."""
@@ -158,6 +179,5 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, a
         else:  # continuing an adapter checkpoint: the reference is that checkpoint, not the bare base
             start = adapter.adapter_state_dict() if read_adapter_json(model_path) is not None else None
             reference = AdapterReference(learner.model, start)
-    engine = HFRolloutEngine(lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=cfg.rollout.batch_size, adapter=adapter)
+    engine = make_engine(cfg, lm, tokenizer, model_path, adapter)
     return Roles(rollout=engine, policy=learner, reference=reference, reward=RewardRole(cfg), critic=critic)

@@ -64,14 +64,15 @@ class _Actor:
 class RolloutWorker(_Actor):
     def __init__(self, cfg: dict, model_path: str, seed: int):
         from rlft.models.policy import load_policy
-        from rlft.rollout.hf_engine import HFRolloutEngine
         from rlft.utils.seeding import seed_everything
+
+        from rlft.dist.local import make_engine
 
         cfg = config_from_dict(cfg)
         seed_everything(seed)
-        self.model, tokenizer = load_policy(model_path, dtype=cfg.model.dtype)
-        self.engine = HFRolloutEngine(self.model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                                      batch_size=cfg.rollout.batch_size)
+        # rollout.engine=vllm: the engine loads the weights itself; the HF module is only its config here
+        self.model, tokenizer = load_policy(model_path, dtype=cfg.model.dtype, with_model=cfg.rollout.engine == "hf")
+        self.engine = make_engine(cfg, self.model, tokenizer, model_path)
         self.sync_group = None
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:

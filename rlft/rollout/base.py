@@ -25,6 +25,12 @@ class SamplingParams:
         top_k: keep the k most likely tokens (0 = off).
         max_new_tokens: response budget in tokens.
         logprobs: also return the sampler's log-prob of each generated token.
+        stop_token_ids: tokens that end a response besides the engine's EOS; like EOS, the stop token is
+            kept in the response and its mask.
+        min_new_tokens: EOS and stop tokens are masked out of the sampler's distribution until a response
+            is this long (benchmarks use it to make every response exactly max_new_tokens long).
+        seed: seed of this call's sampling; None draws from torch's global RNG, so `torch.manual_seed`
+            makes every engine reproducible.
     """
 
     n: int = 1
@@ -33,6 +39,9 @@ class SamplingParams:
     top_k: int = 0
     max_new_tokens: int = 256
     logprobs: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    min_new_tokens: int = 0
+    seed: int | None = None
 
 
 class RolloutEngine(Protocol):
@@ -42,4 +51,8 @@ class RolloutEngine(Protocol):
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the engine's weights with the learner's."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (memory, processes); a no-op for an engine on a shared module."""
         ...

@@ -13,7 +13,7 @@ learner does when it recomputes the sequence. This engine is the one that can ru
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,11 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask (B, T) that is 1 up to and including the first EOS; and (B,) truncated flags."""
-    is_eos = response_ids == eos_id  # (B, T)
+def response_mask_from_ids(
+    response_ids: torch.Tensor, eos_id: int | Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask (B, T) that is 1 up to and including the first EOS (or stop token); and (B,) truncated flags."""
+    is_eos = torch.isin(response_ids, torch.as_tensor(eos_id, dtype=response_ids.dtype))  # (B, T)
     seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # an EOS strictly earlier
     mask = (~seen_before).long()
     truncated = ~is_eos.any(dim=1)
@@ -59,7 +61,10 @@ class HFRolloutEngine:
         self.model.eval()
         chunks = []
         try:
-            with torch.inference_mode():
+            # A seeded call must not shift the caller's random stream (like `evaluate`'s fork_rng).
+            with torch.random.fork_rng(enabled=params.seed is not None), torch.inference_mode():
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
                 for start in range(0, len(prompt_ids), self.batch_size):
                     chunks.append(self._generate_chunk(prompt_ids[start:start + self.batch_size], params, start))
         finally:
@@ -82,14 +87,15 @@ class HFRolloutEngine:
                 top_p=None if greedy else params.top_p,
                 top_k=None if greedy else params.top_k,
                 max_new_tokens=params.max_new_tokens,
+                min_new_tokens=params.min_new_tokens,
                 num_return_sequences=params.n,
-                eos_token_id=self.eos_id,
+                eos_token_id=[self.eos_id, *params.stop_token_ids],
                 pad_token_id=self.pad_id,
                 return_dict_in_generate=True,
                 output_scores=params.logprobs,
             )
         response_ids = out.sequences[:, ids.shape[1]:]  # (b*n, T)
-        response_mask, truncated = response_mask_from_ids(response_ids, self.eos_id)
+        response_mask, truncated = response_mask_from_ids(response_ids, stop)
         response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
         logprobs = None
         if params.logprobs:
@@ -113,6 +119,9 @@ class HFRolloutEngine:
             for name, tensor in named_tensors:
                 if params[name].data_ptr() != tensor.data_ptr():  # shared module: nothing to copy
                     params[name].copy_(tensor)
+
+    def close(self) -> None:
+        """Nothing to release: the module belongs to the caller."""
 
 
 def _pad_to(x: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:

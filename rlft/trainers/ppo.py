@@ -274,6 +274,8 @@ def _train(cfg: Config, roles: Roles, adapter, run_dir: Path, train, test, token
         set_rng_state(saved["rng"])
         kl_ctl.load_state_dict(saved["kl"])
         roles.load_remote_state(saved.get("remote", {}))
+        # An engine with its own weights (vLLM) was built from the warm-up; a shared module is a no-op here.
+        roles.rollout.load_weights(roles.policy.named_weights())
         print0(f"rlft train: resumed from {latest} (iteration {state['iteration']})")
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["iteration"] if latest else None)
     print0(f"rlft train: algo={cfg.algo}, {len(train)} questions, {cfg.rollout.prompts_per_step} x "
@@ -372,6 +374,7 @@ def _train(cfg: Config, roles: Roles, adapter, run_dir: Path, train, test, token
             break
     bar.close()
     logger.close()
+    roles.rollout.close()  # frees a vLLM engine's memory before the next run in this process (compare)
     summary = {k: state[k] for k in ("history", "best_accuracy", "best_checkpoint", "train_seconds", "samples", "tokens")}
     summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""),
                    adapter=adapter.kind if adapter else "full", trainable_params=roles.policy.num_trainable())

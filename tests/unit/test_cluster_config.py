@@ -17,6 +17,7 @@ RAY = ["cluster.backend=ray"]
     (["algo=carft"], "algo=carft runs with cluster.backend=local only"),
     (["ppo.critic=separate"], "ppo.critic=shared"),
     (["adapter.kind=loreft"], "adapter.kind=loreft runs with cluster.backend=local only"),
+    (["rollout.engine=vllm", "cluster.weight_sync=broadcast"], "with rollout.engine=vllm use"),
     (["cluster.on_worker_failure=restart", "cluster.weight_sync=broadcast"], "needs cluster.weight_sync=object_store"),
     (["cluster.learner_ranks=3", "rollout.prompts_per_step=8"], "multiple of 3"),
     (["cluster.rollout_workers=0"], "cluster.rollout_workers must be >= 1"),
