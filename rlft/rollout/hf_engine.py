@@ -78,6 +78,7 @@ class HFRolloutEngine:
         greedy = params.temperature == 0
         plan = contextlib.nullcontext() if self.adapter is None else self.adapter.plan(
             PositionMeta.from_prompt_mask(mask.repeat_interleave(params.n, dim=0)))  # generate expands rows alike
+        stop = [self.eos_id, *params.stop_token_ids]
         with plan:
             out = self.model.generate(
                 input_ids=ids,
@@ -89,7 +90,7 @@ class HFRolloutEngine:
                 max_new_tokens=params.max_new_tokens,
                 min_new_tokens=params.min_new_tokens,
                 num_return_sequences=params.n,
-                eos_token_id=[self.eos_id, *params.stop_token_ids],
+                eos_token_id=stop,
                 pad_token_id=self.pad_id,
                 return_dict_in_generate=True,
                 output_scores=params.logprobs,
