@@ -320,6 +320,9 @@ class RayRolloutGroup(_Group):
             batch.prompt_index = batch.prompt_index + start  # engine-local -> global prompt index
         return concat_batches(batches, self.pad_id)
 
+    def close(self) -> None:
+        """Nothing to free from the driver: the engines stop with their actors (`Roles.close`)."""
+
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         if self.weight_sync == "broadcast":
             # The learners' `named_weights()` result is not needed: rank 0 sends straight to the engines.

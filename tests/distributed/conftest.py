@@ -1,4 +1,6 @@
-"""Distributed tests start Ray and torch.distributed, which bind every network interface. They run only
+"""(The folder is not called `tests/dist`: pytest never recurses into a folder named `dist`.)
+
+Distributed tests start Ray and torch.distributed, which bind every network interface. They run only
 inside a loopback-only network namespace (`tests/loopback.sh`, which `make test` and `.ci/run` use) and
 skip themselves anywhere else, so a plain `pytest` never sends traffic off this machine."""
 
@@ -23,5 +25,5 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs a loopback-only network namespace: run through tests/loopback.sh")
     for item in items:
-        if "tests/dist" in str(item.fspath):
+        if "tests/distributed" in str(item.fspath):
             item.add_marker(skip)
