@@ -104,8 +104,10 @@ def run(n: int, *, workers: int = 2, timeout: float = 1.0, chunk: int = 500) -> 
     items = corpus(n)
     marker = Path("/tmp/rlft_escaped")
     marker.unlink(missing_ok=True)
+    # Processes that existed before (e.g. a Ray session another test left running) are not the pool's.
+    existing = set(descendants(os.getpid()))
     get_pool(workers).warmup(workers)
-    baseline_rss = rss_mb(descendants(os.getpid()))
+    baseline_rss = rss_mb([p for p in descendants(os.getpid()) if p not in existing])
     peak_rss, peak_procs, statuses, wrong = baseline_rss, 0, {}, []
     slowest = 0.0
     t0 = time.monotonic()
@@ -119,7 +121,7 @@ def run(n: int, *, workers: int = 2, timeout: float = 1.0, chunk: int = 500) -> 
             statuses[v.status] = statuses.get(v.status, 0) + 1
             if v.correct != ok:
                 wrong.append((c[:60], v.status))
-        procs = descendants(os.getpid())
+        procs = [p for p in descendants(os.getpid()) if p not in existing]
         peak_procs = max(peak_procs, len(procs))
         peak_rss = max(peak_rss, rss_mb(procs))
         print(f"{start + len(part)}/{n}: {len(part) / (time.monotonic() - t_chunk):.1f}/s, {len(procs)} processes, "
@@ -127,7 +129,7 @@ def run(n: int, *, workers: int = 2, timeout: float = 1.0, chunk: int = 500) -> 
     elapsed = time.monotonic() - t0
     rewards.shutdown()
     time.sleep(0.5)
-    left = descendants(os.getpid())
+    left = [p for p in descendants(os.getpid()) if p not in existing]
     return {"completions": n, "workers": workers, "timeout_s": timeout, "seconds": round(elapsed, 1),
             "completions_per_s": round(n / elapsed, 1), "slowest_verdict_s": round(slowest, 2),
             "statuses": statuses, "wrong_verdicts": len(wrong), "wrong_examples": wrong[:5],

@@ -433,16 +433,18 @@ class RayRewardPool(_Group):
 # Placement and construction
 
 
-def connect(cfg: Config) -> None:
-    """Join `cluster.address`, or start a private local Ray bound to loopback."""
+def connect(cfg: Config) -> bool:
+    """Join `cluster.address`, or start a private local Ray bound to loopback. Returns whether this call
+    started or joined Ray (and so should shut it down at the end)."""
     if ray.is_initialized():
-        return
+        return False
     if cfg.cluster.address is None:
         # Workers of a private Ray inherit this process's environment (HF_HUB_OFFLINE etc.).
         ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=True, logging_level="warning")
     else:  # a submitted job: its runtime env (working dir, env vars from `rlft launch`) applies
         ray.init(address=cfg.cluster.address, logging_level="warning")
+    return True
 
 
 def plan_bundles(cfg: Config) -> tuple[list[dict], dict[str, list[tuple[int, float]]]]:
@@ -490,7 +492,7 @@ def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
     """Start every actor (checking the cluster first) and return `Roles` whose members are groups."""
     from rlft.dist.local import Roles
 
-    connect(cfg)
+    owns_ray = connect(cfg)
     bundles, assignment = plan_bundles(cfg)
     check_resources(cfg, bundles)
     pg = placement_group(bundles, strategy="PACK")
@@ -537,5 +539,7 @@ def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
             for actor in group.actors if group is not None else []:
                 ray.kill(actor, no_restart=True)
         remove_placement_group(pg)
+        if owns_ray:  # a private Ray (or our connection to a cluster) ends with the run
+            ray.shutdown()
 
     return Roles(rollout=rollout, policy=learners, reference=reference, reward=reward, on_close=close)
