@@ -74,12 +74,18 @@ def test_sigkill_at_a_random_moment_then_resume_equals_uninterrupted(tmp_path, w
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(killed, warm_model), env=_env(), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = rng.randint(1, ITERATIONS - 3)
+    target = rng.randint(2, ITERATIONS - 3)
     deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / f"ckpt-{target}").exists():
+    seen = {}
+    while target not in seen:
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill point"
-        time.sleep(0.01)
-    time.sleep(rng.uniform(0.0, 1.0))  # anywhere in the next iteration: rollout, update, save ...
+        for k in (target - 1, target):
+            if k not in seen and (killed / "checkpoints" / f"ckpt-{k}").exists():
+                seen[k] = time.monotonic()
+        time.sleep(0.005)
+    # Anywhere in the next iteration (rollout, update, save ...): a random fraction of the last iteration's
+    # duration, so the kill lands before the run ends however fast the machine is.
+    time.sleep(rng.uniform(0.0, 1.0) * (seen[target] - seen.get(target - 1, seen[target])))
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     last = checkpoint.latest_checkpoint(killed / "checkpoints")
