@@ -156,6 +156,14 @@ class AdapterBase:
         finally:
             self.load_adapter_state_dict(current)
 
+    def read_checkpoint_info(self, path: Path) -> dict:
+        """`adapter.json` of an adapter-only checkpoint of this kind, checked against the attached base."""
+        info = read_adapter_json(path)
+        if info is None or info["kind"] != self.kind:
+            raise ValueError(f"{path}: not a {self.kind} adapter checkpoint")
+        check_base(self.model, info, path)
+        return info
+
     def write_json(self, path: Path, base_config: dict) -> None:
         path.mkdir(parents=True, exist_ok=True)
         info = {"format": FORMAT_VERSION, "kind": self.kind, "base_model": self.base_path,

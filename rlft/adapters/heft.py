@@ -21,7 +21,7 @@ from typing import Iterator
 
 from torch import nn
 
-from rlft.adapters.base import AdapterBase, base_config_fingerprint, check_base, read_adapter_json
+from rlft.adapters.base import AdapterBase, base_config_fingerprint
 from rlft.adapters.lora import PeftLoRA
 from rlft.adapters.positions import PositionMeta
 from rlft.adapters.repft import RepFTAdapter
@@ -91,9 +91,6 @@ class HEFT(AdapterBase):
 
     def load(self, path: str | Path) -> None:
         path = Path(path)
-        info = read_adapter_json(path)
-        if info is None or info["kind"] != self.kind:
-            raise ValueError(f"{path}: not a {self.kind} adapter checkpoint")
-        check_base(self.model, info, path)
+        self.read_checkpoint_info(path)
         self.lora.load(path / STAGE_DIRS[0])
         self.loreft.load(path / STAGE_DIRS[1])

@@ -14,7 +14,7 @@ from typing import ContextManager
 import torch
 from torch import nn
 
-from rlft.adapters.base import AdapterBase, base_config_fingerprint, check_base, read_adapter_json
+from rlft.adapters.base import AdapterBase, base_config_fingerprint
 
 PEFT_DIR = "lora"
 
@@ -74,10 +74,7 @@ class PeftLoRA(AdapterBase):
         from safetensors.torch import load_file
 
         path = Path(path)
-        info = read_adapter_json(path)
-        if info is None or info["kind"] != self.kind:
-            raise ValueError(f"{path}: not a {self.kind} adapter checkpoint")
-        check_base(self.model, info, path)
+        self.read_checkpoint_info(path)
         state = load_file(str(path / PEFT_DIR / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(self.model, state)
         missing = [k for k in result.missing_keys if ".lora_" in k]

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rlft.adapters.base import AdapterBase, base_config_fingerprint, base_model_of, check_base, read_adapter_json
+from rlft.adapters.base import AdapterBase, base_config_fingerprint, base_model_of
 from rlft.adapters.interventions import ScaleBias
 from rlft.adapters.positions import PositionMeta, PositionRule
 
@@ -233,10 +233,7 @@ class RepFTAdapter(AdapterBase):
 
     def load(self, path: str | Path) -> None:
         path = Path(path)
-        info = read_adapter_json(path)
-        if info is None or info["kind"] != self.kind:
-            raise ValueError(f"{path}: not a {self.kind} adapter checkpoint")
-        check_base(self.model, info, path)
+        info = self.read_checkpoint_info(path)
         if info["points"] != [p.to_dict() for p in self.points]:
             raise ValueError(f"{path}: the saved hook points differ from this adapter's (layers, positions or tying)")
         self.load_adapter_state_dict(load_file(str(path / WEIGHTS_FILE)))

@@ -123,6 +123,9 @@ class Roles:
             self.rollout.load_state_dict(state["rollout"])
 
     def close(self) -> None:
+        """Frees the engine (a vLLM engine's memory, before the next run in this process: compare), then
+        stops remote workers."""
+        self.rollout.close()
         if self.on_close is not None:
             self.on_close()
 

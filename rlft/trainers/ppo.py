@@ -374,7 +374,6 @@ def _train(cfg: Config, roles: Roles, adapter, run_dir: Path, train, test, token
             break
     bar.close()
     logger.close()
-    roles.rollout.close()  # frees a vLLM engine's memory before the next run in this process (compare)
     summary = {k: state[k] for k in ("history", "best_accuracy", "best_checkpoint", "train_seconds", "samples", "tokens")}
     summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""),
                    adapter=adapter.kind if adapter else "full", trainable_params=roles.policy.num_trainable())
