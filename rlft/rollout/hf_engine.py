@@ -1,10 +1,13 @@
-"""Rollout with Hugging Face `generate` (the CPU backend, and the reference for every other engine).
+"""Rollout with a Hugging Face model (the CPU backend, and the reference for every other engine).
+
+Sampling runs rlft's lean loop (`rlft/rollout/decode.py`: no (rows, T, vocab) score stack, finished rows
+leave the batch); hook-based adapters run HF `generate` (below), whose fixed rows their position plan needs.
 
 Prompts are left-padded and processed in chunks of `batch_size` prompts; responses come back
 right-padded, with a response mask that includes the EOS token and the sampler's per-token log-probs
 (from the processed scores, i.e. after temperature / top-k / top-p).
 
-With a policy adapter, every `generate` call runs under `adapter.plan(meta)`, meta built from the prompt
+With a hook-based policy adapter, every `generate` call runs under `adapter.plan(meta)`, meta built from the prompt
 attention mask (expanded to the `n` samples per prompt as `generate` expands the batch), so hook-based
 adapters edit the same absolute token positions in the prefill and in every cached decode step as the
 learner does when it recomputes the sequence. This engine is the one that can run hook-based adapters.
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rlft.adapters.positions import PositionMeta
+from rlft.rollout import decode
 from rlft.rollout.base import SamplingParams
 from rlft.types import RolloutBatch
 
@@ -75,10 +79,38 @@ class HFRolloutEngine:
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, offset: int) -> RolloutBatch:
         ids, mask = left_pad(prompts, self.pad_id)  # (b, P)
-        greedy = params.temperature == 0
         plan = contextlib.nullcontext() if self.adapter is None else self.adapter.plan(
             PositionMeta.from_prompt_mask(mask.repeat_interleave(params.n, dim=0)))  # generate expands rows alike
         stop = [self.eos_id, *params.stop_token_ids]
+        if self.adapter is None or self.adapter.own_modules() is None:  # no position-planned hooks
+            response_ids, logprobs = self._sample(ids, mask, params, stop)
+        else:
+            response_ids, logprobs = self._hf_generate(ids, mask, params, stop, plan)
+        response_mask, truncated = response_mask_from_ids(response_ids, stop)
+        response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
+        if logprobs is not None:
+            logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
+        index = torch.arange(len(prompts)).repeat_interleave(params.n) + offset
+        return RolloutBatch(
+            prompt_ids=ids.repeat_interleave(params.n, dim=0),
+            prompt_mask=mask.repeat_interleave(params.n, dim=0),
+            response_ids=response_ids,
+            response_mask=response_mask,
+            rollout_logprobs=logprobs,
+            prompt_index=index,
+            truncated=truncated,
+        )
+
+    def _sample(self, ids, mask, params: SamplingParams, stop: list[int]):
+        """rlft's sampling loop (rlft/rollout/decode.py): same distribution as `generate`, less overhead."""
+        return decode.sample(
+            self.model, ids.repeat_interleave(params.n, dim=0), mask.repeat_interleave(params.n, dim=0),
+            max_new_tokens=params.max_new_tokens, stop_ids=stop, pad_id=self.pad_id, temperature=params.temperature,
+            top_k=params.top_k, top_p=params.top_p, min_new_tokens=params.min_new_tokens, logprobs=params.logprobs)
+
+    def _hf_generate(self, ids, mask, params: SamplingParams, stop: list[int], plan):
+        """`model.generate`, for hook-based adapters: their position plan assumes generate's fixed rows."""
+        greedy = params.temperature == 0
         with plan:
             out = self.model.generate(
                 input_ids=ids,
@@ -96,23 +128,10 @@ class HFRolloutEngine:
                 output_scores=params.logprobs,
             )
         response_ids = out.sequences[:, ids.shape[1]:]  # (b*n, T)
-        response_mask, truncated = response_mask_from_ids(response_ids, stop)
-        response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
-        logprobs = None
-        if params.logprobs:
-            scores = torch.stack(out.scores, dim=1).float()  # (b*n, T, V), processed logits
-            logprobs = torch.gather(F.log_softmax(scores, dim=-1), 2, response_ids.unsqueeze(-1)).squeeze(-1)
-            logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
-        index = torch.arange(len(prompts)).repeat_interleave(params.n) + offset
-        return RolloutBatch(
-            prompt_ids=ids.repeat_interleave(params.n, dim=0),
-            prompt_mask=mask.repeat_interleave(params.n, dim=0),
-            response_ids=response_ids,
-            response_mask=response_mask,
-            rollout_logprobs=logprobs,
-            prompt_index=index,
-            truncated=truncated,
-        )
+        if not params.logprobs:
+            return response_ids, None
+        scores = torch.stack(out.scores, dim=1).float()  # (b*n, T, V), processed logits
+        return response_ids, torch.gather(F.log_softmax(scores, dim=-1), 2, response_ids.unsqueeze(-1)).squeeze(-1)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         params = dict(self.model.named_parameters())

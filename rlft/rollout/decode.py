@@ -1,0 +1,127 @@
+"""A lean sampling loop for HF causal LMs: what `model.generate` does for RL rollouts, minus its overheads.
+
+Why not `model.generate` (kept as the fallback for hook-based adapters): measured on the tiny model it spends
+more time in its per-step machinery (logits-processor lists, stopping criteria over the whole sequence,
+`output_scores` of shape (rows, T, vocab)) than in the model, and it keeps finished rows in the batch until
+the longest response ends. This loop
+- computes the sampled token's log-prob at each step, so the (rows, T, vocab) score stack never exists;
+- drops finished rows from the batch and the KV cache (`DynamicCache.batch_select_indices`), so a batch
+  with a few long responses costs what those responses cost, not rows x longest;
+- applies the same processing as `generate` in the same order (min-new-tokens EOS mask, temperature,
+  top-k, top-p; greedy takes the argmax of the raw logits), so greedy output is token-for-token
+  `generate`'s; samples come from the same distribution by inverse-CDF sampling (`draw`: one uniform per
+  row instead of `torch.multinomial`'s one exponential per vocabulary entry), so a seed gives other samples
+  than `generate` with that seed.
+Returned log-probs are those of the processed distribution the token was drawn from, as with
+`generate(output_scores=True)`; at temperature 1 without top-k/top-p they are the policy's log-probs.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """`cache` (transformers >= 5.2x) or the older `past_key_values`: the forward keyword of the KV cache."""
+    while True:
+        params = inspect.signature(model.forward).parameters
+        if "cache" in params or "past_key_values" in params:
+            return "cache" if "cache" in params else "past_key_values"
+        inner = getattr(model, "base_model", None) or getattr(model, "model", None)  # peft wrappers: **kwargs
+        if inner is None or inner is model:
+            return "past_key_values"
+        model = inner
+
+
+def process_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float,
+                   eos_blocked: torch.Tensor | None) -> torch.Tensor:
+    """Sampling distribution's logits (rows, V), float32: EOS mask, temperature, top-k, top-p (HF's order)."""
+    scores = logits.float()
+    if eos_blocked is not None:
+        scores = scores.index_fill(1, eos_blocked, float("-inf"))
+    if temperature <= 0:  # greedy: HF scores greedy steps without warpers
+        return scores
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, sorted_idx = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - top_p)
+        remove[:, -1] = False  # keep at least the most likely token
+        scores = scores.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+    return scores
+
+
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of `probs` (rows, V) by inverse-CDF sampling: one uniform number per row.
+
+    Why not `torch.multinomial` (what `generate` uses): on CPU it draws an exponential variate for every
+    vocabulary entry, 9 ms per step for 8 rows x 49k tokens, 11 % of SmolLM2-135M's decoding time (profiled).
+    Same distribution: token i is chosen when u falls in [cdf[i-1], cdf[i]); a zero-probability token has an
+    empty interval, so top-k / top-p exclusions are never drawn. u is scaled by each row's total so the
+    float32 rounding of the cumulative sum cannot push it past the last token (kept strictly below it).
+    """
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=probs.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the last token's cdf
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)
+
+
+@torch.inference_mode()
+def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+           stop_ids: list[int], pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           min_new_tokens: int = 0, logprobs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sample one response per row of a left-padded prompt batch.
+
+    Args:
+        prompt_ids, prompt_mask: (B, P) left-padded prompts (repeat rows first for several samples).
+        stop_ids: tokens that end a response (EOS first); the stop token is part of the response.
+    Returns:
+        response_ids (B, T') right-padded with `pad_id` after the stop token, T' <= max_new_tokens the
+        longest response; log-probs (B, T') of the sampled tokens (0 after the end) or None.
+    """
+    rows = prompt_ids.shape[0]
+    device = prompt_ids.device
+    out_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    out_logprobs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device) if logprobs else None
+    stop = torch.tensor(stop_ids, device=device)
+    active = torch.arange(rows, device=device)  # original row of each row still in the batch
+    mask = prompt_mask.long()
+    position = (mask.sum(dim=1) - 1).clamp(min=0)  # position of each row's last prompt token
+    out = model(input_ids=prompt_ids, attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0), use_cache=True, logits_to_keep=1)
+    cache_kw = cache_keyword(model)
+    cache = getattr(out, "cache", None)
+    cache = out.past_key_values if cache is None else cache
+    logits = out.logits[:, -1]
+    length = 0
+    for step in range(max_new_tokens):
+        scores = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                eos_blocked=stop if step < min_new_tokens else None)
+        tokens = scores.argmax(dim=-1) if temperature <= 0 else draw(F.softmax(scores, dim=-1))
+        out_ids[active, step] = tokens
+        if logprobs:
+            out_logprobs[active, step] = F.log_softmax(scores, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+        length = step + 1
+        running = ~torch.isin(tokens, stop)
+        if not bool(running.all()):
+            if not bool(running.any()):
+                break
+            keep = running.nonzero().squeeze(1)
+            active, tokens, mask, position = active[keep], tokens[keep], mask[keep], position[keep]
+            cache.batch_select_indices(keep)
+        if step + 1 == max_new_tokens:
+            break
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        position = position + 1
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position[:, None],
+                    use_cache=True, **{cache_kw: cache})
+        logits = out.logits[:, -1]
+    return out_ids[:, :length], None if out_logprobs is None else out_logprobs[:, :length]

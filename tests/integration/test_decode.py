@@ -1,0 +1,123 @@
+"""rlft's sampling loop (rlft/rollout/decode.py) against HF `generate`: same tokens, same distribution."""
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from rlft.models.policy import load_policy
+from rlft.rollout.decode import draw, process_logits, sample
+from rlft.rollout.hf_engine import left_pad, response_mask_from_ids
+
+
+@pytest.fixture(scope="module")
+def lm_and_batch(warm_model):
+    lm, tok = load_policy(warm_model)
+    lm.eval()
+    texts = ("Question: 2 + 3", "7", "Question: what is 12 - 5 + 1?")
+    ids, mask = left_pad([tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.pad_token_id)
+    return lm, tok, ids, mask
+
+
+def _hf(lm, tok, ids, mask, **kw):
+    out = lm.generate(input_ids=ids, attention_mask=mask, eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id,
+                      return_dict_in_generate=True, output_scores=True, **kw)
+    response = out.sequences[:, ids.shape[1]:]
+    logprobs = torch.stack(out.scores, 1).float().log_softmax(-1).gather(2, response[..., None]).squeeze(-1)
+    return response, logprobs
+
+
+def test_greedy_matches_generate_tokens_and_logprobs(lm_and_batch):
+    lm, tok, ids, mask = lm_and_batch
+    ref, ref_lp = _hf(lm, tok, ids, mask, do_sample=False, max_new_tokens=24)
+    got, got_lp = sample(lm, ids, mask, max_new_tokens=24, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+                         temperature=0.0)
+    resp_mask, _ = response_mask_from_ids(ref, [tok.eos_token_id])
+    assert got.shape == ref.shape
+    assert torch.equal(got.masked_fill(resp_mask == 0, -1), ref.masked_fill(resp_mask == 0, -1))
+    assert torch.allclose(got_lp * resp_mask, ref_lp * resp_mask, atol=1e-5)
+
+
+def test_draw_follows_the_distribution_and_never_picks_excluded_tokens():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.1, 0.0, 0.9, 0.0]])
+    draws = torch.stack([draw(probs) for _ in range(20000)])  # (n, rows)
+    for row in range(3):
+        freq = torch.bincount(draws[:, row], minlength=5).float() / len(draws)
+        assert torch.allclose(freq, probs[row], atol=0.015), (row, freq)
+        assert bool((freq[probs[row] == 0] == 0).all())  # zero-probability tokens are never drawn
+    # the largest uniform draw cannot run past the last token even when the cdf ends below 1
+    top = torch.tensor([[0.2, 0.3, 0.0]]) * (1 - 1e-7)
+    assert int(draw(top)) in (0, 1)
+
+
+def test_seeded_sampling_matches_generates_distribution(lm_and_batch):
+    """Same processed distribution as `generate` at every step (top-k / top-p / temperature), and a seed
+    reproduces the same samples."""
+    lm, tok, ids, mask = lm_and_batch
+    for kw in ({}, {"top_k": 20}, {"top_p": 0.8, "temperature": 0.7}):
+        torch.manual_seed(3)
+        got, got_lp = sample(lm, ids, mask, max_new_tokens=12, min_new_tokens=12, stop_ids=[tok.eos_token_id],
+                             pad_id=tok.pad_token_id, **{"temperature": 1.0, **kw})
+        torch.manual_seed(3)
+        again, _ = sample(lm, ids, mask, max_new_tokens=12, min_new_tokens=12, stop_ids=[tok.eos_token_id],
+                          pad_id=tok.pad_token_id, **{"temperature": 1.0, **kw})
+        assert torch.equal(got, again), kw
+        # teacher-force our samples through generate's own processors: same log-probs, all tokens allowed
+        full, full_mask = torch.cat([ids, got], 1), torch.cat([mask, torch.ones_like(got)], 1)
+        with torch.no_grad():
+            logits = lm(input_ids=full, attention_mask=full_mask,
+                        position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+        p = ids.shape[1]
+        for t in range(got.shape[1]):
+            ref = logits[:, p - 1 + t].index_fill(1, torch.tensor([tok.eos_token_id]), float("-inf"))
+            ref = TemperatureLogitsWarper(kw.get("temperature", 1.0))(None, ref)
+            if "top_k" in kw:
+                ref = TopKLogitsWarper(top_k=kw["top_k"])(None, ref)
+            if "top_p" in kw:
+                ref = TopPLogitsWarper(top_p=kw["top_p"])(None, ref)
+            ref_lp = ref.log_softmax(-1).gather(1, got[:, t:t + 1]).squeeze(1)
+            assert bool(torch.isfinite(ref_lp).all()), (kw, t)  # never a token generate would exclude
+            assert torch.allclose(got_lp[:, t], ref_lp, atol=1e-5), (kw, t)
+
+
+def test_finished_rows_leave_the_batch_and_logprobs_match_teacher_forcing(lm_and_batch):
+    lm, tok, ids, mask = lm_and_batch
+    stop = [tok.eos_token_id, *range(5, 40)]  # many stop tokens: rows end at different steps
+    torch.manual_seed(0)
+    got, got_lp = sample(lm, ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0), max_new_tokens=16,
+                         stop_ids=stop, pad_id=tok.pad_token_id)
+    resp_mask, _ = response_mask_from_ids(got, stop)
+    lengths = resp_mask.sum(1)
+    assert lengths.min() < lengths.max()  # the test exercises early stops
+    assert got.shape[1] == int(lengths.max())
+    assert bool((got.masked_select(resp_mask == 0) == tok.pad_token_id).all())
+    assert bool((got_lp.masked_select(resp_mask == 0) == 0).all())
+    # teacher-forced log-probs of the whole sequences
+    full = torch.cat([ids.repeat_interleave(4, 0), got], 1)
+    full_mask = torch.cat([mask.repeat_interleave(4, 0), resp_mask], 1)
+    pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = lm(input_ids=full, attention_mask=full_mask, position_ids=pos).logits.float()
+    p = ids.shape[1]
+    tf = logits[:, p - 1:-1].log_softmax(-1).gather(2, got[..., None]).squeeze(-1)
+    assert torch.allclose(got_lp, tf * resp_mask, atol=1e-5)
+
+
+def test_processing_matches_hf_warpers():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    for t, k, p in ((0.7, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.9), (1.3, 10, 0.75)):
+        ref = TemperatureLogitsWarper(t)(None, logits.clone())
+        if k:
+            ref = TopKLogitsWarper(top_k=k)(None, ref)
+        if p < 1:
+            ref = TopPLogitsWarper(top_p=p)(None, ref)
+        got = process_logits(logits, temperature=t, top_k=k, top_p=p, eos_blocked=None)
+        assert torch.equal(torch.isinf(got), torch.isinf(ref)), (t, k, p)
+        assert torch.allclose(got[~torch.isinf(got)], ref[~torch.isinf(ref)]), (t, k, p)
+    blocked = process_logits(logits, temperature=1.0, top_k=0, top_p=1.0, eos_blocked=torch.tensor([3, 7]))
+    assert bool(torch.isinf(blocked[:, [3, 7]]).all()) and not bool(torch.isinf(blocked[:, :3]).any())
