@@ -84,6 +84,42 @@ def _method_config(base: Config, config_path: str | None, cli_overrides: list[st
     return load_config(config_path, overrides)
 
 
+def run_identity(cfg: Config) -> dict:
+    """What makes a finished run reusable: its whole config except where it logs and how it reports, and
+    the compare section (which lists the other runs)."""
+    d = to_dict(cfg)
+    for section in ("log", "compare"):
+        d.pop(section, None)
+    return d
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+class StaleRunError(ConfigError):
+    """A finished run directory holds a result made with another configuration."""
+
+
+def check_same_run(run_dir: Path, cfg: Config) -> None:
+    """A finished run is skipped only if its saved config.yaml matches this comparison's config for it;
+    otherwise say what differs, so a changed warm-up, budget or method never passes off an old result."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise StaleRunError(f"{run_dir / 'compare_result.json'} has no config.yaml beside it: cannot tell whether it "
+                            "matches this comparison; delete that run directory to rerun it, or use another run.dir")
+    old, new = _flatten(run_identity(load_config(str(saved), []))), _flatten(run_identity(cfg))
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if diff:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
+        raise StaleRunError(f"{run_dir} holds a finished run made with a different configuration ({shown}"
+                            f"{' ...' if len(diff) > 5 else ''}); delete that run directory to rerun it, or use "
+                            "another run.dir")
+
+
 def _run_one(sft: bool, cfg: Config) -> dict:
     from rlft.trainers.ppo import run_ppo
     from rlft.trainers.sft import run_sft
@@ -144,15 +180,18 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
         for seed in base.compare.seeds:
             run_dir = root / "runs" / label / f"seed{seed}"
             done = run_dir / "compare_result.json"
-            if done.exists():
-                runs[str(seed)] = json.loads(done.read_text())
-                print0(f"rlft compare: {label} seed {seed} already finished, skipped")
-                continue
-            print0(f"rlft compare: {label} seed {seed} -> {run_dir}")
             try:
                 cfg = _method_config(base, config_path, cli_overrides, overrides, run_dir, warmup_ckpt, seed)
+                if done.exists():
+                    check_same_run(run_dir, cfg)
+                    runs[str(seed)] = json.loads(done.read_text())
+                    print0(f"rlft compare: {label} seed {seed} already finished, skipped")
+                    continue
+                print0(f"rlft compare: {label} seed {seed} -> {run_dir}")
                 out = _run_one(is_sft(overrides), cfg)
                 done.write_text(json.dumps(out, indent=2))
+            except StaleRunError:
+                raise  # a finished run from another configuration: stop, nothing is overwritten
             except Exception as e:  # one failed method must not lose the others: report it and go on
                 out = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
                 print0(f"rlft compare: {label} seed {seed} FAILED: {out['error']}")

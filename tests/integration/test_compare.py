@@ -39,6 +39,16 @@ def test_compare_writes_results_for_every_method_and_seed(tmp_path, capsys):
     # re-running skips the finished runs
     main(["compare", f"run.dir={tmp_path}", *MICRO])
     assert "reft seed 1 already finished, skipped" in capsys.readouterr().out
+    # ... but never one made with another configuration (here: another learning rate): a clear error
+    # naming the run and the key, and the finished result is kept
+    before = (tmp_path / "runs" / "reft" / "seed1" / "compare_result.json").read_text()
+    assert main(["compare", f"run.dir={tmp_path}", *MICRO, "ppo.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "runs/sft/seed1" in err and "different configuration" in err
+    main(["compare", f"run.dir={tmp_path}", *MICRO[:-1], "compare.methods=[reft]", "ppo.lr=0.5"])
+    err = capsys.readouterr().err
+    assert "runs/reft/seed1" in err and "ppo.lr" in err
+    assert (tmp_path / "runs" / "reft" / "seed1" / "compare_result.json").read_text() == before
 
 
 def test_parse_method_and_stats():
