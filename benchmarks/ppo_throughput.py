@@ -1,18 +1,24 @@
-"""Speed of one RL iteration (issue 4): rlft's GRPO and ReFT iterations against TRL's GRPOTrainer on CPU.
+"""Speed of one RL iteration (issues 4, 10): rlft's GRPO and ReFT iterations against TRL's GRPOTrainer and
+TRL 1.12's PPOTrainer on CPU.
 
     python benchmarks/ppo_throughput.py                  # tiny model, 8 prompts x 4 samples, 64 tokens, 12 steps
     python benchmarks/ppo_throughput.py --steps 2 --prompts 2 --group 2 --max-new-tokens 8 --out /tmp/ppo.md  # smoke
+    make bench-venv   # once: .venv-bench with TRL 1.12 for the trl-ppo run (skipped, with a note, without it)
 
 Timings are only meaningful on an otherwise idle machine: with torch's intra-op threads competing for the
 cores, one slow thread stalls every parallel region (seen here: 100x slower iterations under load).
 
-Three runs, each in its own subprocess of this script (`--only NAME`), one after the other, so that peak
-RSS (`ru_maxrss` of that process) is per run and no run inherits another's caches or allocator state:
+Four runs, each in its own subprocess of this script (`--only NAME`), one after the other, so that peak
+RSS (`VmHWM` of that process, `ceilings.peak_rss_mib`) is per run and no run inherits another's caches or allocator state:
 
 - `rlft-grpo`: `rlft.trainers.ppo.run_ppo` with algo=grpo, P prompts x G samples per iteration;
 - `trl-grpo`:  TRL's `GRPOTrainer`, P prompts x G completions per optimizer step;
 - `rlft-reft`: `run_ppo` with algo=reft (value head, KL in the reward), P*G prompts x 1 sample: the same
-  number of samples per iteration, for a second row (a different algorithm; not a like-for-like ratio).
+  number of samples per iteration, for a second row (a different algorithm; not a like-for-like ratio);
+- `trl-ppo`:   TRL 1.12's `trl.experimental.ppo.PPOTrainer` (TRL's last PPO; 1.16 has none), P*G prompts x 1
+  sample, the counterpart of rlft-reft. It runs in the interpreter of `--bench-python` (default
+  `.venv-bench/bin/python`, made by `make bench-venv`: TRL 1.12.0, transformers 5.12.1, the same torch); without
+  it the run is skipped with a note. Its settings and how they differ from rlft-reft are listed below.
 
 What is shared: one model folder built once, offline (`rlft.models.tiny.build_tiny_model` on the built-in
 arithmetic task's text, difficulty 0, random init; or SmolLM2-135M with `--model-size smollm2`), loaded in
@@ -31,8 +37,9 @@ One iteration, per side (what is timed):
 
 rlft (`timing/iteration` from `metrics.jsonl`; evaluation, checkpoints and metric logging are outside it,
      and evaluation happens only after the last iteration with 4 questions):
-  rollout   HF `generate` of P prompts x G (`num_return_sequences`), left-padded, with the sampler's scores
-            kept (`output_scores`, for the `rollout/logprob_diff` check);
+  rollout   the HF engine's own sampling loop (`rlft/rollout/decode.py`: prefill + one cached forward per
+            token, finished rows dropped, inverse-CDF draws) over P prompts x G rows, left-padded, with the
+            sampled tokens' log-probs (for the `rollout/logprob_diff` check);
   reward    `rewards.math_reward` behind rlft's timeout wrapper (`rewards.safe_call`);
   logprobs  no-grad teacher-forced forwards over prompt+response: the reference's, plus the policy's old
             log-probs for ReFT (KL in the reward); GRPO with one PPO epoch skips that pass like TRL does
@@ -48,13 +55,55 @@ TRL (`on_step_begin` -> `on_step_end` of a `TrainerCallback`; TRL's own `profili
             log-probs over the completion positions only, in chunks, never the full logits;
   (other)   tokenization, decode, padding, advantages;
   train     `compute_loss` (forward with grad) + backward + clip + AdamW step (step time minus `_prepare_inputs`).
+trl-ppo (TRL 1.12's `PPOTrainer.train` is one method; its module-level helpers are wrapped by name, and an
+     iteration runs from one `on_step_end` to the next, the first from `on_train_begin`):
+  rollout   `batch_generation`: `generate` of the P*G prompts in one call, left-padded, keeping the scores
+            (TRL's old log-probs are the sampler's: no old-policy forward);
+  reward    `rewards.math_reward` only, inside the rule-reward wrapper (`rule_reward_model`: PPOTrainer takes a
+            reward *model*, so a weightless nn.Module decodes the responses and calls the rule reward; its prompt
+            lookup and `batch_decode` are in `other`);
+  logprobs  the no-grad forwards: the reference's (`forward`) and the value model's (`get_reward`);
+  (other)   log-softmax of the sampler's scores and the reference logits, truncation at EOS, GAE (a Python loop
+            over tokens), whitening, stats and logging, the dataloader, and TRL's two `gc.collect()` per
+            iteration (timed on their own and printed under the tables);
+  train     from the policy + value model forward with grad to the end of `optimizer.step` (loss, backward, step).
+trl-ppo's settings, matched to rlft-reft where TRL allows: the same model folder (policy; a frozen reference, TRL's
+deep copy); the same questions and prompt token ids (rlft's `encode_prompts`, add_special_tokens=False), P*G
+prompts x 1 sample, temperature 1.0 (TRL adds 1e-7), top-p 1, top-k off, at most `--max-new-tokens` tokens,
+stopping at EOS (`stop_token="eos"`); `rewards.math_reward`, partial reward 0.1; KL k1 in the reward, coefficient
+0.04 (`kl_coef`); gamma 1, lambda 0.95, advantages whitened over the batch, no reward whitening, no missing-EOS
+penalty; clip 0.2, value clip 0.2, vf_coef 5.0 (TRL's defaults 0.1 and 0.2 changed to rlft's); one PPO epoch, one
+minibatch of all P*G sequences in one forward / backward; AdamW lr 1e-5 constant, betas (0.9, 0.999), eps 1e-8, no
+weight decay; float32, no gradient checkpointing, no mixed precision, torch threads as for the other runs. What
+still differs from rlft-reft (TRL offers no setting for these):
+- value model: TRL trains a separate one, `AutoModelForSequenceClassification(num_labels=1)` from the same
+  folder (a second backbone plus a bias-free `score` Linear, HF's normal(0, 0.02) init), in the same AdamW:
+  about twice the trainable weights and optimizer state, one more no-grad forward per iteration and two
+  forward/backward passes in the update. rlft-reft has a Linear(hidden, 1) head (with bias, std 1/(hidden+1))
+  on the policy's backbone (`ppo.critic=shared`; rlft's `ppo.critic=separate` is closer to TRL's layout, with
+  its own AdamW);
+- old log-probs: TRL's come from the sampler's scores; rlft recomputes them with a teacher-forced policy
+  forward (which also gives the values), so both do two no-grad forwards per iteration, different ones;
+- gradient clipping: TRL's PPO loop steps the optimizer without clipping (`max_grad_norm` is unused); rlft clips
+  at 1.0;
+- loss aggregation: TRL averages the policy and value losses over all response tokens of the minibatch
+  (token-mean); rlft-reft uses seq-mean-token-mean;
+- score position: for a response that ends with EOS, TRL adds the score one position after the EOS token
+  (`sequence_lengths + 1`, inside its value mask); rlft on the EOS token. Truncated responses: the last token
+  on both sides;
+- reward call: rlft runs `math_reward` behind its timeout wrapper (`rewards.safe_call`); trl-ppo calls it
+  directly (as trl-grpo does), after the wrapper's decode;
+- stats: TRL computes a full-vocabulary softmax entropy of the update's logits and runs `gc.collect()` twice per
+  iteration; rlft's evaluation (4 questions, after the last iteration) is outside its timing, and TRL has none;
+- question order: each side shuffles the questions with its own generator (TRL's DataLoader, rlft's
+  `epoch_order`); both see every question once.
 The first (warm-up) iteration of every run is excluded. samples/s = samples / time of the timed iterations;
 completion tokens/s counts generated tokens up to and including EOS (rlft `rollout/response_len_mean`, TRL
-`completions/mean_length`). With a random-init model almost every completion runs to `--max-new-tokens`, so
-both sides generate the same number of tokens.
+`completions/mean_length`; trl-ppo: the response tokens its reward wrapper sees, cut after EOS). With a random-init
+model almost every completion runs to `--max-new-tokens`, so both sides generate the same number of tokens.
 
 Writes the markdown report to stdout and `--out` (default docs/benchmarks_ppo.md) and the raw numbers to
-`--run-dir`/results.json. Needs `pip install -e '.[bench]'` (TRL >= 1.0).
+`--run-dir`/results.json. Needs `pip install -e '.[bench]'` (TRL >= 1.0), and `make bench-venv` for trl-ppo.
 """
 
 from __future__ import annotations
@@ -65,7 +114,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -74,10 +122,17 @@ import time
 import warnings
 from pathlib import Path
 
+from ceilings import (
+    ceilings_markdown,
+    decode_bound_tokens_per_s,
+    measure_ceilings,
+    peak_rss_mib,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RUNS = ("rlft-grpo", "trl-grpo", "rlft-reft")
+RUNS = ("rlft-grpo", "trl-grpo", "rlft-reft", "trl-ppo")
 BETA = 0.04  # KL coefficient on both sides (TRL's `beta`; rlft's `kl.coef`)
 CLIP = 0.2
 PARTIAL_REWARD = 0.1
@@ -110,13 +165,17 @@ def build_model(size: str, run_dir: Path, seed: int) -> Path:
     return out
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def no_checkpointing_kwargs(config_cls) -> dict:
+    """TRL's configs default to gradient checkpointing (an extra forward per step); transformers >= 5.24
+    renamed the flag, so turn it off under whichever name this TRL's config has."""
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    return {"activation_checkpointing": False} if "activation_checkpointing" in fields \
+        else {"gradient_checkpointing": False}
 
 
 def geometry(name: str, args) -> tuple[int, int]:
     """(prompts per step, samples per prompt) of a run."""
-    return (args.prompts * args.group, 1) if name == "rlft-reft" else (args.prompts, args.group)
+    return (args.prompts * args.group, 1) if name in ("rlft-reft", "trl-ppo") else (args.prompts, args.group)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -208,10 +267,7 @@ def run_trl(name: str, args, model_dir: Path, out_dir: Path) -> dict:
         def on_log(self, args_, state, control, logs=None, **kwargs):
             logs_by_step.setdefault(state.global_step, {}).update(logs or {})
 
-    # TRL defaults to gradient checkpointing (an extra forward per step); transformers >= 5.24 renamed the flag.
-    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    no_checkpointing = {"activation_checkpointing": False} if "activation_checkpointing" in fields \
-        else {"gradient_checkpointing": False}
+    no_checkpointing = no_checkpointing_kwargs(GRPOConfig)
     config = GRPOConfig(
         output_dir=str(out_dir), seed=args.seed, data_seed=args.seed,
         per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_generations=G,
@@ -265,6 +321,191 @@ def run_trl(name: str, args, model_dir: Path, out_dir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
+# TRL 1.12 PPOTrainer (runs in the bench venv: `make bench-venv`)
+
+
+def rule_reward_model(tokenizer, prompt_ids: list[list[int]], records, on_score):
+    """TRL's PPOTrainer scores with a reward *model*: `trl.experimental.utils.get_reward` runs
+    `getattr(model, model.base_model_prefix)(input_ids, attention_mask, ...)`, applies `model.score` to the last
+    hidden states and reads the result at the last response token. This stand-in has no weights: its "backbone"
+    decodes each response and calls `rewards.math_reward`, and returns the score at every position, (B, S, 1),
+    so TRL reads it wherever it looks; `score` is the identity.
+
+    The backbone sees prompt + response with the pads masked out but not where the prompt ends, so each row's
+    prompt is found by its token ids (no prompt may be a proper prefix of another: checked here). It then decodes
+    the response with skip_special_tokens=True, as rlft does. Its cost beyond the reward call: one lookup and
+    one `batch_decode` per batch. `on_score(seconds_in_math_reward, response_tokens)` reports each call.
+    """
+    import types
+
+    import torch
+
+    import rewards
+
+    gold: dict[tuple[int, ...], tuple[str, str]] = {}
+    for ids, r in zip(prompt_ids, records):
+        if gold.setdefault(tuple(ids), (r.answer, r.dataset)) != (r.answer, r.dataset):
+            raise SystemExit(f"trl-ppo: two questions share a prompt but not an answer: {r.id}")
+    lengths = sorted({len(k) for k in gold}, reverse=True)
+    for key in gold:
+        if any(key[:n] in gold for n in lengths if n < len(key)):
+            raise SystemExit("trl-ppo: a prompt is a prefix of another; the reward wrapper cannot split them")
+
+    class Backbone(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, **_):
+            responses, owners = [], []
+            for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+                ids = [t for t, m in zip(ids, mask) if m]  # drop the left pads and the pads after EOS
+                n = next((n for n in lengths if tuple(ids[:n]) in gold), None)
+                if n is None:
+                    raise RuntimeError("trl-ppo: a sequence starts with no known prompt")
+                responses.append(ids[n:])
+                owners.append(gold[tuple(ids[:n])])
+            texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+            start = time.perf_counter()
+            scores = rewards.math_reward(texts, answer=[a for a, _ in owners], dataset=[d for _, d in owners],
+                                         partial_reward=PARTIAL_REWARD)
+            on_score(time.perf_counter() - start, sum(len(r) for r in responses))
+            score = torch.tensor(scores, dtype=torch.float32, device=input_ids.device)  # (B,)
+            hidden = score[:, None, None].expand(-1, input_ids.shape[1], 1)  # (B, S, 1)
+            return types.SimpleNamespace(hidden_states=(hidden,))
+
+    class RuleReward(torch.nn.Module):
+        base_model_prefix = "backbone"
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = Backbone()
+            self.score = torch.nn.Identity()
+
+    return RuleReward()
+
+
+def run_trl_ppo(name: str, args, model_dir: Path, out_dir: Path) -> dict:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import gc
+    import types
+
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        PrinterCallback,
+        TrainerCallback,
+        set_seed,
+    )
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as trl_ppo
+
+    from rlft.evaluate import encode_prompts
+
+    P, G = geometry(name, args)
+    records = training_records(P * args.steps)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
+    prompt_ids = encode_prompts(tokenizer, records, "nl")  # add_special_tokens=False, as rlft
+    dataset = Dataset.from_list([{"input_ids": ids} for ids in prompt_ids])
+
+    # Phases: (name, start, end) of the TRL calls below; an iteration owns the events that start inside it.
+    events: list[tuple[str, float, float]] = []
+    tokens: list[tuple[float, int]] = []
+
+    def timed(phase: str, fn):
+        def wrapper(*a, **kw):
+            start = time.perf_counter()
+            out = fn(*a, **kw)
+            events.append((phase, start, time.perf_counter()))
+            return out
+        return wrapper
+
+    def on_score(seconds: float, n_tokens: int) -> None:
+        now = time.perf_counter()
+        events.append(("reward", now - seconds, now))
+        tokens.append((now, n_tokens))
+
+    reward_model = rule_reward_model(tokenizer, prompt_ids, records, on_score)
+    # `train` calls these module-level helpers by name: batch_generation = the rollout; forward without grad =
+    # the reference, with grad = the policy + value model inside the update; get_reward = the value model
+    # (timed here) or the rule reward (timed inside, math_reward only).
+    forward, get_reward = trl_ppo.forward, trl_ppo.get_reward
+    trl_ppo.batch_generation = timed("rollout", trl_ppo.batch_generation)
+    trl_ppo.forward = lambda *a, **kw: timed("logprobs" if not torch.is_grad_enabled() else "train_start",
+                                             forward)(*a, **kw)
+    trl_ppo.get_reward = lambda model, *a, **kw: get_reward(model, *a, **kw) if model is reward_model \
+        else timed("logprobs", get_reward)(model, *a, **kw)
+    # TRL runs a full gc.collect() twice per iteration (part of `other`; reported on its own)
+    trl_ppo.gc = types.SimpleNamespace(collect=timed("gc", gc.collect))
+
+    steps: list[dict] = []
+    logs_by_step: dict[int, dict] = {}
+
+    class StepTimer(TrainerCallback):  # TRL's PPO loop calls no on_step_begin: an iteration is end to end
+        def on_train_begin(self, args_, state, control, **kwargs):
+            self.last = time.perf_counter()
+
+        def on_step_end(self, args_, state, control, **kwargs):
+            now = time.perf_counter()
+            steps.append({"step": state.global_step, "start": self.last, "end": now})
+            self.last = now
+
+        def on_log(self, args_, state, control, logs=None, **kwargs):
+            logs_by_step.setdefault(state.global_step, {}).update(logs or {})
+
+    set_seed(args.seed)  # the value model's score head is random-init
+    policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    value_model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1, dtype=torch.float32)
+    config = PPOConfig(
+        output_dir=str(out_dir), seed=args.seed, data_seed=args.seed,
+        per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_mini_batches=1, num_ppo_epochs=1,
+        total_episodes=P * G * args.steps, local_rollout_forward_batch_size=P * G,
+        response_length=args.max_new_tokens, stop_token="eos", temperature=1.0, missing_eos_penalty=None,
+        kl_coef=BETA, kl_estimator="k1", cliprange=CLIP, vf_coef=5.0, cliprange_value=0.2, gamma=1.0, lam=0.95,
+        whiten_rewards=False, num_sample_generations=0,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
+        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
+    )
+    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None,
+                         reward_model=reward_model, train_dataset=dataset, value_model=value_model,
+                         callbacks=[StepTimer()])
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; ours are read by StepTimer
+    step = trainer.optimizer.step  # the update ends with this call (TRL clips no gradient)
+    trainer.optimizer.step = timed("train_end", step)
+    setup = {"policy_dtype": str(policy.dtype), "value_dtype": str(value_model.dtype),
+             "reference": trainer.ref_model is not None,
+             "reference_dtype": str(trainer.ref_model.dtype) if trainer.ref_model is not None else None,
+             "checkpointing": bool(policy.is_gradient_checkpointing), "device": str(trainer.accelerator.device),
+             "mixed_precision": trainer.accelerator.mixed_precision,
+             "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+    if setup["checkpointing"] or policy.dtype != torch.float32 or trainer.ref_model is None \
+            or setup["mixed_precision"] != "no" or setup["device"] != "cpu":
+        raise SystemExit(f"trl-ppo: not the benchmark's setup: {setup}")
+    trainer.train()
+
+    out = []
+    for s in steps:
+        evs = [(n, a, b) for n, a, b in events if s["start"] <= a < s["end"]]
+        phase = {k: sum(b - a for n, a, b in evs if n == k) for k in ("rollout", "logprobs", "reward")}
+        # the update: from the policy + value forward with grad to the end of the optimizer step
+        begin = min((a for n, a, _ in evs if n == "train_start"), default=None)
+        end = max((b for n, _, b in evs if n == "train_end"), default=None)
+        phase["train"] = end - begin if begin is not None and end is not None else 0.0
+        seconds = s["end"] - s["start"]
+        row = logs_by_step.get(s["step"], {})
+        out.append({
+            "step": s["step"], "seconds": seconds, "samples": P * G,
+            "tokens": float(sum(n for t, n in tokens if s["start"] <= t < s["end"])), **phase,
+            "other": seconds - sum(phase.values()), "gc": sum(b - a for n, a, b in evs if n == "gc"),
+            "trl_logs": {k: v for k, v in row.items() if isinstance(v, (int, float))},
+        })
+    config_dict = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
+    return {"steps": out, "setup": setup, "config": config_dict}
+
+
+# ----------------------------------------------------------------------------------------------------
 # Child and parent
 
 
@@ -281,9 +522,10 @@ def child(args) -> None:
     out_dir.mkdir(parents=True)
     model_dir = Path(args.model_dir) if args.model_dir else build_model(args.model_size, Path(args.run_dir), args.seed)
     start = time.perf_counter()
-    result = (run_trl if args.only == "trl-grpo" else run_rlft)(args.only, args, model_dir, out_dir / "run")
+    run = {"trl-grpo": run_trl, "trl-ppo": run_trl_ppo}.get(args.only, run_rlft)
+    result = run(args.only, args, model_dir, out_dir / "run")
     result.update(name=args.only, wall_seconds=time.perf_counter() - start, peak_rss_mib=peak_rss_mib(),
-                  torch_threads=torch.get_num_threads())
+                  torch_threads=torch.get_num_threads(), python=sys.executable, versions=versions())
     (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
 
 
@@ -338,7 +580,8 @@ def versions() -> str:
     return ", ".join(out)
 
 
-def report(args, results: dict, command: str, prompt_note: str) -> str:
+def report(args, results: dict, command: str, prompt_note: str, skipped: dict | None = None,
+           ceilings: dict | None = None) -> str:
     s = {name: summarize(r) for name, r in results.items()}
     P, G = args.prompts, args.group
     threads = results[next(iter(results))]["torch_threads"]
@@ -348,13 +591,23 @@ def report(args, results: dict, command: str, prompt_note: str) -> str:
     passes = ("see the docstring of `benchmarks/ppo_throughput.py`. For GRPO with one PPO epoch both sides skip "
               "the old-log-prob pass (old = current, TRL's num_iterations=1 shortcut; rlft's `needs_old_logprobs`); "
               "rlft-reft needs it (KL in the reward) and adds the value head. rlft computes full-vocab logits over "
-              "prompt + response, where TRL's LM head covers the completion positions only")
+              "prompt + response, where TRL's GRPO LM head covers the completion positions only")
+    if "trl-ppo" in results:
+        passes += (". trl-ppo (TRL 1.12's experimental PPOTrainer) takes old log-probs from the sampler's scores (no "
+                   "old-policy pass), runs a separate value model (a second copy of the model with a score head) in "
+                   "the no-grad pass and in the update, and scores with a rule-reward wrapper (no forward); no "
+                   "gradient clipping")
+    title = "TRL GRPOTrainer and PPOTrainer" if "trl-ppo" in results else "TRL GRPOTrainer"
     lines = [
-        f"## PPO iteration throughput: rlft vs TRL GRPOTrainer ({datetime.date.today().isoformat()})",
+        f"## PPO iteration throughput: rlft vs {title} ({datetime.date.today().isoformat()})",
         "",
         f"- command: `{command}`",
         f"- machine: {machine()}; torch threads {threads}",
         f"- versions: {versions()}",
+    ]
+    if "trl-ppo" in results:
+        lines.append(f"- trl-ppo venv ({results['trl-ppo']['python']}): {results['trl-ppo']['versions']}")
+    lines += [
         f"- model: {args.model_size} (float32, policy + frozen reference on both sides); {prompt_note}",
         f"- batch: {batch}",
         f"- what each side does per iteration: {passes}",
@@ -364,7 +617,8 @@ def report(args, results: dict, command: str, prompt_note: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     algo = {"rlft-grpo": "GRPO (KL k3 in loss)", "trl-grpo": "GRPO (KL k3 in loss)",
-            "rlft-reft": "ReFT PPO (value head, KL k1 in reward)"}
+            "rlft-reft": "ReFT PPO (value head, KL k1 in reward)",
+            "trl-ppo": "PPO (separate value model, KL k1 in reward)"}
     for name in results:
         p, g = geometry(name, args)
         x = s[name]
@@ -395,7 +649,62 @@ def report(args, results: dict, command: str, prompt_note: str) -> str:
         ratio = s["rlft-reft"]["samples_per_s"] / s["trl-grpo"]["samples_per_s"]
         lines.append(f"rlft-reft / trl-grpo: {ratio:.2f}x samples/s (a different algorithm at the same samples per "
                      "iteration, for scale).")
+    if "rlft-reft" in s and "trl-ppo" in s:
+        a, b = s["rlft-reft"], s["trl-ppo"]
+        per_phase = ", ".join(f"{k} {a[k] / b[k]:.2f}x" for k in PHASES[:4] if b[k] > 0)
+        ratio = (f"{a['samples_per_s'] / b['samples_per_s']:.2f}x samples/s, "
+                 f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x completion tokens/s, "
+                 f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x peak RSS")
+        lines += ["", f"**rlft-reft / trl-ppo: {ratio}** (PPO, KL in the reward; differences: the docstring).",
+                  f"Per phase, rlft seconds / TRL seconds: {per_phase}."]
+    if "trl-ppo" in s:
+        timed = results["trl-ppo"]["steps"][1:]
+        gc_s = sum(x["gc"] for x in timed) / len(timed)
+        lines.append(f"trl-ppo's `other` includes {gc_s:.3f} s per iteration in the two `gc.collect()` calls of TRL's "
+                     "loop.")
+    if ceilings:
+        lines += ["", ceilings_fractions(args, s, ceilings)]
+    for name, why in (skipped or {}).items():
+        lines += ["", f"{name}: skipped, {why}."]
     lines.append("")
+    return "\n".join(lines)
+
+
+def model_facts(model_dir: Path, args) -> dict:
+    """What the ceiling fractions need: policy parameters, mean prompt tokens, and the decode bandwidth bound."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlft.tasks.prompts import prompt_text
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    records = training_records(args.prompts * args.group * args.steps)
+    lengths = [len(tok(prompt_text(r, "nl"), add_special_tokens=False)["input_ids"]) for r in records]
+    return {"params": sum(p.numel() for p in model.parameters()), "prompt_len": sum(lengths) / len(lengths),
+            "model": model}
+
+
+def ceilings_fractions(args, s: dict, ceilings: dict) -> str:
+    """Each run's train phase as model FLOPs utilisation, its rollout against the bandwidth bound."""
+    facts = ceilings["facts"]
+    lines = [ceilings_markdown(ceilings),
+             ("Fractions of the ceilings (train: 6 x N x (prompt + completion tokens) per iteration / train seconds, "
+              f"N = {facts['params']:,} policy parameters, mean prompt {facts['prompt_len']:.0f} tokens; TRL's PPO "
+              "also trains a value model of the same size, not counted; rollout: completion tokens/s against the "
+              "memory-bandwidth bound of batched decoding, `ceilings.decode_bound_tokens_per_s`):"),
+             "",
+             "| run | train GFLOP/s | MFU (fp32 matmul ceiling) | rollout tokens/s | bandwidth bound tokens/s | of the bound |",
+             "|---|---|---|---|---|---|"]
+    for name, x in s.items():
+        p, g = geometry(name, args)
+        rows = p * g
+        tokens = rows * (facts["prompt_len"] + x["completion_len"])
+        flops = 6 * facts["params"] * tokens / x["train"] if x["train"] else 0.0
+        rollout_tps = rows * x["completion_len"] / x["rollout"] if x["rollout"] else 0.0
+        bound = decode_bound_tokens_per_s(facts["model"], rows, facts["prompt_len"], x["completion_len"],
+                                          ceilings["read_bandwidth"])
+        lines.append(f"| {name} | {flops / 1e9:.1f} | {flops / ceilings['matmul_fp32_flops'] * 100:.0f}% | "
+                     f"{rollout_tps:,.0f} | {bound:,.0f} | {rollout_tps / bound * 100:.0f}% |")
     return "\n".join(lines)
 
 
@@ -421,15 +730,29 @@ def parent(args) -> None:
                    "--max-new-tokens", str(args.max_new_tokens), "--model-size", args.model_size,
                    "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
                    "--run-dir", str(run_dir), "--model-dir", str(model_dir)]
-    results = {}
+    ceilings = None
+    if not args.no_ceilings:  # in the parent, before any run: its memory does not count in a run's peak RSS
+        print("ppo_throughput: measuring the machine's ceilings ...", file=sys.stderr, flush=True)
+        ceilings = {**measure_ceilings(args.threads or None), "facts": model_facts(model_dir, args)}
+    results, skipped = {}, {}
     for name in args.runs:
+        python = sys.executable
+        if name == "trl-ppo":  # TRL 1.12 lives in its own venv (the main one has TRL 1.16, without PPOTrainer)
+            python = args.bench_python
+            if not Path(python).exists():
+                skipped[name] = f"no interpreter at {python}; run `make bench-venv` or pass --bench-python"
+                print(f"ppo_throughput: skipping {name}: {skipped[name]}", file=sys.stderr, flush=True)
+                continue
         print(f"ppo_throughput: running {name} ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--only", name, *passthrough], check=True)
+        subprocess.run([python, str(Path(__file__).resolve()), "--only", name, *passthrough], check=True)
         results[name] = json.loads((run_dir / name / "result.json").read_text())
+    if not results:
+        raise SystemExit("ppo_throughput: no run left to report")
     command = "python benchmarks/ppo_throughput.py " + " ".join(sys.argv[1:])
-    text = report(args, results, command.strip(), note)
+    text = report(args, results, command.strip(), note, skipped, ceilings)
     (run_dir / "results.json").write_text(json.dumps(
-        {"args": vars(args), "summary": {n: summarize(r) for n, r in results.items()}, "runs": results},
+        {"args": vars(args), "summary": {n: summarize(r) for n, r in results.items()}, "runs": results,
+         "skipped": skipped, "ceilings": {k: v for k, v in (ceilings or {}).items() if k != "facts"}},
         indent=2, default=str))
     print(text)
     out = Path(args.out)
@@ -450,6 +773,9 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs, in order")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks_ppo.md"), help="markdown report")
     parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_ppo_throughput"), help="scratch folder")
+    parser.add_argument("--bench-python", default=str(ROOT / ".venv-bench/bin/python"),
+                        help="interpreter with TRL 1.12 for the trl-ppo run (`make bench-venv`); missing: run skipped")
+    parser.add_argument("--no-ceilings", action="store_true", help="skip measuring matmul FLOP/s and bandwidth")
     parser.add_argument("--only", choices=RUNS, help=argparse.SUPPRESS)  # internal: one run in this process
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
