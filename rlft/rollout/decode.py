@@ -36,6 +36,49 @@ def cache_keyword(model: torch.nn.Module) -> str:
         model = inner
 
 
+def preallocated_cache(capacity: int):
+    """A KV cache whose layers write into buffers of `capacity` positions, allocated at the prefill.
+
+    Why not HF's DynamicCache: it `torch.cat`s every layer's keys and values with the new token at every
+    step, copying the whole cache each time (O(L^2) bytes over a response); profiled, that was 78 % of the
+    tiny model's decoding time at 64 rows and 7 % of SmolLM2-135M's. Here a step writes one position in
+    place and attention reads a view of the filled part. None where this transformers has no layered
+    cache API (the loop then uses the model's default cache).
+    """
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+    except ImportError:
+        return None
+    if not hasattr(DynamicCache(), "layer_class_to_replicate"):
+        return None
+
+    class PreallocatedLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.length = 0
+                self.key_buffer = key_states.new_empty((*key_states.shape[:2], capacity, key_states.shape[-1]))
+                self.value_buffer = value_states.new_empty((*value_states.shape[:2], capacity, value_states.shape[-1]))
+            end = self.length + key_states.shape[-2]
+            if end > capacity:
+                raise ValueError(f"KV cache of {capacity} positions cannot hold {end}")
+            self.key_buffer[:, :, self.length:end] = key_states
+            self.value_buffer[:, :, self.length:end] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+                self.keys = self.key_buffer[:, :, :self.length]
+                self.values = self.value_buffer[:, :, :self.length]
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = PreallocatedLayer
+    return cache
+
+
 def process_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float,
                    eos_blocked: torch.Tensor | None) -> torch.Tensor:
     """Sampling distribution's logits (rows, V), float32: EOS mask, temperature, top-k, top-p (HF's order)."""
@@ -93,13 +136,18 @@ def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.
     out_logprobs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device) if logprobs else None
     stop = torch.tensor(stop_ids, device=device)
     active = torch.arange(rows, device=device)  # original row of each row still in the batch
-    mask = prompt_mask.long()
+    width = prompt_ids.shape[1]
+    full_mask = torch.ones((rows, width + max_new_tokens), dtype=torch.long, device=device)  # grown by slicing
+    full_mask[:, :width] = prompt_mask
+    mask = full_mask[:, :width]
     position = (mask.sum(dim=1) - 1).clamp(min=0)  # position of each row's last prompt token
-    out = model(input_ids=prompt_ids, attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0), use_cache=True, logits_to_keep=1)
     cache_kw = cache_keyword(model)
-    cache = getattr(out, "cache", None)
-    cache = out.past_key_values if cache is None else cache
+    cache = preallocated_cache(width + max_new_tokens)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
+                use_cache=True, logits_to_keep=1, **({} if cache is None else {cache_kw: cache}))
+    if cache is None:
+        cache = getattr(out, "cache", None)
+        cache = out.past_key_values if cache is None else cache
     logits = out.logits[:, -1]
     length = 0
     for step in range(max_new_tokens):
@@ -115,11 +163,11 @@ def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.
             if not bool(running.any()):
                 break
             keep = running.nonzero().squeeze(1)
-            active, tokens, mask, position = active[keep], tokens[keep], mask[keep], position[keep]
+            active, tokens, position, full_mask = active[keep], tokens[keep], position[keep], full_mask[keep]
             cache.batch_select_indices(keep)
         if step + 1 == max_new_tokens:
             break
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        mask = full_mask[:, :width + step + 1]  # the new token's position is already 1
         position = position + 1
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position[:, None],
                     use_cache=True, **{cache_kw: cache})

@@ -9,7 +9,13 @@ from transformers.generation.logits_process import (
 )
 
 from rlft.models.policy import load_policy
-from rlft.rollout.decode import draw, process_logits, sample
+from rlft.rollout.decode import (
+    cache_keyword,
+    draw,
+    preallocated_cache,
+    process_logits,
+    sample,
+)
 from rlft.rollout.hf_engine import left_pad, response_mask_from_ids
 
 
@@ -121,3 +127,27 @@ def test_processing_matches_hf_warpers():
         assert torch.allclose(got[~torch.isinf(got)], ref[~torch.isinf(ref)]), (t, k, p)
     blocked = process_logits(logits, temperature=1.0, top_k=0, top_p=1.0, eos_blocked=torch.tensor([3, 7]))
     assert bool(torch.isinf(blocked[:, [3, 7]]).all()) and not bool(torch.isinf(blocked[:, :3]).any())
+
+
+def test_preallocated_cache_fills_in_place_and_matches_the_dynamic_cache(lm_and_batch):
+    """The loop's KV cache writes positions into fixed buffers (no per-step copy of the whole cache) and
+    gives the model the same keys/values as HF's DynamicCache."""
+    from transformers import DynamicCache
+
+    lm, _, ids, mask = lm_and_batch
+    cache = preallocated_cache(ids.shape[1] + 4)
+    assert cache is not None  # this transformers has the layered cache API: the fast path is taken
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_keyword(lm): cache})
+        ref = lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                 **{cache_keyword(lm): DynamicCache()})
+    ref_cache = getattr(ref, "cache", None) or ref.past_key_values
+    layer = cache.layers[0]
+    buffer = layer.key_buffer.data_ptr()
+    assert layer.key_buffer.shape[2] == ids.shape[1] + 4 and layer.keys.shape[2] == ids.shape[1]
+    assert torch.equal(layer.keys, ref_cache.layers[0].keys)
+    layer.update(torch.ones_like(layer.keys[:, :, :1]), torch.ones_like(layer.values[:, :, :1]))
+    assert layer.key_buffer.data_ptr() == buffer and layer.keys.shape[2] == ids.shape[1] + 1  # written in place
+    cache.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(layer.keys[:, :, :-1], ref_cache.layers[0].keys[[2, 0]])
