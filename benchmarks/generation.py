@@ -72,7 +72,6 @@ to `--run-dir`/results.json. Needs `pip install -e '.[bench]'` (TRL, for its `pa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import statistics
@@ -133,8 +132,8 @@ def bench_model(name: str, args, run_dir: Path, ceilings: dict) -> dict:
         return batch.prompt_ids.shape[1]
 
     # rlft's engine before its own sampling loop (and still for hook-based adapters): HF generate + output_scores
-    old_engine = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=P)
-    old_engine._sample = lambda ids, mask, p, stop: old_engine._hf_generate(ids, mask, p, stop, contextlib.nullcontext())
+    old_engine = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=P,
+                                 use_generate=True)
 
     def run_rlft_generate() -> int:
         batch = old_engine.generate(prompt_ids, params)
@@ -209,8 +208,7 @@ def bench_natural_lengths(checkpoint: str, args) -> dict:
     prompt_ids = [tok(prompt_text(r, "nl"), add_special_tokens=False)["input_ids"] for r in records]
     params = SamplingParams(temperature=0.0, max_new_tokens=96, logprobs=True)
     new = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-    old = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-    old._sample = lambda ids, mask, p, stop: old._hf_generate(ids, mask, p, stop, contextlib.nullcontext())
+    old = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, use_generate=True)
     times: dict[str, list[float]] = {"rlft": [], "rlft_generate": []}
     outputs = {}
     for r in range(args.repeats + 1):  # the first round is a warm-up

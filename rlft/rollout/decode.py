@@ -18,6 +18,7 @@ Returned log-probs are those of the processed distribution the token was drawn f
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -36,32 +37,31 @@ def cache_keyword(model: torch.nn.Module) -> str:
         model = inner
 
 
-def preallocated_cache(capacity: int):
-    """A KV cache whose layers write into buffers of `capacity` positions, allocated at the prefill.
+try:
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+except ImportError:  # a transformers without layered caches: the model's default cache is used
+    DynamicCache = DynamicLayer = None
 
-    Why not HF's DynamicCache: it `torch.cat`s every layer's keys and values with the new token at every
-    step, copying the whole cache each time (O(L^2) bytes over a response); profiled, that was 78 % of the
-    tiny model's decoding time at 64 rows and 7 % of SmolLM2-135M's. Here a step writes one position in
-    place and attention reads a view of the filled part. None where this transformers has no layered
-    cache API (the loop then uses the model's default cache).
-    """
-    try:
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-    except ImportError:
-        return None
-    if not hasattr(DynamicCache(), "layer_class_to_replicate"):
-        return None
+if DynamicLayer is not None:
 
     class PreallocatedLayer(DynamicLayer):
+        """One layer's keys and values in buffers of `capacity` positions, allocated at the first update;
+        each update writes its positions in place and `keys` / `values` are views of the filled part."""
+
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = capacity
+            self.length = 0
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-                self.length = 0
-                self.key_buffer = key_states.new_empty((*key_states.shape[:2], capacity, key_states.shape[-1]))
-                self.value_buffer = value_states.new_empty((*value_states.shape[:2], capacity, value_states.shape[-1]))
+                self.key_buffer = key_states.new_empty((*key_states.shape[:2], self.capacity, key_states.shape[-1]))
+                self.value_buffer = value_states.new_empty((*value_states.shape[:2], self.capacity,
+                                                            value_states.shape[-1]))
             end = self.length + key_states.shape[-2]
-            if end > capacity:
-                raise ValueError(f"KV cache of {capacity} positions cannot hold {end}")
+            if end > self.capacity:
+                raise ValueError(f"KV cache of {self.capacity} positions cannot hold {end}")
             self.key_buffer[:, :, self.length:end] = key_states
             self.value_buffer[:, :, self.length:end] = value_states
             self.length = end
@@ -74,8 +74,21 @@ def preallocated_cache(capacity: int):
                 self.keys = self.key_buffer[:, :, :self.length]
                 self.values = self.value_buffer[:, :, :self.length]
 
+
+def preallocated_cache(capacity: int):
+    """A KV cache whose layers are `PreallocatedLayer`s of `capacity` positions.
+
+    Why not HF's DynamicCache: it `torch.cat`s every layer's keys and values with the new token at every
+    step, copying the whole cache each time (O(L^2) bytes over a response); profiled, that was the largest
+    cost of the tiny model's decoding at 64 rows and 7 % of SmolLM2-135M's. None where this transformers
+    has no layered cache API (the loop then uses the model's default cache).
+    """
+    if DynamicCache is None:
+        return None
     cache = DynamicCache()
-    cache.layer_class_to_replicate = PreallocatedLayer
+    if not hasattr(cache, "layer_class_to_replicate"):
+        return None
+    cache.layer_class_to_replicate = functools.partial(PreallocatedLayer, capacity)
     return cache
 
 

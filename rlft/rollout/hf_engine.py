@@ -53,8 +53,11 @@ def response_mask_from_ids(
 class HFRolloutEngine:
     """Batched sampling with a (shared or own) HF causal LM; `adapter`: the policy adapter attached to it."""
 
-    def __init__(self, model: torch.nn.Module, *, pad_id: int, eos_id: int, batch_size: int = 64, adapter=None):
+    def __init__(self, model: torch.nn.Module, *, pad_id: int, eos_id: int, batch_size: int = 64, adapter=None,
+                 use_generate: bool = False):
+        """`use_generate`: sample with HF `generate` even where rlft's loop applies (benchmarks compare both)."""
         self.model = model
+        self.use_generate = use_generate
         self.pad_id = pad_id
         self.eos_id = eos_id
         self.batch_size = batch_size
@@ -82,10 +85,11 @@ class HFRolloutEngine:
         plan = contextlib.nullcontext() if self.adapter is None else self.adapter.plan(
             PositionMeta.from_prompt_mask(mask.repeat_interleave(params.n, dim=0)))  # generate expands rows alike
         stop = [self.eos_id, *params.stop_token_ids]
-        if self.adapter is None or self.adapter.own_modules() is None:  # no position-planned hooks
-            response_ids, logprobs = self._sample(ids, mask, params, stop)
-        else:
+        hooks = self.adapter is not None and self.adapter.own_modules() is not None  # position-planned hooks
+        if hooks or self.use_generate:
             response_ids, logprobs = self._hf_generate(ids, mask, params, stop, plan)
+        else:
+            response_ids, logprobs = self._sample(ids, mask, params, stop)
         response_mask, truncated = response_mask_from_ids(response_ids, stop)
         response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
         if logprobs is not None:

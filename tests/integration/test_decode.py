@@ -151,3 +151,17 @@ def test_preallocated_cache_fills_in_place_and_matches_the_dynamic_cache(lm_and_
     assert layer.key_buffer.data_ptr() == buffer and layer.keys.shape[2] == ids.shape[1] + 1  # written in place
     cache.batch_select_indices(torch.tensor([2, 0]))
     assert torch.equal(layer.keys[:, :, :-1], ref_cache.layers[0].keys[[2, 0]])
+
+
+def test_engine_gives_the_same_greedy_batch_with_its_loop_and_with_generate(warm_model):
+    from rlft.rollout.base import SamplingParams
+    from rlft.rollout.hf_engine import HFRolloutEngine
+
+    lm, tok = load_policy(warm_model)
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("Question: 2 + 3", "7", "Question: 9 - 4")]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, logprobs=True)
+    ours = HFRolloutEngine(lm, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id).generate(prompts, params)
+    hf = HFRolloutEngine(lm, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, use_generate=True).generate(prompts, params)
+    for name in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "truncated", "prompt_index"):
+        assert torch.equal(getattr(ours, name), getattr(hf, name)), name
+    assert torch.allclose(ours.rollout_logprobs, hf.rollout_logprobs, atol=1e-5)
