@@ -36,10 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _stream(jobs: list[list[str]], threads: int, log: Path) -> subprocess.Popen:
-    """Run `jobs` (argument lists of this venv's `rlft`) one after another in a background shell."""
-    script = " && ".join(" ".join(shlex.quote(a) for a in [sys.executable, "-m", "rlft.cli", *job]) for job in jobs)
+    """Run `jobs` (argument lists of this venv's `rlft`) one after another in a background shell; a failed job
+    does not stop the ones after it (the final aggregation retries whatever has no result)."""
+    runs = [" ".join(shlex.quote(a) for a in [sys.executable, "-m", "rlft.cli", *job]) for job in jobs]
+    script = "rc=0; " + "".join(f"{run} || rc=1; " for run in runs) + "exit $rc"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    return subprocess.Popen(["bash", "-c", script or "true"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(["bash", "-c", script], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def main() -> None:
@@ -87,7 +89,8 @@ def main() -> None:
         print(f"reft_vs_sft: {len(runs)} runs in {args.parallel} streams of {threads} thread(s); logs {root}/stream*.log")
         codes = [p.wait() for p in streams]
         if any(codes):
-            print(f"reft_vs_sft: a stream failed (exit codes {codes}); see the logs; finished runs are kept")
+            print(f"reft_vs_sft: a run failed (stream exit codes {codes}); see the logs; finished runs are kept "
+                  "and runs without a result are retried by the aggregation below")
     else:
         for job in runs:
             subprocess.run([sys.executable, "-m", "rlft.cli", *job], check=False)
