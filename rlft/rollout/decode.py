@@ -24,6 +24,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from rlft.rollout import llama_step
+
 
 def cache_keyword(model: torch.nn.Module) -> str:
     """`cache` (transformers >= 5.2x) or the older `past_key_values`: the forward keyword of the KV cache."""
@@ -133,35 +135,52 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
            stop_ids: list[int], pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           min_new_tokens: int = 0, logprobs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+           min_new_tokens: int = 0, logprobs: bool = True, n: int = 1,
+           lean_step: bool | llama_step.LlamaStep = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample one response per row of a left-padded prompt batch.
 
     Args:
-        prompt_ids, prompt_mask: (B, P) left-padded prompts (repeat rows first for several samples).
+        prompt_ids, prompt_mask: (B, P) left-padded prompts.
         stop_ids: tokens that end a response (EOS first); the stop token is part of the response.
+        n: samples per prompt. Each prompt is prefilled once and its KV cache copied to its n rows (as with
+            prompts repeated n times, minus (n-1)/n of the prefill).
+        lean_step: decode with `llama_step.LlamaStep` where it covers the model (else the HF forward); a
+            `LlamaStep` built for these weights is used as it is (several calls share its packed weights).
     Returns:
-        response_ids (B, T') right-padded with `pad_id` after the stop token, T' <= max_new_tokens the
-        longest response; log-probs (B, T') of the sampled tokens (0 after the end) or None.
+        response_ids (B * n, T') right-padded with `pad_id` after the stop token, T' <= max_new_tokens the
+        longest response, the n samples of a prompt in consecutive rows; log-probs (B * n, T') of the sampled
+        tokens (0 after the end) or None.
     """
-    rows = prompt_ids.shape[0]
+    rows = prompt_ids.shape[0] * n
     device = prompt_ids.device
     out_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_logprobs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device) if logprobs else None
     stop = torch.tensor(stop_ids, device=device)
     active = torch.arange(rows, device=device)  # original row of each row still in the batch
     width = prompt_ids.shape[1]
-    full_mask = torch.ones((rows, width + max_new_tokens), dtype=torch.long, device=device)  # grown by slicing
-    full_mask[:, :width] = prompt_mask
-    mask = full_mask[:, :width]
-    position = (mask.sum(dim=1) - 1).clamp(min=0)  # position of each row's last prompt token
     cache_kw = cache_keyword(model)
     cache = preallocated_cache(width + max_new_tokens)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                position_ids=(prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0),
                 use_cache=True, logits_to_keep=1, **({} if cache is None else {cache_kw: cache}))
     if cache is None:
         cache = getattr(out, "cache", None)
         cache = out.past_key_values if cache is None else cache
     logits = out.logits[:, -1]
+    if n > 1:  # each prompt's cache and next-token logits, copied to its n rows
+        copies = torch.arange(prompt_ids.shape[0], device=device).repeat_interleave(n)
+        cache.batch_select_indices(copies)
+        logits, prompt_mask = logits[copies], prompt_mask[copies]
+    full_mask = torch.ones((rows, width + max_new_tokens), dtype=torch.long, device=device)  # grown by slicing
+    full_mask[:, :width] = prompt_mask
+    position = (prompt_mask.sum(dim=1) - 1).clamp(min=0)  # position of each row's last prompt token
+    step_fn = mask_bias = None
+    preallocated = DynamicLayer is not None and all(
+        isinstance(layer, PreallocatedLayer) for layer in getattr(cache, "layers", None) or [None])
+    if lean_step is not False and preallocated and llama_step.unsupported_reason(model) is None:
+        step_fn = lean_step if isinstance(lean_step, llama_step.LlamaStep) else llama_step.LlamaStep(model, rows)
+        mask_bias = torch.zeros(full_mask.shape, dtype=logits.dtype, device=device).masked_fill(
+            full_mask == 0, float("-inf"))[:, None, None, :]
     length = 0
     for step in range(max_new_tokens):
         scores = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -177,11 +196,15 @@ def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.
                 break
             keep = running.nonzero().squeeze(1)
             active, tokens, position, full_mask = active[keep], tokens[keep], position[keep], full_mask[keep]
+            mask_bias = None if mask_bias is None else mask_bias[keep]
             cache.batch_select_indices(keep)
         if step + 1 == max_new_tokens:
             break
-        mask = full_mask[:, :width + step + 1]  # the new token's position is already 1
         position = position + 1
+        if step_fn is not None:
+            logits = step_fn(tokens, position, cache, mask_bias[..., :width + step + 1])
+            continue
+        mask = full_mask[:, :width + step + 1]  # the new token's position is already 1
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position[:, None],
                     use_cache=True, **{cache_kw: cache})
         logits = out.logits[:, -1]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rlft.adapters.positions import PositionMeta
-from rlft.rollout import decode
+from rlft.rollout import decode, llama_step
 from rlft.rollout.base import SamplingParams
 from rlft.types import RolloutBatch
 
@@ -54,10 +54,12 @@ class HFRolloutEngine:
     """Batched sampling with a (shared or own) HF causal LM; `adapter`: the policy adapter attached to it."""
 
     def __init__(self, model: torch.nn.Module, *, pad_id: int, eos_id: int, batch_size: int = 64, adapter=None,
-                 use_generate: bool = False):
-        """`use_generate`: sample with HF `generate` even where rlft's loop applies (benchmarks compare both)."""
+                 use_generate: bool = False, lean_step: bool = True):
+        """`use_generate`: sample with HF `generate` even where rlft's loop applies; `lean_step=False`: rlft's loop
+        with the HF forward for every token instead of `llama_step.LlamaStep` (benchmarks compare the paths)."""
         self.model = model
         self.use_generate = use_generate
+        self.lean_step = lean_step
         self.pad_id = pad_id
         self.eos_id = eos_id
         self.batch_size = batch_size
@@ -67,6 +69,7 @@ class HFRolloutEngine:
         was_training = self.model.training
         self.model.eval()
         chunks = []
+        self._step = None  # the lean decoding step shared by this call's chunks (its packed weights: built once)
         try:
             # A seeded call must not shift the caller's random stream (like `evaluate`'s fork_rng).
             with torch.random.fork_rng(enabled=params.seed is not None), torch.inference_mode():
@@ -75,6 +78,7 @@ class HFRolloutEngine:
                 for start in range(0, len(prompt_ids), self.batch_size):
                     chunks.append(self._generate_chunk(prompt_ids[start:start + self.batch_size], params, start))
         finally:
+            self._step = None  # weights may change before the next call; the packed copy is freed
             self.model.train(was_training)
         # Clone out of inference mode: the loop later indexes these tensors inside autograd-tracked ops.
         batch = concat_batches(chunks, self.pad_id)
@@ -107,10 +111,16 @@ class HFRolloutEngine:
 
     def _sample(self, ids, mask, params: SamplingParams, stop: list[int]):
         """rlft's sampling loop (rlft/rollout/decode.py): same distribution as `generate`, less overhead."""
+        lean = False
+        if self.lean_step:
+            if self._step is None and llama_step.unsupported_reason(self.model) is None:
+                self._step = llama_step.LlamaStep(self.model, ids.shape[0] * params.n)  # the first chunk is largest
+            lean = False if self._step is None else self._step
         return decode.sample(
-            self.model, ids.repeat_interleave(params.n, dim=0), mask.repeat_interleave(params.n, dim=0),
+            self.model, ids, mask, n=params.n,
             max_new_tokens=params.max_new_tokens, stop_ids=stop, pad_id=self.pad_id, temperature=params.temperature,
-            top_k=params.top_k, top_p=params.top_p, min_new_tokens=params.min_new_tokens, logprobs=params.logprobs)
+            top_k=params.top_k, top_p=params.top_p, min_new_tokens=params.min_new_tokens, logprobs=params.logprobs,
+            lean_step=lean)
 
     def _hf_generate(self, ids, mask, params: SamplingParams, stop: list[int], plan):
         """`model.generate`, for hook-based adapters: their position plan assumes generate's fixed rows."""

@@ -165,3 +165,19 @@ def test_engine_gives_the_same_greedy_batch_with_its_loop_and_with_generate(warm
     for name in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "truncated", "prompt_index"):
         assert torch.equal(getattr(ours, name), getattr(hf, name)), name
     assert torch.allclose(ours.rollout_logprobs, hf.rollout_logprobs, atol=1e-5)
+
+
+def test_n_samples_share_one_prefill_and_equal_repeated_prompts(lm_and_batch):
+    """`n` samples per prompt: one prefill per prompt, its cache copied to n rows; the same as passing every
+    prompt n times (greedy: identical rows; seeded sampling: the same draws, as the rows line up alike)."""
+    lm, tok, ids, mask = lm_and_batch
+    kw = dict(max_new_tokens=16, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
+    repeated = sample(lm, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), temperature=0.0, **kw)
+    shared = sample(lm, ids, mask, n=3, temperature=0.0, **kw)
+    assert torch.equal(shared[0], repeated[0]) and torch.allclose(shared[1], repeated[1], atol=1e-6)
+    torch.manual_seed(5)
+    repeated = sample(lm, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), **kw)
+    torch.manual_seed(5)
+    shared = sample(lm, ids, mask, n=3, **kw)
+    assert torch.equal(shared[0], repeated[0]) and torch.allclose(shared[1], repeated[1], atol=1e-5)
+    assert len({tuple(r.tolist()) for r in shared[0]}) > 3  # samples of one prompt differ

@@ -1,0 +1,115 @@
+"""The lean decoding step (rlft/rollout/llama_step.py) against the HF forward it replaces."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from rlft.rollout import llama_step
+from rlft.rollout.decode import cache_keyword, preallocated_cache, sample
+
+SMALL = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, max_position_embeddings=128, tie_word_embeddings=True)
+ARCHITECTURES = {
+    "llama": dict(attention_bias=False),
+    "llama-rope-scaled": dict(rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=500.0)),
+    "mistral": dict(sliding_window=None),
+    "qwen2": dict(use_sliding_window=False, tie_word_embeddings=False),  # q/k/v biases
+    "qwen3": dict(use_sliding_window=False),  # per-head q/k norms
+}
+
+
+def build(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(name.split("-")[0], **{**SMALL, **ARCHITECTURES[name]})
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # biases and norm weights away from their 0 / 1 init, so that using them is tested
+        for param_name, param in model.named_parameters():
+            if "bias" in param_name or "norm" in param_name:
+                param.add_(torch.randn_like(param) * 0.1)
+    return model
+
+
+def prompts(rows: int, vocab: int):
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (rows, 7), generator=gen)
+    mask = torch.ones_like(ids)
+    for row in range(rows):
+        mask[row, : row % 4] = 0  # left padding of 0-3 positions
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("rows,leave", [(5, 0), (6, 2), (40, 0)])  # packed; packed with rows gone; unpacked
+def test_step_logits_match_the_hf_forward(name, rows, leave):
+    """Several decode steps on a left-padded batch: the lean step's logits equal `model(...)`'s on the same
+    cache; `leave` rows leave the batch after the first step (the packed GEMMs then pad to their row count)."""
+    model = build(name)
+    assert llama_step.unsupported_reason(model) is None
+    ids, mask = prompts(rows, model.config.vocab_size)
+    new = 4
+    kw = cache_keyword(model)
+    caches = [preallocated_cache(ids.shape[1] + new) for _ in range(2)]
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        for cache in caches:
+            model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **{kw: cache})
+        step = llama_step.LlamaStep(model, rows)
+        assert step.packed == (rows <= llama_step.PACK_MAX_ROWS and torch.backends.mkl.is_available())
+        full = torch.cat([mask, torch.ones(rows, new, dtype=mask.dtype)], dim=1)
+        bias = torch.zeros(full.shape).masked_fill(full == 0, float("-inf"))[:, None, None, :]
+        positions = mask.sum(1) - 1
+        tokens = torch.arange(rows) % model.config.vocab_size
+        for t in range(new):
+            if t == 1 and leave:
+                keep = torch.arange(leave, rows)
+                for cache in caches:
+                    cache.batch_select_indices(keep)
+                full, bias, positions, tokens = full[keep], bias[keep], positions[keep], tokens[keep]
+            positions = positions + 1
+            width = ids.shape[1] + t + 1
+            ref = model(input_ids=tokens[:, None], attention_mask=full[:, :width], position_ids=positions[:, None],
+                        use_cache=True, **{kw: caches[0]}).logits[:, -1]
+            got = step(tokens, positions, caches[1], bias[..., :width])
+            assert got.shape == ref.shape
+            assert torch.allclose(got, ref, atol=2e-5, rtol=1e-4), (t, (got - ref).abs().max())
+            tokens = ref.argmax(-1)
+
+
+def test_unsupported_models_keep_the_hf_forward():
+    from peft import LoraConfig, get_peft_model
+
+    assert "sliding-window" in llama_step.unsupported_reason(
+        AutoModelForCausalLM.from_config(AutoConfig.for_model("mistral", **{**SMALL, "sliding_window": 16})))
+    gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    assert "architecture 'gpt2'" in llama_step.unsupported_reason(gpt2)
+    hooked = build("llama")
+    with torch.no_grad():  # HF installs its read-only output-capturing hooks here (the value head asks for these)
+        hooked(input_ids=torch.tensor([[3, 4]]), output_hidden_states=True)
+    assert llama_step.unsupported_reason(hooked) is None
+    handle = hooked.model.layers[0].register_forward_hook(lambda module, args, out: out)
+    assert "hooks" in llama_step.unsupported_reason(hooked)
+    handle.remove()
+    assert llama_step.unsupported_reason(hooked) is None
+    lora = get_peft_model(build("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert "LoRA" in llama_step.unsupported_reason(lora.base_model.model)
+
+
+def test_sample_uses_the_lean_step_and_matches_the_hf_forward(monkeypatch):
+    """`sample` decodes with the lean step where it applies: greedy tokens and log-probs as with the HF
+    forward; it reads the weights of the call (a weight update between calls is sampled from)."""
+    model = build("llama")
+    ids, mask = prompts(6, model.config.vocab_size)
+    calls = []
+    original = llama_step.LlamaStep.__call__
+    monkeypatch.setattr(llama_step.LlamaStep, "__call__", lambda self, *a: calls.append(1) or original(self, *a))
+    for update in range(2):
+        kw = dict(max_new_tokens=10, stop_ids=[1], pad_id=0, temperature=0.0)
+        lean_ids, lean_lp = sample(model, ids, mask, **kw)
+        assert len(calls) == lean_ids.shape[1] - 1  # every token after the prefill's
+        calls.clear()
+        hf_ids, hf_lp = sample(model, ids, mask, lean_step=False, **kw)
+        assert not calls
+        assert torch.equal(lean_ids, hf_ids)
+        assert torch.allclose(lean_lp, hf_lp, atol=1e-5)
+        with torch.no_grad():  # an optimizer-like in-place update before the next call
+            model.model.layers[0].mlp.up_proj.weight.mul_(-1.5)
