@@ -7,14 +7,14 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from rlft.rollout import llama_step
 from rlft.rollout.decode import cache_keyword, preallocated_cache, sample
 
-SMALL = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, max_position_embeddings=128, tie_word_embeddings=True)
+SMALL = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128, "tie_word_embeddings": True}
 ARCHITECTURES = {
-    "llama": dict(attention_bias=False),
-    "llama-rope-scaled": dict(rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=500.0)),
-    "mistral": dict(sliding_window=None),
-    "qwen2": dict(use_sliding_window=False, tie_word_embeddings=False),  # q/k/v biases
-    "qwen3": dict(use_sliding_window=False),  # per-head q/k norms
+    "llama": {"attention_bias": False},
+    "llama-rope-scaled": {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}},
+    "mistral": {"sliding_window": None},
+    "qwen2": {"use_sliding_window": False, "tie_word_embeddings": False},  # q/k/v biases
+    "qwen3": {"use_sliding_window": False},  # per-head q/k norms
 }
 
 
@@ -103,7 +103,7 @@ def test_sample_uses_the_lean_step_and_matches_the_hf_forward(monkeypatch):
     original = llama_step.LlamaStep.__call__
     monkeypatch.setattr(llama_step.LlamaStep, "__call__", lambda self, *a: calls.append(1) or original(self, *a))
     for update in range(2):
-        kw = dict(max_new_tokens=10, stop_ids=[1], pad_id=0, temperature=0.0)
+        kw = {"max_new_tokens": 10, "stop_ids": [1], "pad_id": 0, "temperature": 0.0}
         lean_ids, lean_lp = sample(model, ids, mask, **kw)
         assert len(calls) == lean_ids.shape[1] - 1  # every token after the prefill's
         calls.clear()
