@@ -78,7 +78,9 @@ class HFRolloutEngine:
                 for start in range(0, len(prompt_ids), self.batch_size):
                     chunks.append(self._generate_chunk(prompt_ids[start:start + self.batch_size], params, start))
         finally:
-            self._step = None  # weights may change before the next call; the packed copy is freed
+            if self._step is not None:  # weights may change before the next call: free the packed copy
+                self._step.release()
+            self._step = None
             self.model.train(was_training)
         # Clone out of inference mode: the loop later indexes these tensors inside autograd-tracked ops.
         batch = concat_batches(chunks, self.pad_id)

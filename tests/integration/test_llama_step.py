@@ -53,7 +53,7 @@ def test_step_logits_match_the_hf_forward(name, rows, leave):
     with torch.inference_mode():
         for cache in caches:
             model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **{kw: cache})
-        step = llama_step.LlamaStep(model, rows)
+        step = llama_step.LlamaStep(model, rows, pack=True)  # packed where MKL can (these weights are small)
         assert step.packed == (rows <= llama_step.PACK_MAX_ROWS and torch.backends.mkl.is_available())
         full = torch.cat([mask, torch.ones(rows, new, dtype=mask.dtype)], dim=1)
         bias = torch.zeros(full.shape).masked_fill(full == 0, float("-inf"))[:, None, None, :]
@@ -113,3 +113,33 @@ def test_sample_uses_the_lean_step_and_matches_the_hf_forward(monkeypatch):
         assert torch.allclose(lean_lp, hf_lp, atol=1e-5)
         with torch.no_grad():  # an optimizer-like in-place update before the next call
             model.model.layers[0].mlp.up_proj.weight.mul_(-1.5)
+
+
+def test_packing_is_chosen_where_weights_outgrow_the_cache(monkeypatch):
+    model = build("llama")
+    assert llama_step.last_level_cache_bytes() > 1 << 20
+    assert not llama_step.should_pack(model, 8)  # a few hundred KB of weights: cache-resident
+    monkeypatch.setattr(llama_step, "last_level_cache_bytes", lambda: 1024)
+    assert llama_step.should_pack(model, 8) == torch.backends.mkl.is_available()
+    assert not llama_step.should_pack(model, llama_step.PACK_MAX_ROWS + 1)  # compute-bound batches: F.linear
+
+
+def test_engine_builds_one_step_per_call_and_frees_its_packed_weights(monkeypatch):
+    """The engine packs the weights once per `generate` call (shared by its chunks) and frees them at the end,
+    so that no stale copy survives a weight update or stays resident through the train step."""
+    from rlft.rollout.base import SamplingParams
+    from rlft.rollout.hf_engine import HFRolloutEngine
+
+    monkeypatch.setattr(llama_step, "last_level_cache_bytes", lambda: 1024)  # pack these small weights
+    built = []
+    original_init = llama_step.LlamaStep.__init__
+    monkeypatch.setattr(llama_step.LlamaStep, "__init__", lambda self, *a: built.append(self) or original_init(self, *a))
+    released = []
+    original_release = llama_step.LlamaStep.release
+    monkeypatch.setattr(llama_step.LlamaStep, "release", lambda self: released.append(self.packed) or original_release(self))
+    engine = HFRolloutEngine(build("llama"), pad_id=0, eos_id=1, batch_size=2)
+    engine.generate([[3, 4, 5], [6, 7], [8], [9, 10]], SamplingParams(n=2, max_new_tokens=4, min_new_tokens=4))
+    assert len(built) == 1  # two chunks of 2 prompts x 2 samples, one packing
+    step = built[0]
+    assert released == [torch.backends.mkl.is_available()]  # released once, packed where MKL is there
+    assert not step.packed and step.lm_head is None and not step.layers
