@@ -39,11 +39,15 @@ def grid(quick: bool) -> list[dict]:
     return points
 
 
-def run_point(point: dict, args, run_dir: Path) -> dict:
+def run_point(point: dict, args, run_dir: Path, done: set[str]) -> dict:
     name = f"{point['model']}_p{point['prompts']}_g{point['group']}_t{point['tokens']}"
     out_dir = run_dir / name
     results = out_dir / "results.json"
-    if not results.exists():  # the same point on two axes runs once
+    # The same point on two axes runs once per invocation; results of an earlier invocation (other code)
+    # are never reused.
+    if name not in done:
+        done.add(name)
+        results.unlink(missing_ok=True)
         cmd = [sys.executable, str(ROOT / "benchmarks/ppo_throughput.py"), "--runs", "rlft-grpo", "--no-ceilings",
                "--steps", str(args.steps), "--prompts", str(point["prompts"]), "--group", str(point["group"]),
                "--max-new-tokens", str(point["tokens"]), "--model-size", point["model"], "--threads", str(args.threads),
@@ -93,7 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows = [run_point(p, args, run_dir) for p in grid(args.quick)]
+    done: set[str] = set()
+    rows = [run_point(p, args, run_dir, done) for p in grid(args.quick)]
     lines = [
         f"## Cost of an RL iteration vs work (GRPO, rlft) ({datetime.date.today().isoformat()})",
         "",

@@ -107,7 +107,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # the folder decides: a whole model, or adapter-only files put back on the base model they name
     model, tokenizer, adapter = load_policy_and_adapter(model_dir, dtype=cfg.model.dtype)
     engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=cfg.eval.batch_size, adapter=adapter)
+                             batch_size=cfg.eval.batch_size, adapter=adapter,
+                             lean_step=cfg.rollout.hf_lean_step)
     summary, predictions = evaluate(
         engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
         samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,

@@ -165,8 +165,11 @@ class RolloutConfig:
     batch_size: int = 64
     """Prompts per generate call (memory bound, not an algorithm setting)."""
     engine: Literal["hf", "vllm"] = "hf"
-    """`hf`: HF `generate` on the policy's own module (CPU; weight sync is free). `vllm`: a vLLM engine
+    """`hf`: rlft's sampling loop on the policy's own module (CPU; weight sync is free). `vllm`: a vLLM engine
     (GPU; `pip install -e '.[vllm]'`), given the policy's weights after every update (README "vLLM rollouts")."""
+    hf_lean_step: bool = True
+    """`hf` engine: decode Llama-family models (Llama, Mistral, Qwen2, Qwen3) with rlft's lean step
+    (`rlft/rollout/llama_step.py`; 1.2-1.6x faster on CPU); false: the model's HF forward for every token."""
     tensor_parallel_size: int = 1
     """vLLM: GPUs per engine (tensor parallelism)."""
     vllm_gpu_memory_utilization: float = 0.4

@@ -155,7 +155,8 @@ def make_engine(cfg: Config, lm, tokenizer, model_path, adapter=None) -> Rollout
             seed=cfg.run.seed,
         )
     return HFRolloutEngine(lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                           batch_size=cfg.rollout.batch_size, adapter=adapter)
+                           batch_size=cfg.rollout.batch_size, adapter=adapter,
+                           lean_step=cfg.rollout.hf_lean_step)
 
 
 def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, adapter, *, total_steps: int) -> Roles:

@@ -100,7 +100,8 @@ def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter
     start = time.perf_counter()
     o, r = cfg.offline_st, cfg.rollout
     engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=r.batch_size, adapter=adapter)
+                             batch_size=r.batch_size, adapter=adapter,
+                             lean_step=r.hf_lean_step)
     reward = RewardRole(cfg)
     prompts = encode_prompts(tokenizer, records, cfg.data.style, cfg.data.max_prompt_tokens)
     params = SamplingParams(n=o.samples_per_question, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,

@@ -143,7 +143,8 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
         total_steps=total_steps, warmup_steps=int(cfg.sft.warmup_ratio * total_steps), schedule=cfg.sft.schedule,
     )
     engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=cfg.eval.batch_size, adapter=adapter)
+                             batch_size=cfg.eval.batch_size, adapter=adapter,
+                             lean_step=cfg.rollout.hf_lean_step)
     n_params = sum(p.numel() for p in learner.model.parameters())
     extra = f" + {len(extra_examples)} extra examples" if extra_examples else ""
     print0(f"rlft sft: {len(train)} train{extra} / {len(test)} test records, model {model_path} ({n_params / 1e6:.2f}M params, "

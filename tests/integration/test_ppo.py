@@ -302,3 +302,13 @@ def test_every_rollout_of_a_run_decodes_with_the_lean_step(tmp_path, warm_model,
     monkeypatch.setattr(HFRolloutEngine, "generate", generate)
     run_ppo(_cfg(tmp_path / "run", warm_model, "ppo.iterations=3"))
     assert len(per_rollout) >= 3 and all(n > 0 for n in per_rollout), per_rollout
+
+
+def test_hf_lean_step_false_decodes_with_the_hf_forward(warm_model):
+    """`rollout.hf_lean_step=false` reaches the engine: the escape hatch if a model variant misbehaves."""
+    from rlft.dist.local import make_engine
+
+    lm, tok = load_policy(warm_model)
+    for flag in (True, False):
+        cfg = load_config(None, [f"model.path={warm_model}", f"rollout.hf_lean_step={str(flag).lower()}"])
+        assert make_engine(cfg, lm, tok, warm_model).lean_step is flag
