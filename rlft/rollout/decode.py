@@ -11,7 +11,10 @@ the longest response ends. This loop
   top-k, top-p; greedy takes the argmax of the raw logits), so greedy output is token-for-token
   `generate`'s; samples come from the same distribution by inverse-CDF sampling (`draw`: one uniform per
   row instead of `torch.multinomial`'s one exponential per vocabulary entry), so a seed gives other samples
-  than `generate` with that seed.
+  than `generate` with that seed;
+- prefills each prompt once for its n samples (`n`), where `generate` prefills every repeated row;
+- decodes Llama-family models with `llama_step.LlamaStep` instead of the HF forward (where it covers them;
+  logits equal to float rounding, so greedy output can differ from `generate`'s only at exact near-ties).
 Returned log-probs are those of the processed distribution the token was drawn from, as with
 `generate(output_scores=True)`; at temperature 1 without top-k/top-p they are the policy's log-probs.
 """
