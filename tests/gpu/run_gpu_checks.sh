@@ -11,6 +11,7 @@
 # 2. sync       a learner process sends a changed model's tensors to an engine process, which calls
 #               load_weights: NCCL broadcast with 2+ GPUs, CUDA IPC with one (NCCL refuses two ranks on one GPU)
 # 3. ppo        `rlft sft` (one short epoch) then `rlft train rollout.engine=vllm` for 3 iterations
+# First, on CUDA: the HF engine's lean decoding step against the HF forward (pytest, fp32 and bf16).
 # Then a table (throughput, sync time, log-prob parity, pass/fail). No GPU or no vllm: says so, exits 0.
 # Exit status 1 if a check failed or a step hit its time limit.
 # GPU_CHECKS_DEVICE=cpu runs the same steps, smaller, on vLLM's CPU backend (a dry run of this script
@@ -33,12 +34,18 @@ if [ "$DEVICE" = cpu ]; then
 elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "run_gpu_checks: SKIP: no CUDA GPU (or no torch) visible to $PY"; exit 0
 fi
-if ! "$PY" -c "import vllm" 2>/dev/null; then
-  echo "run_gpu_checks: SKIP: vllm is not importable by $PY (pip install -e '.[vllm]')"; exit 0
-fi
 rm -rf "$DIR" && mkdir -p "$DIR"
 RESULTS="$DIR/results.jsonl"
 status=0
+if [ "$DEVICE" = cuda ]; then  # the HF engine's lean decoding step on the GPU (fp32, bf16); needs pytest, not vllm
+  echo "== lean-step (limit 120s)"
+  timeout --kill-after=10 120 "$PY" -m pytest -q tests/integration/test_llama_step.py -k gpu >"$DIR/lean-step.log" 2>&1
+  rc=$?; echo "   exit $rc (log: $DIR/lean-step.log)"; tail -n 3 "$DIR/lean-step.log" | sed 's/^/   | /'
+  [ $rc -eq 0 ] || status=1
+fi
+if ! "$PY" -c "import vllm" 2>/dev/null; then
+  echo "run_gpu_checks: SKIP: vllm is not importable by $PY (pip install -e '.[vllm]')"; exit $status
+fi
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $DIR/NAME.log, record a timeout
   local name=$1 limit=$(($2 * SCALE)); shift 2

@@ -43,9 +43,25 @@ def prompts(rows: int, vocab: int):
 def test_step_logits_match_the_hf_forward(name, rows, leave):
     """Several decode steps on a left-padded batch: the lean step's logits equal `model(...)`'s on the same
     cache; `leave` rows leave the batch after the first step (the packed GEMMs then pad to their row count)."""
-    model = build(name)
+    compare_steps(build(name), rows, leave, atol=2e-5, rtol=1e-4)
+    if rows <= llama_step.PACK_MAX_ROWS and torch.backends.mkl.is_available():
+        assert llama_step.LlamaStep(build(name), rows, pack=True).packed  # so the packed path was compared
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_step_logits_match_the_hf_forward_on_gpu(name, dtype):
+    """The HF engine on a GPU (no vLLM): F.linear, SDPA and the mask bias in the model's dtype."""
+    model = build(name).to("cuda", dtype)
+    tol = {"atol": 2e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 5e-2, "rtol": 5e-2}
+    compare_steps(model, 6, 2, **tol)
+
+
+def compare_steps(model, rows: int, leave: int, *, atol: float, rtol: float) -> None:
     assert llama_step.unsupported_reason(model) is None
-    ids, mask = prompts(rows, model.config.vocab_size)
+    device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
+    ids, mask = (t.to(device) for t in prompts(rows, model.config.vocab_size))
     new = 4
     kw = cache_keyword(model)
     caches = [preallocated_cache(ids.shape[1] + new) for _ in range(2)]
@@ -54,14 +70,13 @@ def test_step_logits_match_the_hf_forward(name, rows, leave):
         for cache in caches:
             model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **{kw: cache})
         step = llama_step.LlamaStep(model, rows, pack=True)  # packed where MKL can (these weights are small)
-        assert step.packed == (rows <= llama_step.PACK_MAX_ROWS and torch.backends.mkl.is_available())
-        full = torch.cat([mask, torch.ones(rows, new, dtype=mask.dtype)], dim=1)
-        bias = torch.zeros(full.shape).masked_fill(full == 0, float("-inf"))[:, None, None, :]
+        full = torch.cat([mask, torch.ones(rows, new, dtype=mask.dtype, device=device)], dim=1)
+        bias = torch.zeros(full.shape, dtype=dtype, device=device).masked_fill(full == 0, float("-inf"))[:, None, None, :]
         positions = mask.sum(1) - 1
-        tokens = torch.arange(rows) % model.config.vocab_size
+        tokens = torch.arange(rows, device=device) % model.config.vocab_size
         for t in range(new):
             if t == 1 and leave:
-                keep = torch.arange(leave, rows)
+                keep = torch.arange(leave, rows, device=device)
                 for cache in caches:
                     cache.batch_select_indices(keep)
                 full, bias, positions, tokens = full[keep], bias[keep], positions[keep], tokens[keep]
@@ -71,7 +86,7 @@ def test_step_logits_match_the_hf_forward(name, rows, leave):
                         use_cache=True, **{kw: caches[0]}).logits[:, -1]
             got = step(tokens, positions, caches[1], bias[..., :width])
             assert got.shape == ref.shape
-            assert torch.allclose(got, ref, atol=2e-5, rtol=1e-4), (t, (got - ref).abs().max())
+            assert torch.allclose(got.float(), ref.float(), atol=atol, rtol=rtol), (t, (got - ref).abs().max())
             tokens = ref.argmax(-1)
 
 
