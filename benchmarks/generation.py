@@ -115,7 +115,6 @@ def bench_model(name: str, args, run_dir: Path, ceilings: dict) -> dict:
     P, n, T = len(prompt_ids), args.samples, args.max_new_tokens
     B = P * n
 
-    engine = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=P)
     params = SamplingParams(n=n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=T, min_new_tokens=T,
                             logprobs=True)
 
@@ -130,31 +129,25 @@ def bench_model(name: str, args, run_dir: Path, ceilings: dict) -> dict:
         min_new_tokens=T, num_return_sequences=n,  # the benchmark's additions: equal work, n samples per prompt
     )
 
-    def run_rlft() -> int:
-        batch = engine.generate(prompt_ids, params)
-        if batch.response_ids.shape != (B, T) or int(batch.response_mask.sum()) != B * T:
-            raise SystemExit(f"rlft: expected {B} x {T} response tokens, got mask sum {int(batch.response_mask.sum())}")
-        return batch.prompt_ids.shape[1]
+    def rlft_side(name: str, **engine_options):
+        """rlft's engine on every prompt (with `engine_options`), as a timed side; checks the B x T tokens."""
+        side_engine = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=P,
+                                      **engine_options)
 
-    # rlft's engine before its own sampling loop (and still for hook-based adapters): HF generate + output_scores
-    old_engine = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=P,
-                                 use_generate=True)
+        def run() -> int:
+            batch = side_engine.generate(prompt_ids, params)
+            if batch.response_ids.shape != (B, T) or int(batch.response_mask.sum()) != B * T:
+                raise SystemExit(f"{name}: expected {B} x {T} response tokens, got mask sum "
+                                 f"{int(batch.response_mask.sum())}")
+            return batch.prompt_ids.shape[1]
 
-    def run_rlft_generate() -> int:
-        batch = old_engine.generate(prompt_ids, params)
-        if int(batch.response_mask.sum()) != B * T:
-            raise SystemExit("rlft-generate: expected every row to run to max_new_tokens")
-        return batch.prompt_ids.shape[1]
+        return side_engine, run
 
-    # rlft's loop with the HF forward for every new token (before `rlft/rollout/llama_step.py`)
-    hf_forward_engine = HFRolloutEngine(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=P,
-                                        lean_step=False)
-
-    def run_rlft_hf_forward() -> int:
-        batch = hf_forward_engine.generate(prompt_ids, params)
-        if int(batch.response_mask.sum()) != B * T:
-            raise SystemExit("rlft-hf-forward: expected every row to run to max_new_tokens")
-        return batch.prompt_ids.shape[1]
+    engine, run_rlft = rlft_side("rlft")
+    # before its own sampling loop (and still for hook-based adapters): HF generate + output_scores
+    _, run_rlft_generate = rlft_side("rlft-generate", use_generate=True)
+    # its loop with the HF forward for every new token (before `rlft/rollout/llama_step.py`)
+    _, run_rlft_hf_forward = rlft_side("rlft-hf-forward", lean_step=False)
 
     def run_plain() -> int:
         tensors = [torch.tensor(ids) for ids in prompt_ids]

@@ -178,10 +178,14 @@ def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.
     full_mask[:, :width] = prompt_mask
     position = (prompt_mask.sum(dim=1) - 1).clamp(min=0)  # position of each row's last prompt token
     step_fn = mask_bias = None
+    own_step = False  # built here, so released here (the caller releases a step it passed in)
     preallocated = DynamicLayer is not None and all(
         isinstance(layer, PreallocatedLayer) for layer in getattr(cache, "layers", None) or [None])
-    if lean_step is not False and preallocated and llama_step.unsupported_reason(model) is None:
-        step_fn = lean_step if isinstance(lean_step, llama_step.LlamaStep) else llama_step.LlamaStep(model, rows)
+    if preallocated and isinstance(lean_step, llama_step.LlamaStep):  # the caller checked the model
+        step_fn = lean_step
+    elif preallocated and lean_step is True and llama_step.unsupported_reason(model) is None:
+        step_fn, own_step = llama_step.LlamaStep(model, rows), True
+    if step_fn is not None:
         mask_bias = torch.zeros(full_mask.shape, dtype=logits.dtype, device=device).masked_fill(
             full_mask == 0, float("-inf"))[:, None, None, :]
     length = 0
@@ -211,4 +215,6 @@ def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position[:, None],
                     use_cache=True, **{cache_kw: cache})
         logits = out.logits[:, -1]
+    if own_step:
+        step_fn.release()
     return out_ids[:, :length], None if out_logprobs is None else out_logprobs[:, :length]

@@ -60,6 +60,7 @@ class HFRolloutEngine:
         self.model = model
         self.use_generate = use_generate
         self.lean_step = lean_step
+        self._step = None  # during `generate`: the lean decoding step its chunks share (packed weights built once)
         self.pad_id = pad_id
         self.eos_id = eos_id
         self.batch_size = batch_size
@@ -69,7 +70,7 @@ class HFRolloutEngine:
         was_training = self.model.training
         self.model.eval()
         chunks = []
-        self._step = None  # the lean decoding step shared by this call's chunks (its packed weights: built once)
+        self._step = None
         try:
             # A seeded call must not shift the caller's random stream (like `evaluate`'s fork_rng).
             with torch.random.fork_rng(enabled=params.seed is not None), torch.inference_mode():

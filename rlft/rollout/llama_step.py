@@ -18,6 +18,7 @@ other wrapped linears, forward hooks) keep the HF forward: `unsupported_reason` 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -81,6 +82,7 @@ def _can_pack(weight: torch.Tensor, rows: int) -> bool:
             and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"))
 
 
+@functools.cache
 def last_level_cache_bytes() -> int:
     """Size of the CPU's largest cache (Linux sysfs), 32 MiB where it cannot be read."""
     sizes = []
