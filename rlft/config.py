@@ -200,6 +200,12 @@ class PPOConfig:
     """Sequences per optimizer step; None: the whole rollout batch (ReFT)."""
     micro_batch_size_per_device: int = 16
     """Sequences per forward/backward; gradients are accumulated to the minibatch."""
+    prefix_sharing: bool = True
+    """Forward each distinct prompt of a micro-batch once and run its samples' responses on a copy of its KV
+    cache (learner and reference passes; Llama, Mistral, Qwen2, Qwen3 without CARFT or gradient
+    checkpointing, `rlft/models/value_head.py`). Same result to float rounding; GRPO's n samples per prompt
+    cost (n-1)/n less prompt compute. Micro-batches are cut from each shuffled minibatch in rollout order,
+    so a prompt's samples sit together. false: every row runs its own prompt."""
     clip_eps: float = 0.2
     """PPO ratio clip (ReFT: 0.2)."""
     clip_eps_high: float | None = None

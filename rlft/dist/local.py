@@ -72,8 +72,8 @@ class RewardRole:
 class FrozenReference:
     """The warm-up policy, frozen: teacher-forced log-probs only."""
 
-    def __init__(self, lm: torch.nn.Module):
-        self.model = PolicyModel(lm).eval()
+    def __init__(self, lm: torch.nn.Module, prefix_sharing: bool = True):
+        self.model = PolicyModel(lm, prefix_sharing=prefix_sharing).eval()
         self.model.requires_grad_(False)
 
     @torch.inference_mode()
@@ -170,16 +170,16 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, a
     separate = cfg.ppo.critic == "separate"
     head = None if separate else {"reft": "linear", "carft": "carft"}.get(cfg.algo)
     learner = make_learner(PolicyModel(lm, value_head=head, head_dropout=cfg.carft.head_dropout, adapter=adapter,
-                                       init_seed=cfg.run.seed))
+                                       init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing))
     base_path = adapter.base_path or model_path  # the HF folder under an adapter checkpoint
     critic = None
     if separate:  # spec §5's ablation: a second learner with a value head, not a new kind of role
         critic = make_learner(PolicyModel(load_policy(base_path, dtype=cfg.model.dtype)[0], value_head="linear",
-                                          init_seed=cfg.run.seed))
+                                          init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing))
     reference = None
     if cfg.algo != "online_st" and cfg.kl.coef > 0:
         if adapter.kind == "full":
-            reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0])
+            reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0], cfg.ppo.prefix_sharing)
         else:  # continuing an adapter checkpoint: the reference is that checkpoint, not the bare base
             start = adapter.adapter_state_dict() if read_adapter_json(model_path) is not None else None
             reference = AdapterReference(learner.model, start)

@@ -120,7 +120,7 @@ class LearnerWorker(_Actor):
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         seed_everything(cfg.run.seed)
         model = PolicyModel(load_policy(self.model_path, dtype=cfg.model.dtype)[0], value_head=self.value_head,
-                            init_seed=cfg.run.seed)
+                            init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing)
         common = dict(lr=cfg.ppo.lr, weight_decay=cfg.ppo.weight_decay, max_grad_norm=cfg.ppo.max_grad_norm,
                       total_steps=self.total_steps, warmup_steps=cfg.ppo.warmup_iterations, schedule="constant",
                       train_mode=False)
@@ -174,7 +174,7 @@ class ReferenceWorker(_Actor):
         from rlft.models.policy import load_policy
 
         cfg = config_from_dict(cfg)
-        self.reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0])
+        self.reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0], cfg.ppo.prefix_sharing)
 
     def logprobs(self, batch, micro_batch_size: int):
         return self.reference.logprobs(batch, micro_batch_size)

@@ -103,7 +103,8 @@ class DeepSpeedLearner:
         totals: dict[str, float] = {}
         bad = False
         for mb in micro_batches:
-            output = self.engine(mb["input_ids"], mb["attention_mask"], None, response_logits_to_keep(mb))
+            keep = response_logits_to_keep(mb)
+            output = self.engine(mb["input_ids"], mb["attention_mask"], None, keep, mb["prompt_ids"].shape[1] if keep else 0)
             loss, metrics = loss_fn(output, mb)
             flag = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank must agree before its backward

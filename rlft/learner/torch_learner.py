@@ -58,9 +58,10 @@ class TorchLearner:
 
     def forward(self, micro_batch: MicroBatch):
         """Forward of the `PolicyModel`: values (B, S) or None and logits (B, S, V), or for an RL batch
-        (prompt + response) logits of the T + 1 positions that score the response only."""
+        (prompt + response) logits and values of the T + 1 positions that score the response only."""
+        keep = response_logits_to_keep(micro_batch)
         return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch),
-                          logits_to_keep=response_logits_to_keep(micro_batch))
+                          logits_to_keep=keep, prompt_len=micro_batch["prompt_ids"].shape[1] if keep else 0)
 
     @torch.inference_mode()
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -145,8 +146,8 @@ def response_logits_to_keep(batch: MicroBatch) -> int:
 def response_forward(model: torch.nn.Module, batch: MicroBatch):
     """Forward a prompt+response batch; returns (logits, values) sliced to response coordinates."""
     ids, mask = sequence_batch(batch)
-    out = model(ids, mask, PositionMeta.from_prompt_mask(batch["prompt_mask"]), logits_to_keep=batch["response_ids"].shape[1] + 1)
     P, T = batch["prompt_ids"].shape[1], batch["response_ids"].shape[1]
+    out = model(ids, mask, PositionMeta.from_prompt_mask(batch["prompt_mask"]), T + 1, P)
     logits = response_slice(out.logits, P, T)  # (B, T, V)
     values = None if out.values is None else response_slice(out.values, P, T)  # (B, T)
     return logits, values

@@ -4,8 +4,16 @@ ReFT's critic (spec §5) is `Linear(hidden, 1)` on the policy's last hidden stat
 backbone (trl's `AutoModelForCausalLMWithValueHead`), randomly initialised. The head's dropout is off in
 the reference (every forward runs in eval mode), so there is none here.
 
-`PolicyModel.forward` returns logits (B, S, V) and values (B, S) over the whole sequence; the loop
-slices response coordinates with `response_slice`.
+`PolicyModel.forward` returns logits (B, S, V) and values (B, S) over the whole sequence, or over the
+last `logits_to_keep` positions; the loop slices response coordinates with `response_slice`.
+
+Shared prompts: GRPO samples n responses per prompt, so a batch holds each prompt n times. Given the
+prompt width, `forward` runs each distinct prompt once, copies its KV cache to the prompt's rows and runs
+the responses on top (`prefix_sharing_unsupported_reason` lists when it falls back). That is the same
+computation as the full forward (the cache holds exactly the keys and values the full forward computes;
+gradients of the copies sum back into the one prompt pass), minus (n-1)/n of the prompt's FLOPs in the
+no-grad passes and in the train step's forward and backward. Measured: tiny model, 8 prompts x 4
+samples, prompt 55 + response 64 tokens: train forward+backward 0.41 -> 0.30 s.
 
 The policy trains through an adapter (`rlft/adapters/`, `adapter.kind`): `full` (every weight, the
 default), LoRA, or hook-based hidden-state interventions. The value head always trains beside it.
@@ -27,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from rlft.adapters.base import FullFinetune, PolicyAdapter
 from rlft.adapters.positions import PositionMeta
+from rlft.rollout.decode import cache_keyword
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -37,6 +46,11 @@ class PolicyOutput(NamedTuple):
     logits: torch.Tensor  # (B, S, V)
     values: torch.Tensor | None  # (B, S), or None without a value head
     embeddings: torch.Tensor | None = None  # (B, S, D) CARFT token embeddings, or None
+
+
+# Architectures whose causal LM is `lm_head(decoder(...).last_hidden_state)` with a DynamicCache, no logit
+# scaling or soft-capping: the shared-prompt forward rebuilds exactly that.
+PREFIX_SHARING_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -50,9 +64,10 @@ class PolicyModel(torch.nn.Module):
     `adapter`: attached to `lm` already (`rlft.adapters.attach_adapter`); None means full finetuning."""
 
     def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
-                 init_seed: int = 0, adapter: PolicyAdapter | None = None):
+                 init_seed: int = 0, adapter: PolicyAdapter | None = None, prefix_sharing: bool = True):
         super().__init__()
         self.lm = lm
+        self.prefix_sharing = prefix_sharing  # config: ppo.prefix_sharing
         if adapter is None:
             adapter = FullFinetune()
             adapter.attach(lm)
@@ -85,23 +100,73 @@ class PolicyModel(torch.nn.Module):
         return self.lm.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                positions: PositionMeta | None = None, logits_to_keep: int = 0) -> PolicyOutput:
+                positions: PositionMeta | None = None, logits_to_keep: int = 0, prompt_len: int = 0) -> PolicyOutput:
         """`positions`: the batch's layout (`PositionMeta`), needed by hook-based adapters.
         `logits_to_keep`: compute logits for the last k positions only (0: all). RL passes T + 1, the
         positions that score response tokens: the LM head and its (B, S, V) output are the largest
-        activation, and prompt positions need none (`response_slice` accounts for the dropped ones)."""
+        activation, and prompt positions need none (`response_slice` accounts for the dropped ones).
+        `prompt_len`: the width P of the left-padded prompts in front of the responses (RL batches, with
+        `logits_to_keep` = S - P + 1); rows with the same prompt then share one prompt pass."""
+        if prompt_len and logits_to_keep == input_ids.shape[1] - prompt_len + 1 and self.prefix_sharing \
+                and self.prefix_sharing_unsupported_reason() is None:
+            groups = prompt_groups(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
+            if groups is not None:
+                return self._forward_shared_prompts(input_ids, attention_mask, positions, prompt_len, *groups)
         kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         with self.adapter.plan(positions), torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
             out = self.lm(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
                 output_hidden_states=self.value_head is not None, use_cache=False, **kwargs,
             )
+        return self._with_heads(out.logits, out.hidden_states[-1] if self.value_head is not None else None)
+
+    def _with_heads(self, logits: torch.Tensor, hidden: torch.Tensor | None) -> PolicyOutput:
         values = embeddings = None
         if self.head_kind == "carft":
-            values, embeddings = self.value_head(out.hidden_states[-1])  # (B, S), (B, S, D)
+            values, embeddings = self.value_head(hidden)  # (B, S), (B, S, D)
         elif self.value_head is not None:
-            values = self.value_head(out.hidden_states[-1]).squeeze(-1).float()  # (B, S)
-        return PolicyOutput(logits=out.logits, values=values, embeddings=embeddings)
+            values = self.value_head(hidden).squeeze(-1).float()  # (B, S)
+        return PolicyOutput(logits=logits, values=values, embeddings=embeddings)
+
+    def prefix_sharing_unsupported_reason(self) -> str | None:
+        """Why rows with the same prompt cannot share one prompt pass here, or None when they can."""
+        config = self.lm.config
+        if self.head_kind == "carft":
+            return "the CARFT head embeds every position, prompt included"
+        if getattr(config, "model_type", None) not in PREFIX_SHARING_MODEL_TYPES:
+            return f"architecture {getattr(config, 'model_type', None)!r} (shared prompts cover {PREFIX_SHARING_MODEL_TYPES})"
+        if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+            return "sliding-window attention"
+        checkpointing = getattr(self.lm, "is_activation_checkpointing", None)  # transformers >= 5.2x's name
+        if checkpointing is None:
+            checkpointing = getattr(self.lm, "is_gradient_checkpointing", False)
+        if checkpointing and self.training:
+            return "gradient checkpointing (HF turns the KV cache off under it)"
+        return None
+
+    def _forward_shared_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                positions: PositionMeta | None, prompt_len: int, first: torch.Tensor,
+                                inverse: torch.Tensor) -> PolicyOutput:
+        """The T + 1 response-scoring positions of a (B, P + T) batch whose rows take their prompts from the
+        U rows `first` (row b's prompt is row first[inverse[b]]'s): the decoder runs the U prompts with a
+        KV cache, the cache is copied to the B rows (autograd sums the copies' gradients back), and the B
+        responses run on top. The logits of the last prompt position score the first response token."""
+        decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
+        P = prompt_len
+        position_ids = position_ids_from_mask(attention_mask)
+        prompt_positions = None if positions is None else PositionMeta(positions.pad_left[first], positions.prompt_len[first])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
+            with self.adapter.plan(prompt_positions):
+                prompt_out = decoder(input_ids=input_ids[first, :P], attention_mask=attention_mask[first, :P],
+                                     position_ids=position_ids[first, :P], use_cache=True)
+            cache = prompt_out.cache if hasattr(prompt_out, "cache") else prompt_out.past_key_values
+            cache.batch_select_indices(inverse)
+            with self.adapter.plan(positions):
+                response_out = decoder(input_ids=input_ids[:, P:], attention_mask=attention_mask,
+                                       position_ids=position_ids[:, P:], use_cache=True, **{cache_keyword(decoder): cache})
+            hidden = torch.cat([prompt_out.last_hidden_state[inverse, -1:], response_out.last_hidden_state], dim=1)
+            logits = lm_head(hidden)
+        return self._with_heads(logits, hidden)  # the heads train even in value-only warm-up
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: every trainable parameter the adapter does not group itself (the whole LM for full
@@ -128,6 +193,18 @@ class PolicyModel(torch.nn.Module):
             head = path / VALUE_HEAD_FILE
             if head.exists():
                 self.value_head.load_state_dict(load_file(str(head)))
+
+
+def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows with the same prompt (same real tokens, same padding): (first (U,), inverse (B,)) with U < B,
+    where row b's prompt is first occurrence row first[inverse[b]]; None when every prompt differs."""
+    key = torch.cat([prompt_ids.masked_fill(prompt_mask == 0, 0), prompt_mask.to(prompt_ids.dtype)], dim=1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if unique.shape[0] == key.shape[0]:
+        return None
+    rows = torch.arange(key.shape[0], device=key.device)
+    first = torch.full((unique.shape[0],), key.shape[0], device=key.device).scatter_reduce(0, inverse, rows, "amin")
+    return first, inverse
 
 
 def response_slice(x: torch.Tensor, prompt_len: int, response_len: int) -> torch.Tensor:

@@ -206,7 +206,9 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
     for _ in range(cfg.ppo.ppo_epochs):
         order = torch.randperm(B, generator=generator)
         for start in range(0, B, per_mb):
-            idx = order[start:start + per_mb]
+            # The minibatch is random; its micro-batches follow rollout order, so a prompt's samples share
+            # a micro-batch and its prompt pass (ppo.prefix_sharing). The sum of their gradients is the same.
+            idx = order[start:start + per_mb].sort().values
             mbs = []
             for m in range(0, len(idx), micro):
                 mb = {k: data[k][idx[m:m + micro]] for k in keys}

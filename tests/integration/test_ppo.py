@@ -312,3 +312,34 @@ def test_hf_lean_step_false_decodes_with_the_hf_forward(warm_model):
     for flag in (True, False):
         cfg = load_config(None, [f"model.path={warm_model}", f"rollout.hf_lean_step={str(flag).lower()}"])
         assert make_engine(cfg, lm, tok, warm_model).lean_step is flag
+
+
+def test_grpo_shares_each_prompt_pass_among_its_samples(tmp_path, warm_model, monkeypatch):
+    """GRPO with 2 samples per prompt: every learner and reference forward runs each prompt once
+    (micro-batches follow rollout order within the shuffled minibatch), and the first iteration's metrics
+    equal those of a run with `ppo.prefix_sharing=false`."""
+    calls = []
+    original_forward, original_shared = PolicyModel.forward, PolicyModel._forward_shared_prompts
+
+    def forward(self, *args, **kwargs):
+        calls.append("full")
+        return original_forward(self, *args, **kwargs)
+
+    def shared(self, *args):
+        calls[-1] = "shared"
+        return original_shared(self, *args)
+
+    monkeypatch.setattr(PolicyModel, "forward", forward)
+    monkeypatch.setattr(PolicyModel, "_forward_shared_prompts", shared)
+    first_rows = []
+    for flag in ("true", "false"):
+        calls.clear()
+        run_dir = tmp_path / flag
+        run_ppo(_cfg(run_dir, warm_model, "algo=grpo", "kl.placement=loss", "kl.estimator=k3", "ppo.ppo_epochs=2", "ppo.iterations=1",
+                     f"ppo.prefix_sharing={flag}"))
+        # per iteration: old + reference log-prob passes (2 chunks each) and 2 epochs x 2 train micro-batches
+        assert calls == (["shared"] if flag == "true" else ["full"]) * 8
+        first_rows.append(_metrics(run_dir)[0])
+    shared_row, full_row = first_rows
+    for key in ("train/grad_norm", "policy/loss", "kl/loss", "kl/mean", "policy/ratio_mean", "policy/entropy"):
+        assert shared_row[key] == pytest.approx(full_row[key], rel=1e-4, abs=1e-6), key

@@ -310,3 +310,32 @@ def test_heft_trains_lora_then_loreft_and_its_frozen_lora_can_be_merged(attached
         with adapter.loreft.plan(meta):
             merged = merged_lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
     assert (merged - stacked).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kind,rule", [(k, "prefix_suffix(2,2),untied") for k in ALL_KINDS]
+                         + [("loreft", r) for r in RULES if r != "prefix_suffix(2,2),untied"])
+def test_shared_prompts_edit_the_same_tokens_as_the_full_forward(kind, rule, attached):
+    """Rows with the same prompt share one prompt pass (`PolicyModel(..., prompt_len=P)`): the prompt chunk
+    and the response chunk each place their columns from the 2-D mask, so every rule edits the same tokens
+    and the logits and the adapter's gradients equal the unshared forward's."""
+    lm, adapter = attached(kind, *RULES[rule])
+    ids, mask = left_pad(PROMPTS, PAD)
+    ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)  # each prompt twice, copies not adjacent
+    T = 6
+    response = torch.randint(3, 24, (ids.shape[0], T), generator=torch.Generator().manual_seed(0))
+    full_ids, full_mask = torch.cat([ids, response], 1), torch.cat([mask, torch.ones_like(response)], 1)
+    meta = PositionMeta.from_prompt_mask(mask)
+    results = []
+    for shared in (False, True):
+        model = PolicyModel(lm, adapter=adapter, prefix_sharing=shared).train()
+        assert model.prefix_sharing_unsupported_reason() is None  # so the shared path runs (peft wrappers too)
+        logits = model(full_ids, full_mask, meta, T + 1, ids.shape[1]).logits
+        logits.float().logsumexp(-1).mean().backward()
+        results.append((logits.detach(), {name: p.grad.clone() for name, p in adapter.trainable_parameters()
+                                          if p.grad is not None}))
+        model.zero_grad(set_to_none=True)
+    (full_logits, full_grads), (shared_logits, shared_grads) = results
+    torch.testing.assert_close(shared_logits, full_logits, atol=2e-5, rtol=1e-4)
+    assert full_grads.keys() == shared_grads.keys() and full_grads
+    for name in full_grads:
+        torch.testing.assert_close(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-3, msg=name)
