@@ -29,8 +29,8 @@ float32 by both sides (policy and a frozen reference copy each); the same traini
 samples per question at temperature 1.0, top-p 1, top-k off, at most `--max-new-tokens` new tokens, stopping
 at EOS; the same reward (`rewards.math_reward`, partial reward 0.1, wrapped for TRL's
 `fn(prompts, completions, **columns)` signature with the `answer` and `dataset` columns); KL to the reference
-with beta 0.04 (k3 estimator in the loss for GRPO on both sides); PPO clip 0.2; one optimizer step (AdamW,
-lr 1e-5 constant, grad-norm clip 1.0, no weight decay) on the whole P*G batch per iteration, in ONE forward
+with beta 0.04 (k3 estimator in the loss for GRPO on both sides); PPO clip 0.2; one optimizer step (fused AdamW:
+rlft's `TorchLearner` and TRL's default `optim="adamw_torch_fused"`; lr 1e-5 constant, grad-norm clip 1.0, no weight decay) on the whole P*G batch per iteration, in ONE forward
 / backward (rlft `ppo.micro_batch_size_per_device` = TRL `per_device_train_batch_size` = P*G), no gradient
 checkpointing, no mixed precision, no vLLM, torch's default thread count (or `--threads`) on both sides.
 
@@ -278,7 +278,7 @@ def run_trl(name: str, args, model_dir: Path, out_dir: Path) -> dict:
         max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, min_p=None,
         repetition_penalty=1.0, beta=BETA, num_iterations=1, epsilon=CLIP, loss_type="grpo", scale_rewards="group",
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
         use_cpu=True, bf16=False, fp16=False, use_vllm=False, **no_checkpointing,
         model_init_kwargs={"dtype": "float32"}, remove_unused_columns=False, log_completions=False,
@@ -467,7 +467,7 @@ def run_trl_ppo(name: str, args, model_dir: Path, out_dir: Path) -> dict:
         kl_coef=BETA, kl_estimator="k1", cliprange=CLIP, vf_coef=5.0, cliprange_value=0.2, gamma=1.0, lam=0.95,
         whiten_rewards=False, num_sample_generations=0,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
         use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
         dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,

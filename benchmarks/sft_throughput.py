@@ -28,8 +28,8 @@ sequence (no padding to a multiple), no packing, no padding-free batches. `--bat
 step in micro-batches of `--micro-batch` (default: the whole batch, one forward/backward), rlft
 `sft.sequences_per_step`/`sft.micro_batch_size_per_device` = TRL `per_device_train_batch_size` x
 `gradient_accumulation_steps`; the loss is the token mean over the whole step's label tokens on both sides.
-AdamW (torch.optim.AdamW, not fused, on both sides: TRL `optim="adamw_torch"`; transformers' default would be
-the fused kernel), lr `--lr` constant, no warm-up, no weight decay, betas (0.9, 0.999), eps 1e-8, grad-norm clip
+AdamW (torch.optim.AdamW, fused, on both sides: rlft's `TorchLearner` and TRL's default
+`optim="adamw_torch_fused"`), lr `--lr` constant, no warm-up, no weight decay, betas (0.9, 0.999), eps 1e-8, grad-norm clip
 1.0; float32, no autocast, no gradient checkpointing (TRL defaults it on; turned off and checked), no
 evaluation, no checkpoint saving (TRL `save_strategy="no"`; rlft's end-of-run checkpoint is skipped by
 replacing `rlft.trainers.sft._save` with a no-op in the child; its end-of-run held-out evaluation runs on one
@@ -37,8 +37,9 @@ problem for one token, after the timed steps), torch's default thread count or `
 
 What is timed, per optimizer step:
 rlft  a wrapper around `TorchLearner.train_step` (patched on the class in the child): zero_grad; per
-      micro-batch `PolicyModel` forward (HF Llama with explicit position_ids, full (B, S, V) logits) +
-      `rlft.algos.sft.sft_loss` (gather - logsumexp over the vocabulary, argmax for token accuracy) + backward;
+      micro-batch `PolicyModel` forward (the HF decoder with explicit position_ids, then the LM head on the
+      positions that score a label only, `logits_mask`) + `rlft.algos.sft.sft_loss` (gather - logsumexp over
+      the vocabulary, argmax for token accuracy) + backward;
       clip_grad_norm_, AdamW step, scheduler step, zero_grad. Not timed: slicing the batch out of the epoch
       order, `collate` (right-padding into tensors), counting label tokens, metric logging. rlft's own
       per-step time (its `train/tokens_per_s` in metrics.jsonl, which also covers `collate`) is kept in
@@ -213,7 +214,7 @@ def run_trl(args, model_dir: Path, out_dir: Path) -> dict:
         output_dir=str(out_dir), seed=args.seed, data_seed=args.seed,
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=args.batch // args.micro_batch,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
         use_cpu=True, bf16=False, fp16=False, **no_checkpointing, model_init_kwargs={"dtype": "float32"},
         max_length=MAX_SEQ_TOKENS, packing=False, padding_free=False, pad_to_multiple_of=None,
@@ -317,11 +318,12 @@ def report(args, results: dict, ceilings: dict, command: str) -> str:
         (f"- batch: {args.batch} sequences per optimizer step ({args.micro_batch} per forward/backward x {accum}), "
          f"{args.steps} steps per run, the first {args.warmup} excluded (warm-up); built-in arithmetic task "
          "(difficulty 0) encoded once by rlft, same token ids and order on both sides, prompt masked from the loss, "
-         "right-padded per micro-batch, no packing; float32, AdamW (not fused), constant lr, clip 1.0, no "
+         "right-padded per micro-batch, no packing; float32, fused AdamW, constant lr, clip 1.0, no "
          "gradient checkpointing; each run in its own process (peak RSS per run)"),
         ("- timed: one optimizer step (forward + loss + backward per micro-batch, clip, AdamW, scheduler); batch "
-         "collation excluded on both sides (see the docstring of `benchmarks/sft_throughput.py`). rlft computes the "
-         "full (B, S, V) logits; TRL's fused LM head computes log-probs, entropy and top-1 in chunks without them"),
+         "collation excluded on both sides (see the docstring of `benchmarks/sft_throughput.py`). rlft computes "
+         "logits at the labelled positions only (N, V); TRL's fused LM head computes log-probs, entropy and top-1 "
+         "in chunks over every position without building the (B, S, V) logits"),
         ("- tokens = non-pad tokens (attention-mask sum); MFU = 6 x N x tokens/s / matmul fp32 FLOP/s below, N = "
          "trainable parameters including the (tied) embeddings"),
         "",

@@ -55,7 +55,8 @@ def sft_loss(
     Equation: L = −(1/N) Σ_{p: labels[p+1] ≠ ignore} log softmax(logits[p])[labels[p+1]].
 
     Args:
-        logits: (B, S, V) model outputs for `input_ids`.
+        logits: (B, S, V) model outputs for `input_ids`, or (N, V) for only the N positions that score a
+            label, in row-major order (`labelled_positions`): the LM head then skips prompt and padding.
         labels: (B, S) aligned with `input_ids` (see `build_labels`); the shift happens here.
         ignore_index: label value to skip.
         num_tokens: the normaliser N; default this shard's labelled-token count (at least 1). Under data
@@ -65,15 +66,24 @@ def sft_loss(
     Returns:
         loss (0 when nothing is labelled) and metrics `sft/n_tokens`, `sft/token_acc`.
     """
-    shift_logits = logits[:, :-1]  # (B, S-1, V)
-    shift_labels = labels[:, 1:]  # (B, S-1)
-    valid = shift_labels != ignore_index
-    safe_labels = torch.where(valid, shift_labels, 0)  # gather needs an in-range id everywhere
-    logprobs = ppo.logprobs_from_logits(shift_logits, safe_labels, chunk_size=chunk_size)  # (B, S-1)
-    nll_sum = torch.where(valid, -logprobs, 0.0).sum()
+    valid = labels[:, 1:] != ignore_index  # (B, S-1)
+    targets = labels[:, 1:][valid]  # (N,)
+    if logits.dim() == 3:  # every position: keep the N that score a label
+        logits = logits[:, :-1][valid]
+    elif logits.shape[0] != targets.shape[0]:
+        raise ValueError(f"sft_loss: {logits.shape[0]} logit rows for {targets.shape[0]} labelled positions")
+    logprobs = ppo.logprobs_from_logits(logits, targets, chunk_size=chunk_size)  # (N,)
+    nll_sum = -logprobs.sum()
     n = valid.sum()
     loss = nll_sum / (n.clamp(min=1).to(nll_sum.dtype) if num_tokens is None else num_tokens)
     with torch.no_grad():
-        correct = (shift_logits.argmax(dim=-1) == shift_labels).float()
-        metrics = {"sft/n_tokens": n.float(), "sft/token_acc": ppo.masked_mean(correct, valid)}
+        correct = (logits.argmax(dim=-1) == targets).float()
+        metrics = {"sft/n_tokens": n.float(), "sft/token_acc": correct.sum() / max(1, correct.numel())}
     return loss, metrics
+
+
+def labelled_positions(labels: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
+    """(B, S) bool: the positions whose logits score a label (position p scores labels[p + 1]); what
+    `PolicyModel(..., logits_mask=...)` computes logits for, in the order `sft_loss` expects."""
+    valid = labels[:, 1:] != ignore_index
+    return torch.cat([valid, torch.zeros_like(valid[:, :1])], dim=1)

@@ -18,6 +18,7 @@ import torch
 
 from rlft.adapters.positions import PositionMeta, positions_for_batch
 from rlft.algos import ppo
+from rlft.algos.sft import labelled_positions
 from rlft.learner.base import LossFn, MicroBatch
 from rlft.models.value_head import response_slice
 
@@ -57,8 +58,12 @@ class TorchLearner:
         )
 
     def forward(self, micro_batch: MicroBatch):
-        """Forward of the `PolicyModel`: values (B, S) or None and logits (B, S, V), or for an RL batch
-        (prompt + response) logits and values of the T + 1 positions that score the response only."""
+        """Forward of the `PolicyModel`: for an RL batch (prompt + response) logits and values of the T + 1
+        positions that score the response; for an SFT batch (`labels`) logits (N, V) of the N positions
+        that score a label (`sft_loss` takes either shape)."""
+        if "labels" in micro_batch:
+            return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch),
+                              logits_mask=labelled_positions(micro_batch["labels"]))
         keep = response_logits_to_keep(micro_batch)
         return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch),
                           logits_to_keep=keep, prompt_len=micro_batch["prompt_ids"].shape[1] if keep else 0)

@@ -49,8 +49,8 @@ class PolicyOutput(NamedTuple):
 
 
 # Architectures whose causal LM is `lm_head(decoder(...).last_hidden_state)` with a DynamicCache, no logit
-# scaling or soft-capping: the shared-prompt forward rebuilds exactly that.
-PREFIX_SHARING_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# scaling or soft-capping: the shared-prompt and selected-logits forwards rebuild exactly that.
+DECODER_PLUS_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -100,13 +100,19 @@ class PolicyModel(torch.nn.Module):
         return self.lm.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                positions: PositionMeta | None = None, logits_to_keep: int = 0, prompt_len: int = 0) -> PolicyOutput:
+                positions: PositionMeta | None = None, logits_to_keep: int = 0, prompt_len: int = 0,
+                logits_mask: torch.Tensor | None = None) -> PolicyOutput:
         """`positions`: the batch's layout (`PositionMeta`), needed by hook-based adapters.
         `logits_to_keep`: compute logits for the last k positions only (0: all). RL passes T + 1, the
         positions that score response tokens: the LM head and its (B, S, V) output are the largest
         activation, and prompt positions need none (`response_slice` accounts for the dropped ones).
         `prompt_len`: the width P of the left-padded prompts in front of the responses (RL batches, with
-        `logits_to_keep` = S - P + 1); rows with the same prompt then share one prompt pass."""
+        `logits_to_keep` = S - P + 1); rows with the same prompt then share one prompt pass.
+        `logits_mask`: (B, S) bool; logits (N, V) for its N True positions only, in row-major order (SFT:
+        the positions that score a label, `rlft.algos.sft.labelled_positions`), so the LM head and the
+        loss skip prompt and padding positions. Values, if any, still cover all (B, S)."""
+        if logits_mask is not None:
+            return self._forward_selected_logits(input_ids, attention_mask, positions, logits_mask)
         if prompt_len and logits_to_keep == input_ids.shape[1] - prompt_len + 1 and self.prefix_sharing \
                 and self.prefix_sharing_unsupported_reason() is None:
             groups = prompt_groups(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
@@ -128,13 +134,31 @@ class PolicyModel(torch.nn.Module):
             values = self.value_head(hidden).squeeze(-1).float()  # (B, S)
         return PolicyOutput(logits=logits, values=values, embeddings=embeddings)
 
+    def _forward_selected_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                 positions: PositionMeta | None, logits_mask: torch.Tensor) -> PolicyOutput:
+        """Logits (N, V) at the True positions of `logits_mask`: the LM head runs on those hidden states
+        only where the model is `lm_head(decoder(...))` (else the full logits are computed and indexed)."""
+        if not self._is_decoder_plus_head():
+            out = self.forward(input_ids, attention_mask, positions)
+            return out._replace(logits=out.logits[logits_mask])
+        with self.adapter.plan(positions), torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
+            hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                           position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+            hidden = hidden.last_hidden_state
+            logits = self.lm.get_output_embeddings()(hidden[logits_mask])
+        return self._with_heads(logits, hidden)
+
+    def _is_decoder_plus_head(self) -> bool:
+        """The causal LM is `lm_head(decoder(...).last_hidden_state)`: no logit scaling or soft-capping."""
+        return getattr(self.lm.config, "model_type", None) in DECODER_PLUS_HEAD_MODEL_TYPES
+
     def prefix_sharing_unsupported_reason(self) -> str | None:
         """Why rows with the same prompt cannot share one prompt pass here, or None when they can."""
         config = self.lm.config
         if self.head_kind == "carft":
             return "the CARFT head embeds every position, prompt included"
-        if getattr(config, "model_type", None) not in PREFIX_SHARING_MODEL_TYPES:
-            return f"architecture {getattr(config, 'model_type', None)!r} (shared prompts cover {PREFIX_SHARING_MODEL_TYPES})"
+        if not self._is_decoder_plus_head():
+            return f"architecture {getattr(config, 'model_type', None)!r} (shared prompts cover {DECODER_PLUS_HEAD_MODEL_TYPES})"
         if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
             return "sliding-window attention"
         checkpointing = getattr(self.lm, "is_activation_checkpointing", None)  # transformers >= 5.2x's name

@@ -339,3 +339,29 @@ def test_shared_prompts_edit_the_same_tokens_as_the_full_forward(kind, rule, att
     assert full_grads.keys() == shared_grads.keys() and full_grads
     for name in full_grads:
         torch.testing.assert_close(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_sft_logits_at_labelled_positions_equal_the_full_forward(kind, attached):
+    """SFT computes logits at the labelled positions only (`logits_mask`); the adapter's edits and
+    gradients are those of the full forward."""
+    from rlft.algos import sft
+
+    lm, adapter = attached(kind, *RULES["prefix_suffix(2,2),untied"])
+    ids = torch.randint(3, 24, (3, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[2, 7:] = 0
+    prompt_len = torch.tensor([4, 6, 3])
+    labels = sft.build_labels(ids, prompt_len, mask)
+    model = PolicyModel(lm, adapter=adapter).train()
+    results = []
+    for selected in (None, sft.labelled_positions(labels)):
+        out = model(ids, mask, PositionMeta.unpadded_prompt(prompt_len), logits_mask=selected)
+        sft.sft_loss(out.logits, labels)[0].backward()
+        results.append((out.logits.detach(), {n: p.grad.clone() for n, p in adapter.trainable_parameters() if p.grad is not None}))
+        model.zero_grad(set_to_none=True)
+    (full, full_grads), (sel, sel_grads) = results
+    torch.testing.assert_close(sel, full[sft.labelled_positions(labels)], atol=2e-5, rtol=1e-4)
+    assert full_grads.keys() == sel_grads.keys() and full_grads
+    for name in full_grads:
+        torch.testing.assert_close(sel_grads[name], full_grads[name], atol=1e-5, rtol=1e-3, msg=name)

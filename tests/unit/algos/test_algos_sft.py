@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -69,3 +70,30 @@ def test_sft_loss_shards_average_to_global() -> None:
     n = (labels[:, 1:] != -100).sum()
     shards = [sft.sft_loss(logits[i : i + 2], labels[i : i + 2], num_tokens=n / 2)[0] for i in (0, 2)]
     close((shards[0] + shards[1]) / 2, full)
+
+
+def test_labelled_positions_are_the_positions_before_each_label() -> None:
+    labels = torch.tensor([[-100, -100, 3, 4], [-100, 1, 2, -100]])
+    # position p scores labels[p + 1]; the last position scores nothing
+    assert sft.labelled_positions(labels).tolist() == [[False, True, True, False], [True, True, False, False]]
+
+
+def test_sft_loss_on_the_labelled_positions_only_equals_the_full_logits() -> None:
+    """(N, V) logits of the N labelled positions (what `PolicyModel(..., logits_mask=...)` returns) give the
+    same loss, accuracy and gradient as the (B, S, V) logits; a row count that does not match is an error."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 6, 9, generator=g, requires_grad=True)
+    labels = torch.randint(0, 9, (3, 6), generator=g)
+    labels[:, :2] = -100
+    labels[1, 3:] = -100
+    full_loss, full_m = sft.sft_loss(logits, labels)
+    (full_grad,) = torch.autograd.grad(full_loss, logits)
+    selected = logits[sft.labelled_positions(labels)]  # (N, V), row-major
+    assert selected.shape == (int((labels[:, 1:] != -100).sum()), 9)
+    loss, m = sft.sft_loss(selected, labels)
+    (grad,) = torch.autograd.grad(loss, logits)
+    close(loss.detach(), full_loss.detach())
+    close(m["sft/token_acc"], full_m["sft/token_acc"])
+    torch.testing.assert_close(grad, full_grad)
+    with pytest.raises(ValueError, match="logit rows"):
+        sft.sft_loss(selected[1:], labels)

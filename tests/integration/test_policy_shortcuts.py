@@ -1,5 +1,8 @@
-"""Shared prompts (`PolicyModel.forward(..., prompt_len=P)`): rows with the same prompt run one prompt pass
-whose KV cache is copied to them; logits, values and gradients must equal the full forward's."""
+"""The policy forward's two shortcuts must equal the full forward (logits, values, gradients):
+
+- shared prompts (`PolicyModel.forward(..., prompt_len=P)`): rows with the same prompt run one prompt pass
+  whose KV cache is copied to them (RL);
+- selected logits (`logits_mask=`): the LM head runs on the positions that score a label only (SFT)."""
 
 import contextlib
 
@@ -156,3 +159,47 @@ def test_learner_passes_share_prompts_and_match_unshared(monkeypatch):
         results.append((logprobs, values, after))
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "gpt2"])
+def test_selected_logits_equal_the_full_logits_at_those_positions(name):
+    """SFT's `logits_mask`: the LM head on the labelled positions only (gpt2: full logits, then indexed)
+    gives the full forward's logits there, and the same gradients through `sft_loss`."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlft.algos import sft
+
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2)).eval() if name == "gpt2" else build(name)
+    model = PolicyModel(lm)
+    assert model._is_decoder_plus_head() is (name != "gpt2")
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 97, (3, 9), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # right padding (SFT rows)
+    labels = sft.build_labels(ids, torch.tensor([3, 4, 2]), mask)
+    positions = PositionMeta.unpadded_prompt(torch.tensor([3, 4, 2]))
+    grads = []
+    for selected in (False, True):
+        model.zero_grad()
+        out = model(ids, mask, positions, logits_mask=sft.labelled_positions(labels) if selected else None)
+        loss, _ = sft.sft_loss(out.logits, labels)
+        loss.backward()
+        grads.append((out.logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    (full, full_grads), (sel, sel_grads) = grads
+    torch.testing.assert_close(sel, full[sft.labelled_positions(labels)], atol=2e-5, rtol=1e-4)
+    assert full_grads.keys() == sel_grads.keys()
+    for key in full_grads:
+        torch.testing.assert_close(sel_grads[key], full_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_sft_batches_compute_logits_at_labelled_positions_only():
+    from rlft.algos import sft
+
+    model = PolicyModel(build("llama"))
+    learner = TorchLearner(model, lr=1e-3)
+    ids = torch.randint(3, 97, (2, 8), generator=torch.Generator().manual_seed(4))
+    mb = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "prompt_len": torch.tensor([3, 5])}
+    mb["labels"] = sft.build_labels(ids, mb["prompt_len"])
+    shapes = []
+    learner.train_step([mb], lambda out, batch: (shapes.append(out.logits.shape) or sft.sft_loss(out.logits, batch["labels"])[0], {}))
+    assert shapes == [(5 + 3, 97)]  # labels at positions 3-7 and 5-7, scored from the positions before them
