@@ -29,13 +29,16 @@ LR = 1e-3
 
 
 def make_batch(vocab: int, seed: int = 0) -> list[dict]:
-    """4 micro-batches of 2 sequences: left-padded prompts, right-padded responses."""
+    """4 micro-batches of 2 sequences: left-padded prompts, right-padded responses. In the last two both
+    rows have the same prompt, so the learners run it once for both (`PolicyModel`'s shared prompts)."""
     g = torch.Generator().manual_seed(seed)
     mbs = []
-    for _ in range(4):
+    for i in range(4):
         prompt = torch.randint(3, vocab, (2, 5), generator=g)
         prompt_mask = torch.ones(2, 5, dtype=torch.long)
         prompt_mask[0, :2] = 0
+        if i >= 2:
+            prompt[1], prompt_mask[1] = prompt[0], prompt_mask[0]
         response = torch.randint(3, vocab, (2, 4), generator=g)
         response_mask = torch.ones(2, 4, dtype=torch.long)
         response_mask[1, 3] = 0
