@@ -698,7 +698,9 @@ def ceilings_fractions(args, s: dict, ceilings: dict) -> str:
     facts = ceilings["facts"]
     lines = [ceilings_markdown(ceilings),
              ("Fractions of the ceilings (train: 6 x N x (prompt + completion tokens) per iteration / train seconds, "
-              f"N = {facts['params']:,} policy parameters, mean prompt {facts['prompt_len']:.0f} tokens; TRL's PPO "
+              f"N = {facts['params']:,} policy parameters, mean prompt {facts['prompt_len']:.0f} tokens, counting "
+              "the tokens each side computes: rlft-grpo runs each prompt once for its G samples (shared prompts), "
+              "so P x prompt + P x G x completion, the others every row's prompt; TRL's PPO "
               "also trains a value model of the same size, not counted; rollout: completion tokens/s against the "
               "memory-bandwidth bound of batched decoding, `ceilings.decode_bound_tokens_per_s`):"),
              "",
@@ -707,7 +709,8 @@ def ceilings_fractions(args, s: dict, ceilings: dict) -> str:
     for name, x in s.items():
         p, g = geometry(name, args)
         rows = p * g
-        tokens = rows * (facts["prompt_len"] + x["completion_len"])
+        shared = name.startswith("rlft") and g > 1 and "ppo.prefix_sharing=false" not in args.rlft_set
+        tokens = (p if shared else rows) * facts["prompt_len"] + rows * x["completion_len"]
         flops = 6 * facts["params"] * tokens / x["train"] if x["train"] else 0.0
         rollout_tps = rows * x["completion_len"] / x["rollout"] if x["rollout"] else 0.0
         bound = decode_bound_tokens_per_s(facts["model"], rows, facts["prompt_len"], x["completion_len"],
