@@ -61,7 +61,7 @@ $(BENCH_VENV)/.installed: setup.cfg pyproject.toml
 
 bench-venv: $(BENCH_VENV)/.installed
 
-# Every benchmark of docs/benchmarks.md, by hand, on an otherwise idle machine (~40 min on 2 CPU cores).
+# Every benchmark of docs/benchmarks.md, by hand, on an otherwise idle machine (~11 min on 2 CPU cores, measured).
 # Each writes its markdown table (command, machine, date, ceilings) to docs/benchmarks_<name>.md; the curated
 # tables and what they mean are in docs/benchmarks.md. ReFT vs SFT (hours) is not in here: see its docstring.
 $(VENV)/.bench-installed: $(VENV)/.test-installed
