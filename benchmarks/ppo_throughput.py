@@ -695,7 +695,10 @@ def model_facts(model_dir: Path, args) -> dict:
 
 def ceilings_fractions(args, s: dict, ceilings: dict) -> str:
     """Each run's train phase as model FLOPs utilisation, its rollout against the bandwidth bound."""
+    from rlft.config import load_config
+
     facts = ceilings["facts"]
+    sharing = load_config(None, list(args.rlft_set)).ppo.prefix_sharing  # rlft's runs, with --rlft-set applied
     lines = [ceilings_markdown(ceilings),
              ("Fractions of the ceilings (train: 6 x N x (prompt + completion tokens) per iteration / train seconds, "
               f"N = {facts['params']:,} policy parameters, mean prompt {facts['prompt_len']:.0f} tokens, counting "
@@ -709,7 +712,7 @@ def ceilings_fractions(args, s: dict, ceilings: dict) -> str:
     for name, x in s.items():
         p, g = geometry(name, args)
         rows = p * g
-        shared = name.startswith("rlft") and g > 1 and "ppo.prefix_sharing=false" not in args.rlft_set
+        shared = name.startswith("rlft") and g > 1 and sharing
         tokens = (p if shared else rows) * facts["prompt_len"] + rows * x["completion_len"]
         flops = 6 * facts["params"] * tokens / x["train"] if x["train"] else 0.0
         rollout_tps = rows * x["completion_len"] / x["rollout"] if x["rollout"] else 0.0

@@ -202,10 +202,11 @@ class PPOConfig:
     """Sequences per forward/backward; gradients are accumulated to the minibatch."""
     prefix_sharing: bool = True
     """Forward each distinct prompt of a micro-batch once and run its samples' responses on a copy of its KV
-    cache (learner and reference passes; Llama, Mistral, Qwen2, Qwen3 without CARFT or gradient
-    checkpointing, `rlft/models/value_head.py`). Same result to float rounding; GRPO's n samples per prompt
-    cost (n-1)/n less prompt compute. Micro-batches are cut from each shuffled minibatch in rollout order,
-    so a prompt's samples sit together. false: every row runs its own prompt."""
+    cache (learner and reference passes; Llama, Mistral and Qwen2 without a sliding window, Qwen3; not with
+    CARFT or gradient checkpointing; `rlft/models/value_head.py`). Same result to float rounding; GRPO's n
+    samples per prompt cost (n-1)/n less prompt compute. Micro-batches are then cut from each shuffled
+    minibatch in rollout order, so a prompt's samples sit together (the minibatch, and with it the gradient,
+    is the same). false: every row runs its own prompt, micro-batches in shuffled order."""
     clip_eps: float = 0.2
     """PPO ratio clip (ReFT: 0.2)."""
     clip_eps_high: float | None = None

@@ -62,24 +62,30 @@ def sft_loss(
         num_tokens: the normaliser N; default this shard's labelled-token count (at least 1). Under data
             parallelism pass global count / (ranks × accumulation steps), as in `ppo.aggregate`.
         chunk_size: rows per chunk for the log-prob computation (memory bound; see
-            `ppo.logprobs_from_logits`).
+            `ppo.logprobs_from_logits`): rows of B for (B, S, V) logits, positions for (N, V).
     Returns:
         loss (0 when nothing is labelled) and metrics `sft/n_tokens`, `sft/token_acc`.
     """
-    valid = labels[:, 1:] != ignore_index  # (B, S-1)
-    targets = labels[:, 1:][valid]  # (N,)
-    if logits.dim() == 3:  # every position: keep the N that score a label
-        logits = logits[:, :-1][valid]
-    elif logits.shape[0] != targets.shape[0]:
-        raise ValueError(f"sft_loss: {logits.shape[0]} logit rows for {targets.shape[0]} labelled positions")
-    logprobs = ppo.logprobs_from_logits(logits, targets, chunk_size=chunk_size)  # (N,)
-    nll_sum = -logprobs.sum()
+    shift_labels = labels[:, 1:]  # (B, S-1)
+    valid = shift_labels != ignore_index
     n = valid.sum()
+    if logits.dim() == 3:  # every position (no copy of the labelled ones: mask after the log-probs)
+        shift_logits = logits[:, :-1]  # (B, S-1, V)
+        safe_labels = torch.where(valid, shift_labels, 0)  # gather needs an in-range id everywhere
+        logprobs = ppo.logprobs_from_logits(shift_logits, safe_labels, chunk_size=chunk_size)  # (B, S-1)
+        nll_sum = torch.where(valid, -logprobs, 0.0).sum()
+        with torch.no_grad():
+            correct = (shift_logits.argmax(dim=-1) == shift_labels).float()
+            token_acc = ppo.masked_mean(correct, valid)
+    else:  # the N labelled positions only, in row-major order
+        targets = shift_labels[valid]  # (N,)
+        if logits.shape[0] != targets.shape[0]:
+            raise ValueError(f"sft_loss: {logits.shape[0]} logit rows for {targets.shape[0]} labelled positions")
+        nll_sum = -ppo.logprobs_from_logits(logits, targets, chunk_size=chunk_size).sum()
+        with torch.no_grad():
+            token_acc = (logits.argmax(dim=-1) == targets).float().sum() / max(1, targets.numel())
     loss = nll_sum / (n.clamp(min=1).to(nll_sum.dtype) if num_tokens is None else num_tokens)
-    with torch.no_grad():
-        correct = (logits.argmax(dim=-1) == targets).float()
-        metrics = {"sft/n_tokens": n.float(), "sft/token_acc": correct.sum() / max(1, correct.numel())}
-    return loss, metrics
+    return loss, {"sft/n_tokens": n.float(), "sft/token_acc": token_acc}
 
 
 def labelled_positions(labels: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:

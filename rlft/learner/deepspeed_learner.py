@@ -60,6 +60,18 @@ def build_engine_config(base: dict, *, lr: float, weight_decay: float, max_grad_
     return cfg
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is True on any (a collective: every rank must call it)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def collective_device() -> torch.device:
+    """Where a small tensor for a collective must live: NCCL takes CUDA tensors only, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 class DeepSpeedLearner:
     """One rank; `torch.distributed` must already be initialised (the Ray learner group does it)."""
 
@@ -80,6 +92,7 @@ class DeepSpeedLearner:
         self.rank = dist.get_rank()
         self.train_mode = train_mode
         self.model = model  # the PolicyModel (DeepSpeed wraps it; its parameters may be partitioned)
+        model.agree_across_ranks = any_rank  # shared prompts: the same module calls on every rank
         config = build_engine_config(ds_config, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
                                      world_size=self.world_size)
         self.zero_stage = config.get("zero_optimization", {}).get("stage", 0)
@@ -106,9 +119,7 @@ class DeepSpeedLearner:
             keep = response_logits_to_keep(mb)
             output = self.engine(mb["input_ids"], mb["attention_mask"], None, keep, mb["prompt_ids"].shape[1] if keep else 0)
             loss, metrics = loss_fn(output, mb)
-            flag = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank must agree before its backward
-            bad = bad or bool(flag.item())
+            bad = any_rank(bad or not bool(torch.isfinite(loss.detach())))  # all ranks agree before backward
             if bad:  # keep the collectives of ZeRO's backward in step across ranks, with zero gradient
                 loss = output.logits.float().sum() * 0.0 + (0.0 if output.values is None else output.values.sum() * 0.0)
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)

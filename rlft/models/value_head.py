@@ -4,8 +4,10 @@ ReFT's critic (spec §5) is `Linear(hidden, 1)` on the policy's last hidden stat
 backbone (trl's `AutoModelForCausalLMWithValueHead`), randomly initialised. The head's dropout is off in
 the reference (every forward runs in eval mode), so there is none here.
 
-`PolicyModel.forward` returns logits (B, S, V) and values (B, S) over the whole sequence, or over the
-last `logits_to_keep` positions; the loop slices response coordinates with `response_slice`.
+`PolicyModel.forward` returns logits (B, S, V) and values (B, S) over the whole sequence; with
+`logits_to_keep` the logits cover the last positions only, and the shared-prompt path below returns the
+T + 1 response-scoring positions of both. The loop slices response coordinates with `response_slice`,
+which takes any of these widths.
 
 Shared prompts: GRPO samples n responses per prompt, so a batch holds each prompt n times. Given the
 prompt width, `forward` runs each distinct prompt once, copies its KV cache to the prompt's rows and runs
@@ -13,7 +15,10 @@ the responses on top (`prefix_sharing_unsupported_reason` lists when it falls ba
 computation as the full forward (the cache holds exactly the keys and values the full forward computes;
 gradients of the copies sum back into the one prompt pass), minus (n-1)/n of the prompt's FLOPs in the
 no-grad passes and in the train step's forward and backward. Measured: tiny model, 8 prompts x 4
-samples, prompt 55 + response 64 tokens: train forward+backward 0.41 -> 0.30 s.
+samples, prompt 55 + response 64 tokens: train forward+backward 0.41 -> 0.30 s. Under data parallelism
+every rank must make the same module calls (ZeRO gathers parameters per call): a sharded learner sets
+`agree_across_ranks`, and when any rank shares, all take the two-pass path. (With dropout on, a prompt's
+copies share one dropout mask; rlft's RL forwards run in eval mode.)
 
 The policy trains through an adapter (`rlft/adapters/`, `adapter.kind`): `full` (every weight, the
 default), LoRA, or hook-based hidden-state interventions. The value head always trains beside it.
@@ -27,6 +32,7 @@ beside them; `load_weights(dir)` restores both exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,8 +49,8 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 class PolicyOutput(NamedTuple):
     """A named tuple, not a dataclass: ZeRO-3 must see the output tensors to hook their backward."""
 
-    logits: torch.Tensor  # (B, S, V)
-    values: torch.Tensor | None  # (B, S), or None without a value head
+    logits: torch.Tensor  # (B, S, V); (B, k, V) with logits_to_keep=k; (N, V) with logits_mask
+    values: torch.Tensor | None  # (B, S); (B, T + 1) from the shared-prompt path; None without a value head
     embeddings: torch.Tensor | None = None  # (B, S, D) CARFT token embeddings, or None
 
 
@@ -68,6 +74,8 @@ class PolicyModel(torch.nn.Module):
         super().__init__()
         self.lm = lm
         self.prefix_sharing = prefix_sharing  # config: ppo.prefix_sharing
+        # Set by sharded learners (DeepSpeed): (this rank shares?) -> (does any rank share?), a collective.
+        self.agree_across_ranks: Callable[[bool], bool] | None = None
         if adapter is None:
             adapter = FullFinetune()
             adapter.attach(lm)
@@ -116,6 +124,9 @@ class PolicyModel(torch.nn.Module):
         if prompt_len and logits_to_keep == input_ids.shape[1] - prompt_len + 1 and self.prefix_sharing \
                 and self.prefix_sharing_unsupported_reason() is None:
             groups = prompt_groups(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
+            if self.agree_across_ranks is not None and self.agree_across_ranks(groups is not None) and groups is None:
+                rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+                groups = (rows, rows)  # another rank shares: the same module calls here, each row its own prompt
             if groups is not None:
                 return self._forward_shared_prompts(input_ids, attention_mask, positions, prompt_len, *groups)
         kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
@@ -161,12 +172,14 @@ class PolicyModel(torch.nn.Module):
             return f"architecture {getattr(config, 'model_type', None)!r} (shared prompts cover {DECODER_PLUS_HEAD_MODEL_TYPES})"
         if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
             return "sliding-window attention"
-        checkpointing = getattr(self.lm, "is_activation_checkpointing", None)  # transformers >= 5.2x's name
-        if checkpointing is None:
-            checkpointing = getattr(self.lm, "is_gradient_checkpointing", False)
-        if checkpointing and self.training:
+        if self.training and self._checkpointing():
             return "gradient checkpointing (HF turns the KV cache off under it)"
         return None
+
+    def _checkpointing(self) -> bool:
+        """HF's activation (gradient) checkpointing flag; it walks every module, so only asked in training."""
+        flag = getattr(self.lm, "is_activation_checkpointing", None)  # transformers >= 5.2x's name
+        return bool(getattr(self.lm, "is_gradient_checkpointing", False) if flag is None else flag)
 
     def _forward_shared_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                 positions: PositionMeta | None, prompt_len: int, first: torch.Tensor,

@@ -120,16 +120,17 @@ def compute_advantages(cfg: Config, data: dict, kl_coef: float) -> dict:
 GLOBAL_METRICS = ("policy/loss", "value/loss", "kl/loss")
 
 
-def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, part: str):
+def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, part: str, num_tokens: float | None = None):
     """Step 5's loss on one learner. `part`:
     - "policy": PPO-clip policy loss [+ CARFT's L_cl] [+ beta * KL in the loss] (the policy, separate critic);
     - "value":  vf_coef * value loss (a separate critic, or the shared head during value warm-up);
     - "both":   their sum, for a value head on the policy's backbone (or none: critic-free algos).
 
-    Normalised by the minibatch's global sequence count (the learner sums micro-batches), and metrics are
-    weighted by each micro-batch's share, so micro-batching does not change either.
+    Normalised by the minibatch's global sequence count, or for `loss_agg=token-mean` its response-token
+    count `num_tokens` (the learner sums micro-batches), and metrics are weighted by each micro-batch's
+    share, so micro-batching does not change either.
     """
-    agg = dict(agg=cfg.ppo.loss_agg, num_seqs=num_seqs, max_len=cfg.rollout.max_new_tokens)
+    agg = dict(agg=cfg.ppo.loss_agg, num_seqs=num_seqs, num_tokens=num_tokens, max_len=cfg.rollout.max_new_tokens)
 
     def loss_fn(output, mb):
         P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
@@ -149,7 +150,8 @@ def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, part: str):
                 metrics.update(cl_metrics)
             if cfg.kl.placement == "loss" and "ref_logprobs" in mb:
                 kl_loss = ppo.aggregate(kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind=cfg.kl.estimator),
-                                        mask, mode=cfg.ppo.loss_agg, num_seqs=num_seqs, max_len=cfg.rollout.max_new_tokens)
+                                        mask, mode=cfg.ppo.loss_agg, num_seqs=num_seqs, num_tokens=num_tokens,
+                                        max_len=cfg.rollout.max_new_tokens)
                 loss = loss + kl_coef * kl_loss
                 metrics["kl/loss"] = kl_loss.detach()
                 if "old_logprobs" not in mb:  # no pre-update pass computed the KL metrics: take them here
@@ -206,16 +208,20 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
     for _ in range(cfg.ppo.ppo_epochs):
         order = torch.randperm(B, generator=generator)
         for start in range(0, B, per_mb):
-            # The minibatch is random; its micro-batches follow rollout order, so a prompt's samples share
-            # a micro-batch and its prompt pass (ppo.prefix_sharing). The sum of their gradients is the same.
-            idx = order[start:start + per_mb].sort().values
+            idx = order[start:start + per_mb]
+            if cfg.ppo.prefix_sharing and cfg.algo != "carft":
+                # The minibatch stays random; its micro-batches follow rollout order, so a prompt's samples
+                # share a micro-batch and one prompt pass. Losses are normalised by minibatch totals, so the
+                # gradient is the same. (CARFT contrasts a micro-batch's rows: its batches stay shuffled.)
+                idx = idx.sort().values
             mbs = []
             for m in range(0, len(idx), micro):
                 mb = {k: data[k][idx[m:m + micro]] for k in keys}
                 mb["input_ids"], mb["attention_mask"] = sequence_batch(mb)
                 mbs.append(mb)
             for learner, part in steps:
-                step = learner.train_step(mbs, make_loss_fn(cfg, num_seqs=len(idx), kl_coef=kl_coef, part=part))
+                step = learner.train_step(mbs, make_loss_fn(cfg, num_seqs=len(idx), kl_coef=kl_coef, part=part,
+                                                            num_tokens=float(data["response_mask"][idx].sum())))
                 count_skipped(state, step, cfg.ppo.max_consecutive_skipped_steps)
                 if learner is roles.critic:
                     step = {k.replace("train/", "critic/", 1): v for k, v in step.items()}

@@ -14,6 +14,7 @@ gradient is of the order of eps, that becomes a visible change of that entry's u
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -29,15 +30,17 @@ LR = 1e-3
 
 
 def make_batch(vocab: int, seed: int = 0) -> list[dict]:
-    """4 micro-batches of 2 sequences: left-padded prompts, right-padded responses. In the last two both
-    rows have the same prompt, so the learners run it once for both (`PolicyModel`'s shared prompts)."""
+    """4 micro-batches of 2 sequences: left-padded prompts, right-padded responses. In micro-batch 2 both
+    rows have the same prompt, so the learners run it once for both (`PolicyModel`'s shared prompts): with
+    two ranks, rank 0 (micro-batches 0, 2) shares and rank 1 (1, 3) has nothing to share, and both must
+    still make the same module calls (ZeRO-3 gathers parameters per call)."""
     g = torch.Generator().manual_seed(seed)
     mbs = []
     for i in range(4):
         prompt = torch.randint(3, vocab, (2, 5), generator=g)
         prompt_mask = torch.ones(2, 5, dtype=torch.long)
         prompt_mask[0, :2] = 0
-        if i >= 2:
+        if i == 2:
             prompt[1], prompt_mask[1] = prompt[0], prompt_mask[0]
         response = torch.randint(3, vocab, (2, 4), generator=g)
         response_mask = torch.ones(2, 4, dtype=torch.long)
@@ -76,7 +79,10 @@ def _rank_main(rank: int, world: int, port: int, stage: int, model_path: str, ou
     from rlft.learner.deepspeed_learner import DeepSpeedLearner
 
     model = build_model(model_path)
-    learner = DeepSpeedLearner(model, ds_config={"zero_optimization": {"stage": stage}}, lr=LR, max_grad_norm=1.0,
+    # persistence threshold 0: ZeRO-3 gathers every parameter at each module call (the tiny model's are all
+    # below the default 1e5 elements, which would keep them gathered and hide a mismatch in calls)
+    zero = {"stage": stage, **({"stage3_param_persistence_threshold": 0} if stage == 3 else {})}
+    learner = DeepSpeedLearner(model, ds_config={"zero_optimization": zero}, lr=LR, max_grad_norm=1.0,
                                total_steps=10, schedule="constant", train_mode=False)
     mbs = make_batch(model.config.vocab_size)
     metrics = learner.train_step(mbs[rank::world], loss_fn)
@@ -104,7 +110,14 @@ def test_first_step_matches_torch_learner(warm_model, tmp_path, stage):
     expected = reference.train_step(make_batch(model.config.vocab_size), loss_fn)
 
     out = str(tmp_path / "rank0.pt")
-    mp.start_processes(_rank_main, args=(2, free_port(), stage, model_path, out), nprocs=2, start_method="spawn")
+    ranks = mp.start_processes(_rank_main, args=(2, free_port(), stage, model_path, out), nprocs=2,
+                               start_method="spawn", join=False)
+    deadline = time.monotonic() + 240  # ~20 s when it works; ranks whose collectives do not match hang
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"ZeRO-{stage}: the ranks did not finish in 240 s (mismatched collectives hang them)")
     got = torch.load(out, weights_only=False)
 
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)

@@ -11,6 +11,7 @@ import torch
 from test_llama_step import ARCHITECTURES, build
 
 from rlft.adapters.positions import PositionMeta
+from rlft.algos.ppo import logprobs_from_logits
 from rlft.learner.torch_learner import TorchLearner, response_logprobs_and_values
 from rlft.models.value_head import PolicyModel, prompt_groups, response_slice
 
@@ -150,7 +151,8 @@ def test_learner_passes_share_prompts_and_match_unshared(monkeypatch):
 
             def loss_fn(output, mb):
                 P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
-                lp = response_slice(output.logits, P, T).log_softmax(-1).amax(-1)
+                # a smooth loss: with amax, a near-tie flipped by rounding would change the gradient
+                lp = logprobs_from_logits(response_slice(output.logits, P, T), mb["response_ids"])
                 return -(lp * mb["response_mask"]).sum() + response_slice(output.values, P, T).pow(2).sum(), {}
 
             learner.train_step(mbs, loss_fn)
@@ -203,3 +205,17 @@ def test_sft_batches_compute_logits_at_labelled_positions_only():
     shapes = []
     learner.train_step([mb], lambda out, batch: (shapes.append(out.logits.shape) or sft.sft_loss(out.logits, batch["labels"])[0], {}))
     assert shapes == [(5 + 3, 97)]  # labels at positions 3-7 and 5-7, scored from the positions before them
+
+
+def test_a_rank_without_repeated_prompts_follows_the_ranks_that_share():
+    """Sharded learners agree on the path (`agree_across_ranks`): when another rank shares, a micro-batch of
+    distinct prompts runs the two-pass forward too (each row its own prompt), with the full forward's result."""
+    batch = {k: v[:3] for k, v in grouped_batch(97).items()}  # three distinct prompts
+    model = PolicyModel(build("llama"), value_head="linear")
+    asked = []
+    model.agree_across_ranks = lambda flag: asked.append(flag) or True  # "another rank shares"
+    (full_logits, full_values), (shared_logits, shared_values) = forward_pair(model, batch)
+    assert asked == [False]  # this rank had nothing to share, and asked
+    mask = batch["response_mask"]
+    torch.testing.assert_close(shared_logits * mask[..., None], full_logits * mask[..., None], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(shared_values * mask, full_values * mask, atol=2e-5, rtol=1e-4)

@@ -146,10 +146,12 @@ def test_carft_with_zero_cl_coef_equals_reft_with_the_same_head(tmp_path, warm_m
     """cl_coef = 0 and the flat partial reward: CARFT's updates are exactly ReFT's (same 64-d head)."""
     import rlft.dist.local as local
 
-    run_ppo(_cfg(tmp_path / "carft", warm_model, "algo=carft", "carft.cl_coef=0", "ppo.iterations=2"))
+    # Neither run shares prompts (CARFT's head cannot; off for the reference's too), so both take the same paths
+    run_ppo(_cfg(tmp_path / "carft", warm_model, "algo=carft", "carft.cl_coef=0", "ppo.iterations=2",
+                 "ppo.prefix_sharing=false"))
     real = local.PolicyModel
     monkeypatch.setattr(local, "PolicyModel", lambda lm, value_head=None, **kw: real(lm, value_head=value_head and "carft", **kw))
-    run_ppo(_cfg(tmp_path / "reft", warm_model, "algo=reft", "ppo.iterations=2"))
+    run_ppo(_cfg(tmp_path / "reft", warm_model, "algo=reft", "ppo.iterations=2", "ppo.prefix_sharing=false"))
     a, b = _weights(tmp_path / "carft", 2), _weights(tmp_path / "reft", 2)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(tmp_path / "carft")[-1]["carft/n_positive"] >= 0  # the contrastive path did run
@@ -343,5 +345,43 @@ def test_grpo_shares_each_prompt_pass_among_its_samples(tmp_path, warm_model, mo
         assert calls == (["shared"] if flag == "true" else ["full"]) * 8
         first_rows.append(_metrics(run_dir)[0])
     shared_row, full_row = first_rows
-    for key in ("train/grad_norm", "policy/loss", "kl/loss", "kl/mean", "policy/ratio_mean", "policy/entropy"):
+    # (metrics that are means over each micro-batch's tokens depend on which rows share a micro-batch: the
+    # unshared run's micro-batches are in shuffled order, so only minibatch-level ones are compared)
+    for key in ("train/grad_norm", "policy/loss", "kl/loss", "kl/mean", "kl/k1_mean"):
         assert shared_row[key] == pytest.approx(full_row[key], rel=1e-4, abs=1e-6), key
+
+
+def test_token_mean_loss_does_not_depend_on_micro_batching(warm_model):
+    """`ppo.loss_agg=token-mean` normalises by the minibatch's response tokens, so splitting it into
+    micro-batches of uneven token counts (or regrouping rows, as shared prompts do) gives the same loss."""
+    from rlft.trainers.ppo import make_loss_fn
+
+    cfg = load_config(None, [f"model.path={warm_model}", "algo=grpo", "rollout.samples_per_prompt=2", "ppo.loss_agg=token-mean",
+                             "kl.placement=loss", "kl.estimator=k3"])
+    lm, _ = load_policy(warm_model)
+    model = PolicyModel(lm).eval()
+    gen = torch.Generator().manual_seed(0)
+    B, P, T = 4, 5, 6
+    batch = {"prompt_ids": torch.randint(3, lm.config.vocab_size, (B, P), generator=gen),
+             "prompt_mask": torch.ones(B, P, dtype=torch.long),
+             "response_ids": torch.randint(3, lm.config.vocab_size, (B, T), generator=gen),
+             "response_mask": torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 5 + [0], [1] + [0] * 5]),
+             "advantages": torch.randn(B, T, generator=gen), "ref_logprobs": -torch.rand(B, T, generator=gen) * 3}
+    batch["old_logprobs"] = batch["ref_logprobs"] + 0.1
+
+    def total_loss(splits, num_tokens):
+        loss_fn = make_loss_fn(cfg, num_seqs=B, kl_coef=0.1, part="policy", num_tokens=num_tokens)
+        total = 0.0
+        for rows in splits:
+            mb = {k: v[rows] for k, v in batch.items()}
+            ids, mask = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1), torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
+            with torch.no_grad():
+                total += float(loss_fn(model(ids, mask, None, T + 1, P), mb)[0])
+        return total
+
+    n_tokens = float(batch["response_mask"].sum())
+    whole = total_loss([[0, 1, 2, 3]], n_tokens)
+    assert total_loss([[0], [1, 2, 3]], n_tokens) == pytest.approx(whole, rel=1e-5)
+    assert total_loss([[0, 3], [2, 1]], n_tokens) == pytest.approx(whole, rel=1e-5)
+    # the failing control: each micro-batch's own token count (what the loss used before) gives another loss
+    assert total_loss([[0], [1, 2, 3]], None) != pytest.approx(whole, rel=1e-3)
