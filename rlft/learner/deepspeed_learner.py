@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from rlft.learner.base import LossFn, MicroBatch
-from rlft.learner.torch_learner import lr_lambda, response_logits_to_keep, response_logprobs_and_values
+from rlft.learner.torch_learner import lr_lambda, response_logprobs_and_values, rl_forward_sizes
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -92,7 +92,8 @@ class DeepSpeedLearner:
         self.rank = dist.get_rank()
         self.train_mode = train_mode
         self.model = model  # the PolicyModel (DeepSpeed wraps it; its parameters may be partitioned)
-        model.agree_across_ranks = any_rank  # shared prompts: the same module calls on every rank
+        if self.world_size > 1:  # shared prompts: the same module calls on every rank
+            model.agree_across_ranks = any_rank
         config = build_engine_config(ds_config, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
                                      world_size=self.world_size)
         self.zero_stage = config.get("zero_optimization", {}).get("stage", 0)
@@ -116,8 +117,7 @@ class DeepSpeedLearner:
         totals: dict[str, float] = {}
         bad = False
         for mb in micro_batches:
-            keep = response_logits_to_keep(mb)
-            output = self.engine(mb["input_ids"], mb["attention_mask"], None, keep, mb["prompt_ids"].shape[1] if keep else 0)
+            output = self.engine(mb["input_ids"], mb["attention_mask"], None, *rl_forward_sizes(mb))
             loss, metrics = loss_fn(output, mb)
             bad = any_rank(bad or not bool(torch.isfinite(loss.detach())))  # all ranks agree before backward
             if bad:  # keep the collectives of ZeRO's backward in step across ranks, with zero gradient

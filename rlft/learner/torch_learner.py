@@ -64,9 +64,9 @@ class TorchLearner:
         if "labels" in micro_batch:
             return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch),
                               logits_mask=labelled_positions(micro_batch["labels"]))
-        keep = response_logits_to_keep(micro_batch)
+        keep, prompt_len = rl_forward_sizes(micro_batch)
         return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch),
-                          logits_to_keep=keep, prompt_len=micro_batch["prompt_ids"].shape[1] if keep else 0)
+                          logits_to_keep=keep, prompt_len=prompt_len)
 
     @torch.inference_mode()
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -141,11 +141,12 @@ def fused_adamw_supported(groups: list[dict]) -> bool:
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
 
 
-def response_logits_to_keep(batch: MicroBatch) -> int:
-    """T + 1 for an RL batch (prompt + response, no SFT labels), else 0 (all positions)."""
+def rl_forward_sizes(batch: MicroBatch) -> tuple[int, int]:
+    """(logits_to_keep, prompt_len) for `PolicyModel`: (T + 1, P) for an RL batch (prompt + response, no SFT
+    labels), else (0, 0): all positions, no shared prompts."""
     if "response_ids" in batch and "labels" not in batch:
-        return batch["response_ids"].shape[1] + 1
-    return 0
+        return batch["response_ids"].shape[1] + 1, batch["prompt_ids"].shape[1]
+    return 0, 0
 
 
 def response_forward(model: torch.nn.Module, batch: MicroBatch):

@@ -21,6 +21,16 @@ class ModelLoadError(RuntimeError):
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
+# Llama-family causal LMs: `lm_head(model(...).last_hidden_state)` over Llama-style decoder layers, with no
+# logit scaling or soft-capping. rlft's fast paths (the lean decoding step, shared prompts, selected logits)
+# rebuild exactly that and cover these `model_type`s only.
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def uses_sliding_window(config) -> bool:
+    """Sliding-window attention is on (Mistral's `sliding_window`, Qwen2/3's `use_sliding_window`)."""
+    return getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+
 
 def _is_hub_name(path: str) -> bool:
     parts = path.split("/")

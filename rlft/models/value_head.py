@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from rlft.adapters.base import FullFinetune, PolicyAdapter
 from rlft.adapters.positions import PositionMeta
+from rlft.models.policy import LLAMA_FAMILY, uses_sliding_window
 from rlft.rollout.decode import cache_keyword
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -54,9 +55,6 @@ class PolicyOutput(NamedTuple):
     embeddings: torch.Tensor | None = None  # (B, S, D) CARFT token embeddings, or None
 
 
-# Architectures whose causal LM is `lm_head(decoder(...).last_hidden_state)` with a DynamicCache, no logit
-# scaling or soft-capping: the shared-prompt and selected-logits forwards rebuild exactly that.
-DECODER_PLUS_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -161,7 +159,7 @@ class PolicyModel(torch.nn.Module):
 
     def _is_decoder_plus_head(self) -> bool:
         """The causal LM is `lm_head(decoder(...).last_hidden_state)`: no logit scaling or soft-capping."""
-        return getattr(self.lm.config, "model_type", None) in DECODER_PLUS_HEAD_MODEL_TYPES
+        return getattr(self.lm.config, "model_type", None) in LLAMA_FAMILY
 
     def prefix_sharing_unsupported_reason(self) -> str | None:
         """Why rows with the same prompt cannot share one prompt pass here, or None when they can."""
@@ -169,8 +167,8 @@ class PolicyModel(torch.nn.Module):
         if self.head_kind == "carft":
             return "the CARFT head embeds every position, prompt included"
         if not self._is_decoder_plus_head():
-            return f"architecture {getattr(config, 'model_type', None)!r} (shared prompts cover {DECODER_PLUS_HEAD_MODEL_TYPES})"
-        if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+            return f"architecture {getattr(config, 'model_type', None)!r} (shared prompts cover {LLAMA_FAMILY})"
+        if uses_sliding_window(config):
             return "sliding-window attention"
         if self.training and self._checkpointing():
             return "gradient checkpointing (HF turns the KV cache off under it)"

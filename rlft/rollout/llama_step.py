@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+from rlft.models.policy import LLAMA_FAMILY as ARCHITECTURES
+from rlft.models.policy import uses_sliding_window
+
 PACK_MAX_ROWS = 32  # measured: packing pays at 8-32 rows; at 64 rows (compute-bound) F.linear is as fast
 
 
@@ -33,7 +35,7 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in ARCHITECTURES:
         return f"architecture {getattr(config, 'model_type', type(model).__name__)!r} is not one of {ARCHITECTURES}"
-    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+    if uses_sliding_window(config):
         return "sliding-window attention"
     from transformers.activations import ACT2FN
 

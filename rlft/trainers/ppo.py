@@ -219,9 +219,10 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
                 mb = {k: data[k][idx[m:m + micro]] for k in keys}
                 mb["input_ids"], mb["attention_mask"] = sequence_batch(mb)
                 mbs.append(mb)
+            num_tokens = float(data["response_mask"][idx].sum())  # token-mean's normaliser
             for learner, part in steps:
                 step = learner.train_step(mbs, make_loss_fn(cfg, num_seqs=len(idx), kl_coef=kl_coef, part=part,
-                                                            num_tokens=float(data["response_mask"][idx].sum())))
+                                                            num_tokens=num_tokens))
                 count_skipped(state, step, cfg.ppo.max_consecutive_skipped_steps)
                 if learner is roles.critic:
                     step = {k.replace("train/", "critic/", 1): v for k, v in step.items()}
