@@ -9,7 +9,8 @@ Map from the spec's table to calls:
 - Dr. GRPO:               grpo(scores, group_size=G, scale=False), aggregated "seq-mean-token-sum-norm"
 - RLOO:                   rloo(scores, group_size=G)
 - REINFORCE++:            reinforce_pp(scores, response_mask, kl, kl_coef=β)
-- REINFORCE++-baseline:   reinforce_pp(grpo(scores, group_size=G, scale=False), response_mask, kl, kl_coef=β)
+- REINFORCE++-baseline:   reinforce_pp_baseline(scores, response_mask, kl, group_size=G, kl_coef=β)
+- DAPO:                   grpo(scores, group_size=G) plus `dapo.*` (filters and the overlong penalty)
 
 Deviations: GRPO's std is the unbiased group std (as OpenRLHF `group_norm`) with eps = 1e-6 by default
 (OpenRLHF uses 1e-9). G = 1 raises instead of silently giving zero (or NaN) advantages.
@@ -82,7 +83,7 @@ def reinforce_pp(
 
     The whitening statistics are those of the batch passed in. When the batch is sharded, whiten the
     returned `returns` again with `ppo.masked_whiten(returns, mask, mean=..., var=...)` using gathered
-    statistics. For REINFORCE++-baseline pass `grpo(scores, group_size=G, scale=False)` as `scores`.
+    statistics. For REINFORCE++-baseline use `reinforce_pp_baseline`.
 
     Args:
         scores: (B,) terminal scores.
@@ -96,6 +97,41 @@ def reinforce_pp(
     # reward-to-go = GAE with V = 0 and λ = 1
     returns, _ = ppo.gae(rewards, torch.zeros_like(rewards), response_mask, gamma=gamma, lam=1.0)
     return ppo.masked_whiten(returns, response_mask, eps=eps), returns
+
+
+def reinforce_pp_baseline(
+    scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl: torch.Tensor | None = None,
+    *,
+    group_size: int,
+    kl_coef: float | torch.Tensor = 0.0,
+    gamma: float = 1.0,
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++-baseline (Hu 2025; OpenRLHF estimator `reinforce_baseline`): the group mean of the
+    scores is subtracted first, then REINFORCE++ as in `reinforce_pp`.
+
+    Equation: S'_i = S_i − mean_g(S) (`grpo(scale=False)`), r_t = −β·kl_t·m_t + S'·1[t = t_last],
+    G_t = Σ_{s>=t} γ^{s−t} r_s, Â = (G − μ) / sqrt(σ² + eps) over the valid tokens of this batch.
+
+    Same order as OpenRLHF `compute_advantages_and_returns`: the mean is of the scores alone (the KL
+    enters the per-token reward after the shift, so it is not baselined), then token returns, then
+    whitening over the batch. Deviations from OpenRLHF: σ² is unbiased (OpenRLHF divides by N) and eps
+    is added (OpenRLHF clamps σ² at 1e-8); γ is honoured (OpenRLHF forces γ = 1 here); masked entries
+    are 0. verl's `reinforce_plus_plus_baseline` differs more: it baselines score + Σ(−β·kl) and gives
+    every token of a sample the same value. Sharded batches: see `reinforce_pp`.
+
+    Args:
+        scores: (B,) scores, groups of G contiguous; add `dapo.overlong_penalty` here if used.
+        response_mask: (B, T) 0/1 prefix mask.
+        kl: (B, T) per-token KL (k1 of old vs ref), or None.
+        group_size: G >= 2. kl_coef: β. gamma: discount (1 in OpenRLHF). eps: whitening epsilon.
+    Returns:
+        advantages (B, T) whitened, and returns (B, T) raw; both 0 at masked positions.
+    """
+    shifted = grpo(scores, group_size=group_size, scale=False)  # (B,)
+    return reinforce_pp(shifted, response_mask, kl, kl_coef=kl_coef, gamma=gamma, eps=eps)
 
 
 def broadcast_to_tokens(seq_advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

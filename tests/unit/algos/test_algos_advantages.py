@@ -102,3 +102,102 @@ def test_reinforce_pp_sharded_whitening() -> None:
     mean, var = ppo.masked_mean(full_ret, mask), ppo.masked_var(full_ret, mask)
     rewhitened = [ppo.masked_whiten(r, mask[i : i + 2], mean=mean, var=var) for r, i in zip(shards, (0, 2))]
     close(torch.cat(rewhitened), full_adv, atol=1e-6)
+
+
+# ---------------------------------------------------------------- Dr. GRPO (Liu et al. 2025)
+
+
+def _dr_grpo_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # SCORES in one group of 4 with response lengths 1, 2, 3, 2 (T = 3)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 0]])
+    adv = advantages.broadcast_to_tokens(advantages.grpo(SCORES, group_size=4, scale=False), mask)
+    logprobs = torch.full((4, 3), -1.0, requires_grad=True)
+    return logprobs, adv, mask
+
+
+def test_dr_grpo_loss_hand_value() -> None:
+    # Â = [0.475, -0.525, -0.425, 0.475]; ratio 1: loss = -Σ_b Â_b |o_b| / (B · max_len)
+    # = -(0.475·1 - 0.525·2 - 0.425·3 + 0.475·2) / (4 · 4) = 0.9 / 16 = 0.05625
+    logprobs, adv, mask = _dr_grpo_batch()
+    loss, _ = ppo.policy_loss(logprobs, logprobs.detach(), adv, mask, agg="seq-mean-token-sum-norm", max_len=4)
+    close(loss, 0.05625, atol=1e-6)
+
+
+def test_dr_grpo_token_gradient_does_not_depend_on_length() -> None:
+    # Dr. GRPO: ∂loss/∂log π_t = -Â_b / (B · max_len) on every valid token, whatever |o_b|;
+    # GRPO's seq-mean-token-mean gives -Â_b / (B · |o_b|), the length bias Dr. GRPO removes
+    logprobs, adv, mask = _dr_grpo_batch()
+    a = torch.tensor([0.475, -0.525, -0.425, 0.475])[:, None]
+    lengths = mask.sum(-1, keepdim=True).float()
+    loss, _ = ppo.policy_loss(logprobs, logprobs.detach(), adv, mask, agg="seq-mean-token-sum-norm", max_len=4)
+    (grad,) = torch.autograd.grad(loss, logprobs)
+    close(grad, torch.where(mask != 0, -a / 16, 0.0), atol=1e-6)
+    loss, _ = ppo.policy_loss(logprobs, logprobs.detach(), adv, mask, agg="seq-mean-token-mean")
+    (grad,) = torch.autograd.grad(loss, logprobs)
+    close(grad, torch.where(mask != 0, -a / (4 * lengths), 0.0), atol=1e-6)
+
+
+def test_dr_grpo_scales_with_the_score_grpo_does_not() -> None:
+    # no std division: c·S + d gives c·Â (shift-invariant, not scale-invariant); GRPO is both
+    shifted = 3.0 * SCORES - 2.0
+    dr_grpo = advantages.grpo(SCORES, group_size=4, scale=False)
+    close(advantages.grpo(shifted, group_size=4, scale=False), 3.0 * dr_grpo)
+    close(advantages.grpo(shifted, group_size=4), advantages.grpo(SCORES, group_size=4))
+
+
+# ---------------------------------------------------------------- REINFORCE++-baseline (OpenRLHF)
+
+
+def test_reinforce_pp_baseline_hand_values() -> None:
+    # scores [1, 0 | 1, 1], G = 2: shifted S' = [0.5, -0.5, 0, 0]; beta 0.1, r_t = -0.1·kl_t + S'·1[t_last]
+    # row 0: mask [1, 1, 0], kl [1, 2, x]: r = [-0.1, -0.2 + 0.5] -> returns [0.2, 0.3]
+    # row 1: mask [1, 0, 0], kl [0.5, x, x]: r = [-0.05 - 0.5] -> returns [-0.55]
+    # row 2: mask [1, 1, 1], kl [0, 1, 0]: r = [0, -0.1, 0] -> returns [-0.1, -0.1, 0]
+    # row 3: mask [1, 1, 0], kl [0, 0, x]: returns [0, 0]
+    # KL after the shift (OpenRLHF). verl baselines score + Σ(-β·kl) instead: 0.7 vs -0.05, row 0 -> 0.375 everywhere
+    nan = float("nan")
+    scores = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
+    kl = torch.tensor([[1.0, 2.0, nan], [0.5, nan, nan], [0.0, 1.0, 0.0], [0.0, 0.0, nan]])
+    adv, ret = advantages.reinforce_pp_baseline(scores, mask, kl, group_size=2, kl_coef=0.1)
+    close(ret, [[0.2, 0.3, 0.0], [-0.55, 0.0, 0.0], [-0.1, -0.1, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
+    # 8 valid returns, sum -0.25: mean -0.03125; Σx² - 8·mean² = 0.4525 - 0.0078125 = 0.4446875
+    # unbiased var 0.4446875 / 7
+    mu, sd = -0.03125, math.sqrt(0.4446875 / 7)
+    expected = torch.tensor([[0.2, 0.3, 0.0], [-0.55, 0.0, 0.0], [-0.1, -0.1, 0.0], [0.0, 0.0, 0.0]])
+    close(adv, torch.where(mask != 0, (expected - mu) / sd, 0.0), atol=1e-5)
+    close(ppo.masked_mean(adv, mask), 0.0, atol=1e-6)
+    close(ppo.masked_var(adv, mask), 1.0, atol=1e-5)
+
+
+def test_reinforce_pp_baseline_ignores_a_constant_per_group() -> None:
+    # the group mean absorbs any per-group offset, with or without KL
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(6, generator=g)
+    kl = torch.randn(6, 4, generator=g) * 0.1
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    offset = torch.tensor([5.0, -3.0]).repeat_interleave(3)
+    base = advantages.reinforce_pp_baseline(scores, mask, kl, group_size=3, kl_coef=0.05)
+    moved = advantages.reinforce_pp_baseline(scores + offset, mask, kl, group_size=3, kl_coef=0.05)
+    for a, b in zip(base, moved):
+        close(a, b, atol=1e-5)
+    # and it is REINFORCE++ on the mean-shifted scores
+    direct = advantages.reinforce_pp(advantages.grpo(scores, group_size=3, scale=False), mask, kl, kl_coef=0.05)
+    for a, b in zip(base, direct):
+        assert torch.equal(a, b)
+
+
+def test_reinforce_pp_baseline_flat_groups_without_kl_give_zero() -> None:
+    scores = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1], [0, 0]])
+    adv, ret = advantages.reinforce_pp_baseline(scores, mask, group_size=2)
+    assert torch.isfinite(adv).all() and torch.equal(adv, torch.zeros(4, 2)) and torch.equal(ret, torch.zeros(4, 2))
+    with pytest.raises(ValueError):
+        advantages.reinforce_pp_baseline(scores, mask, group_size=1)
+
+
+def test_reinforce_pp_baseline_keeps_inputs() -> None:
+    scores, mask, kl = torch.tensor([1.0, 0.0]), torch.tensor([[1, 1], [1, 0]]), torch.tensor([[0.1, 0.2], [0.3, 0.4]])
+    before = [t.clone() for t in (scores, mask, kl)]
+    advantages.reinforce_pp_baseline(scores, mask, kl, group_size=2, kl_coef=0.1)
+    assert all(torch.equal(a, b) for a, b in zip((scores, mask, kl), before))
