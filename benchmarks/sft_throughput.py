@@ -110,7 +110,7 @@ def rlft_config(args, model_dir: Path, out_dir: Path):
 
 def ordered_examples(cfg, tokenizer) -> list[dict]:
     """rlft's encoded training examples in the order its first epoch visits them."""
-    from rlft.trainers.sft import encode_examples, epoch_order
+    from rlft.tasks.encoding import encode_examples, epoch_order
     from rlft.workspace import load_split
 
     examples, _ = encode_examples(tokenizer, load_split(cfg, "train"), cfg.data.style, cfg.sft.max_seq_tokens)
@@ -167,7 +167,7 @@ def run_rlft(args, model_dir: Path, out_dir: Path) -> dict:
         s["step"] = row["step"]
         s["logged_seconds"] = s["tokens"] / float(row["train/tokens_per_s"])  # rlft's own dt (incl. collate)
         s["loss"] = row.get("sft/loss")
-    from rlft.models.policy import load_policy
+    from rlft.models.loading import load_policy
 
     want = step_counts(ordered_examples(cfg, load_policy(model_dir, with_model=False)[1]), args.batch, args.micro_batch)
     if [(s["tokens"], s["padded_tokens"]) for s in steps] != want:
@@ -186,8 +186,8 @@ def run_trl(args, model_dir: Path, out_dir: Path) -> dict:
     from trl import SFTConfig, SFTTrainer
     from trl.trainer import utils as trl_utils
 
-    from rlft.models.policy import load_policy
-    from rlft.trainers.sft import collate
+    from rlft.models.loading import load_policy
+    from rlft.tasks.encoding import collate
 
     cfg, _ = rlft_config(args, model_dir, out_dir / "rlft-config")
     _, tokenizer = load_policy(model_dir, with_model=False)  # rlft's tokenizer set-up (pad falls back to EOS)

@@ -23,27 +23,14 @@ import os
 import sys
 from pathlib import Path
 
-from rlft.config import ConfigError, describe, load_config, to_dict
+from rlft.config import ConfigError, describe, load_config, split_config_args, to_dict
 from rlft.utils.logging import quiet_libraries, write_jsonl
 
 EPILOG = "Config keys (set in YAML or as section.key=value):\n" + describe()
 
 
-def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
-    config = None
-    overrides = []
-    for item in items:
-        if "=" not in item and item.endswith((".yaml", ".yml")) and config is None:
-            config = item
-        elif "=" in item:
-            overrides.append(item)
-        else:
-            raise ConfigError(f"unexpected argument {item!r}: expected a .yaml config file or section.key=value")
-    return config, overrides
-
-
 def _config(items: list[str], extra: list[str] = ()):
-    path, overrides = _split_config_args(items)
+    path, overrides = split_config_args(items)
     return load_config(path, [*overrides, *extra])
 
 
@@ -79,7 +66,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rlft.experiments.compare import run_compare
 
-    path, overrides = _split_config_args(args.config)
+    path, overrides = split_config_args(args.config)
     results = run_compare(path, overrides)
     failed = sum(m["failed"] for m in results["methods"].values())
     return 1 if failed else 0
@@ -88,7 +75,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rlft.adapters import ADAPTER_FILE, load_policy_and_adapter
     from rlft.evaluate import evaluate
-    from rlft.models.policy import resolve_model_path
+    from rlft.models.loading import resolve_model_path
     from rlft.rollout.hf_engine import HFRolloutEngine
     from rlft.workspace import load_split, tokenizer_corpus
 
@@ -244,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return check_main(argv[1:])
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    from rlft.models.policy import ModelLoadError
+    from rlft.models.loading import ModelLoadError
     from rlft.dist.errors import ClusterTooSmallError, WorkerLostError
     from rlft.learner.base import DivergedError
     from rlft.tasks.errors import DataError

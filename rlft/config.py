@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import yaml
 
+from rlft.trainers import algorithms
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the fix."""
@@ -203,14 +205,14 @@ class PPOConfig:
     prefix_sharing: bool = True
     """Forward each distinct prompt of a micro-batch once and run its samples' responses on a copy of its KV
     cache (learner and reference passes; Llama, Mistral and Qwen2 without a sliding window, Qwen3; not with
-    CARFT or gradient checkpointing; `rlft/models/value_head.py`). Same result to float rounding; GRPO's n
+    CARFT or gradient checkpointing; `rlft/models/policy.py`). Same result to float rounding; GRPO's n
     samples per prompt cost (n-1)/n less prompt compute. Micro-batches are then cut from each shuffled
     minibatch in rollout order, so a prompt's samples sit together (the minibatch, and with it the gradient,
     is the same). false: every row runs its own prompt, micro-batches in shuffled order."""
     clip_eps: float = 0.2
     """PPO ratio clip (ReFT: 0.2)."""
     clip_eps_high: float | None = None
-    """Upper ratio clip if asymmetric (DAPO); None: same as clip_eps."""
+    """Upper ratio clip if asymmetric; None: the algorithm's (DAPO's clip-higher 0.28; else clip_eps)."""
     value_clip_eps: float | None = 0.2
     """Value clip around the old values (ReFT: 0.2); None disables."""
     vf_coef: float = 5.0
@@ -226,8 +228,9 @@ class PPOConfig:
     """GAE mixing factor (ReFT: 0.95)."""
     whiten_advantages: bool = True
     """Masked whitening of advantages over the whole rollout batch (ReFT: global)."""
-    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
-    """Loss aggregation (ReFT/GRPO: seq-mean-token-mean; Dr. GRPO: seq-mean-token-sum-norm)."""
+    loss_agg: Literal["auto", "seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "auto"
+    """Loss aggregation; auto: the algorithm's (ReFT/GRPO: seq-mean-token-mean; DAPO: token-mean;
+    Dr. GRPO: seq-mean-token-sum-norm)."""
     value_warmup_iterations: int = 0
     """Deviation from ReFT: first N iterations train only the value head (policy frozen), so a random
     critic does not steer the first policy updates (spec §16)."""
@@ -244,12 +247,15 @@ class PPOConfig:
 
 @dataclass
 class KLConfig:
-    coef: float = 0.05
-    """KL coefficient beta (ReFT: 0.05 N-CoT, 0.01 P-CoT). 0 makes ReFT collapse (paper ablation)."""
-    estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token estimator (Schulman 2020). ReFT: k1 in the reward; GRPO: k3 in the loss."""
-    placement: Literal["reward", "loss"] = "reward"
-    """`reward`: -beta*KL enters the per-token reward (ReFT); `loss`: beta*KL is added to the loss (GRPO)."""
+    coef: float | None = None
+    """KL coefficient beta; None: the algorithm's (0.05, ReFT's N-CoT value; ReFT P-CoT: 0.01; DAPO and
+    Dr. GRPO: 0, no reference). 0 makes ReFT collapse (paper ablation)."""
+    estimator: Literal["auto", "k1", "k2", "k3"] = "auto"
+    """Per-token estimator (Schulman 2020); auto: the algorithm's (k1 in the reward; REINFORCE++-baseline:
+    k2 in the loss, as OpenRLHF)."""
+    placement: Literal["auto", "reward", "loss"] = "auto"
+    """`reward`: -beta*KL enters the per-token reward (ReFT); `loss`: beta*KL is added to the loss (GRPO's
+    paper); auto: the algorithm's (`reward` but for REINFORCE++-baseline)."""
     adaptive: bool = False
     """Adapt beta towards `target` (Ziegler et al. 2019); ReFT keeps it fixed."""
     target: float = 6.0
@@ -289,6 +295,19 @@ class CARFTConfig:
     """`embedding`: wrong-but-extractable answers score 0.2 + 0.1*cos(anchor, sample) instead of the flat value (v11)."""
     head_dropout: float = 0.0
     """Dropout on the head input (the reference's 0.1 is active in its PPO forward; 0 here)."""
+
+
+@dataclass
+class DAPOConfig:
+    max_sample_rounds: int = 3
+    """Dynamic sampling: at most this many generate calls per iteration (the first included) to find
+    `rollout.prompts_per_step` groups whose scores are not all equal; then groups without signal fill the batch
+    (verl's `max_num_gen_batches`)."""
+    overlong_cache_tokens: int = 16
+    """Soft overlong punishment: the last this many tokens of `rollout.max_new_tokens` are penalised linearly
+    (DAPO eq. 13; the paper: 4096 of 20480)."""
+    overlong_penalty: float = 0.5
+    """Penalty at the budget (DAPO: 1 with scores of +-1; 0.5 keeps that balance with rlft's 0/1 scores)."""
 
 
 @dataclass
@@ -441,17 +460,13 @@ class ClusterConfig:
     """Seconds to wait for the placement group before failing with the cluster's free resources."""
 
 
-ALGOS = ("reft", "carft", "grpo", "rloo", "reinforce_pp", "online_st", "offline_st")
-GROUP_ALGOS = ("grpo", "rloo")
-
-
 @dataclass
 class Config:
-    algo: Literal["reft", "carft", "grpo", "rloo", "reinforce_pp", "online_st", "offline_st"] = "reft"
-    """RL algorithm for `rlft train`: reft (PPO + value head, KL in reward), carft (ReFT + contrastive loss
-    against the annotated CoT), grpo / rloo (group baselines),
-    reinforce_pp (REINFORCE++), online_st (online self-training), offline_st (offline self-training: sample
-    the warm-up once, then SFT on gold + correct samples)."""
+    algo: str = "reft"
+    """RL algorithm for `rlft train`, a row of `rlft/trainers/algorithms.py`: reft (PPO + value head, KL in
+    reward), carft (ReFT + contrastive loss against the annotated CoT), grpo / dr_grpo / rloo (group
+    baselines), reinforce_pp / reinforce_pp_baseline (REINFORCE++), dapo, online_st (online self-training),
+    offline_st (offline self-training: sample the warm-up once, then SFT on gold + correct samples)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where and how a run is stored."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -476,6 +491,8 @@ class Config:
     """`rlft compare`: methods, seeds and budget."""
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     """What the policy trains: every weight, a LoRA, or a representation-finetuning adapter (SFT, RL, eval)."""
+    dapo: DAPOConfig = field(default_factory=DAPOConfig)
+    """DAPO's dynamic sampling and overlong shaping (algo=dapo)."""
     offline_st: OfflineSTConfig = field(default_factory=OfflineSTConfig)
     """Offline self-training (algo=offline_st, spec §12): how many samples to draw and keep."""
     log: LogConfig = field(default_factory=LogConfig)
@@ -519,18 +536,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError(f"sft.warmup_ratio must be in [0, 1), got {cfg.sft.warmup_ratio}")
     if cfg.sft.lr <= 0:
         raise ConfigError(f"sft.lr must be > 0, got {cfg.sft.lr}")
-    if cfg.algo in GROUP_ALGOS and cfg.rollout.samples_per_prompt < 2:
-        raise ConfigError(
-            f"algo={cfg.algo} needs rollout.samples_per_prompt >= 2 (got {cfg.rollout.samples_per_prompt}): "
-            "with one sample per group every advantage is 0 and training is a silent no-op"
-        )
-    if cfg.ppo.critic == "separate" and cfg.algo != "reft":
-        raise ConfigError(
-            f"ppo.critic=separate needs algo=reft (got algo={cfg.algo}): carft's head feeds the contrastive loss "
-            "from the policy's backbone and the other algos have no critic; use ppo.critic=shared"
-        )
-    if cfg.kl.placement == "loss" and cfg.kl.estimator == "k1":
-        raise ConfigError("kl.placement=loss with kl.estimator=k1 has zero expected gradient; use k2 or k3")
+    _validate_algorithm(cfg)
     for key in ("rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
                 "ppo.ppo_epochs", "ppo.micro_batch_size_per_device", "ppo.eval_every", "ppo.save_every",
                 "offline_st.samples_per_question", "offline_st.max_unique_per_question"):
@@ -558,6 +564,33 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         )
 
 
+def _validate_algorithm(cfg: Config) -> None:
+    """What the algorithm's row (`rlft/trainers/algorithms.py`) requires of the rest of the config."""
+    if cfg.algo not in algorithms.ALGORITHMS:
+        close = difflib.get_close_matches(cfg.algo, list(algorithms.ALGORITHMS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"algo={cfg.algo!r} is not an algorithm{hint}; choose one of {', '.join(algorithms.ALGORITHMS)}")
+    run = algorithms.plan(cfg)
+    row = run.algorithm
+    if row.group and cfg.rollout.samples_per_prompt < 2:
+        raise ConfigError(
+            f"algo={cfg.algo} needs rollout.samples_per_prompt >= 2 (got {cfg.rollout.samples_per_prompt}): "
+            "with one sample per group every advantage is 0 and training is a silent no-op"
+        )
+    if cfg.ppo.critic == "separate" and not row.separate_critic:
+        raise ConfigError(
+            f"ppo.critic=separate needs algo=reft, the one algorithm with a separable value model (got algo={cfg.algo}): "
+            "carft's head feeds the contrastive loss from the policy's backbone and the others have no critic; "
+            "use ppo.critic=shared"
+        )
+    if run.kl_placement == "loss" and run.kl_estimator == "k1":
+        raise ConfigError("kl.placement=loss with kl.estimator=k1 has zero expected gradient; use k2 or k3")
+    if run.kl_coef < 0:
+        raise ConfigError(f"kl.coef must be >= 0, got {run.kl_coef}")
+    if not row.reference and cfg.kl.coef:
+        raise ConfigError(f"algo={cfg.algo} has no KL term, so kl.coef={cfg.kl.coef} cannot take effect; leave kl.coef unset")
+
+
 def _validate_cluster(cfg: Config) -> None:
     c = cfg.cluster
     for key in ("cluster.learner_ranks", "cluster.rollout_workers", "cluster.reward_workers"):
@@ -569,7 +602,7 @@ def _validate_cluster(cfg: Config) -> None:
     if c.placement == "colocated" and c.rollout_workers != c.learner_ranks:
         raise ConfigError(f"cluster.placement=colocated pairs each learner rank with one rollout engine: set "
                           f"cluster.rollout_workers={c.learner_ranks} (got {c.rollout_workers}) or use placement=split")
-    if cfg.algo in ("carft", "online_st", "offline_st"):
+    if not algorithms.get(cfg.algo).ray:
         raise ConfigError(f"algo={cfg.algo} runs with cluster.backend=local only (its extra phases need the "
                           "policy module in the driver); use cluster.backend=local")
     if c.on_worker_failure == "restart" and c.weight_sync != "object_store":
@@ -624,6 +657,20 @@ def _validate_adapter(a: AdapterConfig) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # Loading
+
+
+def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """The command line after a subcommand: an optional YAML file and `section.key=value` overrides."""
+    config = None
+    overrides = []
+    for item in items:
+        if "=" not in item and item.endswith((".yaml", ".yml")) and config is None:
+            config = item
+        elif "=" in item:
+            overrides.append(item)
+        else:
+            raise ConfigError(f"unexpected argument {item!r}: expected a .yaml config file or section.key=value")
+    return config, overrides
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -15,22 +15,11 @@ from collections import Counter
 import torch
 
 import rewards
+from rlft.config import Config
 from rlft.rollout.base import SamplingParams
 from rlft.tasks.base import Record
+from rlft.tasks.encoding import encode_prompts
 from rlft.tasks.prompts import program_text, prompt_text
-
-
-def encode_prompts(tokenizer, records: list[Record], style: str, max_prompt_tokens: int | None = None) -> list[list[int]]:
-    texts = [prompt_text(r, style) for r in records]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    if max_prompt_tokens is not None:
-        for r, seq in zip(records, ids):
-            if len(seq) > max_prompt_tokens:
-                raise ValueError(
-                    f"record {r.id}: prompt has {len(seq)} tokens > data.max_prompt_tokens={max_prompt_tokens}; "
-                    "raise the limit or drop the record"
-                )
-    return ids
 
 
 def completions_for_checker(records: list[Record], texts: list[str], style: str) -> list[str]:
@@ -105,6 +94,14 @@ def evaluate(
         "eval/seconds": time.perf_counter() - start,
     }
     return summary, predictions
+
+
+def evaluate_held_out(cfg: Config, engine, tokenizer, records: list[Record]) -> tuple[dict, list[dict]]:
+    """`evaluate` with the settings of `eval.*` and the run's seed: what SFT, the RL loop and self-training
+    report as held-out accuracy."""
+    return evaluate(engine, tokenizer, records, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
+                    samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
+                    seed=cfg.run.seed)
 
 
 def _majority(verdicts: list) -> object | None:

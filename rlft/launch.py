@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlft.config import ConfigError, load_config
+from rlft.config import ConfigError, load_config, split_config_args
 
 EXCLUDES = ["runs/", ".venv/", ".venv-*/", ".git/", "__pycache__/", "*.egg-info/"]
 ENV_PASSTHROUGH = ("HF_", "RLFT_", "TOKENIZERS_", "TRANSFORMERS_")
@@ -50,13 +50,11 @@ def submit_command(config: str | None, overrides: list[str], *, address: str, wo
 
 
 def launch(config_args: list[str], *, address: str | None, working_dir: str, wait: bool, job_id: str | None) -> int:
-    from rlft.cli import _split_config_args
-
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise ConfigError("rlft launch needs the cluster's job address: --address http://HEAD:8265 "
                           "(or set RAY_ADDRESS)")
-    config, overrides = _split_config_args(config_args)
+    config, overrides = split_config_args(config_args)
     cmd = submit_command(config, overrides, address=address, working_dir=working_dir, wait=wait, job_id=job_id)
     print("rlft launch: " + shlex.join(cmd[:4]) + " ... -- " + " ".join(cmd[cmd.index("--") + 1:]), file=sys.stderr)
     return subprocess.call(cmd)

@@ -65,11 +65,11 @@ def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = T
     checkpoint, the saved adapter on its base model. Call the returned model (peft's wrapper for LoRA).
     """
     from rlft.adapters import load_policy_and_adapter
-    from rlft.models.policy import resolve_model_path
+    from rlft.models.loading import resolve_model_path
 
     path = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed, tokenizer_corpus(train_records, cfg.data.style))
     if not with_model:  # a Ray driver needs only the tokenizer; actors load the model
-        from rlft.models.policy import load_policy
+        from rlft.models.loading import load_policy
 
         return None, load_policy(path, dtype=cfg.model.dtype, with_model=False)[1], path, None
     model, tokenizer, adapter = load_policy_and_adapter(path, dtype=cfg.model.dtype, adapter_cfg=cfg.adapter,

@@ -60,7 +60,7 @@ def load_policy_and_adapter(path: str | Path, *, dtype: str = "float32", adapter
     folder (`adapter.json`) is rebuilt on the base model it names, from its saved settings, and its weights
     are loaded; `adapter_cfg.kind`, when given, must match, so a run never drops an adapter silently.
     """
-    from rlft.models.policy import load_policy
+    from rlft.models.loading import load_policy
 
     info = read_adapter_json(path)
     if info is None:

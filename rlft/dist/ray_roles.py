@@ -35,12 +35,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlft.config import Config, config_from_dict, to_dict
 from rlft.dist.errors import ClusterTooSmallError, WorkerLostError
+from rlft.learner.base import combine_ranks
 from rlft.rollout.base import SamplingParams
-from rlft.types import RolloutBatch
-
-# Metrics of a learner step that are global (equal on every rank), not per-rank shares to be summed.
-GLOBAL_STEP_METRICS = ("train/grad_norm", "train/lr", "train/skipped_step")
-
+from rlft.trainers.algorithms import plan
+from rlft.types import RolloutBatch, concat_batches
 
 # ----------------------------------------------------------------------------------------------------
 # Actors (plain classes; wrapped with ray.remote when placed)
@@ -63,10 +61,10 @@ class _Actor:
 
 class RolloutWorker(_Actor):
     def __init__(self, cfg: dict, model_path: str, seed: int):
-        from rlft.models.policy import load_policy
+        from rlft.models.loading import load_policy
         from rlft.utils.seeding import seed_everything
 
-        from rlft.dist.local import make_engine
+        from rlft.rollout.factory import make_engine
 
         cfg = config_from_dict(cfg)
         seed_everything(seed)
@@ -109,9 +107,10 @@ class LearnerWorker(_Actor):
     def setup(self, master_addr: str, master_port: int, backend: str) -> None:
         import torch.distributed as dist
 
+        from rlft.dist.local import rl_learner_options
         from rlft.learner.torch_learner import TorchLearner
-        from rlft.models.policy import load_policy
-        from rlft.models.value_head import PolicyModel
+        from rlft.models.loading import load_policy
+        from rlft.models.policy import PolicyModel
         from rlft.utils.seeding import seed_everything
 
         cfg = self.cfg
@@ -121,9 +120,7 @@ class LearnerWorker(_Actor):
         seed_everything(cfg.run.seed)
         model = PolicyModel(load_policy(self.model_path, dtype=cfg.model.dtype)[0], value_head=self.value_head,
                             init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing)
-        common = dict(lr=cfg.ppo.lr, weight_decay=cfg.ppo.weight_decay, max_grad_norm=cfg.ppo.max_grad_norm,
-                      total_steps=self.total_steps, warmup_steps=cfg.ppo.warmup_iterations, schedule="constant",
-                      train_mode=False)
+        common = rl_learner_options(cfg, self.total_steps)
         if cfg.cluster.learner == "deepspeed":
             from rlft.learner.deepspeed_learner import DeepSpeedLearner, load_deepspeed_config
 
@@ -170,8 +167,8 @@ class LearnerWorker(_Actor):
 
 class ReferenceWorker(_Actor):
     def __init__(self, cfg: dict, model_path: str):
-        from rlft.dist.local import FrozenReference
-        from rlft.models.policy import load_policy
+        from rlft.learner.reference import FrozenReference
+        from rlft.models.loading import load_policy
 
         cfg = config_from_dict(cfg)
         self.reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0], cfg.ppo.prefix_sharing)
@@ -182,7 +179,7 @@ class ReferenceWorker(_Actor):
 
 class RewardWorker(_Actor):
     def __init__(self, cfg: dict):
-        from rlft.dist.local import RewardRole
+        from rlft.reward.role import RewardRole
 
         self.role = RewardRole(config_from_dict(cfg))
 
@@ -254,11 +251,8 @@ class _Group:
             error.dead = dead
             raise error from None
 
-    def call_all(self, method: str, *args) -> list:
-        return self._get([getattr(a, method).remote(*args) for a in self.actors])
-
     def state_dict(self) -> dict:
-        return {"rng": self.call_all("rng_state")}
+        return {"rng": self._get([a.rng_state.remote() for a in self.actors])}
 
     def load_state_dict(self, state: dict) -> None:
         self._get([a.set_rng_state.remote(s) for a, s in zip(self.actors, state["rng"])])
@@ -311,8 +305,6 @@ class RayRolloutGroup(_Group):
         return self._retrying(lambda: self._generate(prompt_ids, params))
 
     def _generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
-        from rlft.rollout.hf_engine import concat_batches
-
         slices = [(s, e) for s, e in split_evenly(len(prompt_ids), len(self.actors)) if e > s]
         refs = [self.actors[i].generate.remote(prompt_ids[s:e], params) for i, (s, e) in enumerate(slices)]
         batches = self._get(refs, list(range(len(slices))))
@@ -363,13 +355,7 @@ class RayLearnerGroup(_Group):
             n = shard["response_ids"].shape[0]
             mbs = [{k: v[s:s + micro] for k, v in shard.items()} for s in range(0, n, micro)]
             refs.append(actor.train_step.remote(mbs, loss_fn))
-        results = self._get(refs)
-        out = {k: v for k, v in results[0].items() if k in GLOBAL_STEP_METRICS}
-        for result in results:
-            for k, v in result.items():
-                if k not in GLOBAL_STEP_METRICS:
-                    out[k] = out.get(k, 0.0) + v
-        return out
+        return combine_ranks(self._get(refs))
 
     def logprobs_and_values(self, batch: dict, micro_batch_size: int):
         """Rows split evenly; the batch is padded (by repeating its last row) to a multiple of ranks x
@@ -386,7 +372,7 @@ class RayLearnerGroup(_Group):
         return logprobs, values
 
     def set_value_only(self, flag: bool) -> None:
-        self.call_all("set_value_only", flag)
+        self._get([a.set_value_only.remote(flag) for a in self.actors])
 
     def num_trainable(self) -> int:
         return self._get([self.actors[0].num_trainable.remote()])[0]
@@ -397,10 +383,10 @@ class RayLearnerGroup(_Group):
         return RemoteWeights(refs[0])
 
     def save(self, path) -> None:
-        self.call_all("save", str(path))
+        self._get([a.save.remote(str(path)) for a in self.actors])
 
     def load(self, path) -> None:
-        self.call_all("load", str(path))
+        self._get([a.load.remote(str(path)) for a in self.actors])
 
 
 class RayReference(_Group):
@@ -453,7 +439,7 @@ def plan_bundles(cfg: Config) -> tuple[list[dict], dict[str, list[tuple[int, flo
     colocated: bundle i = learner rank i + rollout engine i (+ the reference in bundle 0), sharing the
     bundle's GPU equally; split: one bundle per actor."""
     c = cfg.cluster
-    has_reference = cfg.kl.coef > 0
+    has_reference = plan(cfg).uses_reference
     members: list[list[str]] = []
     if c.placement == "colocated":
         members = [["learner", "rollout"] for _ in range(c.learner_ranks)]
@@ -509,10 +495,10 @@ def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
             num_cpus=c.cpus_per_worker, num_gpus=gpus, max_restarts=0, max_concurrency=1,
             scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=bundle))
 
-    head = {"reft": "linear", "carft": "carft"}.get(cfg.algo)
+    run = plan(cfg)
     backend = "nccl" if c.gpus_per_worker > 0 else "gloo"
     learners = RayLearnerGroup(
-        [place(LearnerWorker, b, g).remote(cfg_dict, path, rank, c.learner_ranks, head, total_steps)
+        [place(LearnerWorker, b, g).remote(cfg_dict, path, rank, c.learner_ranks, run.value_head, total_steps)
          for rank, (b, g) in enumerate(assignment["learner"])],
         backend=backend, micro_batch_size=cfg.ppo.micro_batch_size_per_device)
     restart = c.on_worker_failure == "restart"
@@ -525,7 +511,7 @@ def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
     rollout = RayRolloutGroup(engines, pad_id=tokenizer.pad_token_id, weight_sync=c.weight_sync, learners=learners,
                               factory=new_engine if restart else None)
     reference = None
-    if assignment["reference"] and cfg.algo != "online_st":
+    if assignment["reference"]:
         b, g = assignment["reference"][0]
         reference = RayReference(place(ReferenceWorker, b, g).remote(cfg_dict, path))
     def new_reward_worker(i: int, restart_count: int = 0):

@@ -33,7 +33,8 @@ import time
 import traceback
 from pathlib import Path
 
-from rlft.config import ADAPTER_KINDS, ALGOS, Config, ConfigError, load_config, save_config, to_dict
+from rlft.config import ADAPTER_KINDS, Config, ConfigError, load_config, save_config, to_dict
+from rlft.trainers.algorithms import ALGORITHMS
 from rlft.utils.logging import print0, read_metrics
 
 # two-sided 95% Student-t quantiles by degrees of freedom (1..10); beyond that ~1.96-2.2
@@ -53,10 +54,10 @@ def parse_method(entry: str) -> tuple[str, list[str]]:
             raise ConfigError(f"compare.methods entry {entry!r}: '+{kind}' is not an adapter kind {list(ADAPTER_KINDS)}; "
                               "name it after a colon with adapter.kind=...")
         overrides = [f"adapter.kind={kind}", *overrides]
-    if method in ALGOS and not any(o.startswith("algo=") for o in overrides):
+    if method in ALGORITHMS and not any(o.startswith("algo=") for o in overrides):
         overrides = [f"algo={method}", *overrides]
     if method != "sft" and not any(o.startswith("algo=") for o in overrides):
-        raise ConfigError(f"compare.methods entry {entry!r}: '{method}' is not sft or an algo {list(ALGOS)}; "
+        raise ConfigError(f"compare.methods entry {entry!r}: '{method}' is not sft or an algo {list(ALGORITHMS)}; "
                           "add algo=... after a colon")
     return label, overrides
 

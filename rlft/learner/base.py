@@ -7,8 +7,13 @@ learner can drop in without knowing any algorithm.
 Loss contract: `train_step` sums the gradients of `loss_fn` over the micro-batches of one minibatch and
 takes one optimizer step. `loss_fn` must therefore already be normalised by minibatch-global counts
 (tokens or sequences of the whole minibatch, passed in the micro-batch), which makes the result
-independent of how the minibatch is split into micro-batches or ranks. Metrics returned by `loss_fn`
-follow the same rule and are summed.
+independent of how the minibatch is split into micro-batches or ranks.
+
+Metrics, one rule everywhere: every metric a `loss_fn` returns is its micro-batch's additive share of the
+minibatch value (a minibatch mean times the micro-batch's share of it), so learners sum them over
+micro-batches (`add_shares`) and a data-parallel group sums them over ranks (`combine_ranks`). A
+learner's own step metrics (`STEP_METRICS`: gradient norm, lr, skipped step) are the same on every rank
+and taken once.
 """
 
 from __future__ import annotations
@@ -23,9 +28,28 @@ class DivergedError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient (`ppo.max_consecutive_skipped_steps`).
     The message says how many; the loop adds the last checkpoint and how to resume."""
 
+
 MicroBatch = dict[str, torch.Tensor]
 # loss_fn(model_output, micro_batch) -> (scalar loss, {metric name: detached scalar tensor})
 LossFn = Callable[[object, MicroBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+# Metrics of a learner's optimizer step: equal on every rank, never summed.
+STEP_METRICS = ("train/grad_norm", "train/lr", "train/skipped_step")
+
+
+def add_shares(totals: dict[str, float], metrics: dict) -> None:
+    """Sum one micro-batch's metric shares into `totals` (in place)."""
+    for k, v in metrics.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+
+
+def combine_ranks(results: list[dict[str, float]]) -> dict[str, float]:
+    """One minibatch's metrics from the results of its ranks: shares summed, step metrics from rank 0."""
+    out = {k: v for k, v in results[0].items() if k in STEP_METRICS}
+    for result in results:
+        add_shares(out, {k: v for k, v in result.items() if k not in STEP_METRICS})
+    return out
 
 
 class Learner(Protocol):
@@ -41,6 +65,10 @@ class Learner(Protocol):
         """While set, only the value head receives gradients (value warm-up)."""
         ...
 
+    def num_trainable(self) -> int:
+        """Parameters the optimizer updates (an adapter's, or the whole model's, plus heads)."""
+        ...
+
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full (gathered) parameters, for weight sync and HF export."""
         ...
@@ -51,4 +79,12 @@ class Learner(Protocol):
 
     def load(self, path: str | Path) -> None:
         """Restore what `save` wrote (exact resume)."""
+        ...
+
+
+class Reference(Protocol):
+    """The frozen warm-up policy (a learner used only for log-probs)."""
+
+    def logprobs(self, batch: MicroBatch, micro_batch_size: int) -> torch.Tensor:
+        """Teacher-forced response log-probs (B, T), no grad."""
         ...

@@ -29,8 +29,8 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from rlft.learner.base import LossFn, MicroBatch
-from rlft.learner.torch_learner import lr_lambda, response_logprobs_and_values, rl_forward_sizes
+from rlft.learner.base import LossFn, MicroBatch, add_shares
+from rlft.learner.torch_learner import lr_lambda, response_logprobs_and_values, rl_forward
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -117,14 +117,13 @@ class DeepSpeedLearner:
         totals: dict[str, float] = {}
         bad = False
         for mb in micro_batches:
-            output = self.engine(mb["input_ids"], mb["attention_mask"], None, *rl_forward_sizes(mb))
+            output = rl_forward(self.engine, mb, None)
             loss, metrics = loss_fn(output, mb)
             bad = any_rank(bad or not bool(torch.isfinite(loss.detach())))  # all ranks agree before backward
             if bad:  # keep the collectives of ZeRO's backward in step across ranks, with zero gradient
                 loss = output.logits.float().sum() * 0.0 + (0.0 if output.values is None else output.values.sum() * 0.0)
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+            add_shares(totals, metrics)
         lr = self.scheduler.get_last_lr()[0]
         if bad:
             for group in self.optimizer.param_groups:

@@ -19,8 +19,8 @@ import torch
 from rlft.adapters.positions import PositionMeta, positions_for_batch
 from rlft.algos import ppo
 from rlft.algos.sft import labelled_positions
-from rlft.learner.base import LossFn, MicroBatch
-from rlft.models.value_head import response_slice
+from rlft.learner.base import LossFn, MicroBatch, add_shares
+from rlft.models.policy import ResponseOutput, response_output
 
 
 def lr_lambda(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -58,15 +58,15 @@ class TorchLearner:
         )
 
     def forward(self, micro_batch: MicroBatch):
-        """Forward of the `PolicyModel`: for an RL batch (prompt + response) logits and values of the T + 1
-        positions that score the response; for an SFT batch (`labels`) logits (N, V) of the N positions
-        that score a label (`sft_loss` takes either shape)."""
+        """Forward of the `PolicyModel`: for an RL batch (prompt + response) a `ResponseOutput` (logits and
+        values aligned to the response tokens); for an SFT batch (`labels`) logits (N, V) of the N positions
+        that score a label (`sft_loss` takes either shape); for any other batch the whole `PolicyOutput`."""
         if "labels" in micro_batch:
             return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch),
                               logits_mask=labelled_positions(micro_batch["labels"]))
-        keep, prompt_len = rl_forward_sizes(micro_batch)
-        return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch),
-                          logits_to_keep=keep, prompt_len=prompt_len)
+        if "response_ids" in micro_batch:
+            return rl_forward(self.model, micro_batch, positions_for_batch(micro_batch))
+        return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch))
 
     @torch.inference_mode()
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -81,8 +81,7 @@ class TorchLearner:
         for mb in micro_batches:
             loss, metrics = loss_fn(self.forward(mb), mb)
             loss.backward()
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+            add_shares(totals, metrics)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -149,14 +148,20 @@ def rl_forward_sizes(batch: MicroBatch) -> tuple[int, int]:
     return 0, 0
 
 
+def rl_forward(model, batch: MicroBatch, positions: PositionMeta | None) -> ResponseOutput:
+    """Forward a prompt + response batch (`input_ids` = prompt then response) on the T + 1 positions that
+    score the response (sharing prompts where the model can), aligned to the response tokens."""
+    keep, prompt_len = rl_forward_sizes(batch)
+    output = model(batch["input_ids"], batch["attention_mask"], positions, logits_to_keep=keep, prompt_len=prompt_len)
+    return response_output(output, prompt_len, batch["response_ids"].shape[1])
+
+
 def response_forward(model: torch.nn.Module, batch: MicroBatch):
-    """Forward a prompt+response batch; returns (logits, values) sliced to response coordinates."""
+    """Forward a prompt+response batch; returns logits (B, T, V) and values (B, T) or None, response-aligned."""
     ids, mask = sequence_batch(batch)
-    P, T = batch["prompt_ids"].shape[1], batch["response_ids"].shape[1]
-    out = model(ids, mask, PositionMeta.from_prompt_mask(batch["prompt_mask"]), T + 1, P)
-    logits = response_slice(out.logits, P, T)  # (B, T, V)
-    values = None if out.values is None else response_slice(out.values, P, T)  # (B, T)
-    return logits, values
+    out = rl_forward(model, {**batch, "input_ids": ids, "attention_mask": mask},
+                     PositionMeta.from_prompt_mask(batch["prompt_mask"]))
+    return out.logits, out.values
 
 
 def response_logprobs_and_values(model, batch: MicroBatch, micro_batch_size: int):

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rlft.models.policy import ModelLoadError
+from rlft.models.errors import ModelLoadError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

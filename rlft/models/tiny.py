@@ -69,7 +69,7 @@ def build_tiny_model(
 ) -> Path:
     """Train the tokenizer on `texts`, build a random-init tiny Llama, save both to `out_dir`.
 
-    Returns the folder, loadable with `rlft.models.policy.load_policy` / `AutoModelForCausalLM`.
+    Returns the folder, loadable with `rlft.models.loading.load_policy` / `AutoModelForCausalLM`.
     """
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(texts, vocab_size)

@@ -56,3 +56,12 @@ class RolloutEngine(Protocol):
     def close(self) -> None:
         """Release what the engine holds (memory, processes); a no-op for an engine on a shared module."""
         ...
+
+    def state_dict(self) -> dict:
+        """Sampling state kept outside this process (remote engines' RNGs), for exact resume; {} in-process,
+        where the loop's checkpoint already holds torch's RNG."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        ...

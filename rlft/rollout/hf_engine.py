@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rlft.adapters.positions import PositionMeta
 from rlft.rollout import decode, llama_step
 from rlft.rollout.base import SamplingParams
-from rlft.types import RolloutBatch
+from rlft.types import RolloutBatch, concat_batches
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,29 +157,12 @@ class HFRolloutEngine:
                 if params[name].data_ptr() != tensor.data_ptr():  # shared module: nothing to copy
                     params[name].copy_(tensor)
 
+    def state_dict(self) -> dict:
+        """Nothing beyond torch's RNG, which the loop's checkpoint holds."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore (see `state_dict`)."""
+
     def close(self) -> None:
         """Nothing to release: the module belongs to the caller."""
-
-
-def _pad_to(x: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
-    extra = width - x.shape[1]
-    if extra == 0:
-        return x
-    return F.pad(x, (extra, 0) if left else (0, extra), value=value)
-
-
-def concat_batches(chunks: list[RolloutBatch], pad_id: int) -> RolloutBatch:
-    """One batch from several, re-padding prompts (left) and responses (right) to common widths."""
-    P = max(c.prompt_ids.shape[1] for c in chunks)
-    T = max(c.response_ids.shape[1] for c in chunks)
-    cat = torch.cat
-    return RolloutBatch(
-        prompt_ids=cat([_pad_to(c.prompt_ids, P, pad_id, True) for c in chunks]),
-        prompt_mask=cat([_pad_to(c.prompt_mask, P, 0, True) for c in chunks]),
-        response_ids=cat([_pad_to(c.response_ids, T, pad_id, False) for c in chunks]),
-        response_mask=cat([_pad_to(c.response_mask, T, 0, False) for c in chunks]),
-        rollout_logprobs=None if chunks[0].rollout_logprobs is None
-        else cat([_pad_to(c.rollout_logprobs, T, 0.0, False) for c in chunks]),
-        prompt_index=cat([c.prompt_index for c in chunks]),
-        truncated=cat([c.truncated for c in chunks]),
-    )

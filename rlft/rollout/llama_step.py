@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rlft.models.policy import LLAMA_FAMILY as ARCHITECTURES
-from rlft.models.policy import uses_sliding_window
+from rlft.models.loading import LLAMA_FAMILY as ARCHITECTURES
+from rlft.models.loading import uses_sliding_window
 
 PACK_MAX_ROWS = 32  # measured: packing pays at 8-32 rows; at 64 rows (compute-bound) F.linear is as fast
 

@@ -202,6 +202,14 @@ class VLLMRolloutEngine:
     def wake_up(self) -> None:
         self._wake()
 
+    def state_dict(self) -> dict:
+        """vLLM's sampler state cannot be exported: a resumed run samples from a fresh seed (statistically,
+        not bitwise, the uninterrupted run)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore (see `state_dict`)."""
+
     def close(self) -> None:
         """Shut the engine down and free its memory (another engine can then be built in this process)."""
         if self.llm is not None:

@@ -20,8 +20,10 @@ import torch
 from rlft.adapters.positions import PositionMeta
 from rlft.algos import contrastive
 from rlft.config import Config
+from rlft.models.policy import PolicyOutput
 from rlft.tasks.base import Record
-from rlft.trainers.sft import IGNORE, collate, encode_examples
+from rlft.types import TrainBatch
+from rlft.tasks.encoding import IGNORE, collate, encode_examples
 
 
 def _anchor_batch(tokenizer, records: list[Record], cfg: Config) -> dict[str, torch.Tensor]:
@@ -32,8 +34,8 @@ def _anchor_batch(tokenizer, records: list[Record], cfg: Config) -> dict[str, to
 
 
 @torch.no_grad()
-def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], data: dict) -> dict:
-    """Adds `z_anchor` (B, D) [and LCS masks / `z_anchor_diff`] to `data`; may rescale `scores`."""
+def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], batch: TrainBatch) -> dict:
+    """Sets `z_anchor` (B, D) [and `lcs_gen_in` / `z_anchor_diff`] on `batch`; may rescale its `scores`."""
     model.eval()
     if any(r.cot is None and r.program is None for r in owners):
         raise ValueError("algo=carft needs annotated CoTs in the training data (the anchor); "
@@ -42,10 +44,10 @@ def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], data: dict
     micro = cfg.ppo.micro_batch_size_per_device
     z, z_diff = [], []
     if cfg.carft.negative == "lcs":
-        gen_ids = torch.cat([data["prompt_ids"], data["response_ids"]], dim=1)
-        gen_mask = torch.cat([data["prompt_mask"], data["response_mask"]], dim=1)
+        gen_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+        gen_mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
         anchor_in, gen_in = contrastive.lcs_masks(anchor["input_ids"], anchor["attention_mask"], gen_ids, gen_mask)
-        data["lcs_gen_in"] = gen_in.long()
+        batch.lcs_gen_in = gen_in.long()
     for s in range(0, len(owners), micro):
         out = model(anchor["input_ids"][s:s + micro], anchor["attention_mask"][s:s + micro],
                     PositionMeta.unpadded_prompt(anchor["prompt_len"][s:s + micro]))
@@ -53,27 +55,28 @@ def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], data: dict
         z.append(contrastive.pool(out.values, out.embeddings, cot))
         if cfg.carft.negative == "lcs":
             z_diff.append(contrastive.pool(out.values, out.embeddings, cot.bool() & ~anchor_in[s:s + micro]))
-    data["z_anchor"] = torch.cat(z)
+    batch.z_anchor = torch.cat(z)
     if z_diff:
-        data["z_anchor_diff"] = torch.cat(z_diff)
+        batch.z_anchor_diff = torch.cat(z_diff)
     metrics = {}
     if cfg.carft.partial_reward == "embedding":
         z_gen = []
         for s in range(0, len(owners), micro):
-            mb = {k: data[k][s:s + micro] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
+            mb = {k: v[s:s + micro] for k, v in batch.sequences().items()}
             ids, mask = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1), torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
             out = model(ids, mask, PositionMeta.from_prompt_mask(mb["prompt_mask"]))
             P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
             z_gen.append(contrastive.pool(out.values[:, P:P + T], out.embeddings[:, P:P + T], mb["response_mask"]))
-        scores = data["scores"]
+        scores = batch.scores
         is_partial = (scores > 0) & (scores < 1)
-        data["scores"] = contrastive.partial_reward(scores, is_partial, data["z_anchor"], torch.cat(z_gen))
-        metrics["carft/partial_reward_mean"] = data["scores"][is_partial].mean() if is_partial.any() else torch.tensor(0.0)
+        batch.scores = contrastive.partial_reward(scores, is_partial, batch.z_anchor, torch.cat(z_gen))
+        metrics["carft/partial_reward_mean"] = batch.scores[is_partial].mean() if is_partial.any() else torch.tensor(0.0)
     return metrics
 
 
-def loss_term(cfg: Config, output, mb: dict) -> tuple[torch.Tensor, dict]:
-    """cl_coef * L_cl for one micro-batch (z_gen pooled over the generated tokens, with gradient)."""
+def loss_term(cfg: Config, output: PolicyOutput, mb: dict) -> tuple[torch.Tensor, dict]:
+    """cl_coef * L_cl for one micro-batch (z_gen pooled over the generated tokens, with gradient). `output` is
+    the whole sequence's (`ResponseOutput.sequence`): the tokens themselves, not the positions scoring them."""
     P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
     values, emb = output.values[:, P:P + T], output.embeddings[:, P:P + T]  # the generated tokens themselves
     z_gen = contrastive.pool(values, emb, mb["response_mask"])

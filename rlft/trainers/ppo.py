@@ -14,8 +14,11 @@ One iteration, top to bottom (spec §9):
     6. sync        rollout.load_weights(policy.named_weights())   (free in-process: shared module)
     7. log         reward/ policy/ value/ kl/ rollout/ timing/ eval/
 
-`algo`: reft | carft (ReFT + contrastive loss, `rlft/trainers/carft.py`) | grpo | rloo | reinforce_pp | online_st (online self-training, spec §12: CE on the correct
-samples and the gold CoTs, no KL, no critic). Offline self-training is `rlft/trainers/selftrain.py`.
+`algo`: a row of `rlft/trainers/algorithms.py` (reft, carft, grpo, dr_grpo, rloo, reinforce_pp,
+reinforce_pp_baseline, dapo, online_st). The loop reads only the row's resolved `Plan`: whether there is a
+value head and a reference, which estimator step 4 calls, and the extra phases (CARFT's anchor pass,
+`rlft/trainers/carft.py`; DAPO's dynamic sampling and overlong shaping). Offline self-training is
+`rlft/trainers/selftrain.py`.
 
 Deviations from the ReFT reference (spec §17), each a config value:
 - the sampler is an engine (HF here, vLLM on GPU); old log-probs are always recomputed by the learner, so
@@ -38,25 +41,28 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from rlft.algos import advantages as adv_algos
+from rlft.algos import dapo
 from rlft.algos import kl as kl_algos
 from rlft.algos import ppo
 from rlft.config import Config, to_dict
 from rlft.dist.errors import WorkerLostError
 from rlft.dist.local import Roles, build_roles
-from rlft.evaluate import encode_prompts, evaluate
+from rlft.evaluate import evaluate_held_out
 from rlft.learner.base import DivergedError
-from rlft.learner.torch_learner import sequence_batch
-from rlft.models.value_head import response_slice
+from rlft.models.policy import ResponseOutput
 from rlft.rollout.base import SamplingParams
+from rlft.tasks.base import Record
+from rlft.tasks.encoding import encode_prompts, epoch_order
 from rlft.trainers import carft
+from rlft.trainers.algorithms import Plan, plan
 from rlft.trainers.selftrain import online_st_micro_batches
-from rlft.trainers.sft import epoch_order
+from rlft.types import RolloutBatch, TrainBatch, concat_batches
 from rlft.utils import checkpoint
 from rlft.utils.logging import MetricLogger, print0, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
@@ -75,100 +81,79 @@ def prompt_indices(n: int, per_step: int, seed: int, iteration: int) -> list[int
     return out
 
 
-def needs_old_logprobs(cfg: Config, batch_size: int) -> bool:
+def needs_old_logprobs(cfg: Config, run: Plan, batch_size: int) -> bool:
     """False when one on-policy step per batch makes old log-probs equal the current ones (TRL's
     num_iterations=1 shortcut): critic-free, one PPO epoch, one minibatch, no KL in the reward."""
     single_step = cfg.ppo.ppo_epochs == 1 and (cfg.ppo.sequences_per_minibatch or batch_size) >= batch_size
-    kl_in_reward = cfg.kl.placement == "reward" and cfg.kl.coef > 0
-    return not (cfg.algo in ("grpo", "rloo", "reinforce_pp") and single_step and not kl_in_reward)
+    return not (run.algorithm.value_head is None and single_step and not run.kl_in_reward)
 
 
-def compute_advantages(cfg: Config, data: dict, kl_coef: float) -> dict:
-    """Step 4: advantages (B, T) and returns (reft) from scores, log-probs and values. Adds metrics."""
-    mask, scores = data["response_mask"], data["scores"]
+def kl_metrics(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, estimator: str):
+    """Per-token KL (B, T) with the configured estimator, and `kl/mean` / `kl/k1_mean` per sequence."""
+    kl_t = kl_algos.kl_penalty(logprobs, ref_logprobs, kind=estimator) * mask  # (B, T)
+    k1 = kl_algos.kl_penalty(logprobs, ref_logprobs, kind="k1") * mask
+    return kl_t, {"kl/mean": kl_t.sum(-1).mean(), "kl/k1_mean": k1.sum(-1).mean()}
+
+
+def compute_advantages(cfg: Config, run: Plan, batch: TrainBatch, kl_coef: float) -> dict:
+    """Step 4: sets `batch.advantages` (and `returns`) with the algorithm's estimator; returns metrics."""
     metrics: dict = {}
     kl_t = None
-    if "ref_logprobs" in data and "old_logprobs" in data:
-        kl_t = kl_algos.kl_penalty(data["old_logprobs"], data["ref_logprobs"], kind=cfg.kl.estimator) * mask
-        k1 = kl_algos.kl_penalty(data["old_logprobs"], data["ref_logprobs"], kind="k1") * mask
-        metrics["kl/mean"] = (kl_t.sum(-1)).mean()
-        metrics["kl/k1_mean"] = (k1.sum(-1)).mean()
-    in_reward = kl_t is not None and cfg.kl.placement == "reward"
-    G = cfg.rollout.samples_per_prompt
-    if cfg.algo in ("reft", "carft"):
-        rewards = ppo.shape_rewards(scores, mask, kl_t if in_reward else None, kl_coef=kl_coef if in_reward else 0.0)
-        advantages, returns = ppo.gae(rewards, data["values"], mask, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam)
-        metrics["value/explained_variance"] = ppo.explained_variance(data["values"], returns, mask)
-        data["returns"] = returns
-        if cfg.ppo.whiten_advantages:
-            advantages = ppo.masked_whiten(advantages, mask)
-    elif cfg.algo in ("grpo", "rloo"):
-        seq_scores = scores - kl_coef * kl_t.sum(-1) if in_reward else scores
-        estimator = adv_algos.grpo if cfg.algo == "grpo" else adv_algos.rloo
-        advantages = adv_algos.broadcast_to_tokens(estimator(seq_scores, group_size=G), mask)
-        if G > 1:
-            metrics.update(adv_algos.group_metrics(scores, group_size=G))
-    elif cfg.algo == "reinforce_pp":
-        advantages, _ = adv_algos.reinforce_pp(scores, mask, kl_t if in_reward else None,
-                                               kl_coef=kl_coef if in_reward else 0.0, gamma=cfg.ppo.gamma)
-    else:
-        raise ValueError(f"compute_advantages: algo {cfg.algo} has no advantages")
-    data["advantages"] = advantages
+    if batch.ref_logprobs is not None and batch.old_logprobs is not None:
+        kl_t, metrics = kl_metrics(batch.old_logprobs, batch.ref_logprobs, batch.response_mask, run.kl_estimator)
+    in_reward = kl_t if run.kl_placement == "reward" else None
+    batch.advantages, batch.returns, estimator_metrics = run.algorithm.advantage(batch, in_reward, kl_coef, cfg)
+    metrics.update(estimator_metrics)
     return metrics
 
 
-GLOBAL_METRICS = ("policy/loss", "value/loss", "kl/loss")
-
-
-def make_loss_fn(cfg: Config, *, num_seqs: int, kl_coef: float, part: str, num_tokens: float | None = None):
+def make_loss_fn(cfg: Config, run: Plan, *, num_seqs: int, kl_coef: float, part: str, num_tokens: float,
+                 has_old_logprobs: bool):
     """Step 5's loss on one learner. `part`:
     - "policy": PPO-clip policy loss [+ CARFT's L_cl] [+ beta * KL in the loss] (the policy, separate critic);
     - "value":  vf_coef * value loss (a separate critic, or the shared head during value warm-up);
     - "both":   their sum, for a value head on the policy's backbone (or none: critic-free algos).
 
-    Normalised by the minibatch's global sequence count, or for `loss_agg=token-mean` its response-token
-    count `num_tokens` (the learner sums micro-batches), and metrics are weighted by each micro-batch's
-    share, so micro-batching does not change either.
+    Normalised by the minibatch's global sequence count, or for `token-mean` its response-token count
+    `num_tokens` (the learner sums micro-batches). Metrics follow the learners' rule (`rlft/learner/base.py`):
+    each is this micro-batch's share of the minibatch value, so micro-batching changes neither.
     """
-    agg = dict(agg=cfg.ppo.loss_agg, num_seqs=num_seqs, num_tokens=num_tokens, max_len=cfg.rollout.max_new_tokens)
+    agg = dict(agg=run.loss_agg, num_seqs=num_seqs, num_tokens=num_tokens, max_len=cfg.rollout.max_new_tokens)
 
-    def loss_fn(output, mb):
-        P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
+    def loss_fn(output: ResponseOutput, mb: dict):
         mask = mb["response_mask"]
         share = mask.shape[0] / num_seqs
-        loss, metrics = 0.0, {}
+        loss, means, shares = 0.0, {}, {}  # means: of this micro-batch; shares: already minibatch-normalised
         if part != "value":
-            logits = response_slice(output.logits, P, T)  # (b, T, V)
-            logprobs = ppo.logprobs_from_logits(logits.float(), mb["response_ids"])  # (b, T)
-            old = mb["old_logprobs"] if "old_logprobs" in mb else logprobs.detach()
-            loss, metrics = ppo.policy_loss(logprobs, old, mb["advantages"], mask,
-                                            clip_eps=cfg.ppo.clip_eps, clip_eps_high=cfg.ppo.clip_eps_high, **agg)
-            metrics["policy/loss"] = loss.detach()
-            if cfg.algo == "carft":
-                cl_loss, cl_metrics = carft.loss_term(cfg, output, mb)
+            logprobs = ppo.logprobs_from_logits(output.logits.float(), mb["response_ids"])  # (b, T)
+            old = mb["old_logprobs"] if has_old_logprobs else logprobs.detach()
+            loss, means = ppo.policy_loss(logprobs, old, mb["advantages"], mask,
+                                          clip_eps=cfg.ppo.clip_eps, clip_eps_high=run.clip_eps_high, **agg)
+            shares["policy/loss"] = loss.detach()
+            if run.algorithm.anchor_phase:
+                cl_loss, cl_metrics = carft.loss_term(cfg, output.sequence, mb)
                 loss = loss + share * cl_loss  # L_cl is a per-micro-batch mean: average it over micro-batches
-                metrics.update(cl_metrics)
-            if cfg.kl.placement == "loss" and "ref_logprobs" in mb:
-                kl_loss = ppo.aggregate(kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind=cfg.kl.estimator),
-                                        mask, mode=cfg.ppo.loss_agg, num_seqs=num_seqs, num_tokens=num_tokens,
+                means.update(cl_metrics)
+            if run.kl_in_loss:
+                kl_loss = ppo.aggregate(kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind=run.kl_estimator),
+                                        mask, mode=run.loss_agg, num_seqs=num_seqs, num_tokens=num_tokens,
                                         max_len=cfg.rollout.max_new_tokens)
                 loss = loss + kl_coef * kl_loss
-                metrics["kl/loss"] = kl_loss.detach()
-                if "old_logprobs" not in mb:  # no pre-update pass computed the KL metrics: take them here
+                shares["kl/loss"] = kl_loss.detach()
+                if not has_old_logprobs:  # no pre-update pass computed the KL metrics: take them here
                     with torch.no_grad():
-                        k1 = kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind="k1") * mask
-                        kl_est = kl_algos.kl_penalty(logprobs, mb["ref_logprobs"], kind=cfg.kl.estimator) * mask
-                    metrics["kl/mean"], metrics["kl/k1_mean"] = kl_est.sum(-1).mean(), k1.sum(-1).mean()
+                        means.update(kl_metrics(logprobs, mb["ref_logprobs"], mask, run.kl_estimator)[1])
             with torch.no_grad():
-                metrics["policy/entropy"] = ppo.masked_mean(ppo.entropy_from_logits(logits.float()), mask)
+                means["policy/entropy"] = ppo.masked_mean(ppo.entropy_from_logits(output.logits.float()), mask)
         if part != "policy" and output.values is not None:
-            values = response_slice(output.values, P, T)  # (b, T)
-            v_loss, v_metrics = ppo.value_loss(values, mb["old_values"], mb["returns"], mask,
+            v_loss, v_metrics = ppo.value_loss(output.values, mb["old_values"], mb["returns"], mask,
                                                clip_eps=cfg.ppo.value_clip_eps, **agg)
             loss = loss + cfg.ppo.vf_coef * v_loss
-            metrics.update(v_metrics, **{"value/loss": v_loss.detach()})
-        # policy/value/kl losses are already normalised globally; per-micro-batch means get their share
-        return loss, {k: v if k in GLOBAL_METRICS else v * share for k, v in metrics.items()}
+            means.update(v_metrics)
+            shares["value/loss"] = v_loss.detach()
+        metrics = {k: v * share for k, v in means.items()}
+        metrics.update(shares)
+        return loss, metrics
 
     return loss_fn
 
@@ -182,20 +167,16 @@ def count_skipped(state: dict, step: dict, limit: int) -> None:
                             f"and were skipped (ppo.max_consecutive_skipped_steps={limit})")
 
 
-def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_only: bool, seed: int,
-               state: dict) -> dict:
+def ppo_update(cfg: Config, run: Plan, roles: Roles, batch: TrainBatch, *, kl_coef: float, value_only: bool,
+               seed: int, state: dict) -> dict:
     """Step 5: `ppo_epochs` passes of shuffled minibatches; returns the metrics averaged over steps.
 
     Shared value head: one policy step per minibatch. Separate critic: a policy step with the policy loss,
     then a critic step with the value loss (its train/* metrics logged as critic/*). Value warm-up
     (`value_only`) trains only the shared head, or only the separate critic.
     """
-    keys = ["prompt_ids", "prompt_mask", "response_ids", "response_mask", "advantages"]
-    keys += [k for k in ("old_logprobs", "old_values", "returns", "ref_logprobs", "scores", "z_anchor", "z_anchor_diff", "lcs_gen_in")
-             if k in data]
-    B = data["response_ids"].shape[0]
+    B = len(batch)
     per_mb = cfg.ppo.sequences_per_minibatch or B
-    micro = cfg.ppo.micro_batch_size_per_device
     generator = torch.Generator().manual_seed(seed)
     if roles.critic is None:
         steps = [(roles.policy, "value" if value_only else "both")]
@@ -209,20 +190,17 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
         order = torch.randperm(B, generator=generator)
         for start in range(0, B, per_mb):
             idx = order[start:start + per_mb]
-            if cfg.ppo.prefix_sharing and cfg.algo != "carft":
+            if cfg.ppo.prefix_sharing and not run.algorithm.anchor_phase:
                 # The minibatch stays random; its micro-batches follow rollout order, so a prompt's samples
                 # share a micro-batch and one prompt pass. Losses are normalised by minibatch totals, so the
                 # gradient is the same. (CARFT contrasts a micro-batch's rows: its batches stay shuffled.)
                 idx = idx.sort().values
-            mbs = []
-            for m in range(0, len(idx), micro):
-                mb = {k: data[k][idx[m:m + micro]] for k in keys}
-                mb["input_ids"], mb["attention_mask"] = sequence_batch(mb)
-                mbs.append(mb)
-            num_tokens = float(data["response_mask"][idx].sum())  # token-mean's normaliser
+            mbs = batch.micro_batches(idx, cfg.ppo.micro_batch_size_per_device)
+            num_tokens = float(batch.response_mask[idx].sum())  # token-mean's normaliser
             for learner, part in steps:
-                step = learner.train_step(mbs, make_loss_fn(cfg, num_seqs=len(idx), kl_coef=kl_coef, part=part,
-                                                            num_tokens=num_tokens))
+                step = learner.train_step(mbs, make_loss_fn(cfg, run, num_seqs=len(idx), kl_coef=kl_coef, part=part,
+                                                            num_tokens=num_tokens,
+                                                            has_old_logprobs=batch.old_logprobs is not None))
                 count_skipped(state, step, cfg.ppo.max_consecutive_skipped_steps)
                 if learner is roles.critic:
                     step = {k.replace("train/", "critic/", 1): v for k, v in step.items()}
@@ -235,14 +213,34 @@ def ppo_update(cfg: Config, roles: Roles, data: dict, *, kl_coef: float, value_o
 
 @contextmanager
 def timed(metrics: dict, name: str):
+    """Adds the block's wall time to `timing/<name>` (summed when a phase runs several times)."""
     start = time.perf_counter()
     yield
-    metrics[f"timing/{name}"] = time.perf_counter() - start
+    metrics[f"timing/{name}"] = metrics.get(f"timing/{name}", 0.0) + (time.perf_counter() - start)
+
+
+@dataclass
+class Loop:
+    """What every phase of one run reads; built once by `run_ppo`."""
+
+    cfg: Config
+    plan: Plan
+    roles: Roles
+    adapter: object | None  # the policy's adapter (None on Ray: full finetuning only)
+    run_dir: Path
+    train: list[Record]
+    test: list[Record]
+    tokenizer: object
+    prompts: list[list[int]]  # every training question, encoded once
+    sampling: SamplingParams
+    kl_ctl: kl_algos.FixedKLController | kl_algos.AdaptiveKLController
+    state: dict  # what a checkpoint restores: iteration, counters, history, best checkpoint
 
 
 def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     """Train with `cfg.algo` from the warm-up at `model.path`; returns the summary (also summary.json)."""
-    if cfg.algo == "reft" and cfg.kl.coef == 0:
+    run = plan(cfg)
+    if cfg.algo == "reft" and run.kl_coef == 0:
         warnings.warn("algo=reft with kl.coef=0: the ReFT paper reports collapse to 0% accuracy without KL")
     run_dir = open_run_dir(cfg)
     seed_everything(cfg.run.seed)
@@ -251,7 +249,16 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     check_context(cfg, model_path)
     roles = build_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=cfg.ppo.iterations)
     try:
-        return _train(cfg, roles, adapter, run_dir, train, test, tokenizer, model_path, stop_after_iterations)
+        kl_ctl = kl_algos.AdaptiveKLController(init_kl_coef=run.kl_coef, target=cfg.kl.target, horizon=cfg.kl.horizon) \
+            if cfg.kl.adaptive else kl_algos.FixedKLController(kl_coef=run.kl_coef)
+        loop = Loop(cfg, run, roles, adapter, run_dir, train, test, tokenizer,
+                    encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens),
+                    SamplingParams(n=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
+                                   top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                                   max_new_tokens=cfg.rollout.max_new_tokens, logprobs=True),
+                    kl_ctl, {"iteration": 0, "train_seconds": 0.0, "samples": 0, "tokens": 0, "best_accuracy": -1.0,
+                             "best_checkpoint": None, "history": [], "model_path": str(model_path)})
+        return _train(loop, stop_after_iterations)
     except (WorkerLostError, DivergedError) as e:
         # skipped steps never touch the weights, so the last checkpoint is a good one in both cases
         last = checkpoint.latest_checkpoint(run_dir / "checkpoints")
@@ -261,136 +268,197 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
         roles.close()
 
 
-def _train(cfg: Config, roles: Roles, adapter, run_dir: Path, train, test, tokenizer, model_path,
-           stop_after_iterations: int | None) -> dict:
-    prompts = encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens)
-    kl_ctl = kl_algos.AdaptiveKLController(init_kl_coef=cfg.kl.coef, target=cfg.kl.target, horizon=cfg.kl.horizon) \
-        if cfg.kl.adaptive else kl_algos.FixedKLController(kl_coef=cfg.kl.coef)
-    sampling = SamplingParams(n=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
-                              top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                              max_new_tokens=cfg.rollout.max_new_tokens, logprobs=True)
-    micro = cfg.ppo.micro_batch_size_per_device
-    state = {"iteration": 0, "train_seconds": 0.0, "samples": 0, "tokens": 0, "best_accuracy": -1.0,
-             "best_checkpoint": None, "history": [], "model_path": str(model_path)}
-    ckpt_root = run_dir / "checkpoints"
-    latest = checkpoint.latest_checkpoint(ckpt_root) if cfg.run.resume else None
-    if latest is not None:
-        roles.policy.load(latest)
-        if roles.critic is not None:
-            roles.critic.load(latest / "critic")
-        saved = torch.load(latest / "trainer_state.pt", weights_only=False)
-        state = saved["state"]
-        set_rng_state(saved["rng"])
-        kl_ctl.load_state_dict(saved["kl"])
-        roles.load_remote_state(saved.get("remote", {}))
-        # An engine with its own weights (vLLM) was built from the warm-up; a shared module is a no-op here.
-        roles.rollout.load_weights(roles.policy.named_weights())
-        print0(f"rlft train: resumed from {latest} (iteration {state['iteration']})")
-    logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["iteration"] if latest else None)
-    print0(f"rlft train: algo={cfg.algo}, {len(train)} questions, {cfg.rollout.prompts_per_step} x "
-           f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from {model_path}; "
-           f"adapter {adapter.kind if adapter else 'full'}, {roles.policy.num_trainable():,} trainable parameters")
-
-    bar = tqdm(total=cfg.ppo.iterations, initial=state["iteration"], desc=f"rlft train {cfg.algo}",
+def _train(loop: Loop, stop_after_iterations: int | None) -> dict:
+    cfg, run, roles = loop.cfg, loop.plan, loop.roles
+    resumed = _resume(loop)
+    logger = MetricLogger(loop.run_dir, tensorboard=cfg.log.tensorboard, resume_step=loop.state["iteration"] if resumed else None)
+    print0(f"rlft train: algo={cfg.algo}, {len(loop.train)} questions, {cfg.rollout.prompts_per_step} x "
+           f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from "
+           f"{loop.state['model_path']}; adapter {loop.adapter.kind if loop.adapter else 'full'}, "
+           f"{roles.policy.num_trainable():,} trainable parameters")
+    bar = tqdm(total=cfg.ppo.iterations, initial=loop.state["iteration"], desc=f"rlft train {cfg.algo}",
                disable=not cfg.log.progress, file=sys.stderr, dynamic_ncols=True)
-    for it in range(state["iteration"], cfg.ppo.iterations):
-        if cfg.ppo.max_seconds is not None and state["train_seconds"] >= cfg.ppo.max_seconds:
+    for it in range(loop.state["iteration"], cfg.ppo.iterations):
+        if cfg.ppo.max_seconds is not None and loop.state["train_seconds"] >= cfg.ppo.max_seconds:
             print0(f"rlft train: wall-time budget {cfg.ppo.max_seconds:.0f}s reached at iteration {it}")
             break
         m: dict = {}
         t_start = time.perf_counter()
-        if adapter is not None:  # None on Ray (full finetuning only)
-            adapter.set_progress(it, cfg.ppo.iterations)  # HEFT's stage
-        indices = prompt_indices(len(train), cfg.rollout.prompts_per_step, cfg.run.seed, it)
-        records = [train[i] for i in indices]
-        # 1. sample
-        with timed(m, "rollout"):
-            batch = roles.rollout.generate([prompts[i] for i in indices], sampling)
-        owners = [records[j] for j in batch.prompt_index.tolist()]
-        texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
-        # 2. score
-        with timed(m, "reward"):
-            scores, reward_metrics = roles.reward.score(texts, owners, batch.truncated)
-        data = {"prompt_ids": batch.prompt_ids, "prompt_mask": batch.prompt_mask, "response_ids": batch.response_ids,
-                "response_mask": batch.response_mask, "scores": scores}
-        # 3. evaluate (teacher-forced, no grad) + 4. advantage; 5. update
-        if cfg.algo == "online_st":
+        if loop.adapter is not None:
+            loop.adapter.set_progress(it, cfg.ppo.iterations)  # HEFT's stage
+        # 1. sample + 2. score (DAPO: drop groups without signal, sample more prompts until the batch is full)
+        rollout, owners, scores = sample_and_score(loop, it, m)
+        batch = TrainBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask, scores)
+        if run.algorithm.overlong_shaping:
+            batch.scores = scores + dapo.overlong_penalty(rollout.response_mask.sum(-1), max_len=cfg.rollout.max_new_tokens,
+                                                          cache_len=cfg.dapo.overlong_cache_tokens,
+                                                          penalty=cfg.dapo.overlong_penalty)
+        if run.algorithm.loop == "online_st":
+            # 5. update only: CE on the correct samples and the gold CoTs
             with timed(m, "train"):
-                step = roles.policy.train_step(*online_st_micro_batches(data, records, tokenizer, cfg))
-                count_skipped(state, step, cfg.ppo.max_consecutive_skipped_steps)
+                questions = owners[::cfg.rollout.samples_per_prompt]  # a group's samples are adjacent
+                step = roles.policy.train_step(*online_st_micro_batches(batch, questions, loop.tokenizer, cfg))
+                count_skipped(loop.state, step, cfg.ppo.max_consecutive_skipped_steps)
                 m.update(step)
         else:
-            with timed(m, "logprobs"):
-                if needs_old_logprobs(cfg, len(batch)):
-                    data["old_logprobs"], values = roles.policy.logprobs_and_values(data, micro)
-                else:
-                    values = None  # one on-policy step: old = current log-probs (detached), as TRL does
-                if roles.critic is not None:  # a separate value model; its log-probs are not used
-                    values = roles.critic.logprobs_and_values(data, micro)[1]
-                if values is not None:
-                    data["old_values"] = data["values"] = values
-                if roles.reference is not None:
-                    data["ref_logprobs"] = roles.reference.logprobs(data, micro)
-            if cfg.algo == "carft":
-                with timed(m, "anchor"):
-                    m.update(carft.anchor_phase(cfg, roles.policy.model, tokenizer, owners, data))
-                scores = data["scores"]
-            m.update(compute_advantages(cfg, data, kl_ctl.value))
+            # 3. evaluate (teacher-forced, no grad) [+ CARFT's anchor pass]
+            evaluate_batch(loop, batch, owners, m)
+            # 4. advantage
+            m.update(compute_advantages(cfg, run, batch, loop.kl_ctl.value))
+            # 5. update
             with timed(m, "train"):
-                m.update(ppo_update(cfg, roles, data, kl_coef=kl_ctl.value,
+                m.update(ppo_update(cfg, run, roles, batch, kl_coef=loop.kl_ctl.value,
                                     value_only=it < cfg.ppo.value_warmup_iterations, seed=cfg.run.seed * 7919 + it,
-                                    state=state))
-            if "old_logprobs" in data:
-                m["rollout/logprob_diff"] = ((batch.rollout_logprobs - data["old_logprobs"]).abs()
-                                             * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1)
+                                    state=loop.state))
+            if batch.old_logprobs is not None:
+                m["rollout/logprob_diff"] = ((rollout.rollout_logprobs - batch.old_logprobs).abs()
+                                             * rollout.response_mask).sum() / rollout.response_mask.sum().clamp(min=1)
             if "kl/mean" in m:
-                kl_ctl.update(float(m["kl/mean"]), len(batch))
+                loop.kl_ctl.update(float(m["kl/mean"]), len(batch))
         # 6. sync (a no-op when the engine shares the policy's module)
         with timed(m, "sync"):
             roles.rollout.load_weights(roles.policy.named_weights())
-        # 7. log
-        lengths = batch.response_mask.sum(-1).float()
-        state["iteration"] = it + 1
-        state["train_seconds"] += time.perf_counter() - t_start
-        state["samples"] += len(batch)
-        state["tokens"] += int(lengths.sum())
-        m.update(reward_metrics)
-        m.update({"reward/mean": scores.mean(), "reward/accuracy": (scores >= 1.0).float().mean(),
-                  "rollout/response_len_mean": lengths.mean(), "rollout/truncated_frac": batch.truncated.float().mean(),
-                  "kl/coef": kl_ctl.value, "time/train_seconds": state["train_seconds"], "time/samples": state["samples"]})
-        m["timing/iteration"] = time.perf_counter() - t_start
-        done = it + 1 == cfg.ppo.iterations or it + 1 == stop_after_iterations or (
-            cfg.ppo.max_seconds is not None and state["train_seconds"] >= cfg.ppo.max_seconds)
-        if (it + 1) % cfg.ppo.eval_every == 0 or done:
-            summary, predictions = evaluate(
-                roles.rollout, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
-                samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
-                seed=cfg.run.seed,
-            )
-            m.update(summary)
-            state["history"].append({"iteration": it + 1, "accuracy": summary["eval/accuracy"],
-                                     "train_seconds": state["train_seconds"], "samples": state["samples"]})
-            write_jsonl(run_dir / f"predictions_iter{it + 1}.jsonl", predictions)
-            print0(f"iteration {it + 1}: held-out accuracy {summary['eval/accuracy']:.3f}, train reward "
-                   f"{float(m['reward/mean']):.3f}, kl {float(m.get('kl/mean', 0.0)):.3f}, {state['train_seconds']:.0f}s")
+        # 7. log, evaluate held-out, checkpoint
+        done = log_iteration(loop, it, rollout, scores, batch.scores, m, t_start, stop_after_iterations)
         logger.log(it + 1, m)
         bar.update(1)
         bar.set_postfix(reward=f"{float(m['reward/mean']):.3f}", kl=f"{float(m.get('kl/mean', 0.0)):.2f}",
                         samples_s=f"{len(batch) / m['timing/iteration']:.1f}")
         if (it + 1) % cfg.ppo.save_every == 0 or done:
-            _save(roles, tokenizer, state, kl_ctl, ckpt_root, cfg)
+            _save(loop)
         if done:
             break
     bar.close()
     logger.close()
+    state = loop.state
     summary = {k: state[k] for k in ("history", "best_accuracy", "best_checkpoint", "train_seconds", "samples", "tokens")}
-    summary.update(algo=cfg.algo, iterations_done=state["iteration"], final_checkpoint=str(checkpoint.latest_checkpoint(ckpt_root) or ""),
-                   adapter=adapter.kind if adapter else "full", trainable_params=roles.policy.num_trainable())
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary.update(algo=cfg.algo, iterations_done=state["iteration"],
+                   final_checkpoint=str(checkpoint.latest_checkpoint(loop.run_dir / "checkpoints") or ""),
+                   adapter=loop.adapter.kind if loop.adapter else "full", trainable_params=roles.policy.num_trainable())
+    (loop.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _save(roles: Roles, tokenizer, state: dict, kl_ctl, root: Path, cfg: Config) -> Path:
+def sample_and_score(loop: Loop, it: int, m: dict) -> tuple[RolloutBatch, list[Record], torch.Tensor]:
+    """Steps 1-2: sample this iteration's questions and score the responses. Returns the rollout, the record
+    each sample answers, and the scores (B,). With dynamic sampling (DAPO), groups whose scores are all
+    equal are dropped and more questions sampled, up to `dapo.max_sample_rounds` rounds, until
+    `prompts_per_step` groups carry signal; if the rounds run out, dropped groups fill the batch (their
+    advantages are 0) so the batch geometry stays fixed."""
+    cfg = loop.cfg
+    rollout, owners, scores = _sample_round(loop, prompt_indices(len(loop.train), cfg.rollout.prompts_per_step,
+                                                                 cfg.run.seed, it), m)
+    if not loop.plan.algorithm.dynamic_sampling:
+        return rollout, owners, scores
+    G, want = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
+    rounds = [(rollout, owners, scores)]
+    kept = int(dapo.groups_with_signal(scores, group_size=G).sum())
+    m["rollout/groups_with_signal_frac"] = kept / want
+    while kept < want and len(rounds) < cfg.dapo.max_sample_rounds:
+        # further rounds draw from other shuffles of the questions (a pure function of seed, round, iteration)
+        extra = prompt_indices(len(loop.train), want, cfg.run.seed * 1_000_003 + len(rounds), it)
+        rounds.append(_sample_round(loop, extra, m))
+        kept += int(dapo.groups_with_signal(rounds[-1][2], group_size=G).sum())
+    m["rollout/sample_rounds"] = float(len(rounds))
+    with_signal = [dapo.keep_rows(dapo.groups_with_signal(s, group_size=G), group_size=G) for _, _, s in rounds]
+    chunks = [(r, o, s, keep) for (r, o, s), keep in zip(rounds, with_signal)]
+    chunks += [(r, o, s, ~keep) for (r, o, s), keep in zip(rounds, with_signal)]  # fill-up: groups without signal
+    parts, part_owners, part_scores, rows_left = [], [], [], want * G
+    for r, o, s, keep in chunks:
+        rows = keep.nonzero().flatten()[:rows_left]
+        if len(rows):
+            parts.append(r.select(rows))
+            part_owners += [o[i] for i in rows.tolist()]
+            part_scores.append(s[rows])
+            rows_left -= len(rows)
+    rollout = concat_batches(parts, loop.tokenizer.pad_token_id)
+    rollout.prompt_index = torch.arange(want).repeat_interleave(G)  # groups stay adjacent, renumbered
+    return rollout, part_owners, torch.cat(part_scores)
+
+
+def _sample_round(loop: Loop, indices: list[int], m: dict) -> tuple[RolloutBatch, list[Record], torch.Tensor]:
+    records = [loop.train[i] for i in indices]
+    with timed(m, "rollout"):
+        rollout = loop.roles.rollout.generate([loop.prompts[i] for i in indices], loop.sampling)
+    owners = [records[j] for j in rollout.prompt_index.tolist()]
+    texts = loop.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+    with timed(m, "reward"):
+        scores, reward_metrics = loop.roles.reward.score(texts, owners, rollout.truncated)
+    for k, v in reward_metrics.items():  # counts: summed over rounds
+        m[k] = m.get(k, 0.0) + v
+    return rollout, owners, scores
+
+
+def evaluate_batch(loop: Loop, batch: TrainBatch, owners: list[Record], m: dict) -> None:
+    """Step 3: the policy's old log-probs (unless one on-policy step makes them the current ones), the value
+    model's values, the reference's log-probs; then CARFT's anchor pass (which may rescale the scores)."""
+    cfg, roles, micro = loop.cfg, loop.roles, loop.cfg.ppo.micro_batch_size_per_device
+    with timed(m, "logprobs"):
+        sequences = batch.sequences()
+        values = None
+        if needs_old_logprobs(cfg, loop.plan, len(batch)):
+            batch.old_logprobs, values = roles.policy.logprobs_and_values(sequences, micro)
+        if roles.critic is not None:  # a separate value model; its log-probs are not used
+            values = roles.critic.logprobs_and_values(sequences, micro)[1]
+        batch.old_values = values
+        if roles.reference is not None:
+            batch.ref_logprobs = roles.reference.logprobs(sequences, micro)
+    if loop.plan.algorithm.anchor_phase:
+        with timed(m, "anchor"):
+            m.update(carft.anchor_phase(cfg, roles.policy.model, loop.tokenizer, owners, batch))
+
+
+def log_iteration(loop: Loop, it: int, rollout: RolloutBatch, raw_scores: torch.Tensor, scores: torch.Tensor,
+                  m: dict, t_start: float, stop_after_iterations: int | None) -> bool:
+    """Step 7: counters and metrics of iteration `it`, the held-out evaluation when due. Returns whether this
+    is the run's last iteration. `scores` are what the advantage saw (CARFT's rescaled partial credit,
+    DAPO's length shaping), `raw_scores` the reward function's."""
+    cfg, state = loop.cfg, loop.state
+    lengths = rollout.response_mask.sum(-1).float()
+    state["iteration"] = it + 1
+    state["train_seconds"] += time.perf_counter() - t_start
+    state["samples"] += len(rollout)
+    state["tokens"] += int(lengths.sum())
+    m.update({"reward/mean": scores.mean(), "reward/accuracy": (raw_scores >= 1.0).float().mean(),
+              "rollout/response_len_mean": lengths.mean(), "rollout/truncated_frac": rollout.truncated.float().mean(),
+              "kl/coef": loop.kl_ctl.value, "time/train_seconds": state["train_seconds"], "time/samples": state["samples"]})
+    m["timing/iteration"] = time.perf_counter() - t_start
+    done = it + 1 == cfg.ppo.iterations or it + 1 == stop_after_iterations or (
+        cfg.ppo.max_seconds is not None and state["train_seconds"] >= cfg.ppo.max_seconds)
+    if (it + 1) % cfg.ppo.eval_every == 0 or done:
+        summary, predictions = evaluate_held_out(cfg, loop.roles.rollout, loop.tokenizer, loop.test)
+        m.update(summary)
+        state["history"].append({"iteration": it + 1, "accuracy": summary["eval/accuracy"],
+                                 "train_seconds": state["train_seconds"], "samples": state["samples"]})
+        write_jsonl(loop.run_dir / f"predictions_iter{it + 1}.jsonl", predictions)
+        print0(f"iteration {it + 1}: held-out accuracy {summary['eval/accuracy']:.3f}, train reward "
+               f"{float(m['reward/mean']):.3f}, kl {float(m.get('kl/mean', 0.0)):.3f}, {state['train_seconds']:.0f}s")
+    return done
+
+
+def _resume(loop: Loop) -> bool:
+    """With `run.resume`, restore the latest checkpoint (learners, trainer state, RNG, KL controller, remote
+    engines' RNG) and bring the engine's weights up to date. Returns whether there was one."""
+    latest = checkpoint.latest_checkpoint(loop.run_dir / "checkpoints") if loop.cfg.run.resume else None
+    if latest is None:
+        return False
+    roles = loop.roles
+    roles.policy.load(latest)
+    if roles.critic is not None:
+        roles.critic.load(latest / "critic")
+    saved = torch.load(latest / "trainer_state.pt", weights_only=False)
+    loop.state = saved["state"]
+    set_rng_state(saved["rng"])
+    loop.kl_ctl.load_state_dict(saved["kl"])
+    roles.load_remote_state(saved.get("remote", {}))
+    # An engine with its own weights (vLLM) was built from the warm-up; a shared module is a no-op here.
+    roles.rollout.load_weights(roles.policy.named_weights())
+    print0(f"rlft train: resumed from {latest} (iteration {loop.state['iteration']})")
+    return True
+
+
+def _save(loop: Loop) -> Path:
+    state, roles, root = loop.state, loop.roles, loop.run_dir / "checkpoints"
     final = root / f"ckpt-{state['iteration']}"
     accuracy = state["history"][-1]["accuracy"] if state["history"] and state["history"][-1]["iteration"] == state["iteration"] else -1.0
     if accuracy > state["best_accuracy"]:
@@ -399,8 +467,8 @@ def _save(roles: Roles, tokenizer, state: dict, kl_ctl, root: Path, cfg: Config)
     roles.policy.save(tmp)
     if roles.critic is not None:
         roles.critic.save(tmp / "critic")
-    tokenizer.save_pretrained(tmp / "model")
-    torch.save({"state": state, "rng": rng_state(), "kl": kl_ctl.state_dict(), "config": to_dict(cfg),
+    loop.tokenizer.save_pretrained(tmp / "model")
+    torch.save({"state": state, "rng": rng_state(), "kl": loop.kl_ctl.state_dict(), "config": to_dict(loop.cfg),
                 "remote": roles.remote_state()}, tmp / "trainer_state.pt")
     best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()
-    return checkpoint.commit(tmp, keep_last=cfg.ppo.keep_last_checkpoints, protect=best)
+    return checkpoint.commit(tmp, keep_last=loop.cfg.ppo.keep_last_checkpoints, protect=best)

@@ -36,12 +36,13 @@ from tqdm.auto import tqdm
 
 from rlft.algos import sft as sft_algo
 from rlft.config import Config
-from rlft.dist.local import RewardRole
-from rlft.evaluate import encode_prompts
+from rlft.reward.role import RewardRole
 from rlft.rollout.base import SamplingParams
-from rlft.rollout.hf_engine import HFRolloutEngine
+from rlft.rollout.factory import hf_engine
 from rlft.tasks.base import Record
-from rlft.trainers.sft import IGNORE, collate, encode_examples, run_sft
+from rlft.tasks.encoding import IGNORE, collate, encode_examples, encode_prompts
+from rlft.trainers.sft import run_sft
+from rlft.types import RolloutBatch, TrainBatch
 from rlft.utils.logging import print0
 from rlft.workspace import load_split, open_run_dir, prepare_model
 
@@ -56,20 +57,20 @@ SAMPLING_KEYS = (
 )
 
 
-def _sample_examples(data: dict, keep: torch.Tensor) -> list[dict]:
+def _sample_examples(batch: TrainBatch | RolloutBatch, keep: torch.Tensor) -> list[dict]:
     """Prompt + response of the kept samples as SFT examples (labels on the response incl. EOS)."""
     examples = []
     for b in keep.nonzero().flatten().tolist():
-        prompt = data["prompt_ids"][b][data["prompt_mask"][b].bool()].tolist()
-        response = data["response_ids"][b][data["response_mask"][b].bool()].tolist()
+        prompt = batch.prompt_ids[b][batch.prompt_mask[b].bool()].tolist()
+        response = batch.response_ids[b][batch.response_mask[b].bool()].tolist()
         examples.append({"input_ids": prompt + response, "labels": [IGNORE] * len(prompt) + response})
     return examples
 
 
-def online_st_micro_batches(data: dict, records: list[Record], tokenizer, cfg: Config):
+def online_st_micro_batches(batch: TrainBatch, records: list[Record], tokenizer, cfg: Config):
     """Micro-batches and loss for one online-ST step: 1/2 CE(correct samples) + 1/2 CE(gold CoTs)."""
     gold, _ = encode_examples(tokenizer, records, cfg.data.style, cfg.sft.max_seq_tokens)
-    correct = _sample_examples(data, data["scores"] >= 1.0)
+    correct = _sample_examples(batch, batch.scores >= 1.0)
     groups = [("gold", gold)] + ([("correct", correct)] if correct else [])
     weight = 0.5 if correct else 1.0  # both halves as in the reference; gold alone when nothing was right
     micro, counts = [], {}
@@ -99,9 +100,7 @@ def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter
     """
     start = time.perf_counter()
     o, r = cfg.offline_st, cfg.rollout
-    engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=r.batch_size, adapter=adapter,
-                             lean_step=r.hf_lean_step)
+    engine = hf_engine(cfg, model, tokenizer, adapter)
     reward = RewardRole(cfg)
     prompts = encode_prompts(tokenizer, records, cfg.data.style, cfg.data.max_prompt_tokens)
     params = SamplingParams(n=o.samples_per_question, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,

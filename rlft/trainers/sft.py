@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -31,79 +30,15 @@ from tqdm.auto import tqdm
 
 from rlft.algos import sft as sft_algo
 from rlft.config import Config, derive_sft_geometry, to_dict
-from rlft.evaluate import evaluate
+from rlft.evaluate import evaluate_held_out
 from rlft.learner.torch_learner import TorchLearner
-from rlft.models.value_head import PolicyModel
-from rlft.rollout.hf_engine import HFRolloutEngine
-from rlft.tasks.base import Record
-from rlft.tasks.prompts import prompt_text, target_text
+from rlft.models.policy import PolicyModel
+from rlft.rollout.factory import hf_engine
+from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, truncate_targets
 from rlft.utils import checkpoint
 from rlft.utils.logging import MetricLogger, print0, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
 from rlft.workspace import load_split, open_run_dir, prepare_model
-
-IGNORE = -100
-
-
-def encode_examples(tokenizer, records: list[Record], style: str, max_tokens: int,
-                    targets: list[str] | None = None) -> tuple[list[dict], int]:
-    """Token ids and labels per record: labels are -100 on the prompt, the target ids (+ EOS) after it.
-
-    `targets` replaces the annotated targets (offline self-training trains on sampled responses).
-    Returns the examples and how many were truncated to `max_tokens`.
-    """
-    prompts = tokenizer([prompt_text(r, style) for r in records], add_special_tokens=False)["input_ids"]
-    targets = targets if targets is not None else [target_text(r, style) for r in records]
-    targets = tokenizer(targets, add_special_tokens=False)["input_ids"]
-    examples, n_truncated = [], 0
-    for p, t in zip(prompts, targets):
-        ids = p + t + [tokenizer.eos_token_id]
-        labels = [IGNORE] * len(p) + t + [tokenizer.eos_token_id]
-        if len(ids) > max_tokens:
-            ids, labels, n_truncated = ids[:max_tokens], labels[:max_tokens], n_truncated + 1
-        examples.append({"input_ids": ids, "labels": labels})
-    return examples, n_truncated
-
-
-def _target_start(labels: list[int]) -> int:
-    """Index of the first labelled token: the prompt length of an SFT example."""
-    return next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
-
-
-def truncate_targets(examples: list[dict], *, prefix_tokens: int, full_frac: float, seed: int) -> list[dict]:
-    """BREP's truncated-prefix SFT data (`LiangThree/BREP`, `Prefix/prefix_train.py`): a random share
-    `1 - full_frac` of the examples keep only their first `prefix_tokens` target tokens, the rest their whole
-    target. BREP keeps the ids and drops the labels; cutting the ids after the last label gives the same
-    causal loss for less compute."""
-    rng = random.Random(seed)
-    full = set(rng.sample(range(len(examples)), round(full_frac * len(examples))))
-    out = []
-    for i, e in enumerate(examples):
-        end = _target_start(e["labels"]) + prefix_tokens
-        out.append(e if i in full else {"input_ids": e["input_ids"][:end], "labels": e["labels"][:end]})
-    return out
-
-
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of examples into (B, S) input_ids / attention_mask / labels, plus (B,) prompt_len
-    (where the labels start: hook-based adapters place their edits by it)."""
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        labels[i, :n] = torch.tensor(e["labels"])
-        mask[i, :n] = 1
-    prompt_len = torch.tensor([_target_start(e["labels"]) for e in examples], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "prompt_len": prompt_len}
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """Shuffled example order of `epoch`; a pure function of (seed, epoch), so resume needs no state."""
-    return random.Random(seed * 100_003 + epoch).sample(range(n), n)
-
 
 def make_loss_fn(num_label_tokens: int):
     """Minibatch token-mean CE: each micro-batch contributes its CE sum / the minibatch's label count."""
@@ -142,9 +77,7 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
         PolicyModel(model, adapter=adapter), lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
         total_steps=total_steps, warmup_steps=int(cfg.sft.warmup_ratio * total_steps), schedule=cfg.sft.schedule,
     )
-    engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=cfg.eval.batch_size, adapter=adapter,
-                             lean_step=cfg.rollout.hf_lean_step)
+    engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size)
     n_params = sum(p.numel() for p in learner.model.parameters())
     extra = f" + {len(extra_examples)} extra examples" if extra_examples else ""
     print0(f"rlft sft: {len(train)} train{extra} / {len(test)} test records, model {model_path} ({n_params / 1e6:.2f}M params, "
@@ -193,11 +126,7 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
         over_budget = cfg.sft.max_seconds is not None and state["train_seconds"] >= cfg.sft.max_seconds
         last = epoch + 1 == cfg.sft.epochs or over_budget
         if cfg.eval.every_epoch or last:
-            summary, predictions = evaluate(
-                engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
-                samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
-                seed=cfg.run.seed,
-            )
+            summary, predictions = evaluate_held_out(cfg, engine, tokenizer, test)
             logger.log(state["step"], summary)
             record["accuracy"] = summary["eval/accuracy"]
             write_jsonl(run_dir / f"predictions_epoch{epoch + 1}.jsonl", predictions)

@@ -54,20 +54,20 @@ def make_batch(vocab: int, seed: int = 0) -> list[dict]:
 def loss_fn(output, mb):
     """A token-level loss normalised by the minibatch's global token count (the learner contract)."""
     from rlft.algos.ppo import logprobs_from_logits
-    from rlft.models.value_head import response_slice
 
-    P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
     mask = mb["response_mask"].float()
-    logprobs = logprobs_from_logits(response_slice(output.logits, P, T).float(), mb["response_ids"])
-    values = response_slice(output.values, P, T)
+    # learners hand the loss logits and values aligned to the response tokens (`ResponseOutput`)
+    assert output.logits.shape[1] == mb["response_ids"].shape[1] == output.values.shape[1]
+    logprobs = logprobs_from_logits(output.logits.float(), mb["response_ids"])
+    values = output.values
     total_tokens = 4 * 7  # 4 micro-batches x (4 + 3) response tokens
     loss = (-(logprobs * mask).sum() + ((values - mb["returns"]) ** 2 * mask).sum()) / total_tokens
     return loss, {"loss": loss.detach()}
 
 
 def build_model(path):
-    from rlft.models.policy import load_policy
-    from rlft.models.value_head import PolicyModel
+    from rlft.models.loading import load_policy
+    from rlft.models.policy import PolicyModel
 
     return PolicyModel(load_policy(path)[0], value_head="linear", init_seed=3)
 

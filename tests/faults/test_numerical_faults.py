@@ -13,8 +13,8 @@ from rlft.cli import main
 from rlft.config import load_config
 from rlft.learner.base import DivergedError
 from rlft.learner.torch_learner import TorchLearner
-from rlft.models.policy import load_policy
-from rlft.models.value_head import PolicyModel
+from rlft.models.loading import load_policy
+from rlft.models.policy import PolicyModel
 from rlft.trainers import ppo as ppo_trainer
 from rlft.trainers.ppo import run_ppo
 

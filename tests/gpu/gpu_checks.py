@@ -53,7 +53,7 @@ def append(path: Path, rows: list[dict]) -> None:
 def model_folder(name: str, work: Path) -> Path | None:
     """The tiny model (built here) or the cached SmolLM2-135M (None when it cannot be had)."""
     if name == "smollm2":
-        from rlft.models.policy import ModelLoadError
+        from rlft.models.loading import ModelLoadError
         from rlft.models.smollm import convert_smollm2
 
         try:
@@ -84,7 +84,7 @@ def logprob_gap(lm, batch, device: str) -> tuple[float, float]:
     import torch
 
     from rlft.learner.torch_learner import response_logprobs_and_values
-    from rlft.models.value_head import PolicyModel
+    from rlft.models.policy import PolicyModel
 
     data = {k: getattr(batch, k).to(device) for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
     with torch.no_grad():
@@ -114,7 +114,7 @@ def perturbed(lm, seed: int = 0):
 def check_engine(name: str, work: Path, device: str) -> list[dict]:
     import torch
 
-    from rlft.models.policy import load_policy
+    from rlft.models.loading import load_policy
     from rlft.rollout.base import SamplingParams
     from rlft.rollout.vllm_engine import VLLMRolloutEngine, sleep_supported
 
@@ -201,7 +201,7 @@ def engine_process(folder: str, transport: str, device: str, port: int, inbox, o
         os.environ["CUDA_VISIBLE_DEVICES"] = "1"  # before CUDA starts in this process: NCCL needs its own GPU
     import torch
 
-    from rlft.models.policy import load_policy
+    from rlft.models.loading import load_policy
     from rlft.rollout.base import SamplingParams
     from rlft.rollout.vllm_engine import VLLMRolloutEngine
 
@@ -241,7 +241,7 @@ def check_sync(work: Path, device: str, transport: str) -> list[dict]:
     import torch
     import torch.multiprocessing as mp
 
-    from rlft.models.policy import load_policy
+    from rlft.models.loading import load_policy
     from rlft.types import RolloutBatch
 
     if transport == "auto":

@@ -8,7 +8,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from rlft.models.policy import load_policy
+from rlft.models.loading import load_policy
 from rlft.rollout.decode import (
     cache_keyword,
     draw,

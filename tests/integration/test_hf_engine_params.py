@@ -2,7 +2,7 @@
 
 import torch
 
-from rlft.models.policy import load_policy
+from rlft.models.loading import load_policy
 from rlft.rollout.base import SamplingParams
 from rlft.rollout.hf_engine import HFRolloutEngine, response_mask_from_ids
 

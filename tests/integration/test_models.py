@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlft.models.policy import ModelLoadError, load_policy
+from rlft.models.loading import ModelLoadError, load_policy
 from rlft.rollout.base import SamplingParams
 from rlft.rollout.hf_engine import HFRolloutEngine, response_mask_from_ids
 

@@ -13,7 +13,7 @@ from test_llama_step import ARCHITECTURES, build
 from rlft.adapters.positions import PositionMeta
 from rlft.algos.ppo import logprobs_from_logits
 from rlft.learner.torch_learner import TorchLearner, response_logprobs_and_values
-from rlft.models.value_head import PolicyModel, prompt_groups, response_slice
+from rlft.models.policy import PolicyModel, prompt_groups, response_slice
 
 
 def grouped_batch(vocab: int, prompts: int = 3, n: int = 3, P: int = 7, T: int = 5, seed: int = 0) -> dict:
@@ -150,10 +150,10 @@ def test_learner_passes_share_prompts_and_match_unshared(monkeypatch):
                 mb["attention_mask"] = torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
 
             def loss_fn(output, mb):
-                P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
-                # a smooth loss: with amax, a near-tie flipped by rounding would change the gradient
-                lp = logprobs_from_logits(response_slice(output.logits, P, T), mb["response_ids"])
-                return -(lp * mb["response_mask"]).sum() + response_slice(output.values, P, T).pow(2).sum(), {}
+                # the learner hands the loss response-aligned logits and values
+                # (a smooth loss: with amax, a near-tie flipped by rounding would change the gradient)
+                lp = logprobs_from_logits(output.logits, mb["response_ids"])
+                return -(lp * mb["response_mask"]).sum() + output.values.pow(2).sum(), {}
 
             learner.train_step(mbs, loss_fn)
         assert calls == [shared] * 4  # 2 log-prob chunks + 2 train micro-batches

@@ -11,13 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 from rlft.config import load_config
-from rlft.models.policy import load_policy
+from rlft.models.loading import load_policy
 from rlft.rollout.base import SamplingParams
 from rlft.rollout.hf_engine import HFRolloutEngine
 from rlft.learner.torch_learner import response_logprobs_and_values
-from rlft.models.value_head import PolicyModel
+from rlft.models.policy import PolicyModel
 from rlft.tasks import load_records
 from rlft.tasks.prompts import prompt_text
+from rlft.trainers.algorithms import plan
 from rlft.trainers.ppo import run_ppo
 
 MICRO = [
@@ -216,9 +217,10 @@ def test_single_on_policy_step_skips_the_old_logprob_pass(tmp_path, warm_model, 
     import rlft.trainers.ppo as ppo_trainer
 
     args = ["algo=grpo", "kl.placement=loss", "kl.estimator=k3", "ppo.ppo_epochs=1", "ppo.iterations=2"]
-    assert not ppo_trainer.needs_old_logprobs(_cfg(tmp_path, warm_model, *args), 8)
+    cfg = _cfg(tmp_path, warm_model, *args)
+    assert not ppo_trainer.needs_old_logprobs(cfg, plan(cfg), 8)
     run_ppo(_cfg(tmp_path / "skip", warm_model, *args))
-    monkeypatch.setattr(ppo_trainer, "needs_old_logprobs", lambda cfg, n: True)
+    monkeypatch.setattr(ppo_trainer, "needs_old_logprobs", lambda cfg, run, n: True)
     run_ppo(_cfg(tmp_path / "full", warm_model, *args))
     a, b = _weights(tmp_path / "skip", 2), _weights(tmp_path / "full", 2)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -238,7 +240,7 @@ def test_prompt_indices_cover_every_question_once_per_epoch():
 def test_response_logits_only_match_full_logits(warm_model):
     """RL forwards compute logits for the T + 1 response-scoring positions only; the log-probs and values
     must equal those from full-sequence logits (a wrong offset in response_slice shifts every token)."""
-    from rlft.models.value_head import response_slice
+    from rlft.models.policy import response_slice
 
     lm, tok = load_policy(warm_model)
     model = PolicyModel(lm, value_head="linear").eval()
@@ -310,7 +312,7 @@ def test_every_rollout_of_a_run_decodes_with_the_lean_step(tmp_path, warm_model,
 
 def test_hf_lean_step_false_decodes_with_the_hf_forward(warm_model):
     """`rollout.hf_lean_step=false` reaches the engine: the escape hatch if a model variant misbehaves."""
-    from rlft.dist.local import make_engine
+    from rlft.rollout.factory import make_engine
 
     lm, tok = load_policy(warm_model)
     for flag in (True, False):
@@ -354,6 +356,7 @@ def test_grpo_shares_each_prompt_pass_among_its_samples(tmp_path, warm_model, mo
 def test_token_mean_loss_does_not_depend_on_micro_batching(warm_model):
     """`ppo.loss_agg=token-mean` normalises by the minibatch's response tokens, so splitting it into
     micro-batches of uneven token counts (or regrouping rows, as shared prompts do) gives the same loss."""
+    from rlft.models.policy import response_output
     from rlft.trainers.ppo import make_loss_fn
 
     cfg = load_config(None, [f"model.path={warm_model}", "algo=grpo", "rollout.samples_per_prompt=2", "ppo.loss_agg=token-mean",
@@ -370,13 +373,14 @@ def test_token_mean_loss_does_not_depend_on_micro_batching(warm_model):
     batch["old_logprobs"] = batch["ref_logprobs"] + 0.1
 
     def total_loss(splits, num_tokens):
-        loss_fn = make_loss_fn(cfg, num_seqs=B, kl_coef=0.1, part="policy", num_tokens=num_tokens)
+        loss_fn = make_loss_fn(cfg, plan(cfg), num_seqs=B, kl_coef=0.1, part="policy", num_tokens=num_tokens,
+                               has_old_logprobs=True)
         total = 0.0
         for rows in splits:
             mb = {k: v[rows] for k, v in batch.items()}
             ids, mask = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1), torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
             with torch.no_grad():
-                total += float(loss_fn(model(ids, mask, None, T + 1, P), mb)[0])
+                total += float(loss_fn(response_output(model(ids, mask, None, T + 1, P), P, T), mb)[0])
         return total
 
     n_tokens = float(batch["response_mask"].sum())

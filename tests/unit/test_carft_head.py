@@ -31,7 +31,7 @@ def test_train_and_eval_agree_without_dropout():
 
 def test_policy_model_exposes_carft_outputs():
     from rlft.models.tiny import tiny_llama_config
-    from rlft.models.value_head import PolicyModel
+    from rlft.models.policy import PolicyModel
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rlft.cli import _split_config_args, build_parser
+from rlft.cli import build_parser
+from rlft.config import split_config_args
 from rlft.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ def test_readme_command_parses(line):
         check_parser().parse_args(argv[1:])
         return
     args = build_parser().parse_args(argv)
-    path, overrides = _split_config_args(args.config)
+    path, overrides = split_config_args(args.config)
     load_config(REPO / path if path else None, overrides)
 
 

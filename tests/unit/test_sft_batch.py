@@ -4,7 +4,7 @@ import torch
 
 from rlft.tasks.base import Record
 from rlft.tasks.prompts import prompt_text, target_text
-from rlft.trainers.sft import IGNORE, collate, encode_examples, epoch_order, truncate_targets
+from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, truncate_targets
 from rlft.models.tiny import train_tokenizer
 
 RECORDS = [

@@ -1,6 +1,6 @@
 """Tiny model and tokenizer: digits are single tokens, text round-trips, the model builds and loads."""
 
-from rlft.models.policy import load_policy
+from rlft.models.loading import load_policy
 from rlft.models.tiny import build_tiny_model, train_tokenizer
 
 CORPUS = [

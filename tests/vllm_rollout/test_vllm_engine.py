@@ -17,8 +17,8 @@ from transformers.generation.logits_process import (  # noqa: E402
 )
 
 from rlft.learner.torch_learner import response_forward  # noqa: E402
-from rlft.models.policy import load_policy  # noqa: E402
-from rlft.models.value_head import PolicyModel  # noqa: E402
+from rlft.models.loading import load_policy  # noqa: E402
+from rlft.models.policy import PolicyModel  # noqa: E402
 from rlft.rollout.base import SamplingParams  # noqa: E402
 from rlft.rollout.hf_engine import HFRolloutEngine, left_pad  # noqa: E402
 from rlft.rollout.vllm_engine import VLLMRolloutEngine  # noqa: E402

@@ -10,7 +10,7 @@ from rlft.adapters.interventions import (BaFT, DiReFT, GatedLoReFT, LoReFT, Scal
                                          random_orthonormal_rows)
 from rlft.adapters.positions import PositionMeta
 from rlft.learner.torch_learner import TorchLearner
-from rlft.models.value_head import PolicyModel
+from rlft.models.policy import PolicyModel
 
 D, R = 64, 4
 

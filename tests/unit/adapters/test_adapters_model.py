@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from rlft.adapters import attach_adapter
 from rlft.adapters.positions import PositionMeta
 from rlft.learner.torch_learner import TorchLearner, response_logprobs_and_values
-from rlft.models.value_head import PolicyModel
+from rlft.models.policy import PolicyModel
 from rlft.rollout.base import SamplingParams
 from rlft.rollout.hf_engine import HFRolloutEngine, left_pad, response_mask_from_ids
 

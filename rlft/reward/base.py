@@ -1,0 +1,16 @@
+"""The reward role's protocol."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from rlft.tasks.base import Record
+
+
+class Reward(Protocol):
+    def score(self, texts: list[str], records: list[Record], truncated: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Scores (B,) of decoded responses to `records` (one record per response) and metrics
+        (`reward/failed`: responses whose reward call failed and were scored 0)."""
+        ...
