@@ -308,6 +308,9 @@ class DAPOConfig:
     (DAPO eq. 13; the paper: 4096 of 20480)."""
     overlong_penalty: float = 0.5
     """Penalty at the budget (DAPO: 1 with scores of +-1; 0.5 keeps that balance with rlft's 0/1 scores)."""
+    overlong_filter: bool = False
+    """Overlong filtering (DAPO §3.4): truncated samples are masked out of the loss (they still count in their
+    group's baseline). The paper's final recipe uses the soft punishment instead."""
 
 
 @dataclass
@@ -587,6 +590,14 @@ def _validate_algorithm(cfg: Config) -> None:
         raise ConfigError("kl.placement=loss with kl.estimator=k1 has zero expected gradient; use k2 or k3")
     if run.kl_coef < 0:
         raise ConfigError(f"kl.coef must be >= 0, got {run.kl_coef}")
+    if not (row.dynamic_sampling or row.overlong_shaping) and cfg.dapo != DAPOConfig():
+        raise ConfigError(f"dapo.* settings cannot take effect with algo={cfg.algo} (DAPO's phases run with algo=dapo); "
+                          "remove them or use algo=dapo")
+    if row.overlong_shaping and (cfg.dapo.max_sample_rounds < 1
+                                 or not 0 < cfg.dapo.overlong_cache_tokens <= cfg.rollout.max_new_tokens):
+        raise ConfigError(f"dapo.max_sample_rounds must be >= 1 (got {cfg.dapo.max_sample_rounds}) and "
+                          f"dapo.overlong_cache_tokens in (0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}] "
+                          f"(got {cfg.dapo.overlong_cache_tokens})")
     if not row.reference and cfg.kl.coef:
         raise ConfigError(f"algo={cfg.algo} has no KL term, so kl.coef={cfg.kl.coef} cannot take effect; leave kl.coef unset")
 

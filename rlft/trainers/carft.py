@@ -1,6 +1,6 @@
 """CARFT on top of the ReFT loop (`specs/carft.md`): the anchor forward, the partial reward, the loss term.
 
-The loop in `ppo.py` calls three hooks when `algo=carft`:
+The loop in `ppo.py` calls these hooks for rows with `anchor_phase` (`algo=carft`, `rlft/trainers/algorithms.py`):
 - `anchor_phase` (step 3, no grad, eval mode, once per rollout batch): pools the embedding of each
   sample's *annotated* CoT (prompt + CoT + answer line + EOS, pooled over the target tokens) with the
   current policy; with `carft.negative=lcs` it also computes the LCS masks and z_1 (anchor tokens

@@ -305,6 +305,8 @@ def _train(loop: Loop, stop_after_iterations: int | None) -> dict:
             evaluate_batch(loop, batch, owners, m)
             # 4. advantage
             m.update(compute_advantages(cfg, run, batch, loop.kl_ctl.value))
+            if run.algorithm.overlong_shaping and cfg.dapo.overlong_filter:  # DAPO §3.4: truncated samples leave
+                batch.response_mask = dapo.overlong_filter(batch.response_mask, rollout.truncated)  # the loss only
             # 5. update
             with timed(m, "train"):
                 m.update(ppo_update(cfg, run, roles, batch, kl_coef=loop.kl_ctl.value,

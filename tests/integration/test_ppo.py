@@ -104,6 +104,9 @@ def test_resume_equals_uninterrupted(tmp_path, warm_model):
     ("rloo", []),
     ("reinforce_pp", []),
     ("online_st", []),
+    ("dr_grpo", []),
+    ("reinforce_pp_baseline", []),
+    ("dapo", ["dapo.max_sample_rounds=2", "dapo.overlong_cache_tokens=4"]),
 ])
 def test_baseline_algorithms_run(tmp_path, warm_model, algo, extra):
     summary = run_ppo(_cfg(tmp_path, warm_model, f"algo={algo}", "ppo.iterations=2", *extra))
@@ -112,6 +115,16 @@ def test_baseline_algorithms_run(tmp_path, warm_model, algo, extra):
     assert all(torch.isfinite(torch.tensor(r["train/grad_norm"])) for r in rows)
     if algo != "online_st":
         assert not (tmp_path / "checkpoints" / "ckpt-2" / "model" / "value_head.safetensors").exists()
+    if algo == "reinforce_pp_baseline":  # the row puts a k2 KL in the loss
+        assert all("kl/loss" in r and "kl/mean" in r for r in rows)
+    if algo in ("dapo", "dr_grpo"):  # no KL term: no reference, nothing logged for it
+        assert not any("kl/mean" in r for r in rows)
+    if algo == "dapo":
+        assert all(1 <= r["rollout/sample_rounds"] <= 2 for r in rows)
+        # overlong shaping reaches the training reward: a random model runs into the budget, each such
+        # response loses 0.5 while a wrong answer earns at most 0.1
+        long_rows = [r for r in rows if r["rollout/truncated_frac"] > 0.5 and r["reward/accuracy"] == 0]
+        assert long_rows and all(r["reward/mean"] < 0 for r in long_rows)
 
 
 def test_value_warmup_freezes_the_policy(tmp_path, warm_model):
