@@ -3,7 +3,7 @@
     rlft sft   [CONFIG.yaml] [section.key=value ...]            SFT warm-up (+ held-out eval per epoch)
     rlft train [CONFIG.yaml] model.path=WARMUP [algo=reft ...]  RL (ReFT PPO or a baseline) from a warm-up
     rlft compare [CONFIG.yaml] [key=value ...]                  SFT vs ReFT vs CARFT (+ baselines): table, plots
-    rlft eval  [CONFIG.yaml] [--model CKPT] [--samples k] [--rerank vote|value] [key=value ...]
+    rlft eval  [CONFIG.yaml] --model CKPT [--samples k] [--rerank vote|value] [key=value ...]
                                                                 greedy accuracy, majority vote@k, value rerank@k
     rlft data  preview|export [CONFIG.yaml] [--split S] ...     look at / export a task's records
     rlft model tiny|smollm2-135m [--out DIR]                    build the tiny model / convert SmolLM2
@@ -100,6 +100,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.rerank == "value" and cfg.eval.samples < 2:
         raise ConfigError(f"--rerank value needs --samples k >= 2 (eval.samples={cfg.eval.samples}): "
                           "one sample per question leaves nothing to rank")
+    if not args.model and cfg.model.path == "tiny":  # the default would build and score an untrained model
+        raise ConfigError("rlft eval needs a trained model: pass --model RUN/checkpoints/ckpt-N or model.path=... "
+                          "(model.path=tiny is a new random model)")
     test = load_split(cfg, "test")
     if args.model:
         model_dir = Path(args.model)
@@ -239,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="greedy accuracy / majority vote@k / value rerank@k on the held-out split",
                        epilog=EPILOG, formatter_class=fmt)
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
-    p.add_argument("--model", help="HF folder or checkpoint folder to evaluate (default: model.path)")
+    p.add_argument("--model", help="HF folder or checkpoint folder to evaluate (default: model.path, which must "
+                                   "not be the built-in random `tiny`)")
     p.add_argument("--samples", type=int, help="k samples per question for majority voting (default eval.samples)")
     p.add_argument("--rerank", choices=["vote", "value"], default="vote",
                    help="vote: eval/accuracy by majority vote only (default); value: also eval/rerank_accuracy, the "
