@@ -120,3 +120,18 @@ def test_value_rerank_needs_two_samples(tmp_path, capsys, warm_model, samples):
     code, _, err = _run(capsys, "eval", f"run.dir={tmp_path}", *EVAL, "--model", str(warm_model), *samples,
                         "--rerank", "value")
     assert code == 2 and err.count("\n") == 1 and "--rerank value needs --samples k >= 2" in err
+
+
+def test_value_rerank_on_an_adapter_checkpoint(tmp_path, capsys, warm_model):
+    # a LoReFT ReFT checkpoint is adapter-only files + value head: the head scores through the adapter's hooks
+    run_ppo(load_config(None, [f"run.dir={tmp_path / 'run'}", f"model.path={warm_model}", *MICRO, "ppo.iterations=2",
+                               "adapter.kind=loreft", "adapter.repft.rank=2"]))
+    ckpt = tmp_path / "run" / "checkpoints" / "ckpt-2"
+    code, _, err = _run(capsys, "eval", f"run.dir={tmp_path}", *EVAL, "--model", str(ckpt), "--samples", "2",
+                        "--rerank", "value", "--out", str(tmp_path / "ev"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "ev" / "eval_summary.json").read_text())
+    assert summary["adapter"] == "loreft" and "eval/rerank_accuracy" in summary
+    for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines():
+        p = json.loads(line)
+        assert p["rerank_choice"] == max(range(2), key=lambda j: (p["rank_scores"][j], -j))
