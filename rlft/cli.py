@@ -3,7 +3,8 @@
     rlft sft   [CONFIG.yaml] [section.key=value ...]            SFT warm-up (+ held-out eval per epoch)
     rlft train [CONFIG.yaml] model.path=WARMUP [algo=reft ...]  RL (ReFT PPO or a baseline) from a warm-up
     rlft compare [CONFIG.yaml] [key=value ...]                  SFT vs ReFT vs CARFT (+ baselines): table, plots
-    rlft eval  [CONFIG.yaml] [--model PATH] [key=value ...]     greedy accuracy or majority vote@k
+    rlft eval  [CONFIG.yaml] --model CKPT [--samples k] [--rerank vote|value] [key=value ...]
+                                                                greedy accuracy, majority vote@k, value rerank@k
     rlft data  preview|export [CONFIG.yaml] [--split S] ...     look at / export a task's records
     rlft model tiny|smollm2-135m [--out DIR]                    build the tiny model / convert SmolLM2
     rlft check --gold G ANSWER | FILE.jsonl --out V.jsonl       the answer checker
@@ -76,13 +77,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlft.adapters import ADAPTER_FILE, load_policy_and_adapter
     from rlft.evaluate import evaluate
     from rlft.models.loading import resolve_model_path
-    from rlft.rollout.hf_engine import HFRolloutEngine
+    from rlft.rollout.factory import hf_engine
     from rlft.workspace import load_split, tokenizer_corpus
 
     extra = []
     if args.samples is not None:
         extra.append(f"eval.samples={args.samples}")
     cfg = _config(args.config, extra)
+    if args.rerank == "value" and cfg.eval.samples < 2:
+        raise ConfigError(f"--rerank value needs --samples k >= 2 (eval.samples={cfg.eval.samples}): "
+                          "one sample per question leaves nothing to rank")
+    if not args.model and cfg.model.path == "tiny":  # the default would build and score an untrained model
+        raise ConfigError("rlft eval needs a trained model: pass --model RUN/checkpoints/ckpt-N or model.path=... "
+                          "(model.path=tiny is a new random model)")
     test = load_split(cfg, "test")
     if args.model:
         model_dir = Path(args.model)
@@ -91,25 +98,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         model_dir = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed,
                                        tokenizer_corpus(load_split(cfg, "train"), cfg.data.style))
+    head = _value_head_for_rerank(model_dir) if args.rerank == "value" else None
     # the folder decides: a whole model, or adapter-only files put back on the base model they name
     model, tokenizer, adapter = load_policy_and_adapter(model_dir, dtype=cfg.model.dtype)
-    engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=cfg.eval.batch_size, adapter=adapter,
-                             lean_step=cfg.rollout.hf_lean_step)
+    engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size)
+    rank_fn = None if head is None else _value_rank_fn(model, adapter, model_dir, head, cfg.eval.batch_size)
     summary, predictions = evaluate(
         engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
         samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
-        max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.run.seed,
+        max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.run.seed, rank_fn=rank_fn,
     )
     out = Path(args.out) if args.out else Path(cfg.run.dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "predictions.jsonl", predictions)
     summary["model"] = str(model_dir)
     summary["adapter"] = adapter.kind
+    summary["rerank"] = args.rerank
     (out / "eval_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / 'predictions.jsonl'} and {out / 'eval_summary.json'}")
     return 0
+
+
+def _value_head_for_rerank(model_dir: Path) -> str:
+    """The value head kind saved in `model_dir`; checked before the model loads, so a wrong folder fails fast."""
+    from rlft.models.policy import VALUE_HEAD_FILE, value_head_kind
+
+    kind = value_head_kind(model_dir)
+    if kind is None:
+        raise ValueError(f"{model_dir} has no {VALUE_HEAD_FILE}: --rerank value needs a ReFT/CARFT checkpoint with "
+                         "a value head (RUN/checkpoints/ckpt-N of `rlft train` with algo=reft or carft)")
+    return kind
+
+
+def _value_rank_fn(lm, adapter, model_dir: Path, head: str, micro_batch_size: int):
+    """`rank_fn` for `evaluate`: the checkpoint's value head on the engine's model (shared weights)."""
+    import functools
+
+    from safetensors.torch import load_file
+
+    from rlft.evaluate import value_scores
+    from rlft.models.policy import VALUE_HEAD_FILE, PolicyModel
+
+    policy = PolicyModel(lm, value_head=head, adapter=adapter)
+    policy.value_head.load_state_dict(load_file(str(model_dir / VALUE_HEAD_FILE)))
+    return functools.partial(value_scores, policy.eval(), micro_batch_size=micro_batch_size)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -191,10 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("eval", help="greedy accuracy / majority vote@k on the held-out split", epilog=EPILOG, formatter_class=fmt)
+    p = sub.add_parser("eval", help="greedy accuracy / majority vote@k / value rerank@k on the held-out split",
+                       epilog=EPILOG, formatter_class=fmt)
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
-    p.add_argument("--model", help="HF folder or checkpoint folder to evaluate (default: model.path)")
+    p.add_argument("--model", help="HF folder or checkpoint folder to evaluate (default: model.path, which must "
+                                   "not be the built-in random `tiny`)")
     p.add_argument("--samples", type=int, help="k samples per question for majority voting (default eval.samples)")
+    p.add_argument("--rerank", choices=["vote", "value"], default="vote",
+                   help="vote: eval/accuracy by majority vote only (default); value: also eval/rerank_accuracy, the "
+                        "sample the checkpoint's value head ranks highest (ReFT/CARFT checkpoints, k >= 2)")
     p.add_argument("--out", help="output folder (default run.dir/eval)")
     p.set_defaults(func=cmd_eval)
 

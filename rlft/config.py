@@ -420,6 +420,9 @@ class LogConfig:
     """Also write TensorBoard event files under `run.dir/tb`."""
     progress: bool = True
     """Show a progress bar on stderr."""
+    progress_every_seconds: float = 30.0
+    """When stderr is not a terminal (a log file), print progress as one plain line at most every N seconds,
+    plus a last line when the loop ends, instead of a redrawn bar."""
 
 
 @dataclass

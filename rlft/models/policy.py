@@ -27,7 +27,8 @@ edit the same tokens here as in sampling.
 
 Checkpoints: `save_pretrained(dir)` writes the adapter's files (full: a plain HF folder loadable by any HF
 tool; otherwise adapter-only files plus `adapter.json` naming the base) and `value_head.safetensors`
-beside them; `load_weights(dir)` restores both exactly.
+beside them; `load_weights(dir)` restores both exactly, and `value_head_kind(dir)` tells which head (if
+any) a folder holds.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from rlft.adapters.base import FullFinetune, PolicyAdapter
@@ -45,6 +47,8 @@ from rlft.models.loading import LLAMA_FAMILY, uses_sliding_window
 from rlft.rollout.decode import cache_keyword
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+# Tensor names `save_pretrained` writes for each head kind (the head modules' state_dict keys).
+HEAD_KEYS = {"linear": {"weight", "bias"}, "carft": {"proj.weight", "proj.bias", "value.weight", "value.bias"}}
 
 
 class PolicyOutput(NamedTuple):
@@ -53,6 +57,26 @@ class PolicyOutput(NamedTuple):
     logits: torch.Tensor  # (B, S, V); (B, k, V) with logits_to_keep=k; (N, V) with logits_mask
     values: torch.Tensor | None  # (B, S); (B, T + 1) from the shared-prompt path; None without a value head
     embeddings: torch.Tensor | None = None  # (B, S, D) CARFT token embeddings, or None
+
+
+def value_head_kind(path: str | Path) -> str | None:
+    """The `PolicyModel(value_head=...)` kind saved in model folder `path`: "linear" (ReFT) or "carft",
+    read from the tensor names in its value head file; None when the folder has no value head.
+
+    Args:
+        path: a checkpoint's `model/` folder (where `save_pretrained` writes `VALUE_HEAD_FILE`).
+    Returns:
+        "linear", "carft" or None.
+    """
+    head = Path(path) / VALUE_HEAD_FILE
+    if not head.exists():
+        return None
+    with safe_open(str(head), framework="pt") as f:  # reads the header only, no tensors
+        keys = set(f.keys())
+    for kind, expected in HEAD_KEYS.items():
+        if keys == expected:
+            return kind
+    raise ValueError(f"{head}: tensors {sorted(keys)} match no value head kind ({', '.join(HEAD_KEYS)})")
 
 
 

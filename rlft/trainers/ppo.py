@@ -37,7 +37,6 @@ adapter switched off (no second copy); the value head trains beside the adapter 
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -45,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rlft.algos import dapo
 from rlft.algos import kl as kl_algos
@@ -64,7 +62,7 @@ from rlft.trainers.algorithms import Plan, plan
 from rlft.trainers.selftrain import online_st_micro_batches
 from rlft.types import RolloutBatch, TrainBatch, concat_batches
 from rlft.utils import checkpoint
-from rlft.utils.logging import MetricLogger, print0, write_jsonl
+from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
 from rlft.workspace import check_context, load_split, open_run_dir, prepare_model
 
@@ -276,8 +274,8 @@ def _train(loop: Loop, stop_after_iterations: int | None) -> dict:
            f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from "
            f"{loop.state['model_path']}; adapter {loop.adapter.kind if loop.adapter else 'full'}, "
            f"{roles.policy.num_trainable():,} trainable parameters")
-    bar = tqdm(total=cfg.ppo.iterations, initial=loop.state["iteration"], desc=f"rlft train {cfg.algo}",
-               disable=not cfg.log.progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress(cfg.ppo.iterations, desc=f"rlft train {cfg.algo}", initial=loop.state["iteration"],
+                   enabled=cfg.log.progress, every_seconds=cfg.log.progress_every_seconds)
     for it in range(loop.state["iteration"], cfg.ppo.iterations):
         if cfg.ppo.max_seconds is not None and loop.state["train_seconds"] >= cfg.ppo.max_seconds:
             print0(f"rlft train: wall-time budget {cfg.ppo.max_seconds:.0f}s reached at iteration {it}")

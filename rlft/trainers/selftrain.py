@@ -27,12 +27,10 @@ from __future__ import annotations
 import functools
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rlft.algos import sft as sft_algo
 from rlft.config import Config
@@ -43,7 +41,7 @@ from rlft.tasks.base import Record
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, encode_prompts
 from rlft.trainers.sft import run_sft
 from rlft.types import RolloutBatch, TrainBatch
-from rlft.utils.logging import print0
+from rlft.utils.logging import print0, progress
 from rlft.workspace import load_split, open_run_dir, prepare_model
 
 SAMPLES_FILE = "offline_st_samples.jsonl"
@@ -110,8 +108,9 @@ def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter
     with torch.random.fork_rng():  # the samples are a pure function of run.seed; SFT seeds itself afterwards
         torch.manual_seed(cfg.run.seed)
         # Chunks of rollout.batch_size questions: 7.5k GSM8K questions x 100 samples never sit in memory at once.
-        for lo in tqdm(range(0, len(records), r.batch_size), desc="offline-st sampling", file=sys.stderr,
-                       disable=not cfg.log.progress, dynamic_ncols=True):
+        bar = progress(len(records), desc="offline-st sampling", enabled=cfg.log.progress,
+                       every_seconds=cfg.log.progress_every_seconds)
+        for lo in range(0, len(records), r.batch_size):
             batch = engine.generate(prompts[lo:lo + r.batch_size], params)
             owners = [lo + i for i in batch.prompt_index.tolist()]
             texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
@@ -122,6 +121,8 @@ def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter
                 if score >= 1.0:
                     n_correct += 1
                     unique[i].setdefault(text)
+            bar.update(min(r.batch_size, len(records) - lo))  # in questions
+        bar.close()
     rng = random.Random(cfg.run.seed)
     rows = []
     for record, texts in zip(records, unique):

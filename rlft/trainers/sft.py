@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rlft.algos import sft as sft_algo
 from rlft.config import Config, derive_sft_geometry, to_dict
@@ -36,7 +34,7 @@ from rlft.models.policy import PolicyModel
 from rlft.rollout.factory import hf_engine
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, truncate_targets
 from rlft.utils import checkpoint
-from rlft.utils.logging import MetricLogger, print0, write_jsonl
+from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
 from rlft.workspace import load_split, open_run_dir, prepare_model
 
@@ -101,9 +99,9 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     for epoch in range(state["epoch"], cfg.sft.epochs):
         adapter.set_progress(epoch, cfg.sft.epochs)  # HEFT's stage
         order = epoch_order(len(examples), cfg.run.seed, epoch)
-        bar = tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.sft.epochs}", disable=not cfg.log.progress,
-                   file=sys.stderr, dynamic_ncols=True)
-        for i in bar:
+        bar = progress(steps_per_epoch, desc=f"sft epoch {epoch + 1}/{cfg.sft.epochs}", enabled=cfg.log.progress,
+                       every_seconds=cfg.log.progress_every_seconds)
+        for i in range(steps_per_epoch):
             t0 = time.perf_counter()
             idx = order[i * geo.sequences_per_step:(i + 1) * geo.sequences_per_step]
             batch = [examples[j] for j in idx]
@@ -118,6 +116,7 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
             state["train_tokens"] += n_tokens
             metrics.update({"train/tokens_per_s": n_tokens / dt, "train/epoch": epoch + (i + 1) / steps_per_epoch})
             bar.set_postfix(loss=f"{metrics['sft/loss']:.3f}", tok_s=f"{n_tokens / dt:.0f}")
+            bar.update(1)
             if state["step"] % cfg.log.every_steps == 0 or i == steps_per_epoch - 1:
                 logger.log(state["step"], metrics)
         bar.close()

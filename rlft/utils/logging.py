@@ -1,7 +1,10 @@
-"""Metrics to JSONL (always), TensorBoard (optional) and a one-line console summary.
+"""Metrics to JSONL (always), TensorBoard (optional), a one-line console summary and progress output.
 
 `MetricLogger.log(step, metrics)` appends one JSON object per call to `metrics.jsonl`; on resume the file
 is truncated to the resumed step so it never holds the same step twice.
+
+`progress(total, desc=...)` is the trainers' progress display: a tqdm bar on a terminal, plain lines
+every `log.progress_every_seconds` when stderr goes to a file.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def _plain(value: Any) -> Any:
@@ -87,3 +92,74 @@ def quiet_libraries() -> None:
 
 def print0(*args: Any) -> None:
     print(*args, flush=True)
+
+
+def progress(total: int, *, desc: str, initial: int = 0, enabled: bool = True, every_seconds: float = 30.0,
+             stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic):
+    """A progress display with `update(n)`, `set_postfix(**figures)` and `close()`.
+
+    On a terminal it is a tqdm bar, as before. Off a terminal (a cluster job's log file, `make demo >
+    log.txt`) tqdm would write every redraw, carriage returns included, into the file; there it prints
+    one plain line at most every `every_seconds` and a last one at `close()`, with the same figures.
+
+    Args:
+        total: units of work (steps, iterations, questions).
+        desc: label at the start of every line.
+        initial: units already done (a resumed run); the rate and ETA count only this process's work.
+        enabled: False shows nothing (`log.progress`).
+        every_seconds: least time between two plain lines (`log.progress_every_seconds`).
+        stream: where to write (default: sys.stderr at call time).
+        clock: seconds, monotonic (tests pass a fake one).
+    Returns:
+        a tqdm bar, or a `LineProgress`.
+    """
+    stream = sys.stderr if stream is None else stream
+    if not enabled or stream.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, file=stream, dynamic_ncols=True)
+    return LineProgress(total, desc=desc, initial=initial, every_seconds=every_seconds, stream=stream, clock=clock)
+
+
+class LineProgress:
+    """Progress as whole lines, e.g. `sft epoch 1/3: 40/126 (32%), 1.33 it/s, elapsed 0:00:30, eta 0:01:05,
+    loss=0.512`: one at the first `update` at least `every_seconds` after the previous line, one at `close`."""
+
+    def __init__(self, total: int, *, desc: str, initial: int, every_seconds: float, stream: TextIO,
+                 clock: Callable[[], float]):
+        self.total, self.desc, self.n, self.initial = total, desc, initial, initial
+        self.every_seconds, self.stream, self.clock = every_seconds, stream, clock
+        self.start = self.last_line = clock()
+        self.postfix: dict[str, Any] = {}
+        self.closed = False
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        if now - self.last_line >= self.every_seconds:
+            self._line(now)
+
+    def set_postfix(self, **figures: Any) -> None:
+        """Figures shown after the counts (`loss=0.512`); they appear on the next line written."""
+        self.postfix = figures
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._line(self.clock())
+
+    def _line(self, now: float) -> None:
+        self.last_line = now
+        elapsed = now - self.start
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
+        eta = _clock_time((self.total - self.n) / rate) if rate > 0 else "?"
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        parts = [f"{self.desc}: {self.n}/{self.total}{pct}", f"{rate:.3g} it/s", f"elapsed {_clock_time(elapsed)}",
+                 f"eta {eta}", *(f"{k}={v}" for k, v in self.postfix.items())]
+        print(", ".join(parts), file=self.stream, flush=True)
+
+
+def _clock_time(seconds: float) -> str:
+    """H:MM:SS."""
+    s = int(round(max(0.0, seconds)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

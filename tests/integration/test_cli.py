@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from rlft.cli import main
 
@@ -29,6 +30,22 @@ def test_malformed_data_line_names_file_and_line(tmp_path, capsys):
 def test_missing_model_path_is_one_line(tmp_path, capsys):
     code, _, err = _run(capsys, "eval", f"run.dir={tmp_path}", "data.n_test=2", "--model", str(tmp_path / "nope"))
     assert code == 2 and "does not exist" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("model", [[], ["model.path=tiny"]])  # the default, or the same value spelled out
+def test_eval_without_a_model_is_one_line(tmp_path, capsys, model):
+    code, _, err = _run(capsys, "eval", f"run.dir={tmp_path}", "data.n_test=2", *model)
+    assert code == 2 and err.count("\n") == 1
+    assert "--model RUN/checkpoints/ckpt-N" in err and "model.path=..." in err
+    assert not (tmp_path / "tiny-model").exists()  # it stopped before building a random model
+
+
+def test_eval_model_path_folder_still_works(tmp_path, capsys, warm_model):
+    code, _, err = _run(capsys, "eval", f"run.dir={tmp_path}", f"model.path={warm_model}", "data.difficulty=0",
+                        "data.n_test=2", "eval.max_new_tokens=4")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "eval" / "eval_summary.json").read_text())
+    assert summary["model"] == str(warm_model) and summary["eval/n"] == 2 and summary["rerank"] == "vote"
 
 
 def test_console_script_prints_no_traceback(tmp_path):

@@ -66,3 +66,14 @@ def test_resume_false_starts_over(tmp_path):
     run_sft(_cfg(tmp_path, "sft.epochs=1", "eval.every_epoch=false"))
     summary = run_sft(_cfg(tmp_path, "sft.epochs=1", "eval.every_epoch=false", "run.resume=false"))
     assert summary["epochs_done"] == 1 and len(_train_losses(tmp_path)) == 4
+
+
+def test_progress_off_a_terminal_is_plain_lines(tmp_path, capsys):
+    # capsys's stderr is not a TTY, like a job's log file; an interval of 0 writes a line at every step
+    run_sft(_cfg(tmp_path, "sft.epochs=1", "log.progress=true", "log.progress_every_seconds=0"))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.split("\n") if "sft epoch 1/1:" in ln]
+    assert [ln.split(",")[0] for ln in lines] == ["sft epoch 1/1: 1/4 (25%)", "sft epoch 1/1: 2/4 (50%)",
+                                                  "sft epoch 1/1: 3/4 (75%)", "sft epoch 1/1: 4/4 (100%)",
+                                                  "sft epoch 1/1: 4/4 (100%)"]  # every step, then close
+    assert all("\r" not in ln and "loss=" in ln and "tok_s=" in ln for ln in lines)
