@@ -98,11 +98,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         model_dir = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed,
                                        tokenizer_corpus(load_split(cfg, "train"), cfg.data.style))
-    head = _value_head_for_rerank(model_dir) if args.rerank == "value" else None
+    head_dir, head = _value_head_for_rerank(model_dir) if args.rerank == "value" else (None, None)
     # the folder decides: a whole model, or adapter-only files put back on the base model they name
     model, tokenizer, adapter = load_policy_and_adapter(model_dir, dtype=cfg.model.dtype)
     engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size)
-    rank_fn = None if head is None else _value_rank_fn(model, adapter, model_dir, head, cfg.eval.batch_size)
+    rank_fn = None if head is None else _value_rank_fn(model, adapter, model_dir, head_dir, head, cfg.eval.batch_size)
     summary, predictions = evaluate(
         engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
         samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
@@ -120,28 +120,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _value_head_for_rerank(model_dir: Path) -> str:
-    """The value head kind saved in `model_dir`; checked before the model loads, so a wrong folder fails fast."""
+def _value_head_for_rerank(model_dir: Path) -> tuple[Path, str]:
+    """The folder holding the value head and its kind: the checkpoint's own model, or, for a ReFT run with
+    `ppo.critic=separate`, the critic beside it (`ckpt-N/critic/model`). Checked before the policy loads, so
+    a wrong folder fails fast."""
     from rlft.models.policy import VALUE_HEAD_FILE, value_head_kind
 
-    kind = value_head_kind(model_dir)
-    if kind is None:
-        raise ValueError(f"{model_dir} has no {VALUE_HEAD_FILE}: --rerank value needs a ReFT/CARFT checkpoint with "
-                         "a value head (RUN/checkpoints/ckpt-N of `rlft train` with algo=reft or carft)")
-    return kind
+    for folder in (model_dir, model_dir.parent / "critic" / "model"):
+        kind = value_head_kind(folder)
+        if kind is not None:
+            return folder, kind
+    raise ValueError(f"{model_dir} has no {VALUE_HEAD_FILE}: --rerank value needs a ReFT/CARFT checkpoint with "
+                     "a value head (RUN/checkpoints/ckpt-N of `rlft train` with algo=reft or carft)")
 
 
-def _value_rank_fn(lm, adapter, model_dir: Path, head: str, micro_batch_size: int):
-    """`rank_fn` for `evaluate`: the checkpoint's value head on the engine's model (shared weights)."""
+def _value_rank_fn(lm, adapter, model_dir: Path, head_dir: Path, head: str, micro_batch_size: int):
+    """`rank_fn` for `evaluate`: the checkpoint's value head on the engine's model (shared weights), or a
+    separate critic's own model and head."""
     import functools
 
     from safetensors.torch import load_file
 
     from rlft.evaluate import value_scores
+    from rlft.models.loading import load_policy
     from rlft.models.policy import VALUE_HEAD_FILE, PolicyModel
 
-    policy = PolicyModel(lm, value_head=head, adapter=adapter)
-    policy.value_head.load_state_dict(load_file(str(model_dir / VALUE_HEAD_FILE)))
+    if head_dir == model_dir:
+        policy = PolicyModel(lm, value_head=head, adapter=adapter)
+        policy.value_head.load_state_dict(load_file(str(model_dir / VALUE_HEAD_FILE)))
+    else:  # a separate critic: a whole model of its own with the head
+        policy = PolicyModel(load_policy(head_dir)[0], value_head=head)
+        policy.load_weights(head_dir)
     return functools.partial(value_scores, policy.eval(), micro_batch_size=micro_batch_size)
 
 

@@ -465,9 +465,10 @@ def _save(loop: Loop) -> Path:
         state["best_accuracy"], state["best_checkpoint"] = accuracy, str(final)
     tmp = checkpoint.begin(root, state["iteration"])
     roles.policy.save(tmp)
+    loop.tokenizer.save_pretrained(tmp / "model")
     if roles.critic is not None:
         roles.critic.save(tmp / "critic")
-    loop.tokenizer.save_pretrained(tmp / "model")
+        loop.tokenizer.save_pretrained(tmp / "critic" / "model")  # a whole HF folder too (rerank, hand-off)
     torch.save({"state": state, "rng": rng_state(), "kl": loop.kl_ctl.state_dict(), "config": to_dict(loop.cfg),
                 "remote": roles.remote_state()}, tmp / "trainer_state.pt")
     best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()

@@ -43,13 +43,16 @@ def _run(capsys, *argv):
     return code, out, err
 
 
-def _independent_values(model_dir, samples: int) -> tuple[list[list[float]], list[list[str]]]:
+def _independent_values(model_dir, samples: int, value_dir=None) -> tuple[list[list[float]], list[list[str]]]:
     """Per question, the value of each of its `samples` samples at sequence position P + L - 2 (the state in
-    which the last response token was emitted), each sequence forwarded alone and unpadded; and their texts."""
+    which the last response token was emitted), each sequence forwarded alone and unpadded; and their texts.
+    The samples come from `model_dir`'s model, the values from `value_dir`'s (default: the same folder)."""
     cfg = load_config(None, [*EVAL, f"eval.samples={samples}"])
     lm, tokenizer = load_policy(model_dir)
-    policy = PolicyModel(lm, value_head=value_head_kind(model_dir)).eval()
-    policy.load_weights(model_dir)
+    value_dir = model_dir if value_dir is None else value_dir
+    policy = PolicyModel(lm if value_dir == model_dir else load_policy(value_dir)[0],
+                         value_head=value_head_kind(value_dir)).eval()
+    policy.load_weights(value_dir)
     records = load_split(cfg, "test")
     engine = HFRolloutEngine(lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, batch_size=cfg.eval.batch_size,
                              lean_step=cfg.rollout.hf_lean_step)
@@ -135,3 +138,19 @@ def test_value_rerank_on_an_adapter_checkpoint(tmp_path, capsys, warm_model):
     for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines():
         p = json.loads(line)
         assert p["rerank_choice"] == max(range(2), key=lambda j: (p["rank_scores"][j], -j))
+
+
+def test_value_rerank_with_a_separate_critic(tmp_path, capsys, warm_model):
+    """A ReFT run with `ppo.critic=separate` keeps the value head in ckpt-N/critic/model: reranking uses it."""
+    run_dir = tmp_path / "run"
+    run_ppo(load_config(None, [f"run.dir={run_dir}", f"model.path={warm_model}", *MICRO, "ppo.iterations=2",
+                               "ppo.critic=separate"]))
+    ckpt = run_dir / "checkpoints" / "ckpt-2"
+    assert value_head_kind(ckpt / "model") is None and value_head_kind(ckpt / "critic" / "model") == "linear"
+    code, _, err = _run(capsys, "eval", f"run.dir={tmp_path}", *EVAL, "--model", str(ckpt), "--samples", "3",
+                        "--rerank", "value", "--out", str(tmp_path / "ev"))
+    assert code == 0, err
+    values, _ = _independent_values(ckpt / "model", 3, value_dir=ckpt / "critic" / "model")
+    preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    for p, vs in zip(preds, values):
+        torch.testing.assert_close(torch.tensor(p["rank_scores"]), torch.tensor(vs), atol=1e-4, rtol=1e-4)
