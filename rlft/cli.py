@@ -44,11 +44,12 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from rlft.trainers import algorithms
     from rlft.trainers.ppo import run_ppo
     from rlft.trainers.selftrain import run_offline_st
 
     cfg = _config(args.config)
-    if cfg.algo == "offline_st":  # expert iteration: sample once, then SFT (no RL loop)
+    if algorithms.get(cfg.algo).loop == "offline_st":  # expert iteration: sample once, then SFT (no RL loop)
         summary = run_offline_st(cfg)
         print(json.dumps({k: summary[k] for k in ("algo", "offline_st", "best_accuracy", "best_checkpoint", "train_seconds")}, indent=2))
         return 0

@@ -35,7 +35,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlft.config import Config, config_from_dict, to_dict
 from rlft.dist.errors import ClusterTooSmallError, WorkerLostError
-from rlft.learner.base import combine_ranks
+from rlft.learner.base import add_shares, combine_ranks
 from rlft.rollout.base import SamplingParams
 from rlft.trainers.algorithms import plan
 from rlft.types import RolloutBatch, concat_batches
@@ -410,8 +410,7 @@ class RayRewardPool(_Group):
         results = self._get(refs, list(range(len(slices))))
         metrics: dict = {}
         for _, m in results:
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + v
+            add_shares(metrics, m)  # counts (reward/failed): summed over workers
         return torch.cat([r[0] for r in results]), metrics
 
 

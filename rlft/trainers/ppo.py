@@ -58,9 +58,10 @@ from rlft.rollout.base import SamplingParams
 from rlft.tasks.base import Record
 from rlft.tasks.encoding import encode_prompts, epoch_order
 from rlft.trainers import carft
-from rlft.trainers.algorithms import Plan, plan
+from rlft.trainers import dapo as dapo_phases
+from rlft.trainers.algorithms import Plan, gae_advantages, plan
 from rlft.trainers.selftrain import online_st_micro_batches
-from rlft.types import RolloutBatch, TrainBatch, concat_batches
+from rlft.types import RolloutBatch, TrainBatch
 from rlft.utils import checkpoint
 from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
@@ -238,8 +239,8 @@ class Loop:
 def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     """Train with `cfg.algo` from the warm-up at `model.path`; returns the summary (also summary.json)."""
     run = plan(cfg)
-    if cfg.algo == "reft" and run.kl_coef == 0:
-        warnings.warn("algo=reft with kl.coef=0: the ReFT paper reports collapse to 0% accuracy without KL")
+    if run.algorithm.advantage is gae_advantages and run.kl_coef == 0:
+        warnings.warn(f"algo={cfg.algo} with kl.coef=0: the ReFT paper reports collapse to 0% accuracy without KL")
     run_dir = open_run_dir(cfg)
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
@@ -341,39 +342,19 @@ def _train(loop: Loop, stop_after_iterations: int | None) -> dict:
 
 def sample_and_score(loop: Loop, it: int, m: dict) -> tuple[RolloutBatch, list[Record], torch.Tensor]:
     """Steps 1-2: sample this iteration's questions and score the responses. Returns the rollout, the record
-    each sample answers, and the scores (B,). With dynamic sampling (DAPO), groups whose scores are all
-    equal are dropped and more questions sampled, up to `dapo.max_sample_rounds` rounds, until
-    `prompts_per_step` groups carry signal; if the rounds run out, dropped groups fill the batch (their
-    advantages are 0) so the batch geometry stays fixed."""
-    cfg = loop.cfg
-    rollout, owners, scores = _sample_round(loop, prompt_indices(len(loop.train), cfg.rollout.prompts_per_step,
-                                                                 cfg.run.seed, it), m)
+    each sample answers, and the scores (B,). With dynamic sampling (DAPO) groups without signal are
+    replaced by groups of further questions (`rlft/trainers/dapo.py`)."""
+    cfg, want = loop.cfg, loop.cfg.rollout.prompts_per_step
+    first = _sample_round(loop, prompt_indices(len(loop.train), want, cfg.run.seed, it), m)
     if not loop.plan.algorithm.dynamic_sampling:
-        return rollout, owners, scores
-    G, want = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
-    rounds = [(rollout, owners, scores)]
-    kept = int(dapo.groups_with_signal(scores, group_size=G).sum())
-    m["rollout/groups_with_signal_frac"] = kept / want
-    while kept < want and len(rounds) < cfg.dapo.max_sample_rounds:
-        # further rounds draw from other shuffles of the questions (a pure function of seed, round, iteration)
-        extra = prompt_indices(len(loop.train), want, cfg.run.seed * 1_000_003 + len(rounds), it)
-        rounds.append(_sample_round(loop, extra, m))
-        kept += int(dapo.groups_with_signal(rounds[-1][2], group_size=G).sum())
-    m["rollout/sample_rounds"] = float(len(rounds))
-    with_signal = [dapo.keep_rows(dapo.groups_with_signal(s, group_size=G), group_size=G) for _, _, s in rounds]
-    chunks = [(r, o, s, keep) for (r, o, s), keep in zip(rounds, with_signal)]
-    chunks += [(r, o, s, ~keep) for (r, o, s), keep in zip(rounds, with_signal)]  # fill-up: groups without signal
-    parts, part_owners, part_scores, rows_left = [], [], [], want * G
-    for r, o, s, keep in chunks:
-        rows = keep.nonzero().flatten()[:rows_left]
-        if len(rows):
-            parts.append(r.select(rows))
-            part_owners += [o[i] for i in rows.tolist()]
-            part_scores.append(s[rows])
-            rows_left -= len(rows)
-    rollout = concat_batches(parts, loop.tokenizer.pad_token_id)
-    rollout.prompt_index = torch.arange(want).repeat_interleave(G)  # groups stay adjacent, renumbered
-    return rollout, part_owners, torch.cat(part_scores)
+        return first
+
+    def another_round(r: int):  # other shuffles of the questions: a pure function of (seed, round, iteration)
+        return _sample_round(loop, prompt_indices(len(loop.train), want, cfg.run.seed * 1_000_003 + r, it), m)
+
+    return dapo_phases.refill_groups(first, another_round, group_size=cfg.rollout.samples_per_prompt, groups=want,
+                                     max_rounds=cfg.dapo.max_sample_rounds, pad_id=loop.tokenizer.pad_token_id,
+                                     metrics=m)
 
 
 def _sample_round(loop: Loop, indices: list[int], m: dict) -> tuple[RolloutBatch, list[Record], torch.Tensor]:
@@ -403,7 +384,7 @@ def evaluate_batch(loop: Loop, batch: TrainBatch, owners: list[Record], m: dict)
         batch.old_values = values
         if roles.reference is not None:
             batch.ref_logprobs = roles.reference.logprobs(sequences, micro)
-    if loop.plan.algorithm.anchor_phase:
+    if loop.plan.algorithm.anchor_phase:  # on the in-process learner's module: CARFT is local-only for now
         with timed(m, "anchor"):
             m.update(carft.anchor_phase(cfg, roles.policy.model, loop.tokenizer, owners, batch))
 
