@@ -277,6 +277,10 @@ class RewardConfig:
     """Seconds allowed per reward call before its samples are counted as failed."""
     on_error: Literal["zero", "raise"] = "zero"
     """A reward that raises, hangs or returns NaN: score 0 and count it (`reward/failed`), or stop the run."""
+    constant: float | None = None
+    """The null control: every sample scores this constant, so the update carries no information about the
+    answers (the reward function still runs, for the logged `reward/true_mean`); None: the reward function.
+    `rlft compare` method `null` sets it to the warm-up's mean training reward."""
 
 
 @dataclass
@@ -325,7 +329,9 @@ class OfflineSTConfig:
 @dataclass
 class CompareConfig:
     methods: list[str] = field(default_factory=lambda: ["sft", "reft", "carft"])
-    """Methods to run from the shared warm-up: `sft` (continued SFT), an algo name, or `label: key=value ...`."""
+    """Methods to run from the shared warm-up: `sft` (continued SFT), an algo name, `null` / `null-<algo>` (the
+    null control: that algorithm, default `algo`, with `reward.constant` = the warm-up's mean training
+    reward), or `label: key=value ...`."""
     seeds: list[int] = field(default_factory=lambda: [1])
     """`run.seed` of each repetition; every method runs once per seed."""
     warmup_epochs: int = 2
@@ -334,6 +340,9 @@ class CompareConfig:
     """Use this existing warm-up (HF folder or rlft checkpoint) instead of running the warm-up SFT."""
     max_seconds: float | None = None
     """Training wall-time budget per run (evaluation excluded); None: `ppo.iterations` / `sft.epochs` only."""
+    null_reward_questions: int = 128
+    """The null control's constant score is the warm-up's mean training reward, measured once on this many
+    training questions (`rollout.samples_per_prompt` samples each, the training sampler's settings)."""
 
 
 @dataclass
@@ -836,6 +845,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin is list:
         if not isinstance(value, list):
             raise _type_error(key, value, hint, source)
+        if key == "compare.methods":  # YAML reads a bare `null` as None: here it names the null control
+            value = ["null" if v is None else v for v in value]
         return [_coerce(v, args[0], key, source) for v in value] if args else list(value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

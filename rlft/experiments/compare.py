@@ -41,14 +41,21 @@ from rlft.utils.logging import print0, read_metrics
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def parse_method(entry: str) -> tuple[str, list[str]]:
+def parse_method(entry: str, default_algo: str = "reft") -> tuple[str, list[str]]:
     """`reft` -> ("reft", ["algo=reft"]); `sft` -> ("sft", []); `reft+lora` -> ("reft+lora", ["algo=reft",
-    "adapter.kind=lora"]); `label: k=v ...` -> (label, overrides), the label read the same way first."""
+    "adapter.kind=lora"]); `null` -> ("null", ["algo=<default_algo>"]) and `null-grpo` -> ("null-grpo",
+    ["algo=grpo"]) (null controls: `run_compare` adds their constant reward); `label: k=v ...` -> (label,
+    overrides), the label read the same way first."""
     label, _, rest = entry.partition(":")
     label, overrides = label.strip(), rest.split()
     if not label:
         raise ConfigError(f"compare.methods entry {entry!r} has no label")
     method, plus, kind = label.partition("+")
+    if is_null(label) and not any(o.startswith("algo=") for o in overrides):
+        overrides = [f"algo={label[len('null-'):] if label.startswith('null-') else default_algo}", *overrides]
+        if overrides[0][len("algo="):] not in ALGORITHMS:
+            raise ConfigError(f"compare.methods entry {entry!r}: '{overrides[0][5:]}' is not an algo {list(ALGORITHMS)}")
+        return label, overrides
     if plus and not any(o.startswith("adapter.kind=") for o in overrides):
         if kind not in ADAPTER_KINDS:
             raise ConfigError(f"compare.methods entry {entry!r}: '+{kind}' is not an adapter kind {list(ADAPTER_KINDS)}; "
@@ -60,6 +67,15 @@ def parse_method(entry: str) -> tuple[str, list[str]]:
         raise ConfigError(f"compare.methods entry {entry!r}: '{method}' is not sft or an algo {list(ALGORITHMS)}; "
                           "add algo=... after a colon")
     return label, overrides
+
+
+def is_null(label: str) -> bool:
+    """The null controls: `null` (the config's algo) and `null-<algo>`."""
+    return label == "null" or label.startswith("null-")
+
+
+def algo_of(overrides: list[str]) -> str | None:
+    return next((o[len("algo="):] for o in overrides if o.startswith("algo=")), None)
 
 
 def is_sft(overrides: list[str]) -> bool:
@@ -152,7 +168,7 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
     root = Path(base.run.dir)
     root.mkdir(parents=True, exist_ok=True)
     save_config(base, root / "config.yaml")
-    methods = [parse_method(m) for m in base.compare.methods]
+    methods = [parse_method(m, base.algo) for m in base.compare.methods]
     start = time.perf_counter()
 
     # 1. the shared warm-up (or a given one)
@@ -171,8 +187,17 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
         warm = run_sft(warm_cfg)
         warmup_ckpt = Path(warm["final_checkpoint"])
 
+    # the warm-up's held-out accuracy (every gain is measured from it) and, for null controls, its mean
+    # training reward (their constant score)
+    nulls = [label for label, _ in methods if is_null(label)]
+    baseline = warmup_baseline(config_path, cli_overrides, base, warmup_ckpt, root, train_reward=bool(nulls),
+                               accuracy=warm["history"][-1].get("accuracy"))
+    methods = [(label, [*overrides, f"reward.constant={baseline['train_reward']}"]
+                if is_null(label) and not any(o.startswith("reward.constant=") for o in overrides) else overrides)
+               for label, overrides in methods]
+
     # 2. every method x seed, skipping finished runs
-    results: dict = {"warmup": {"checkpoint": str(warmup_ckpt), "history": warm["history"]},
+    results: dict = {"warmup": {"checkpoint": str(warmup_ckpt), "history": warm["history"], **baseline},
                      "budget": {"max_seconds": base.compare.max_seconds, "ppo.iterations": base.ppo.iterations,
                                 "sft.epochs": base.sft.epochs},
                      "methods": {}}
@@ -209,6 +234,7 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
             "trainable_params": next((r["trainable_params"] for r in ok if "trainable_params" in r), None),
             "failed": len(runs) - len(ok),
         }
+    add_gains(results, methods, base.compare.seeds)
     results["wall_seconds"] = time.perf_counter() - start
     results["config"] = to_dict(base)
     (root / "results.json").write_text(json.dumps(results, indent=2))
@@ -217,6 +243,75 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
     write_plots(root, results, methods, base.compare.seeds)
     print0("\n" + table)
     return results
+
+
+def warmup_baseline(config_path: str | None, cli_overrides: list[str], base: Config, warmup_ckpt: Path, root: Path, *,
+                    train_reward: bool, accuracy: float | None) -> dict:
+    """The warm-up's held-out greedy accuracy (measured here when the warm-up SFT did not report it: a given
+    checkpoint) and, with `train_reward`, its mean training reward: `compare.null_reward_questions` training
+    questions (the first of epoch 0's order), `rollout.samples_per_prompt` samples each with the training
+    sampler, scored by `reward.fn`. Cached in `warmup_baseline.json` for this checkpoint (resume)."""
+    import torch
+
+    from rlft.evaluate import evaluate_held_out
+    from rlft.reward.role import RewardRole
+    from rlft.rollout.base import SamplingParams
+    from rlft.rollout.factory import hf_engine
+    from rlft.tasks.encoding import encode_prompts, epoch_order
+    from rlft.workspace import load_split, prepare_model
+
+    cache = root / "warmup_baseline.json"
+    out = json.loads(cache.read_text()) if cache.exists() else {}
+    if out.get("checkpoint") != str(warmup_ckpt):
+        out = {"checkpoint": str(warmup_ckpt)}
+    if accuracy is not None:
+        out["accuracy"] = accuracy
+    if "accuracy" in out and ("train_reward" in out or not train_reward):
+        return out
+    cfg = load_config(config_path, [*cli_overrides, f"model.path={warmup_ckpt}", "adapter.kind=full",
+                                    f"run.dir={root / 'warmup_baseline'}"])
+    train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    model, tokenizer, _, adapter = prepare_model(cfg, train)
+    engine = hf_engine(cfg, model, tokenizer, adapter)
+    if "accuracy" not in out:
+        out["accuracy"] = evaluate_held_out(cfg, engine, tokenizer, test)[0]["eval/accuracy"]
+    if train_reward and "train_reward" not in out:
+        records = [train[i] for i in epoch_order(len(train), cfg.run.seed, 0)[:base.compare.null_reward_questions]]
+        r = cfg.rollout
+        params = SamplingParams(n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.run.seed)
+            batch = engine.generate(encode_prompts(tokenizer, records, cfg.data.style, cfg.data.max_prompt_tokens), params)
+        owners = [records[i] for i in batch.prompt_index.tolist()]
+        texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
+        scores, _ = RewardRole(cfg).score(texts, owners, batch.truncated)
+        out.update(train_reward=float(scores.mean()), train_reward_samples=len(batch))
+        print0(f"rlft compare: the warm-up's mean training reward is {out['train_reward']:.4f} over {len(batch)} "
+               "samples (the null control's constant score)")
+    cache.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def add_gains(results: dict, methods: list[tuple[str, list[str]]], seeds: list[int]) -> None:
+    """Per method, over seeds: `gain_vs_warmup` (final accuracy minus the warm-up's) and, for RL methods,
+    `gain_vs_null` (paired by seed: final accuracy minus that of the null control of the same algorithm, or
+    of `null` when there is none), each as mean, std and a 95% t-interval."""
+    warm = results["warmup"].get("accuracy")
+    nulls = {algo_of(o): label for label, o in methods if is_null(label)}
+    for label, overrides in methods:
+        r = results["methods"][label]
+        finals = {s: run["final_accuracy"] for s, run in r["runs"].items() if run.get("final_accuracy") is not None}
+        if warm is not None:
+            r["gain_vs_warmup"] = mean_std_ci([a - warm for a in finals.values()])
+        # the control of the same algorithm, else `null`, else any null control
+        control = nulls.get(algo_of(overrides)) or ("null" if "null" in nulls.values() else next(iter(nulls.values()), None))
+        if control is None or is_sft(overrides) or is_null(label):
+            continue
+        null_finals = {s: run["final_accuracy"] for s, run in results["methods"][control]["runs"].items()
+                       if run.get("final_accuracy") is not None}
+        pairs = [finals[s] - null_finals[s] for s in map(str, seeds) if s in finals and s in null_finals]
+        r["gain_vs_null"] = {**mean_std_ci(pairs), "control": control}
 
 
 def _fmt(stat: dict, pct: bool = True) -> str:
@@ -237,16 +332,23 @@ def results_markdown(results: dict, cfg: Config) -> str:
         "",
         f"Seeds {seeds}; budget: {budget}, at most {cfg.ppo.iterations} RL iterations / {cfg.sft.epochs} SFT epochs. "
         + (f"Warm-up: {cfg.compare.warmup_checkpoint}. " if cfg.compare.warmup_checkpoint else
-           f"Warm-up: {cfg.compare.warmup_epochs} SFT epochs (accuracy "
-           f"{(results['warmup']['history'][-1].get('accuracy') or 0) * 100:.1f}%). ") +
-        "Accuracy is held-out greedy accuracy in %, mean ± std [95% t-interval] over seeds.",
+           f"Warm-up: {cfg.compare.warmup_epochs} SFT epochs. ") +
+        f"Warm-up accuracy {(results['warmup'].get('accuracy') or 0) * 100:.1f}%" +
+        (f", mean training reward {results['warmup']['train_reward']:.3f} (the null controls' constant score). "
+         if "train_reward" in results["warmup"] else ". ") +
+        "Accuracy is held-out greedy accuracy in %, mean ± std [95% t-interval] over seeds; gains are in points, "
+        "the gain vs the null control paired by seed. A null control trains the same algorithm on a constant "
+        "score: what it moves is update noise, not learning from the reward.",
         "",
-        "| method | final accuracy | best accuracy | trainable params | train seconds | samples | failed runs |",
-        "|---|---|---|---|---|---|---|",
+        "| method | final accuracy | best accuracy | gain vs warm-up | gain vs null control | trainable params "
+        "| train seconds | samples | failed runs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in results["methods"].items():
         params = "–" if r.get("trainable_params") is None else f"{r['trainable_params']:,}"
-        lines.append(f"| {label} | {_fmt(r['final_accuracy'])} | {_fmt(r['best_accuracy'])} | {params} | "
+        vs_null = f"{_fmt(r['gain_vs_null'])} ({r['gain_vs_null']['control']})" if "gain_vs_null" in r else "–"
+        lines.append(f"| {label} | {_fmt(r['final_accuracy'])} | {_fmt(r['best_accuracy'])} | "
+                     f"{_fmt(r['gain_vs_warmup']) if 'gain_vs_warmup' in r else '–'} | {vs_null} | {params} | "
                      f"{r['train_seconds']['mean'] or 0:.0f} | {r['samples']['mean'] or 0:.0f} | {r['failed']} |")
     lines += ["", f"Total wall time {results['wall_seconds'] / 60:.1f} min. Plots: accuracy.png, training.png.", ""]
     return "\n".join(lines)
@@ -286,6 +388,8 @@ def write_plots(root: Path, results: dict, methods: list[tuple[str, list[str]]],
             continue
         dirs = [root / "runs" / label / f"seed{s}" for s in seeds]
         for ax, key in zip(axes, ("reward/mean", "kl/mean", "rollout/response_len_mean")):
+            if key == "reward/mean":  # a null control trains on a constant: plot what the reward would pay
+                key = "reward/true_mean" if is_null(label) else key
             curves = [[(row["step"], row[key]) for row in read_metrics(d) if isinstance(row.get(key), (int, float))] for d in dirs]
             _band(ax, np, curves, label)
     for ax, title in zip(axes, ("training reward", "KL to the warm-up (sum over tokens)", "response length (tokens)")):

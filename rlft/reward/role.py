@@ -29,9 +29,13 @@ class RewardRole:
         self.timeout = cfg.reward.timeout
         self.on_error = cfg.reward.on_error
         self.truncated_score = cfg.reward.truncated_score
+        self.constant = cfg.reward.constant
 
     def score(self, texts: list[str], records: list[Record], truncated: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Returns scores (B,) and metrics (`reward/failed`: samples whose reward call failed)."""
+        """Returns scores (B,) and metrics that are counts over the samples (so workers and calls add up):
+        `reward/failed` (samples whose reward call failed); with `reward.constant` (the null control, whose
+        scores are all that constant), `reward/true_score_sum` and `reward/true_correct`: what the reward
+        function would have paid, which the loop logs as `reward/true_mean` and `reward/true_accuracy`."""
         completions = texts if self.style != "program" else [
             program_text(prompt_text(r, "program"), t) for r, t in zip(records, texts)
         ]
@@ -45,6 +49,11 @@ class RewardRole:
         out = torch.tensor(scores, dtype=torch.float32)
         if self.truncated_score is not None:
             out = torch.where(truncated, torch.tensor(self.truncated_score), out)
-        return out, {"reward/failed": float(n_failed)}
+        metrics = {"reward/failed": float(n_failed)}
+        if self.constant is not None:
+            # the null control: training sees no information, the logs still see what the reward would pay
+            metrics.update({"reward/true_score_sum": float(out.sum()), "reward/true_correct": float((out >= 1.0).sum())})
+            out = torch.full_like(out, self.constant)
+        return out, metrics
 
 

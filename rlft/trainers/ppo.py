@@ -367,6 +367,8 @@ def _sample_round(loop: Loop, indices: list[int], m: dict) -> tuple[RolloutBatch
         scores, reward_metrics = loop.roles.reward.score(texts, owners, rollout.truncated)
     for k, v in reward_metrics.items():  # counts: summed over rounds
         m[k] = m.get(k, 0.0) + v
+    if "reward/true_score_sum" in reward_metrics:  # the null control: true-reward means over every scored sample
+        m["rollout/samples_scored"] = m.get("rollout/samples_scored", 0.0) + len(rollout)
     return rollout, owners, scores
 
 
@@ -403,6 +405,9 @@ def log_iteration(loop: Loop, it: int, rollout: RolloutBatch, raw_scores: torch.
     m.update({"reward/mean": scores.mean(), "reward/accuracy": (raw_scores >= 1.0).float().mean(),
               "rollout/response_len_mean": lengths.mean(), "rollout/truncated_frac": rollout.truncated.float().mean(),
               "kl/coef": loop.kl_ctl.value, "time/train_seconds": state["train_seconds"], "time/samples": state["samples"]})
+    if "reward/true_score_sum" in m:  # the null control trained on a constant: what the reward would have paid
+        m["reward/true_mean"] = m.pop("reward/true_score_sum") / m["rollout/samples_scored"]
+        m["reward/true_accuracy"] = m.pop("reward/true_correct") / m["rollout/samples_scored"]
     m["timing/iteration"] = time.perf_counter() - t_start
     done = it + 1 == cfg.ppo.iterations or it + 1 == stop_after_iterations or (
         cfg.ppo.max_seconds is not None and state["train_seconds"] >= cfg.ppo.max_seconds)

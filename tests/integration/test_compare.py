@@ -14,7 +14,8 @@ MICRO = [
     "sft.micro_batch_size_per_device=8", "sft.epochs=1", "eval.max_new_tokens=8", "rollout.prompts_per_step=4",
     "rollout.max_new_tokens=8", "ppo.iterations=2", "ppo.eval_every=1", "ppo.save_every=2", "log.progress=false",
     "compare.warmup_epochs=1", "compare.seeds=[1,2]",
-    "compare.methods=[sft, reft, carft, 'grpo2: algo=grpo rollout.samples_per_prompt=2', 'broken: algo=reft reward.fn=nope:fn']",
+    "compare.methods=[sft, reft, carft, 'grpo2: algo=grpo rollout.samples_per_prompt=2', null, "
+    "'null-grpo: rollout.samples_per_prompt=2', 'broken: algo=reft reward.fn=nope:fn']",
 ]
 
 
@@ -26,8 +27,8 @@ def test_compare_writes_results_for_every_method_and_seed(tmp_path, capsys):
     for name in ("results.json", "results.md", "accuracy.png", "training.png", "config.yaml"):
         assert (tmp_path / name).exists(), name
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["methods"]) == ["sft", "reft", "carft", "grpo2", "broken"]
-    for label in ("sft", "reft", "carft", "grpo2"):
+    assert list(results["methods"]) == ["sft", "reft", "carft", "grpo2", "null", "null-grpo", "broken"]
+    for label in ("sft", "reft", "carft", "grpo2", "null", "null-grpo"):
         runs = results["methods"][label]["runs"]
         assert sorted(runs) == ["1", "2"] and all("error" not in r for r in runs.values())
         assert results["methods"][label]["final_accuracy"]["n"] == 2
@@ -35,6 +36,25 @@ def test_compare_writes_results_for_every_method_and_seed(tmp_path, capsys):
     assert results["methods"]["broken"]["failed"] == 2
     assert "nope" in results["methods"]["broken"]["runs"]["1"]["error"]
     assert (tmp_path / "runs" / "reft" / "seed2" / "predictions_iter2.jsonl").exists()
+
+    # the null controls: the same algorithm trained on one constant, the warm-up's mean training reward
+    warm = results["warmup"]
+    assert 0 <= warm["train_reward"] <= 1 and warm["train_reward_samples"] == 24 and warm["accuracy"] is not None
+    for label, algo in (("null", "reft"), ("null-grpo", "grpo")):
+        saved = (tmp_path / "runs" / label / "seed1" / "config.yaml").read_text()
+        assert f"algo: {algo}" in saved and f"constant: {warm['train_reward']}" in saved
+        rows = [json.loads(x) for x in (tmp_path / "runs" / label / "seed1" / "metrics.jsonl").read_text().splitlines()]
+        assert all(r["reward/mean"] == pytest.approx(warm["train_reward"]) and "reward/true_mean" in r for r in rows)
+    # gains: every method from the warm-up; RL methods against the null control of their own algorithm
+    methods = results["methods"]
+    assert methods["reft"]["gain_vs_null"]["control"] == "null" and methods["carft"]["gain_vs_null"]["control"] == "null"
+    assert methods["grpo2"]["gain_vs_null"]["control"] == "null-grpo"
+    assert "gain_vs_null" not in methods["sft"] and "gain_vs_null" not in methods["null"]
+    pairs = [methods["reft"]["runs"][s]["final_accuracy"] - methods["null"]["runs"][s]["final_accuracy"] for s in "12"]
+    assert methods["reft"]["gain_vs_null"]["mean"] == pytest.approx(sum(pairs) / 2)
+    assert methods["null"]["gain_vs_warmup"]["mean"] == pytest.approx(
+        sum(methods["null"]["runs"][s]["final_accuracy"] for s in "12") / 2 - warm["accuracy"])
+    assert "gain vs null control" in (tmp_path / "results.md").read_text()
 
     # re-running skips the finished runs
     main(["compare", f"run.dir={tmp_path}", *MICRO])
@@ -60,6 +80,10 @@ def test_parse_method_and_stats():
     assert parse_method("reft+lora: adapter.lora.rank=4") == ("reft+lora", ["algo=reft", "adapter.kind=lora",
                                                                              "adapter.lora.rank=4"])
     assert not is_sft(parse_method("reft+brep")[1])
+    assert parse_method("null") == ("null", ["algo=reft"]) and parse_method("null", "grpo") == ("null", ["algo=grpo"])
+    assert parse_method("null-carft") == ("null-carft", ["algo=carft"])
+    with pytest.raises(ConfigError, match="not an algo"):
+        parse_method("null-ppo")
     with pytest.raises(ConfigError, match="not an adapter kind"):
         parse_method("reft+pyreft")
     stats = mean_std_ci([0.5, 0.7])

@@ -402,3 +402,36 @@ def test_token_mean_loss_does_not_depend_on_micro_batching(warm_model):
     assert total_loss([[0, 3], [2, 1]], n_tokens) == pytest.approx(whole, rel=1e-5)
     # the failing control: each micro-batch's own token count (what the loss used before) gives another loss
     assert total_loss([[0], [1, 2, 3]], None) != pytest.approx(whole, rel=1e-3)
+
+
+@pytest.mark.parametrize("prefix_sharing", [True, False])
+def test_values_are_read_at_the_state_before_each_response_token(warm_model, prefix_sharing):
+    """V(s_t) for response token t is the value head at sequence position P - 1 + t (prompt and the first t
+    response tokens seen), in the no-grad pass and in what the learner hands the loss. A value read one
+    position off (the state after the token) would train and use the critic on the wrong states."""
+    from rlft.learner.torch_learner import TorchLearner
+
+    lm, _ = load_policy(warm_model)
+    model = PolicyModel(lm, value_head="linear", prefix_sharing=prefix_sharing).eval()
+    gen = torch.Generator().manual_seed(0)
+    B, P, T = 4, 5, 6
+    prompt = torch.randint(3, lm.config.vocab_size, (2, P), generator=gen).repeat_interleave(2, 0)  # shared prompts
+    batch = {"prompt_ids": prompt, "prompt_mask": torch.ones(B, P, dtype=torch.long),
+             "response_ids": torch.randint(3, lm.config.vocab_size, (B, T), generator=gen),
+             "response_mask": torch.ones(B, T, dtype=torch.long)}
+    ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], 1)
+    with torch.no_grad():
+        full = model(ids, torch.ones_like(ids)).values  # (B, P + T), every position
+    expected = full[:, P - 1:P - 1 + T]  # (B, T)
+    learner = TorchLearner(model, lr=0.0, train_mode=False)
+    _, values = learner.logprobs_and_values(batch, micro_batch_size=B)
+    torch.testing.assert_close(values, expected, atol=1e-5, rtol=1e-5)
+    seen = []
+
+    def loss_fn(output, mb):
+        seen.append(output.values.detach())
+        return output.values.sum() * 0.0, {}
+
+    learner.train_step([{**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}], loss_fn)
+    torch.testing.assert_close(seen[0], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(full[:, P:P + T], expected, atol=1e-3)  # the off-by-one is distinguishable
