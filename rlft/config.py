@@ -277,6 +277,10 @@ class RewardConfig:
     """Seconds allowed per reward call before its samples are counted as failed."""
     on_error: Literal["zero", "raise"] = "zero"
     """A reward that raises, hangs or returns NaN: score 0 and count it (`reward/failed`), or stop the run."""
+    reft_compat: bool = False
+    """`math`: the ReFT reference's reward exactly (`specs/checker.md` §8: the text after the last
+    `Therefore, the answer is:`, float(), |pred - gold| <= 0.01; a response without that line scores 0, where
+    rlft's checker credits its last number). Held-out evaluation keeps rlft's checker."""
     constant: float | None = None
     """The null control: every sample scores this constant, so the update carries no information about the
     answers (the reward function still runs, for the logged `reward/true_mean`); None: the reward function.
@@ -610,6 +614,8 @@ def _validate_algorithm(cfg: Config) -> None:
         raise ConfigError(f"dapo.max_sample_rounds must be >= 1 (got {cfg.dapo.max_sample_rounds}) and "
                           f"dapo.overlong_cache_tokens in (0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}] "
                           f"(got {cfg.dapo.overlong_cache_tokens})")
+    if cfg.reward.reft_compat and cfg.reward.fn != "math":
+        raise ConfigError(f"reward.reft_compat applies to the built-in `math` reward only (reward.fn={cfg.reward.fn})")
     if not row.reference and cfg.kl.coef:
         raise ConfigError(f"algo={cfg.algo} has no KL term, so kl.coef={cfg.kl.coef} cannot take effect; leave kl.coef unset")
 

@@ -24,7 +24,8 @@ class RewardRole:
     def __init__(self, cfg: Config):
         self.fn = rewards.get_reward_fn(cfg.reward.fn)
         if self.fn.builtin and cfg.reward.fn == "math":
-            self.fn = functools.partial(rewards.math_reward, partial_reward=cfg.reward.partial_reward)
+            self.fn = functools.partial(rewards.math_reward, partial_reward=cfg.reward.partial_reward,
+                                        reft_compat=cfg.reward.reft_compat)
         self.style = cfg.data.style
         self.timeout = cfg.reward.timeout
         self.on_error = cfg.reward.on_error

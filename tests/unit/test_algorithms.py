@@ -111,3 +111,17 @@ def test_dapo_settings_are_refused_for_other_algorithms():
     with pytest.raises(ConfigError, match="overlong_cache_tokens"):
         load_config(None, ["algo=dapo", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
                            "dapo.overlong_cache_tokens=16"])
+
+
+def test_reft_compatible_reward_is_reachable_from_the_config():
+    from rlft.reward.role import RewardRole
+    from rlft.tasks.base import Record
+
+    record = Record(id="1", question="q", answer="7", dataset="gsm8k")
+    no_answer_line = ["so 3 + 4 = 7"]  # right last number, no "Therefore, the answer is:" line
+    for compat, expected in ((False, 1.0), (True, 0.0)):
+        role = RewardRole(load_config(None, [f"reward.reft_compat={str(compat).lower()}"]))
+        scores, _ = role.score(no_answer_line, [record], torch.zeros(1, dtype=torch.bool))
+        assert float(scores[0]) == expected, compat
+    with pytest.raises(ConfigError, match="reft_compat applies to the built-in `math` reward only"):
+        load_config(None, ["reward.reft_compat=true", "reward.fn=rewards:math_reward"])
