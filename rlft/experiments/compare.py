@@ -298,20 +298,30 @@ def add_gains(results: dict, methods: list[tuple[str, list[str]]], seeds: list[i
     `gain_vs_null` (paired by seed: final accuracy minus that of the null control of the same algorithm, or
     of `null` when there is none), each as mean, std and a 95% t-interval."""
     warm = results["warmup"].get("accuracy")
-    nulls = {algo_of(o): label for label, o in methods if is_null(label)}
+    nulls = [(label, o) for label, o in methods if is_null(label)]
     for label, overrides in methods:
         r = results["methods"][label]
         finals = {s: run["final_accuracy"] for s, run in r["runs"].items() if run.get("final_accuracy") is not None}
         if warm is not None:
             r["gain_vs_warmup"] = mean_std_ci([a - warm for a in finals.values()])
-        # the control of the same algorithm, else `null`, else any null control
-        control = nulls.get(algo_of(overrides)) or ("null" if "null" in nulls.values() else next(iter(nulls.values()), None))
-        if control is None or is_sft(overrides) or is_null(label):
+        if is_sft(overrides) or is_null(label) or not nulls:
             continue
+        control = null_control_for(overrides, nulls)
         null_finals = {s: run["final_accuracy"] for s, run in results["methods"][control]["runs"].items()
                        if run.get("final_accuracy") is not None}
         pairs = [finals[s] - null_finals[s] for s in map(str, seeds) if s in finals and s in null_finals]
         r["gain_vs_null"] = {**mean_std_ci(pairs), "control": control}
+
+
+def null_control_for(overrides: list[str], nulls: list[tuple[str, list[str]]]) -> str:
+    """The null control of an RL method: the one with the same settings (algorithm and every other override,
+    the constant score aside), else one of the same algorithm, else `null`, else the first."""
+    def settings(o: list[str]) -> list[str]:
+        return sorted(x for x in o if not x.startswith("reward.constant="))
+
+    same_algo = [label for label, o in nulls if algo_of(o) == algo_of(overrides)]
+    return next((label for label, o in nulls if settings(o) == settings(overrides)), None) or \
+        (same_algo[0] if same_algo else "null" if any(label == "null" for label, _ in nulls) else nulls[0][0])
 
 
 def _fmt(stat: dict, pct: bool = True) -> str:

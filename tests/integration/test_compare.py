@@ -89,3 +89,16 @@ def test_parse_method_and_stats():
     stats = mean_std_ci([0.5, 0.7])
     assert abs(stats["mean"] - 0.6) < 1e-12 and abs(stats["std"] - 0.1414213562) < 1e-9
     assert abs(stats["ci95"][1] - (0.6 + 12.706 * 0.1)) < 1e-9  # t(1) * std / sqrt(2)
+
+
+def test_each_rl_method_is_paired_with_the_null_control_of_its_settings():
+    from rlft.experiments.compare import null_control_for
+
+    nulls = [("null", ["algo=reft", "reward.constant=0.3"]),
+             ("null-lr1e-5", ["algo=reft", "ppo.lr=1e-5", "reward.constant=0.3"]),
+             ("null-grpo", ["algo=grpo", "rollout.samples_per_prompt=2", "reward.constant=0.3"])]
+    assert null_control_for(["algo=reft"], nulls) == "null"
+    assert null_control_for(["algo=reft", "ppo.lr=1e-5"], nulls) == "null-lr1e-5"
+    assert null_control_for(["algo=grpo", "rollout.samples_per_prompt=4"], nulls) == "null-grpo"  # same algorithm
+    assert null_control_for(["algo=carft"], nulls) == "null"
+    assert parse_method("null-lr1e-5: algo=reft ppo.lr=1e-5") == ("null-lr1e-5", ["algo=reft", "ppo.lr=1e-5"])
