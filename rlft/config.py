@@ -436,6 +436,27 @@ class LogConfig:
     progress_every_seconds: float = 30.0
     """When stderr is not a terminal (a log file), print progress as one plain line at most every N seconds,
     plus a last line when the loop ends, instead of a redrawn bar."""
+    wandb: bool = False
+    """Also send the resolved config and every metric (same step as `metrics.jsonl`) to Weights & Biases, files
+    under `run.dir/wandb` (`pip install -e '.[wandb]'`; `WANDB_MODE=offline` keeps it off the network). A
+    resumed run continues its W&B run; `rlft compare` logs its results table and plots in a run of its own."""
+    wandb_project: str | None = None
+    """W&B project; None: `rlft`."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team); None: your default entity."""
+    wandb_group: str | None = None
+    """W&B run group; None: none, and under `rlft compare` the comparison's run name, so its runs show together."""
+    mlflow: bool = False
+    """Also send the resolved config (as params and `config.yaml`) and every metric to MLflow
+    (`pip install -e '.[mlflow]'`); `rlft compare` adds its results and plots as artifacts of a run of its own."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI; None: a local file store, `run.dir/mlruns` (under `rlft compare`: the comparison's
+    own, shared by all its runs)."""
+    mlflow_experiment: str | None = None
+    """MLflow experiment name; None: `rlft`."""
+    run_name: str | None = None
+    """The run's name in W&B and MLflow; None: the name of `run.dir` (under `rlft compare`: `<its name>/warmup`
+    and `<its name>/<method>/seed<k>`)."""
 
 
 @dataclass
@@ -576,6 +597,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if cfg.rollout.engine == "vllm" and cfg.adapter.kind != "full":
         raise ConfigError(f"rollout.engine=vllm cannot run adapter.kind={cfg.adapter.kind} (hook-based adapters and "
                           "unmerged LoRA need the HF engine); use rollout.engine=hf")
+    _validate_log(cfg.log)
     if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
         raise ConfigError(
             f"model.tiny.hidden_size={cfg.model.tiny.hidden_size} is not a multiple of "
@@ -652,6 +674,19 @@ def _validate_cluster(cfg: Config) -> None:
         raise ConfigError(
             f"ppo.sequences_per_minibatch={per_minibatch} must divide the {samples} samples per iteration "
             f"and split evenly across cluster.learner_ranks={c.learner_ranks}; use a multiple of {c.learner_ranks}")
+
+
+def _validate_log(log: LogConfig) -> None:
+    """Tracker settings only take effect with their tracker on."""
+    for tracker, keys in (("wandb", ("wandb_project", "wandb_entity", "wandb_group")),
+                          ("mlflow", ("mlflow_tracking_uri", "mlflow_experiment"))):
+        unused = [f"log.{k}" for k in keys if getattr(log, k) is not None]
+        if unused and not getattr(log, tracker):
+            raise ConfigError(f"{', '.join(unused)} cannot take effect with log.{tracker}=false; set log.{tracker}=true "
+                              "or remove them")
+    if log.run_name is not None and not (log.wandb or log.mlflow):
+        raise ConfigError("log.run_name names the run in W&B and MLflow, but both are off; set log.wandb=true or "
+                          "log.mlflow=true, or remove it")
 
 
 def default_positions(kind: str) -> str:

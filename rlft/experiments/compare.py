@@ -12,6 +12,9 @@ What it does, in `run.dir`:
 3. `results.json`, `results.md` (per method: final and best held-out greedy accuracy as mean ± std and a
    95% t-interval over seeds, wall time, samples, tokens) and PNG plots (accuracy vs samples and vs wall
    time, training reward, KL, response length; one line per method, a band over seeds).
+4. With `log.wandb` / `log.mlflow`: a tracker run for the comparison (its config, then the results table and
+   the files above) and one per run it makes (`<name>/warmup`, `<name>/<method>/seed<k>`; W&B group `<name>`,
+   MLflow store `run.dir/mlruns`; `rlft/utils/trackers.py`).
 
 Finished runs are skipped on re-run (the command resumes); a method that fails is reported with its
 error in the results and the other methods still run.
@@ -36,6 +39,7 @@ from pathlib import Path
 from rlft.config import ADAPTER_KINDS, Config, ConfigError, load_config, save_config, to_dict
 from rlft.trainers.algorithms import ALGORITHMS
 from rlft.utils.logging import print0, read_metrics
+from rlft.utils.trackers import mlflow_uri, open_trackers
 
 # two-sided 95% Student-t quantiles by degrees of freedom (1..10); beyond that ~1.96-2.2
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -93,9 +97,26 @@ def mean_std_ci(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "ci95": None if half is None else [mean - half, mean + half], "n": n}
 
 
+def tracking_overrides(base: Config, root: Path, run: str | None) -> list[str]:
+    """Tracker settings (W&B, MLflow) of the comparison's own run (`run` None) and of each run it makes: named
+    `<comparison>/<run>`, in the comparison's W&B group and MLflow store unless the config names others. Empty
+    when no tracker is on."""
+    log = base.log
+    if not (log.wandb or log.mlflow):
+        return []
+    name = log.run_name or root.resolve().name
+    out = [f"log.run_name={json.dumps(name if run is None else f'{name}/{run}')}"]  # quoted: always a YAML string
+    if log.wandb and log.wandb_group is None:
+        out.append(f"log.wandb_group={json.dumps(name)}")
+    if log.mlflow and log.mlflow_tracking_uri is None:
+        out.append(f"log.mlflow_tracking_uri={json.dumps(mlflow_uri(base, root))}")
+    return out
+
+
 def _method_config(base: Config, config_path: str | None, cli_overrides: list[str], method_overrides: list[str],
-                   run_dir: Path, warmup: Path, seed: int) -> Config:
-    overrides = [*cli_overrides, *method_overrides, f"run.dir={run_dir}", f"run.seed={seed}", f"model.path={warmup}"]
+                   run_dir: Path, warmup: Path, seed: int, tracking: list[str]) -> Config:
+    overrides = [*cli_overrides, *method_overrides, f"run.dir={run_dir}", f"run.seed={seed}", f"model.path={warmup}",
+                 *tracking]
     if base.compare.max_seconds is not None:  # the compare budget applies to every method's own cap
         overrides += [f"ppo.max_seconds={base.compare.max_seconds}", f"sft.max_seconds={base.compare.max_seconds}"]
     return load_config(config_path, overrides)
@@ -169,6 +190,9 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     save_config(base, root / "config.yaml")
     methods = [parse_method(m, base.algo) for m in base.compare.methods]
+    # the comparison's own tracker runs: its config now, its results table and plots at the end
+    trackers = open_trackers(load_config(config_path, [*cli_overrides, *tracking_overrides(base, root, None)]), root,
+                             resume=True)
     start = time.perf_counter()
 
     # 1. the shared warm-up (or a given one)
@@ -182,7 +206,7 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
         warm_dir = root / "warmup"
         # the warm-up trains every weight: adapter methods start from it and use it as their reference
         warm_cfg = load_config(config_path, [*cli_overrides, f"run.dir={warm_dir}", f"sft.epochs={base.compare.warmup_epochs}",
-                                             "adapter.kind=full"])
+                                             "adapter.kind=full", *tracking_overrides(base, root, "warmup")])
         print0(f"rlft compare: warm-up SFT ({base.compare.warmup_epochs} epochs) in {warm_dir}")
         warm = run_sft(warm_cfg)
         warmup_ckpt = Path(warm["final_checkpoint"])
@@ -207,7 +231,8 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
             run_dir = root / "runs" / label / f"seed{seed}"
             done = run_dir / "compare_result.json"
             try:
-                cfg = _method_config(base, config_path, cli_overrides, overrides, run_dir, warmup_ckpt, seed)
+                cfg = _method_config(base, config_path, cli_overrides, overrides, run_dir, warmup_ckpt, seed,
+                                     tracking_overrides(base, root, f"{label}/seed{seed}"))
                 if done.exists():
                     check_same_run(run_dir, cfg)
                     runs[str(seed)] = json.loads(done.read_text())
@@ -241,6 +266,11 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
     table = results_markdown(results, base)
     (root / "results.md").write_text(table)
     write_plots(root, results, methods, base.compare.seeds)
+    columns, rows = results_rows(results)
+    files = [root / name for name in ("results.md", "results.json", "accuracy.png", "training.png")]
+    for tracker in trackers:
+        tracker.log_results(columns, rows, [f for f in files if f.exists()])
+        tracker.close()
     print0("\n" + table)
     return results
 
@@ -362,6 +392,20 @@ def results_markdown(results: dict, cfg: Config) -> str:
                      f"{r['train_seconds']['mean'] or 0:.0f} | {r['samples']['mean'] or 0:.0f} | {r['failed']} |")
     lines += ["", f"Total wall time {results['wall_seconds'] / 60:.1f} min. Plots: accuracy.png, training.png.", ""]
     return "\n".join(lines)
+
+
+def results_rows(results: dict) -> tuple[list[str], list[list]]:
+    """The results table as columns and rows of numbers (accuracies in %; None where there is none), for trackers."""
+    columns = ["method", "final_accuracy", "final_accuracy_std", "best_accuracy", "gain_vs_warmup", "gain_vs_null",
+               "trainable_params", "train_seconds", "samples", "failed_runs"]
+
+    def pct(stat: dict | None) -> float | None:
+        return None if not stat or stat["mean"] is None else 100 * stat["mean"]
+
+    rows = [[label, pct(r["final_accuracy"]), None if r["final_accuracy"]["std"] is None else 100 * r["final_accuracy"]["std"],
+             pct(r["best_accuracy"]), pct(r.get("gain_vs_warmup")), pct(r.get("gain_vs_null")), r.get("trainable_params"),
+             r["train_seconds"]["mean"], r["samples"]["mean"], r["failed"]] for label, r in results["methods"].items()]
+    return columns, rows
 
 
 def write_plots(root: Path, results: dict, methods: list[tuple[str, list[str]]], seeds: list[int]) -> None:

@@ -65,6 +65,7 @@ from rlft.types import RolloutBatch, TrainBatch
 from rlft.utils import checkpoint
 from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
+from rlft.utils.trackers import open_trackers
 from rlft.workspace import check_context, load_split, open_run_dir, prepare_model
 
 
@@ -270,7 +271,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
 def _train(loop: Loop, stop_after_iterations: int | None) -> dict:
     cfg, run, roles = loop.cfg, loop.plan, loop.roles
     resumed = _resume(loop)
-    logger = MetricLogger(loop.run_dir, tensorboard=cfg.log.tensorboard, resume_step=loop.state["iteration"] if resumed else None)
+    logger = MetricLogger(loop.run_dir, tensorboard=cfg.log.tensorboard, resume_step=loop.state["iteration"] if resumed else None,
+                          trackers=open_trackers(cfg, loop.run_dir, resume=resumed))
     print0(f"rlft train: algo={cfg.algo}, {len(loop.train)} questions, {cfg.rollout.prompts_per_step} x "
            f"{cfg.rollout.samples_per_prompt} samples/iteration, {cfg.ppo.iterations} iterations, from "
            f"{loop.state['model_path']}; adapter {loop.adapter.kind if loop.adapter else 'full'}, "

@@ -36,6 +36,7 @@ from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, t
 from rlft.utils import checkpoint
 from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
+from rlft.utils.trackers import open_trackers
 from rlft.workspace import load_split, open_run_dir, prepare_model
 
 def make_loss_fn(num_label_tokens: int):
@@ -94,7 +95,8 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
         state = saved["state"]
         set_rng_state(saved["rng"])
         print0(f"  resumed from {latest} (epoch {state['epoch']}, step {state['step']})")
-    logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["step"] if latest else None)
+    logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["step"] if latest else None,
+                          trackers=open_trackers(cfg, run_dir, resume=latest is not None))
 
     for epoch in range(state["epoch"], cfg.sft.epochs):
         adapter.set_progress(epoch, cfg.sft.epochs)  # HEFT's stage

@@ -1,7 +1,9 @@
-"""Metrics to JSONL (always), TensorBoard (optional), a one-line console summary and progress output.
+"""Metrics to JSONL (always), TensorBoard and experiment trackers (optional), and progress output.
 
 `MetricLogger.log(step, metrics)` appends one JSON object per call to `metrics.jsonl`; on resume the file
-is truncated to the resumed step so it never holds the same step twice.
+is truncated to the resumed step so it never holds the same step twice. The same row goes to TensorBoard
+(`log.tensorboard`) and to each tracker it was given (W&B, MLflow: `rlft/utils/trackers.py`), at the same
+step: it is the one place metrics go.
 
 `progress(total, desc=...)` is the trainers' progress display: a tqdm bar on a terminal, plain lines
 every `log.progress_every_seconds` when stderr goes to a file.
@@ -13,9 +15,12 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from rlft.utils.trackers import Tracker
 
 
 def _plain(value: Any) -> Any:
@@ -35,8 +40,19 @@ def _row(line: str) -> dict | None:
         return None
 
 
+def _number(value: Any) -> float | None:
+    """A metric as a float for the trackers (NaN stays NaN), or None for what is not a number."""
+    if hasattr(value, "item"):
+        value = value.item()
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 class MetricLogger:
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None):
+    """`trackers`: open W&B / MLflow runs (`rlft.utils.trackers.open_trackers`) that get every row; closed
+    with the logger."""
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None,
+                 trackers: Sequence[Tracker] = ()):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
@@ -45,6 +61,7 @@ class MetricLogger:
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._file = self.path.open("a")
+        self.trackers = list(trackers)
         self._tb = None
         if tensorboard:
             try:
@@ -63,11 +80,17 @@ class MetricLogger:
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        if self.trackers:
+            numbers = {k: x for k, v in metrics.items() if (x := _number(v)) is not None}
+            for tracker in self.trackers:
+                tracker.log(step, numbers)
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
