@@ -27,12 +27,14 @@ edit the same tokens here as in sampling.
 
 Checkpoints: `save_pretrained(dir)` writes the adapter's files (full: a plain HF folder loadable by any HF
 tool; otherwise adapter-only files plus `adapter.json` naming the base) and `value_head.safetensors`
-beside them; `load_weights(dir)` restores both exactly, and `value_head_kind(dir)` tells which head (if
+beside them (and, beside a whole model, `model.safetensors.index.json`, so vLLM loads the folder as it is);
+`load_weights(dir)` restores both exactly, and `value_head_kind(dir)` tells which head (if
 any) a folder holds.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -47,6 +49,7 @@ from rlft.models.loading import LLAMA_FAMILY, uses_sliding_window
 from rlft.rollout.decode import cache_keyword
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 # Tensor names `save_pretrained` writes for each head kind (the head modules' state_dict keys).
 HEAD_KEYS = {"linear": {"weight", "bias"}, "carft": {"proj.weight", "proj.bias", "value.weight", "value.bias"}}
 
@@ -79,6 +82,26 @@ def value_head_kind(path: str | Path) -> str | None:
     raise ValueError(f"{head}: tensors {sorted(keys)} match no value head kind ({', '.join(HEAD_KEYS)})")
 
 
+
+
+def write_weights_index(path: str | Path) -> None:
+    """HF's `model.safetensors.index.json` for the model's own weight files in folder `path`, unless one is there
+    (a sharded save writes its own). Loaders that read every `*.safetensors` of a folder unless an index says
+    otherwise (vLLM) would otherwise take the value head for model weights and fail; `from_pretrained` reads
+    `model.safetensors` first either way.
+    """
+    path = Path(path)
+    if (path / WEIGHTS_INDEX_FILE).exists():
+        return
+    weight_map, total = {}, 0
+    for file in sorted(path.glob("model*.safetensors")):
+        with file.open("rb") as f:  # the safetensors header: 8-byte length, then JSON with each tensor's byte range
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        header.pop("__metadata__", None)
+        weight_map.update({name: file.name for name in header})
+        total += max((t["data_offsets"][1] for t in header.values()), default=0)
+    (path / WEIGHTS_INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total},
+                                                       "weight_map": dict(sorted(weight_map.items()))}, indent=2))
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -244,6 +267,8 @@ class PolicyModel(torch.nn.Module):
         self.adapter.save(path)
         if self.value_head is not None:
             save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(path / VALUE_HEAD_FILE))
+            if self.adapter.kind == "full":
+                write_weights_index(path)
 
     def load_weights(self, path: str | Path) -> None:
         path = Path(path)

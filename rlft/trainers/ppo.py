@@ -53,6 +53,7 @@ from rlft.dist.errors import WorkerLostError
 from rlft.dist.local import Roles, build_roles
 from rlft.evaluate import evaluate_held_out
 from rlft.learner.base import DivergedError
+from rlft.models.card import write_model_card
 from rlft.models.policy import ResponseOutput
 from rlft.rollout.base import SamplingParams
 from rlft.tasks.base import Record
@@ -454,6 +455,8 @@ def _save(loop: Loop) -> Path:
     tmp = checkpoint.begin(root, state["iteration"])
     roles.policy.save(tmp)
     loop.tokenizer.save_pretrained(tmp / "model")
+    write_model_card(tmp / "model", loop.cfg, method=loop.cfg.algo, step=state["iteration"],
+                     accuracy=accuracy if accuracy >= 0 else None)
     if roles.critic is not None:
         roles.critic.save(tmp / "critic")
         loop.tokenizer.save_pretrained(tmp / "critic" / "model")  # a whole HF folder too (rerank, hand-off)

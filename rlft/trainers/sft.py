@@ -30,6 +30,7 @@ from rlft.algos import sft as sft_algo
 from rlft.config import Config, derive_sft_geometry, to_dict
 from rlft.evaluate import evaluate_held_out
 from rlft.learner.torch_learner import TorchLearner
+from rlft.models.card import write_model_card
 from rlft.models.policy import PolicyModel
 from rlft.rollout.factory import hf_engine
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, truncate_targets
@@ -169,7 +170,9 @@ def _save(learner: TorchLearner, tokenizer, state: dict, root: Path, record: dic
         state["best_accuracy"], state["best_checkpoint"] = accuracy, str(final)
     tmp = checkpoint.begin(root, state["step"])
     learner.save(tmp)
-    tokenizer.save_pretrained(tmp / "model")  # each checkpoint's model/ is a complete HF folder
+    tokenizer.save_pretrained(tmp / "model")  # each checkpoint's model/ is a complete HF folder, with its card
+    write_model_card(tmp / "model", cfg, method="offline_st" if cfg.algo == "offline_st" else "sft", step=state["step"],
+                     accuracy=record.get("accuracy"))
     torch.save({"state": state, "rng": rng_state(), "config": to_dict(cfg)}, tmp / "trainer_state.pt")
     best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()
     return checkpoint.commit(tmp, keep_last=cfg.sft.keep_last_checkpoints, protect=best)
