@@ -7,6 +7,7 @@
                                                                 greedy accuracy, majority vote@k, value rerank@k
     rlft data  preview|export [CONFIG.yaml] [--split S] ...     look at / export a task's records
     rlft model tiny|smollm2-135m [--out DIR]                    build the tiny model / convert SmolLM2
+    rlft model merge CKPT --out DIR                             a LoRA checkpoint as a plain transformers model
     rlft check --gold G ANSWER | FILE.jsonl --out V.jsonl       the answer checker
     rlft config [CONFIG.yaml] [key=value ...] [--keys]          print the resolved config / every key
 
@@ -177,6 +178,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
+    if args.kind == "merge":
+        from rlft.models.merge import merge_checkpoint
+
+        print(merge_checkpoint(args.checkpoint, args.out, dtype=args.dtype))
+        return 0
     if args.kind == "smollm2-135m":
         from rlft.models.smollm import convert_smollm2
 
@@ -254,10 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="export: output JSONL file")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("model", help="build the tiny model or convert SmolLM2-135M", epilog=EPILOG, formatter_class=fmt)
-    p.add_argument("kind", choices=["tiny", "smollm2-135m"])
-    p.add_argument("config", nargs="*", help="tiny: [CONFIG.yaml] [section.key=value ...] (task text trains the tokenizer)")
-    p.add_argument("--out", help="output folder")
+    p = sub.add_parser("model", help="build the tiny model, convert SmolLM2-135M, or merge a LoRA checkpoint",
+                       formatter_class=fmt)
+    kinds = p.add_subparsers(dest="kind", required=True)
+    for kind in ("tiny", "smollm2-135m"):
+        k = kinds.add_parser(kind, help="build the tiny model" if kind == "tiny" else "convert SmolLM2-135M",
+                             epilog=EPILOG, formatter_class=fmt)
+        k.add_argument("config", nargs="*", help="tiny: [CONFIG.yaml] [section.key=value ...] (task text trains the tokenizer)")
+        k.add_argument("--out", help="output folder")
+    k = kinds.add_parser("merge", help="fold a LoRA checkpoint into its base: a plain transformers model folder")
+    k.add_argument("checkpoint", help="RUN/checkpoints/ckpt-N of a run with adapter.kind=lora (or its model/ folder)")
+    k.add_argument("--out", required=True, help="output folder")
+    k.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype to load, merge and save in (default float32)")
     p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("check", help="check answers (see `rlft check --help`)", add_help=False)

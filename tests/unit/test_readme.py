@@ -34,7 +34,7 @@ def test_readme_command_parses(line):
         check_parser().parse_args(argv[1:])
         return
     args = build_parser().parse_args(argv)
-    path, overrides = split_config_args(args.config)
+    path, overrides = split_config_args(getattr(args, "config", []))  # `rlft model merge` takes no config
     load_config(REPO / path if path else None, overrides)
 
 
