@@ -42,3 +42,21 @@ def test_readme_make_targets_exist():
     makefile = (REPO / "Makefile").read_text()
     for target in re.findall(r"^make (\w[\w-]*)", (REPO / "README.md").read_text(), flags=re.M):
         assert re.search(rf"^{target}:", makefile, flags=re.M), target
+
+
+def test_peer_mapping_names_only_real_rlft_keys():
+    """Every `section.key` in the rlft column of "Coming from TRL / verl / OpenRLHF" is a config key."""
+    from rlft.config import all_keys
+
+    text = (REPO / "README.md").read_text()
+    table = text.split("### Coming from TRL / verl / OpenRLHF", 1)[1].split("\n### ", 1)[0]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| what")]
+    assert len(rows) >= 15
+    keys = set(all_keys())
+    for row in rows:
+        rlft_column = row.strip().strip("|").split(" | ")[-1]
+        names = [code.split("=")[0] for code in re.findall(r"`([^`]+)`", rlft_column)]
+        dotted = [n for n in names if re.fullmatch(r"[a-z_]+\.[a-z_.]+", n) and not n.endswith(".py")]
+        assert dotted or "`algo`" in rlft_column, row
+        for name in dotted:
+            assert name in keys, f"{name} (README row {row[:40]!r}) is not an rlft config key"
