@@ -1,17 +1,20 @@
 """W&B and MLflow beside metrics.jsonl: the config and every metric row reach both, at the same steps; `rlft
 compare` stores its results table and plots in a run of its own; a missing package is a one-line error.
 
-W&B runs offline (WANDB_MODE=offline): the test reads the run back from its `.wandb` transaction log, a
-LevelDB-style log of protobuf records (`read_wandb_records`). MLflow writes a local file store under run.dir.
+Nothing touches the network: W&B runs offline (WANDB_MODE=offline) and is read back from its `.wandb`
+transaction log, a LevelDB-style log of protobuf records (`read_wandb_records`); MLflow writes a local file store
+under run.dir, with its usage telemetry off.
 """
 
 import json
+import os
 import struct
 import sys
 from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow loads: nothing leaves the machine
 wandb = pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
 
