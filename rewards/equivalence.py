@@ -45,6 +45,7 @@ _REL_RE = re.compile(r"\\leq?(?![a-zA-Z])|\\geq?(?![a-zA-Z])|\\ne(?![a-zA-Z])|<=
 _REL_CANON = {"\\le": "le", "\\leq": "le", "<=": "le", "<": "lt",
               "\\ge": "ge", "\\geq": "ge", ">=": "ge", ">": "gt", "\\ne": "ne", "!=": "ne"}
 _FLIP = {"le": "ge", "ge": "le", "lt": "gt", "gt": "lt"}
+_JUXTAPOSED_RE = re.compile(r"(?<![\d.^_{])\d+(?:\.\d+)?\s+\d")
 _KNOWN_WORDS = {"sin", "cos", "tan", "log", "ln", "exp", "sqrt", "pi"}
 
 
@@ -126,10 +127,13 @@ def _is_text(s: str) -> bool:
     return (" " in s.strip() or len(s) >= 3) and not any(w in _KNOWN_WORDS for w in words)
 
 
-_NAME = r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{?[\w,]+\}?|_\w)?'?(?:\([^()]*\))?|[A-Z]{1,4}(?:_\{?\w+\}?)?"
-_NAME_RE = re.compile(_NAME)
+_SUB = r"(?:_\{[^{}]*\}|_\w)"
+_NAME = (rf"(?:[A-Za-z]|\\[a-zA-Z]+){_SUB}?'?(?:\^\{{-1\}})?(?:\([^()]*\))?|[A-Z]{{1,4}}{_SUB}?|\[[A-Z]{{2,5}}\]"
+         r"|\\overline\{[A-Z]{1,4}\}|m?\s*\\angle\s*[A-Z]{1,3}")
 _LHS_NAME_RE = re.compile(
-    rf"(?:\\overline\{{[A-Z]{{1,4}}\}}|\\angle\s*[A-Z]{{1,3}}|m\s*\\angle\s*[A-Z]{{1,3}}|\|(?:{_NAME})\||{_NAME})"
+    rf"(?:\|(?:{_NAME})\||{_NAME}"
+    # a function of a name: \sin\theta, \tan\angle APB, \cos(x)
+    rf"|\\(?:sin|cos|tan|cot|sec|csc|log|ln)\s*(?:\^\{{?\d\}}?)?\s*(?:{_NAME}|\([^()]*\)|\{{[^{{}}]*\}}))"
 )
 _VARIABLE_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([a-z]\))?")
 _OR_RE = re.compile(r"\s*\bor\b\s*", re.I)
@@ -171,6 +175,10 @@ def parse_structure(s: str, depth: int = 0) -> SNode:
             s = s[1:-1].strip()  # a bare brace group is only grouping
         else:  # bare `{1, 3}`: braces are invisible in LaTeX, so this is the list 1, 3
             return ("list", [parse_structure(p, depth + 1) for p in split_top(s[1:-1], ",") if p.strip()])
+    if s.startswith("\\{"):
+        condition = _set_builder(s)
+        if condition is not None:
+            return parse_structure(condition, depth + 1)
     m = _MATRIX_RE.fullmatch(s)
     if m and "\\begin{" not in m.group(2) and "\\end{" not in m.group(2):
         rows = [r for r in split_top(m.group(2), "\\\\") if r.strip()]
@@ -231,6 +239,20 @@ def parse_structure(s: str, depth: int = 0) -> SNode:
     if _is_text(s):
         return ("text", " ".join(s.lower().replace("-", " ").split()))
     return ("expr", s)
+
+
+def _set_builder(s: str) -> str | None:
+    """`\\{x \\mid 0 < x < 1\\}`, `\\{x : x > 2\\}`, `\\{x \\in \\R | x \\ne 0\\}`: the condition, else None."""
+    br = _outer_bracket(s)
+    if br is None or br[0] != "\\{":
+        return None
+    for bar in ("\\mid", "|", ":"):
+        parts = _top_split(br[1], bar)
+        if parts is not None and len(parts) == 2:
+            var = _top_split(parts[0], "\\in")
+            if _VARIABLE_RE.fullmatch((var[0] if var else parts[0]).strip()):
+                return parts[1]
+    return None
 
 
 def _items(parts: list[str], depth: int) -> list[SNode]:
@@ -311,6 +333,9 @@ class FastScalar:
     def scalar(self, a: str, b: str) -> bool | None:
         if canon(a) == canon(b):
             return True
+        for s in (a, b):  # "3 4" or "1 2" is two numbers side by side, never their product
+            if _JUXTAPOSED_RE.search(s) and parse_number(s) is None:
+                return False
         if _BASE_SUBSCRIPT_RE.search(a) or _BASE_SUBSCRIPT_RE.search(b):
             return False  # 1011_2 is compared literally (checker.md §3)
         va, vb = self.rational(a), self.rational(b)
@@ -394,6 +419,17 @@ def rel_as_interval(node: SNode) -> SNode | None:
     return None
 
 
+def _as_union(node: SNode) -> SNode | None:
+    """A union node, or a list of one-variable inequalities as the union of their intervals."""
+    if node[0] == "union":
+        return node
+    if node[0] in ("list", "set") and all(item[0] == "rel" for item in node[1]):
+        intervals = [rel_as_interval(item) for item in node[1]]
+        if all(i is not None for i in intervals):
+            return ("union", intervals)
+    return None
+
+
 def _assignments_as_tuple(node: SNode) -> SNode | None:
     """`p = 5, q = 2` (a list of assignments to distinct names) -> the tuple (5, 2), in order."""
     if node[0] != "list" or len(node[1]) < 2:
@@ -458,6 +494,12 @@ def equal(g: SNode, p: SNode, cmp: FastScalar) -> bool | None:
     if tp == "seq" and tg == "list":
         as_tuple = _assignments_as_tuple(g)
         return equal(as_tuple, p, cmp) if as_tuple is not None else False
+    if "union" in (tg, tp) and tg != tp:
+        # "x < -1 or x > 1" (a list of inequalities) is the union (-oo, -1) U (1, oo)
+        gu, pu = _as_union(g), _as_union(p)
+        if gu is None or pu is None:
+            return False
+        return _multiset_equal(gu[1], pu[1], cmp)
     if tg in ("list", "set") and tp in ("list", "set"):
         return _multiset_equal(g[1], p[1], cmp)
     if tg == "union" and tp == "union":

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rewards.normalize import GLUED_SUFFIXES, loose_numbers, unwrap_text_commands
+from rewards.normalize import GLUED_SUFFIXES, loose_numbers, strip_units_words, unwrap_text_commands
 
 MAX_COMPLETION_CHARS = 200_000
 """Longer completions are cut to their last this-many characters (keeps every check linear)."""
@@ -45,7 +45,11 @@ _TRAILING_PHRASE_RE = re.compile(
 _HASH_RE = re.compile(r"####")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _HEDGE_RE = re.compile(r"\b(?:or|either|between|maybe|perhaps|possibly)\b", re.I)
-_OR_EQ_RE = re.compile(r"^\s*([a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?)\s*=")
+# one variable's solutions joined by "or" are a list, not a hedge: "x = 2 or x = 3", "x < -1 or x > 1"
+_VAR = r"[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?"
+_REL_OP = r"(?:=|<|>|\\le(?:q)?|\\ge(?:q)?|\\lt|\\gt|\\ne(?:q)?)(?![a-zA-Z])"
+_OR_EQ_RE = re.compile(rf"^\s*({_VAR})\s*{_REL_OP}|^\s*[-+\w.\\{{}}]+\s*{_REL_OP}\s*({_VAR})\s*{_REL_OP}")
+_OR_SPLIT_RE = re.compile(r"\s+or\s+|\s*\\text\{\s*or\s*\}\s*", re.I)
 _CODE_RE = re.compile(
     r"lambda\b|__\w+__|\bimport\b|\bopen\s*\(|\bexec\s*\(|\beval\s*\(|\bcompile\s*\(|\bos\.\w|"
     r"\bsubprocess\b|\bsystem\s*\(|\bgetattr\s*\(",
@@ -143,9 +147,15 @@ _LABEL_RE = re.compile(r"\s*(?:[a-zA-Z](?:_\{?\w+\}?)?(?:'|\(\w\))?|\([a-z](?:\s
 # "for part (a)", "in (b)": part labels between the boxes of a multi-part answer
 _PART_RE = re.compile(r"\b(?:for|in)\s+(?:part\s*)?\(?[a-z0-9]{1,2}\)?|\bpart\s*\(?[a-z0-9]{1,2}\)?", re.I)
 _HEDGE_WORD_RE = re.compile(r"\b(?:or|either|maybe|perhaps|possibly)\b", re.I)
-# after a committed answer: "(or possibly 15)", ", or maybe 13", ". Or 13": more candidates
+# after a committed answer: "(or possibly 15)", ", or maybe 13", ". Or 13": another candidate follows
+# the hedge word at once ("Maybe I should double-check: 3 * 4 = 12" is not one)
 _HEDGE_TAIL_RE = re.compile(
-    r"[\s.,;:)\]$]*\(?\s*(?:or|maybe|perhaps|possibly)\b[^\n]{0,60}?(?:\d|\\boxed|\\fbox|\$|\\\(|\\\[)", re.I)
+    r"[\s.,;:)\]$]*\(?\s*(?:or|maybe|perhaps|possibly)(?:\s+(?:maybe|perhaps|possibly|even|also))?[\s,:]*"
+    r"(?:(?:it\s+is|it's|it\s+could\s+be|the\s+answer\s+is)\s+)?(?:[-+]?\d|\\boxed|\\fbox|\$|\\\(|\\\[)", re.I)
+# a sentence after the answer that is nothing but another number: "The answer is 12; 13", "12. 13."
+_BARE_CANDIDATE_RE = re.compile(r"[.;!?]?[ \t]*\$?[-+]?\d[\d,.]*\$?[ \t]*[.;!?]?[ \t]*(?:\n|$)")
+# between two boxes, "not" / "rather than" rejects one of them: which one is unclear, so neither counts
+_CONTRAST_RE = re.compile(r"\b(?:not|rather\s+than|instead\s+of)\b", re.I)
 _DELIM_TOKENS_RE = re.compile(
     r"\$|\\\(|\\\)|\\\[|\\\]|\\q?quad|\\[,;:! ]|~|\\(?:text|textbf|textit|textrm|mathrm|mbox|hbox)\s*\{|[{}]|\\\\")
 
@@ -162,9 +172,9 @@ def _gap_kind(gap: str) -> str:
     if len(gap) > 200:
         return "stop"
     plain = _plain_gap(gap)
-    lead = plain.lstrip(" .,;:)")
-    if _HEDGE_WORD_RE.match(lead) or lead.startswith("(or ") or (
-            _HEDGE_WORD_RE.search(plain) and not re.search(r"[.!?](?:\s|$)", plain)):
+    lead = plain.lstrip(" .,;:)(")
+    if plain.strip() in ("/", "|", "\\vee", "\\lor", "and/or") or _HEDGE_WORD_RE.match(lead) or (_HEDGE_WORD_RE.search(plain) and len(plain.split()) <= 6
+                                      and not re.search(r"[.!?](?:\s|$)", plain)):
         return "hedge"
     if re.search(r"[.!?](?:\s|$)|\n\s*\n", gap.replace("\\.", "")) or "." in plain:
         return "stop"
@@ -266,11 +276,20 @@ def _join_candidates(segs: list[tuple[str, str]]) -> tuple[str, str]:
     or joined by a hedge so that the hedge is seen) and the text that follows it."""
     parts = [segs[0][1]]
     k = 1
-    while k + 1 < len(segs) and segs[k][0] == "text" and segs[k + 1][0] == "math":
+    while k < len(segs):
+        if segs[k][0] == "math":  # "$12$$13$": spans with nothing between them are one list
+            parts += [", ", segs[k][1]]
+            k += 1
+            continue
+        if k + 1 >= len(segs) or segs[k + 1][0] != "math":
+            break
         kind = _gap_kind(segs[k][1])
         if kind == "stop":
             break
-        parts += [f" {_plain_gap(segs[k][1]) if kind == 'join' else segs[k][1]} ", segs[k + 1][1]]
+        gap = _plain_gap(segs[k][1]) if kind == "join" else segs[k][1]
+        if kind == "hedge" and not _HEDGE_WORD_RE.search(_plain_gap(gap)):
+            gap = "or"  # "$12$ / $13$": a symbol offering alternatives is an "or"
+        parts += [f" {gap or ','} ", segs[k + 1][1]]
         k += 2
     tail = "".join(t if kind == "text" else f"${t}$" for kind, t in segs[k:])
     return "".join(parts), tail
@@ -312,8 +331,8 @@ def _span_after(text: str, pos: int, cut_parenthetical: bool) -> tuple[str, str 
         return "__code__", "code-like answer"  # code anywhere on the answer line, even after a cut point
     rest = _CURRENCY_DOT_RE.sub(r"\1 ", rest)  # "rs . 300" is money, not a sentence end
     segs, after = _segments(rest)
-    if _HEDGE_TAIL_RE.match(after):
-        return "", "hedged answer"  # "The answer is 12. Or maybe 13."
+    if _HEDGE_TAIL_RE.match(after) or _BARE_CANDIDATE_RE.match(after):
+        return "", "hedged answer"  # "The answer is 12. Or maybe 13.", "The answer is 12; 13"
     if not segs:
         return "", None
     if segs[0][0] == "math":
@@ -321,7 +340,7 @@ def _span_after(text: str, pos: int, cut_parenthetical: bool) -> tuple[str, str 
         plain_tail = _plain_gap(tail).strip(" " + _QUOTES + "\\")
         if _HEDGE_TAIL_RE.match(tail) or _HEDGE_WORD_RE.match(plain_tail.lstrip(" ,;(")):
             return "", "hedged answer"  # "$12$ (or possibly $15$)"
-        if re.fullmatch(r"[a-z%]+(?:\s*\^?\s*\d)?(?:\s+[a-z]+)?", plain_tail) and not _DETERMINER_RE.match(plain_tail):
+        if plain_tail and (strip_units_words(f"1 {plain_tail}") == "1" or plain_tail in ("pct", "percent", "%")):
             answer = f"{answer} {plain_tail}"  # units after the math: "$28$ percent", "$5$ cm"
         return answer.strip(), None
     prose = _prose_answer(segs)
@@ -329,10 +348,25 @@ def _span_after(text: str, pos: int, cut_parenthetical: bool) -> tuple[str, str 
     if cut_parenthetical:
         k = line.find(" (")
         if k > 0 and not line[:k].rstrip().endswith(("+", "-", "*", "/", "^", "=")):
-            if _HEDGE_WORD_RE.match(line[k + 2:].lstrip()):
-                return "", "hedged answer"  # "12 (or possibly 15)"
+            if _HEDGE_WORD_RE.match(line[k + 2:].lstrip()) or re.match(r"\(\s*[-+$]?\d[\d,.]*\s*\)", line[k + 1:]):
+                return "", "hedged answer"  # "12 (or possibly 15)", "12 (13)"
             line = line[:k]  # "18 (9 eggs at $2)" is 18; "78 + ( 4 / 7 )" stays whole
     return line.strip().strip("*").strip().rstrip(_QUOTES + "\\").strip(), None
+
+
+def one_variable_or(span: str) -> str | None:
+    """`x = 2 or x = 3`, `x < -1 \\text{ or } x > 1`: statements about ONE variable joined by "or"
+    describe a solution set; return them as a comma list. Anything else with "or" is a hedge: None."""
+    parts = [p for p in _OR_SPLIT_RE.split(unwrap_text_commands(span)) if p.strip()]
+    if len(parts) < 2:
+        return None
+    names = set()
+    for p in parts:
+        m = _OR_EQ_RE.match(_DELIM_TOKENS_RE.sub(" ", p) if "$" in p or "\\(" in p else p)
+        if m is None:
+            return None
+        names.add(m.group(1) or m.group(2))
+    return ", ".join(p.strip().strip("$").strip() for p in parts) if len(names) == 1 else None
 
 
 def _check_span(span: str, source: str) -> Extraction:
@@ -343,12 +377,11 @@ def _check_span(span: str, source: str) -> Extraction:
         return Extraction(None, source, "answer too long")
     if _CODE_RE.search(span):
         return Extraction(None, source, "code-like answer")
-    plain = _plain_gap(span) if "\\text" in span or "\\mbox" in span else unwrap_text_commands(span)
+    plain = unwrap_text_commands(span)
     if _HEDGE_RE.search(plain):
-        parts = re.split(r"\s+or\s+", plain)
-        names = {m.group(1) for p in parts if (m := _OR_EQ_RE.match(p))}
-        if len(parts) > 1 and len(names) == 1 and all(_OR_EQ_RE.match(p) for p in parts):
-            return Extraction(", ".join(p.strip() for p in parts), source)  # x = 2 or x = 3
+        joined = one_variable_or(span)
+        if joined is not None:
+            return Extraction(joined, source)  # x = 2 or x = 3
         return Extraction(None, source, "hedged answer")
     if span.startswith("<") and span.endswith(">") and len(span) > 2:
         span = span[1:-1].strip()  # ReFT SVAMP CoTs write "the answer is <203>"
@@ -368,22 +401,28 @@ def _last_box(text: str) -> tuple[int, str | None] | None:
         got = _box_content(text, starts[idx])
         if got is None:
             continue
-        if _HEDGE_TAIL_RE.match(text, got[1], got[1] + 200):
+        if _HEDGE_TAIL_RE.match(text, got[1], got[1] + 200) or _HEDGE_TAIL_RE.match(
+                _plain_gap(text[got[1]:got[1] + 200])):
             return starts[idx], None  # "\boxed{12} (or possibly \boxed{15})"
-        contents, first = [got[0]], starts[idx]
+        contents, first, or_joined = [got[0]], starts[idx], False
         j = idx - 1
         while j >= max(0, idx - MAX_BOXES):
             prev = _box_content(text, starts[j])
             if prev is None or prev[1] > first:
                 break
-            kind = _gap_kind(text[prev[1]:first])
-            if kind == "hedge":
-                return first, None
+            gap = text[prev[1]:first]
+            kind = _gap_kind(gap)
+            if kind == "hedge" and _plain_gap(gap).strip(" ,") == "or":
+                kind, or_joined = "join", True  # allowed only for one variable's solutions (below)
+            if kind == "hedge" or (kind == "stop" and len(gap) < 40 and _CONTRAST_RE.search(_plain_gap(gap))):
+                return first, None  # "\boxed{12} or \boxed{13}", "\boxed{7}, not \boxed{5}"
             if kind == "stop":
                 break
             contents.insert(0, prev[0])
             first = starts[j]
             j -= 1
+        if or_joined and one_variable_or(" or ".join(contents)) is None:
+            return first, None  # "\boxed{12} \text{ or } \boxed{13}"
         return first, ", ".join(c.strip() for c in contents)
     return None
 

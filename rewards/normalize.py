@@ -175,6 +175,7 @@ def clean_latex(s: str) -> str:
     s = _FRAC_HALF_SHORT_1_RE.sub(r"\\frac{\1}{", s)
     s = _FRAC_HALF_SHORT_2_RE.sub(r"\\frac\1{\2}", s)
     s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
+    s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
     s = _EMPTYSET_RE.sub(r"\\emptyset", s)
     s = _INFTY_RE.sub(r"\\infty", s)
     s = _REL_SPELLINGS_RE.sub(lambda m: _REL_SPELLINGS[m.group(1)], s)

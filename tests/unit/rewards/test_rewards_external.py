@@ -136,6 +136,28 @@ CASES = [
      "(\\begin{pmatrix}-\\frac{7}{4}&-2\\\\4&\\frac{1}{4}\\\\\\end{pmatrix})", "math", "correct"),  # parenthesised matrix, trailing \\
     ("more_kinds", "So $\\boxed{a_{37} = 19, \\quad a_3 = 2}$.", "a_3 = 2, a_{37} = 19", "math", "correct"),  # assignments in any order
     ("more_kinds", "So $\\boxed{(7,11),\\ (11,7)}$.", "(11,7) or (7,11)", "math", "correct"),  # a gold listing alternatives with "or"
+    ("more_kinds", "So $\\boxed{\\{x \\mid 0 < x < 1\\}}$.", "(0, 1)", "math", "correct"),  # set-builder notation
+    ("more_kinds", "So $\\boxed{\\lbrace 1, 2 \\rbrace}$.", "2, 1", "math", "correct"),  # \lbrace \rbrace
+    ("more_kinds", "So $\\boxed{40}$.", "m\\angle ABC = 40^\\circ", "math", "correct"),  # an angle's name
+    ("more_kinds", "So $\\boxed{\\frac12}$.", "\\sin \\theta = \\frac{1}{2}", "math", "correct"),  # a function of a name
+    ("more_kinds", "So $\\boxed{5}$.", "a+b = 5", "math", "wrong"),  # a sum is not a name
+    ("more_kinds", "So $\\boxed{x < -1 \\text{ or } x > 1}$.", "(-\\infty,-1)\\cup(1,\\infty)", "math", "correct"),  # or between one variable's inequalities
+    ("more_kinds", "So $\\boxed{x < -1 \\text{ or } x > 1}$.", "(-\\infty,-1)\\cup(2,\\infty)", "math", "wrong"),  # one end off
+    ("more_kinds", "The answer is $x < -1$ or $x > 1$.", "(-\\infty,-1)\\cup(1,\\infty)", "math", "correct"),  # the same across spans
+    ("more_kinds", "\\boxed{x=2} \\quad \\text{or} \\quad \\boxed{x=5}", "2, 5", "math", "correct"),  # boxed solutions of one variable
+    ("more_kinds", "\\boxed{x=2} \\quad \\text{or} \\quad \\boxed{x=5}", "2", "math", "wrong"),  # two solutions are not one
+    ("more_kinds", "So $\\boxed{+033}$.", "33", "math", "correct"),  # sign and leading zero
+    # garbage around numbers and candidates offered side by side are never credited
+    ("garbage", "The answer is 3 4", "12", "gsm8k", "no_answer"),  # two numbers are not their product
+    ("garbage", "So $\\boxed{3 4}$.", "12", "math", "wrong"),  # the same in a box
+    ("garbage", "The answer is $12$$13$", "12", "math", "wrong"),  # adjacent spans are a list
+    ("garbage", "Final answer: $12$ / $13$", "12", "math", "no_answer"),  # a slash between candidates
+    ("garbage", "\\boxed{12} \\vee \\boxed{13}", "13", "math", "no_answer"),  # logical or between boxes
+    ("garbage", "The answer is 12; 13", "12", "gsm8k", "no_answer"),  # a bare second candidate after the answer
+    ("garbage", "The answer is 12 (13)", "13", "gsm8k", "no_answer"),  # a bare number in parentheses
+    ("garbage", "\\boxed{12}\\text{ or }13", "13", "math", "no_answer"),  # or after the box
+    ("garbage", "The answer is \\boxed{12}, not \\boxed{13}", "13", "math", "no_answer"),  # contrast between boxes
+    ("garbage", "\\boxed{\\text{AZYUK2A}}", "2", "math", "wrong"),  # a label, not 2
 ]
 
 
