@@ -40,8 +40,7 @@ _PHRASE_RE = re.compile(
     re.I,
 )
 # "$x \le 2$ is our answer": the math right before the statement is the answer
-_TRAILING_PHRASE_RE = re.compile(
-    r"(\$[^$\n]{1,300}\$|\\\(.{1,300}?\\\))[ \t]*(?:is|are)\s+(?:our|the|my)\s+(?:final\s+)?answers?\b", re.I)
+_TRAILING_PHRASE_RE = re.compile(r"[ \t]*(?:is|are)\s+(?:our|the|my)\s+(?:final\s+)?answers?\b", re.I)
 _HASH_RE = re.compile(r"####")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _HEDGE_RE = re.compile(r"\b(?:or|either|between|maybe|perhaps|possibly)\b", re.I)
@@ -427,6 +426,19 @@ def _last_box(text: str) -> tuple[int, str | None] | None:
     return None
 
 
+def _math_before(text: str, end: int) -> tuple[int, str] | None:
+    """The `$…$` or `\\(…\\)` span that ends right at `end` ("$x \\le 2$ is our answer"): (start, content)."""
+    if text.endswith("$", 0, end) and not text.endswith("\\$", 0, end):
+        start = text.rfind("$", max(0, end - 301), end - 1)
+        if start >= 0 and "\n" not in text[start:end]:
+            return start, text[start + 1:end - 1]
+    elif text.endswith("\\)", 0, end):
+        start = text.rfind("\\(", max(0, end - 302), end - 2)
+        if start >= 0:
+            return start, text[start + 2:end - 2]
+    return None
+
+
 def _last_number(text: str) -> Extraction:
     """The last-number fallback, refused for text that looks truncated."""
     tail = text.rstrip()
@@ -484,9 +496,9 @@ def extract_answer(text: str, *, last_number_fallback: bool, cut_parenthetical: 
     for m in _TRAILING_PHRASE_RE.finditer(text):
         trailing = m
     if trailing is not None:
-        inner = trailing.group(1)
-        inner = inner[1:-1] if inner.startswith("$") else inner[2:-2]
-        candidates.append((trailing.start(), "phrase", inner, None))
+        got = _math_before(text, trailing.start())
+        if got is not None:
+            candidates.append((got[0], "phrase", got[1], None))
     box = _last_box(text)
     if box is not None:
         candidates.append((box[0], "boxed", box[1], None if box[1] is not None else "hedged answer"))

@@ -99,7 +99,7 @@ _DECIMAL_BODY = rf"(?:(?:{_INT_GROUPED}|\d+)(?:\.\d*)?|\.\d+)"
 _DECIMAL_RE = re.compile(rf"{_SIGN}{_DECIMAL_BODY}(?:[eE][+-]?\d{{1,3}})?")
 _SPACE_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _FRACTION_RE = re.compile(rf"({_SIGN})\s*({_DECIMAL_BODY})\s*/\s*({_DECIMAL_BODY})")
-_MIXED_RE = re.compile(r"([+-]?)\s*(\d+)\s+(\d+)\s*/\s*(\d+)")
+_MIXED_RE = re.compile(r"([+-]?)\s*(\d{1,3}(?: \d{3})+|\d+)\s+(\d+)\s*/\s*(\d+)")
 _LATEX_FRAC_RE = re.compile(rf"({_SIGN})\s*(\d+)?\s*\\frac\{{\s*({_DECIMAL_BODY})\s*\}}\{{\s*({_DECIMAL_BODY})\s*\}}")
 _REPEATING_RE = re.compile(r"([+-]?)(\d*)\.(\d*)\\overline\{(\d+)\}")
 _SCI_RE = re.compile(rf"({_SIGN}{_DECIMAL_BODY})\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{{?\s*([+-]?\d{{1,3}})\s*\}}?")
@@ -210,7 +210,7 @@ def collapse_thousands(s: str) -> str:
     def sub(m: re.Match[str]) -> str:
         text = m.group(0)
         if text.count(",") == 1:
-            before = s[:m.start()].rstrip()
+            before = s[:m.start()].rstrip().rstrip("+-").rstrip()  # "[-36,104]" too
             after = s[m.end():].lstrip()
             if before.endswith(_PAIR_OPEN) and after.startswith(_PAIR_CLOSE):
                 return text
@@ -249,7 +249,7 @@ def parse_number(s: str) -> Fraction | None:
         return _to_fraction(s.replace(" ", ""))
     m = _MIXED_RE.fullmatch(s)
     if m:
-        whole, top, bottom = int(m.group(2)), int(m.group(3)), int(m.group(4))
+        whole, top, bottom = int(m.group(2).replace(" ", "")), int(m.group(3)), int(m.group(4))
         if bottom == 0 or top >= bottom:
             return None  # "7 9/4" is not a mixed number
         mixed = whole + Fraction(top, bottom)
