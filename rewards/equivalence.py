@@ -137,6 +137,7 @@ _LHS_NAME_RE = re.compile(
 )
 _VARIABLE_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([a-z]\))?")
 _OR_RE = re.compile(r"\s*\bor\b\s*", re.I)
+_LEADING_AND_RE = re.compile(r"^\s*and\s+", re.I)
 
 
 def _is_name(s: str) -> bool:
@@ -259,6 +260,7 @@ def _items(parts: list[str], depth: int) -> list[SNode]:
     """List or set elements; an element `a \\pm b` stands for its two values."""
     out: list[SNode] = []
     for p in parts:
+        p = _LEADING_AND_RE.sub("", p)  # "19, 46, and 82": the last item is 82
         if p.strip():
             node = parse_structure(p, depth + 1)
             out.extend(node[1] if node[0] == "list" and node[2:] == ("pm",) else [node])

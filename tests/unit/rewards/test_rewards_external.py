@@ -147,6 +147,9 @@ CASES = [
     ("more_kinds", "\\boxed{x=2} \\quad \\text{or} \\quad \\boxed{x=5}", "2, 5", "math", "correct"),  # boxed solutions of one variable
     ("more_kinds", "\\boxed{x=2} \\quad \\text{or} \\quad \\boxed{x=5}", "2", "math", "wrong"),  # two solutions are not one
     ("more_kinds", "So $\\boxed{+033}$.", "33", "math", "correct"),  # sign and leading zero
+    ("more_kinds", "So $\\boxed{19, 46, \\text{ and } 82}$.", "19, 46, and 82", "math", "correct"),  # a list ending in "and"
+    ("more_kinds", "The answer is 4 4/9.", "40/9", "gsm8k", "correct"),  # plain mixed number
+    ("more_kinds", "The answer is 11 6/6.", "11", "gsm8k", "no_answer"),  # not a mixed number, nor 11 * 6/6
     # garbage around numbers and candidates offered side by side are never credited
     ("garbage", "The answer is 3 4", "12", "gsm8k", "no_answer"),  # two numbers are not their product
     ("garbage", "So $\\boxed{3 4}$.", "12", "math", "wrong"),  # the same in a box
