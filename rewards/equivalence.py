@@ -12,11 +12,17 @@ Why two comparators:
 Equality rules (`checker.md` §3):
 - numbers are exact rationals; a tolerance is applied only when the caller asks (MathQA-numeric
   and `reft_compat` use 0.01 absolute); approximations never equal irrationals (6.28 != 2*pi);
-- comma lists and `\\{…\\}` are unordered multisets; `(…)`/`[…]` with several elements are ordered
-  and their bracket types must match, so [0,5] != (0,5);
-- `x = 3` matches `3`; a chain `x = 2 + 3 = 5` means 5; two equations match side by side or when
-  one is a non-zero multiple of the other;
-- matrices compare shape and entries; text compares case-insensitively.
+- comma lists, `\\{…\\}` and bare `{…}` are unordered multisets; `(…)`/`[…]` with several elements
+  are ordered and their bracket types must match, so [0,5] != (0,5); a gold point equals a bare
+  list (or assignments) written in the same order, never a set;
+- a name on the left of `=` (`x`, `(p, q)`, `V_1:V_2`, `|AB|`, `\\frac{NO}{BO}`) reduces to the right
+  side, so `x = 3` matches `3`, but `x + z = 1` stays an equation; a chain `x = 2 + 3 = 5` means 5;
+  two equations match side by side or when one is a non-zero multiple of the other;
+- an inequality in one variable equals its interval, in either direction (`0 < f(x) < 1` = (0, 1));
+  `x \\in S` is S; two relations match when one is the other times a positive factor;
+- matrices compare shape and entries (matrix arithmetic goes to sympy); text compares
+  case-insensitively.
+See `docs/checker.md` for where these rules extend `checker.md` (issue 20).
 """
 
 from __future__ import annotations

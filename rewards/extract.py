@@ -5,15 +5,26 @@ X" overrides an earlier `\\boxed{Y}`, and a self-correction counts):
 - ReFT's `Therefore, the answer is: X`, and "The answer is X", "Final answer: X", Minerva's
   "The final answer is X. I hope it is correct.", `**Answer:** X`, `Answer:\\nX`;
 - GSM8K's `#### X` (also `####72`, `#### $36`, `#### 1,250`);
-- the last `\\boxed{…}` / `\\fbox{…}` with nested braces, and `\\boxed 5`. Adjacent boxes joined
-  by "and" or "," form one list answer.
+- the last `\\boxed{…}` / `\\fbox{…}` with nested braces, and `\\boxed 5`. Boxes joined by "and",
+  ",", `\\quad \\text{and} \\quad`, `\\) and \\(`, a label (`y = \\boxed{3}`) or a part label form one
+  list answer (`docs/checker.md`, issue 20);
+- "Answer $9$" at the start of a line, and "$x \\le 2$ is our answer".
 Scoping: text after the last `</think>` (an unclosed `<think>` means no answer), and inside the last
 `<answer>…</answer>` when present. A prompt echoed up to `Answer reasoning:` is cut off.
 
-Commitment rules: a hedge ("5 or 6", "between 5 and 6") or a code-like answer (`lambda`, dunder
-names, `import`, `open(`) gives no answer. The last-number fallback (GSM8K/SVAMP-style datasets,
-configurable) applies only when no marker exists and the text ends like a finished sentence, so a
-truncated completion whose last number is an intermediate one is not credited.
+The span after a phrase runs to the end of its sentence (a `.` inside `$…$` or braces is not an end);
+several math spans in it joined by "and" or "," are one answer, an explanation after the first span
+is dropped, "The largest $n$ is 34" gives 34, and a prose sentence with one number gives that number.
+
+Commitment rules: a hedge gives no answer, never its first or last candidate: "or", "maybe",
+"possibly", "perhaps", "either", "between", "/" or `\\vee` between candidates (also across math
+delimiters and boxes), "not" between boxes, an alternative right after the answer ("(or possibly
+15)", ". Or maybe 13."), or a bare second number ("12 (13)", "12; 13"). One variable's statements
+joined by "or" ("x = 2 or x = 3", "x < -1 or x > 1") are a solution set, not a hedge. A code-like
+answer (`lambda`, dunder names, `import`, `open(`) gives no answer. The last-number fallback
+(GSM8K/SVAMP-style datasets, configurable) applies only when no marker exists and the text ends like
+a finished sentence, so a truncated completion whose last number is an intermediate one is not
+credited; a number glued into a word (`B2`, `AZYUK2A`) is never taken.
 
 All scans are single regex passes or bounded brace matching: linear in the text length.
 """
@@ -23,7 +34,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rewards.normalize import GLUED_SUFFIXES, loose_numbers, strip_units_words, unwrap_text_commands
+from rewards.normalize import (
+    GLUED_SUFFIXES,
+    loose_numbers,
+    strip_units_words,
+    unwrap_text_commands,
+)
 
 MAX_COMPLETION_CHARS = 200_000
 """Longer completions are cut to their last this-many characters (keeps every check linear)."""

@@ -6,12 +6,15 @@ answers are decided here without sympy or a process round trip (`checker.md` §2
 
 What it does:
 - `clean_latex` strips presentation (math delimiters, `\\left/\\right`, spacing, `\\text{}`,
-  `\\dfrac`, degrees, percent, currency, trailing units and punctuation);
+  `\\dfrac`, degrees, percent and "pct", currency, trailing units and punctuation) and folds
+  spellings (`32,\\! 348`, `14 {, }916`, `\\lt`, `\\gt`, `\\lbrace`, a doubled backslash before a
+  command);
 - `strip_units_words` removes trailing unit words after a number (numeric datasets only);
 - `parse_number` reads a decimal, thousands-separated, mixed or repeating number as an exact
   `Fraction` (never a float), or returns None;
 - `words_to_number` reads English number words ("forty-three", "1.5 million");
-- `numeric_value` finds the one number an answer span states (`$1,250.50`, `x = 5`, `18 dollars`).
+- `numeric_value` finds the one number an answer span states (`$1,250.50`, `x = 5`, `18 dollars`);
+  a number glued into a word (`B2`, `AZYUK2A`) is a label, not a number (`loose_numbers`).
 
 Percent is stripped on both sides and never rescaled (25% = 25, never 0.25), as `checker.md` §2
 requires.
