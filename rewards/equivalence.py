@@ -144,6 +144,9 @@ _LHS_NAME_RE = re.compile(
 _VARIABLE_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([a-z]\))?")
 _OR_RE = re.compile(r"\s*\bor\b\s*", re.I)
 _LEADING_AND_RE = re.compile(r"^\s*and\s+", re.I)
+_PM_RE = re.compile(r"\\(?:pm|mp)(?![a-zA-Z])")
+# "5 ways", "3 sides": a number followed only by a few plain words is that number
+_NUMBER_WORDS_RE = re.compile(r"([-+]?\d+(?:\.\d+)?)(?:\s+[A-Za-z]+){1,3}")
 
 
 def _is_name(s: str) -> bool:
@@ -211,13 +214,12 @@ def parse_structure(s: str, depth: int = 0) -> SNode:
     rel = _parse_relation(s, depth)
     if rel is not None:
         return rel
-    for pm in ("\\pm", "\\mp"):
-        parts = split_top(s, pm)
-        if len(parts) == 2:
-            a, b = parts[0].strip(), parts[1].strip()
-            if not a:
-                return ("list", [("expr", f"{b}"), ("expr", f"-({b})")], "pm")
-            return ("list", [("expr", f"{a}+({b})"), ("expr", f"{a}-({b})")], "pm")
+    signs = _PM_RE.findall(s)
+    if len(signs) == 1 and _outer_bracket(s) is None:  # in a tuple or set, the element carries it
+        # one \pm anywhere (`1 \pm \sqrt{19}`, `\frac{-1 \pm \sqrt{13}}{4}`) stands for two values
+        first, second = ("+", "-") if signs[0] == "\\pm" else ("-", "+")
+        return ("list", [parse_structure(_PM_RE.sub(f" {sign} ", s).strip(), depth + 1)
+                         for sign in (first, second)], "pm")
     br = _outer_bracket(s)
     if br is not None:
         opener, inner, closer = br
@@ -269,6 +271,8 @@ def _items(parts: list[str], depth: int) -> list[SNode]:
         p = _LEADING_AND_RE.sub("", p)  # "19, 46, and 82": the last item is 82
         if p.strip():
             node = parse_structure(p, depth + 1)
+            if node[0] == "eq" and len(node[1]) == 2 and node[1][1][0] == "list" and node[1][1][2:] == ("pm",):
+                node = ("list", [("eq", [node[1][0], v]) for v in node[1][1][1]], "pm")  # x = 1 \pm 2
             out.extend(node[1] if node[0] == "list" and node[2:] == ("pm",) else [node])
     return out
 
@@ -301,6 +305,9 @@ def prepare(answer: str, gold: bool = False) -> SNode:
     bare = strip_units_words(s)
     if bare != s and parse_number(bare) is not None:
         s = bare  # "5 cm" is 5; a unit word is dropped only when a plain number remains
+    m = _NUMBER_WORDS_RE.fullmatch(s)
+    if m and all(w.lower() not in ("or", "and", "to", "by", "of") for w in s.split()[1:]):
+        s = m.group(1)  # "5 ways"
     return parse_structure(s)
 
 
@@ -487,8 +494,8 @@ def equal(g: SNode, p: SNode, cmp: FastScalar) -> bool | None:
         return equal(g[1][-1], p, cmp) if _is_bare_lhs(g[1][0]) else False
     if tp == "eq":
         # "x = 2 + 3 = 5" means 5; "y = 2x + 3" matches "2x + 3"; "\frac{1}{2} + \frac{1}{3} = \frac{5}{6}"
-        # (a computation with no unknowns) means 5/6; "x + z = 1" is an equation, not 1
-        if _is_bare_lhs(p[1][0]) or len(p[1]) >= 3 or _is_constant(p[1][0]):
+        # (a computation with no unknowns) means 5/6; "x + z = 1" and "7 = 11a + c" are equations
+        if _is_bare_lhs(p[1][0]) or len(p[1]) >= 3 or (_is_constant(p[1][0]) and _is_constant(p[1][-1])):
             return equal(g, p[1][-1], cmp)
         return False
     if tg == "seq" and tp in ("list", "set"):

@@ -374,11 +374,12 @@ _NUMBER_IN_TEXT_RE = re.compile(
     r"(?P<glued>[A-Za-z]*)"
 )
 GLUED_SUFFIXES = frozenset(
-    "st nd rd th s k m cm mm km kg g mg lb lbs oz ml l h hr hrs min mins sec secs am pm mph ft in yd mi x"
+    "st nd rd th s m cm mm km kg g mg lb lbs oz ml l h hr hrs min mins sec secs am pm mph ft in yd mi"
     .split()
 )
 """Letters that may follow a number with no space (`5km`, `3rd`, `10am`). Any other letters glued
-to a number (`2A`), or letters glued before it (`B2`, `AZYUK2A`), make it a label, not a number."""
+to a number (`2A`, `5k`, `3x`), or letters glued before it (`B2`, `AZYUK2A`), make it a label, not a
+number."""
 
 
 def loose_numbers(s: str) -> list[str]:

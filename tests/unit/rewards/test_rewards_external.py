@@ -118,6 +118,7 @@ CASES = [
     ("glued_number", "The answer is B2.", "2", "gsm8k", "no_answer"),  # a grid cell
     ("glued_number", "So the code is AZYUK2A.", "2", "gsm8k", "no_answer"),  # last-number fallback skips it too
     ("glued_number", "The answer is 5km.", "5", "gsm8k", "correct"),  # a unit glued to the number
+    ("glued_number", "The answer is 5k.", "5", "gsm8k", "no_answer"),  # 5k is not 5
     ("glued_number", "She ends in 3rd place.", "3", "gsm8k", "correct"),  # an ordinal suffix
     # more kinds from other suites (Hendrycks MATH, Qwen2.5-Math, Math-Verify)
     ("more_kinds", "The answer is $\\boxed{\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix} + \\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}}$.",
@@ -125,6 +126,7 @@ CASES = [
     ("more_kinds", "The answer is $\\boxed{\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix} + \\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}}$.",
      "\\begin{pmatrix}6 & 8 \\\\ 10 & 13\\end{pmatrix}", "math", "wrong"),  # one entry off
     ("more_kinds", "So $\\boxed{\\frac{1}{2} + \\frac{1}{3} = \\frac{5}{6}}$.", "\\frac56", "math", "correct"),  # a computation means its value
+    ("more_kinds", "So $\\boxed{7 = 11a + c}$.", "11a+c", "math", "wrong"),  # an equation with unknowns is not its right side
     ("more_kinds", "So $\\boxed{x = \\frac{1}{3} \\approx 0.33}$.", "\\frac13", "math", "correct"),  # \approx after the exact value
     ("more_kinds", "So $\\boxed{x \\approx 0.33}$.", "\\frac13", "math", "wrong"),  # an approximation alone is not exact
     ("more_kinds", "So $\\boxed{\\\\left( 3, \\\\frac{\\\\pi}{2} \\\\right)}$.", "(3, \\frac{\\pi}{2})", "math", "correct"),  # doubled backslashes
@@ -147,6 +149,12 @@ CASES = [
     ("more_kinds", "\\boxed{x=2} \\quad \\text{or} \\quad \\boxed{x=5}", "2, 5", "math", "correct"),  # boxed solutions of one variable
     ("more_kinds", "\\boxed{x=2} \\quad \\text{or} \\quad \\boxed{x=5}", "2", "math", "wrong"),  # two solutions are not one
     ("more_kinds", "So $\\boxed{+033}$.", "33", "math", "correct"),  # sign and leading zero
+    ("more_kinds", "So $\\boxed{\\frac{1}{2}, \\frac{-1 + \\sqrt{13}}{4}, \\frac{-1 - \\sqrt{13}}{4}}$.",
+     "x = \\frac{1}{2}, x = \\frac{-1 \\pm \\sqrt{13}}{4}", "math", "correct"),  # \pm inside a fraction, in a list
+    ("more_kinds", "So $\\boxed{\\frac{1}{2}, \\frac{-1 + \\sqrt{13}}{4}}$.",
+     "x = \\frac{1}{2}, x = \\frac{-1 \\pm \\sqrt{13}}{4}", "math", "wrong"),  # one of the \pm values missing
+    ("more_kinds", "The final answer is that there are 5 ways.", "5", "math", "correct"),  # a number and a plain word
+    ("more_kinds", "The final answer is that there are 5 ways.", "6", "math", "wrong"),  # hard negative
     ("more_kinds", "So $\\boxed{19, 46, \\text{ and } 82}$.", "19, 46, and 82", "math", "correct"),  # a list ending in "and"
     ("more_kinds", "The answer is 4 4/9.", "40/9", "gsm8k", "correct"),  # plain mixed number
     ("more_kinds", "The answer is 11 6/6.", "11", "gsm8k", "no_answer"),  # not a mixed number, nor 11 * 6/6
