@@ -145,8 +145,13 @@ _VARIABLE_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([a-z]\))?")
 _OR_RE = re.compile(r"\s*\bor\b\s*", re.I)
 _LEADING_AND_RE = re.compile(r"^\s*and\s+", re.I)
 _PM_RE = re.compile(r"\\(?:pm|mp)(?![a-zA-Z])")
-# "5 ways", "3 sides": a number followed only by a few plain words is that number
-_NUMBER_WORDS_RE = re.compile(r"([-+]?\d+(?:\.\d+)?)(?:\s+[A-Za-z]+){1,3}")
+# "5 ways", "3 sides": a number followed only by a few plain words is that number, unless a word
+# changes the value ("5 squared", "2 thousand", "3 halves", "5 pi")
+_NUMBER_WORDS_RE = re.compile(r"([-+]?\d+(?:\.\d+)?)((?:\s+[A-Za-z]{3,}){1,3})")
+_VALUE_WORDS_RE = re.compile(
+    r"squared|cubed|factorial|hundred|thousand|million|billion|trillion|halves|half|thirds?|quarters?|"
+    r"\w+ths?|times|plus|minus|over|divided|roots?|sqrt|percent|degrees?|radians?|and|or|to|by|of|less|more",
+    re.I)
 
 
 def _is_name(s: str) -> bool:
@@ -247,6 +252,9 @@ def parse_structure(s: str, depth: int = 0) -> SNode:
         return ("text", letter.group(1).lower())
     if _is_text(s):
         return ("text", " ".join(s.lower().replace("-", " ").split()))
+    m = _NUMBER_WORDS_RE.fullmatch(s)
+    if m and not any(_VALUE_WORDS_RE.fullmatch(w) for w in m.group(2).split()):
+        return ("expr", m.group(1))  # "5 ways", "13 respectively"
     return ("expr", s)
 
 
@@ -305,9 +313,6 @@ def prepare(answer: str, gold: bool = False) -> SNode:
     bare = strip_units_words(s)
     if bare != s and parse_number(bare) is not None:
         s = bare  # "5 cm" is 5; a unit word is dropped only when a plain number remains
-    m = _NUMBER_WORDS_RE.fullmatch(s)
-    if m and all(w.lower() not in ("or", "and", "to", "by", "of") for w in s.split()[1:]):
-        s = m.group(1)  # "5 ways"
     return parse_structure(s)
 
 

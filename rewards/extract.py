@@ -355,8 +355,8 @@ def _span_after(text: str, pos: int, cut_parenthetical: bool) -> tuple[str, str 
         plain_tail = _plain_gap(tail).strip(" " + _QUOTES + "\\")
         if _HEDGE_TAIL_RE.match(tail) or _HEDGE_WORD_RE.match(plain_tail.lstrip(" ,;(")):
             return "", "hedged answer"  # "$12$ (or possibly $15$)"
-        if plain_tail and (strip_units_words(f"1 {plain_tail}") == "1" or plain_tail in ("pct", "percent", "%")):
-            answer = f"{answer} {plain_tail}"  # units after the math: "$28$ percent", "$5$ cm"
+        if re.fullmatch(r"%|[a-z]+(?: [a-z]+)?", plain_tail) and not _DETERMINER_RE.match(plain_tail):
+            answer = f"{answer} {plain_tail}"  # words after the math: "$28$ percent", "$5$ cm", "$5$ million"
         return answer.strip(), None
     prose = _prose_answer(segs)
     line = prose if prose is not None else "".join(t if kind == "text" else f"${t}$" for kind, t in segs)

@@ -78,8 +78,11 @@ _WRAPPERS = ("text", "textbf", "textit", "textrm", "textnormal", "mathrm", "math
              "mathsf", "mathtt", "boldsymbol", "bm", "mbox", "hbox", "operatorname", "emph")
 _WRAPPER_RE = re.compile(r"\\(" + "|".join(_WRAPPERS) + r")\s*\{")
 # A unit in a wrapper at the end of an answer: `5\\text{ cm}^2`, `3\\mbox{ inches}`.
+# (never a word that changes the value: `5\\text{ squared}` is 25, `2\\text{ million}` is 2000000)
 _TRAILING_UNIT_RE = re.compile(
-    r"(?<=[0-9}).)])\s*\\(?:text|mbox|mathrm|textrm|hbox)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\s*\^\s*\{?\d\}?)?\s*$"
+    r"(?<=[0-9}).)])\s*\\(?:text|mbox|mathrm|textrm|hbox)\s*\{\s*"
+    r"(?!(?:squared|cubed|factorial|hundred|thousand|million|billion|trillion)\b)[a-zA-Z][a-zA-Z .]*\}"
+    r"(?:\s*\^\s*\{?\d\}?)?\s*$"
 )
 _UNIT_WORDS = (
     "square feet|square foot|square inches|square inch|square meters|square metres|square units|"

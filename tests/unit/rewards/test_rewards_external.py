@@ -155,6 +155,10 @@ CASES = [
      "x = \\frac{1}{2}, x = \\frac{-1 \\pm \\sqrt{13}}{4}", "math", "wrong"),  # one of the \pm values missing
     ("more_kinds", "The final answer is that there are 5 ways.", "5", "math", "correct"),  # a number and a plain word
     ("more_kinds", "The final answer is that there are 5 ways.", "6", "math", "wrong"),  # hard negative
+    ("more_kinds", "So $\\boxed{5 \\text{ squared}}$.", "5", "math", "wrong"),  # a word that changes the value
+    ("more_kinds", "The answer is $5$ million.", "5", "math", "wrong"),  # a scale word after the math counts
+    ("more_kinds", "The answer is $5$ million.", "5000000", "gsm8k", "correct"),  # and is read on GSM8K
+    ("more_kinds", "The answer is $12$ and $13$ respectively.", "12, 13", "math", "correct"),  # a word after a list
     ("more_kinds", "So $\\boxed{19, 46, \\text{ and } 82}$.", "19, 46, and 82", "math", "correct"),  # a list ending in "and"
     ("more_kinds", "The answer is 4 4/9.", "40/9", "gsm8k", "correct"),  # plain mixed number
     ("more_kinds", "The answer is 11 6/6.", "11", "gsm8k", "no_answer"),  # not a mixed number, nor 11 * 6/6
