@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from rewards.normalize import (
     GLUED_SUFFIXES,
     loose_numbers,
-    strip_units_words,
     unwrap_text_commands,
 )
 
