@@ -421,13 +421,35 @@ def _is_variable(node: SNode) -> bool:
     return node[0] in ("expr", "text") and _VARIABLE_RE.fullmatch(node[1].strip()) is not None
 
 
+def _abs_variable(node: SNode) -> bool:
+    """`|x|`: the absolute value of one variable."""
+    s = node[1].strip() if node[0] in ("expr", "text") else ""
+    return len(s) > 2 and s[0] == s[-1] == "|" and _VARIABLE_RE.fullmatch(s[1:-1].strip()) is not None
+
+
+def _negated(node: SNode) -> SNode:
+    return ("expr", f"-({node[1]})")
+
+
 def rel_as_interval(node: SNode) -> SNode | None:
-    """`0 < f(x) < 1` -> (0, 1); `x \\le 2` -> (-oo, 2]; `x > 3` -> (3, oo); else None."""
+    """`0 < f(x) < 1` -> (0, 1); `x \\le 2` -> (-oo, 2]; `x > 3` -> (3, oo); `|x| < 2` -> (-2, 2);
+    `1 \\le |z| \\le 2` -> [-2, -1] U [1, 2] (bounds of |x| read as non-negative); else None."""
     ops, parts = node[1], node[2]
     if not ops or any(o not in ("lt", "le") for o in ops):
         return None
     left = "(" if ops[0] == "lt" else "["
     right = ")" if ops[-1] == "lt" else "]"
+    mirror = {"(": ")", "[": "]", ")": "(", "]": "["}
+    if len(parts) == 3 and _abs_variable(parts[1]) and not any(_is_variable(p) for p in (parts[0], parts[2])):
+        a, b = parts[0], parts[2]
+        return ("union", [("seq", mirror[right], mirror[left], [_negated(b), _negated(a)]),
+                          ("seq", left, right, [a, b])])
+    if len(parts) == 2 and _abs_variable(parts[0]) and parts[1][0] == "expr":
+        return ("seq", mirror[right], right, [_negated(parts[1]), parts[1]])  # |x| < b
+    if len(parts) == 2 and _abs_variable(parts[1]) and parts[0][0] == "expr":
+        a = parts[0]  # a < |x|
+        return ("union", [("seq", "(", mirror[left], [("expr", "-\\infty"), _negated(a)]),
+                          ("seq", left, ")", [a, ("expr", "\\infty")])])
     if len(parts) == 3 and _is_variable(parts[1]) and not _is_variable(parts[0]) and not _is_variable(parts[2]):
         return ("seq", left, right, [parts[0], parts[2]])
     if len(parts) == 2:
@@ -443,10 +465,11 @@ def _as_union(node: SNode) -> SNode | None:
     """A union node, or a list of one-variable inequalities as the union of their intervals."""
     if node[0] == "union":
         return node
-    if node[0] in ("list", "set") and all(item[0] == "rel" for item in node[1]):
-        intervals = [rel_as_interval(item) for item in node[1]]
+    items = [node] if node[0] == "rel" else node[1] if node[0] in ("list", "set") else []
+    if items and all(item[0] == "rel" for item in items):
+        intervals = [rel_as_interval(item) for item in items]
         if all(i is not None for i in intervals):
-            return ("union", intervals)
+            return ("union", [part for i in intervals for part in (i[1] if i[0] == "union" else [i])])
     return None
 
 

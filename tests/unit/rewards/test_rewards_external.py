@@ -62,6 +62,9 @@ CASES = [
     ("rel_interval", "So $\\boxed{x \\in (-2, 7)}$.", "[-2, 7]", "math", "wrong"),  # open vs closed
     ("rel_interval", "So $\\boxed{(-\\infty, 1)}$.", "|x| < 1", "math", "wrong"),  # |x| < 1 is not x < 1
     ("rel_interval", "So $\\boxed{(-\\infty, 1)}$.", "x < 1", "math", "correct"),  # ray
+    ("rel_interval", "So $\\boxed{(-2, 2)}$.", "|x| < 2", "math", "correct"),  # an absolute value bound
+    ("rel_interval", "So $\\boxed{z \\in [-\\frac{3}{2}, -1] \\cup [1, \\frac{3}{2}]}$.", "1 \\le |z| \\le \\frac{3}{2}", "math", "correct"),  # two pieces
+    ("rel_interval", "So $\\boxed{z \\in [-\\frac{3}{2}, -1) \\cup [1, \\frac{3}{2}]}$.", "1 \\le |z| \\le \\frac{3}{2}", "math", "wrong"),  # one bracket off
     # 5. a relation multiplied by -1 (a positive factor keeps the relation)
     ("rel_scaled", "So $\\boxed{-x > -1}$.", "x < 1", "math", "correct"),  # times -1, sign flipped
     ("rel_scaled", "So $\\boxed{-x \\ge -1}$.", "x \\le 1", "math", "correct"),  # non-strict
