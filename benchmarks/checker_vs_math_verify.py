@@ -5,8 +5,13 @@
 
 The labelled set (`benchmarks/data/checker_cases.jsonl`) is rlft's own: each line has a
 `category`, `dataset`, `format`, `completion`, `gold`, optional MathQA `options`, the `expected`
-verdict (is the committed answer equal to the gold, by `specs/checker.md`) and a `why` note. Every
-label was set by reading the case.
+verdict (is the committed answer equal to the gold, by `specs/checker.md` and `docs/checker.md`) and
+a `why` note. Every label was set by reading the case. The `ext20_*` categories (issue 20) are
+external-style cases written by us after reading other checkers' test suites (Math-Verify, Qwen2.5-Math,
+Hendrycks MATH): boxes joined into one answer, sets, equations whose left side is a name, inequalities
+and intervals, relations scaled by -1, formatting, answer spans, every hedge form, and numbers glued
+into words or offered side by side. The report gives their subtotal and, per checker, the false
+positives (credited while the label says not equal): a false positive is a reward hack.
 
 Both checkers run single-threaded on the same cases, in the same process, one case at a time:
 - rlft: `rewards.check(...)` with a pool of ONE worker process (the main thread waits while the
@@ -163,7 +168,24 @@ def report(cases: list[dict[str, Any]], results: list[dict[str, Any]], command: 
         lines.append(f"| {cat} | {len(idx)} | {ra:.2f} | {ma:.2f}{flag} |")
     every = list(range(len(cases)))
     sane = [i for i in every if cases[i]["category"] not in ("pathological", "program")]
+    ext = [i for i in every if cases[i]["category"].startswith("ext20_")]
+    own = [i for i in every if not cases[i]["category"].startswith("ext20_")]
+    if ext:
+        lines.append(f"| issue-20 external-style (`ext20_*`) | {len(ext)} | {acc(a, ext):.3f} | {acc(b, ext):.3f} |")
+        lines.append(f"| the earlier set (issue 3) | {len(own)} | {acc(a, own):.3f} | {acc(b, own):.3f} |")
     lines.append(f"| **all** | {len(cases)} | **{acc(a, every):.3f}** | **{acc(b, every):.3f}** |")
+
+    def false_pos(res: dict[str, Any], idx: list[int]) -> int:
+        return sum(res["verdicts"][i] and not labels[i] for i in idx)
+
+    lines += [
+        "",
+        "| false positives (credited, label not equal) | rlft | Math-Verify |",
+        "|---|---|---|",
+        f"| all {len(every)} cases | {false_pos(a, every)} | {false_pos(b, every)} |",
+    ]
+    if ext:
+        lines.append(f"| `ext20_*` ({len(ext)}) | {false_pos(a, ext)} | {false_pos(b, ext)} |")
     lines += [
         "",
         "| throughput (checks/s, single thread) | rlft | Math-Verify | ratio |",
@@ -195,9 +217,11 @@ def report(cases: list[dict[str, Any]], results: list[dict[str, Any]], command: 
         "",
         "Notes:",
         "- The set was written by the rlft team alongside the checker, from `specs/checker.md`, so rlft's "
-        "score on it is optimistic. Several categories encode deliberate choices where Math-Verify differs "
-        "(percent never rescaled, no 6-decimal rounding, the last box wins instead of merged boxes, hedges "
-        "and unfinished `<think>` score nothing).",
+        "score on it is optimistic; the `ext20_*` cases were written after the issue-20 fixes, from other "
+        "checkers' suites, and are optimistic in the same way. Several categories encode deliberate choices "
+        "where Math-Verify differs (percent never rescaled, no 6-decimal rounding, boxes merged only when "
+        "joined by \"and\" or a comma, any hedge and an unfinished `<think>` score nothing; see "
+        "`docs/checker.md`).",
         "- Math-Verify cannot execute P-CoT programs and has no MathQA option mapping (it was given the "
         "letters a-e as strings), so `program` and `mcq_value` measure capabilities it lacks.",
         "- rlft's times include its worker-process round trips. The `all` row is dominated by Math-Verify's "

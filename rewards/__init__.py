@@ -10,7 +10,8 @@ Public API:
   `summarize` for per-status metrics;
 - `get_reward_fn(spec)`, `combine([(fn, w), ...])`, `safe_call(fn, completions, columns, ...)`;
 - `warmup()` starts the worker pool ahead of the first batch, `shutdown()` stops it.
-See `specs/checker.md` for the rules and `docs/benchmarks.md` for accuracy and speed.
+See `specs/checker.md` for the rules, `docs/checker.md` for where the implementation extends them,
+and `docs/benchmarks.md` for accuracy and speed.
 """
 
 from __future__ import annotations

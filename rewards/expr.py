@@ -149,6 +149,8 @@ class _Parser:
                 self.i += 1
                 node = ("/", node, self.power())
             elif self._starts_atom(tok):
+                if node[0] == "n" and tok[0] == "num":
+                    raise ParseError("two numbers side by side")  # "3 4" is not 12
                 rhs = self.power()
                 # 2\frac{1}{2} is the mixed number 5/2, never a product (checker.md §2)
                 if (node[0] == "n" and node[1].denominator == 1 and len(rhs) == 4

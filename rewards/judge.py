@@ -73,7 +73,7 @@ def judge_numeric(span: str, gold: str, tolerance: Fraction, cmp: FastScalar) ->
 
 def judge_math(span: str, gold: str, cmp: FastScalar) -> Outcome:
     """MATH: structures, then scalars through `cmp`."""
-    g_node, p_node = prepare(gold_text(gold)), prepare(span)
+    g_node, p_node = prepare(gold_text(gold), gold=True), prepare(span)
     if p_node == ("expr", ""):
         return Outcome("no_answer", span, "empty answer")
     r = equal(g_node, p_node, cmp)

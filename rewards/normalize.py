@@ -6,12 +6,15 @@ answers are decided here without sympy or a process round trip (`checker.md` §2
 
 What it does:
 - `clean_latex` strips presentation (math delimiters, `\\left/\\right`, spacing, `\\text{}`,
-  `\\dfrac`, degrees, percent, currency, trailing units and punctuation);
+  `\\dfrac`, degrees, percent and "pct", currency, trailing units and punctuation) and folds
+  spellings (`32,\\! 348`, `14 {, }916`, `\\lt`, `\\gt`, `\\lbrace`, a doubled backslash before a
+  command);
 - `strip_units_words` removes trailing unit words after a number (numeric datasets only);
 - `parse_number` reads a decimal, thousands-separated, mixed or repeating number as an exact
   `Fraction` (never a float), or returns None;
 - `words_to_number` reads English number words ("forty-three", "1.5 million");
-- `numeric_value` finds the one number an answer span states (`$1,250.50`, `x = 5`, `18 dollars`).
+- `numeric_value` finds the one number an answer span states (`$1,250.50`, `x = 5`, `18 dollars`);
+  a number glued into a word (`B2`, `AZYUK2A`) is a label, not a number (`loose_numbers`).
 
 Percent is stripped on both sides and never rescaled (25% = 25, never 0.25), as `checker.md` §2
 requires.
@@ -36,15 +39,22 @@ _UNICODE = {
     "\u2264": r"\le ", "\u2265": r"\ge ", "\u2260": r"\ne ", "\u222a": r"\cup ", "\u2229": r"\cap ",
     "\u2205": r"\emptyset ", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u2032": "'",
     "\u00bd": "1/2", "\u00bc": "1/4", "\u00be": "3/4", "\u20ac": "", "\u00a3": "", "\u00a5": "",
-    "\u20b9": "",
+    "\u20b9": "", "\u00b2": "^2", "\u00b3": "^3",
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 
 _DELIMS_RE = re.compile(r"\\\(|\\\)|\\\[|\\\]")
 _LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)\s*\.|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\s*")
 _NEG_SPACE_RE = re.compile(r"(?<!\\)\\!")
+# `32,\! 348` and `14 {, }916`: a thousands separator written with LaTeX spacing around it
+_COMMA_NEG_SPACE_RE = re.compile(r",\s*\\!\s*")
+_BRACED_COMMA_RE = re.compile(r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)")
+# `\lt`, `\gt` and the slanted variants are plain relation signs
+_REL_SPELLINGS = {"\\lt": "<", "\\gt": ">", "\\leqslant": "\\le", "\\geqslant": "\\ge", "\\leqq": "\\le",
+                  "\\geqq": "\\ge", "\\neq": "\\ne"}
+_REL_SPELLINGS_RE = re.compile(r"(\\lt|\\gt|\\leqslant|\\geqslant|\\leqq|\\geqq|\\neq)(?![a-zA-Z])")
 _SPACING_RE = re.compile(
-    r"(?<!\\)\\[,;: ]|\\q?quad(?![a-zA-Z])|\\(?:displaystyle|textstyle|scriptstyle|limits|nolimits)(?![a-zA-Z])|~"
+    r"(?<!\\)\\[,;: ]|\\q?quad|\\(?:displaystyle|textstyle|scriptstyle|limits|nolimits)(?![a-zA-Z])|~"
 )
 _FRAC_VARIANTS_RE = re.compile(r"\\[dtc]frac(?![a-zA-Z])")
 _BINOM_VARIANTS_RE = re.compile(r"\\[dt]binom(?![a-zA-Z])")
@@ -52,7 +62,8 @@ _DEGREES_RE = re.compile(
     r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ(?![a-zA-Z])|\^\s*\{\s*\\degree\s*\}|\\degree(?![a-zA-Z])"
     r"|\\text\{\s*degrees?\s*\}"
 )
-_PERCENT_RE = re.compile(r"\\%|%|\\text\{\s*percent\s*\}|(?<![a-zA-Z])percent(?:age)?(?![a-zA-Z])", re.I)
+_PERCENT_RE = re.compile(
+    r"\\%|%|\\text\{\s*percent\s*\}|(?<![a-zA-Z])(?:percent(?:age)?|pct)(?![a-zA-Z])", re.I)
 _FRAC_SHORT_RE = re.compile(r"\\frac\s*([0-9a-zA-Z])\s*([0-9a-zA-Z])")
 _FRAC_HALF_SHORT_1_RE = re.compile(r"\\frac\s*([0-9a-zA-Z])\s*\{")
 _FRAC_HALF_SHORT_2_RE = re.compile(r"\\frac\s*(\{[^{}]*\})\s*([0-9a-zA-Z])")
@@ -67,8 +78,11 @@ _WRAPPERS = ("text", "textbf", "textit", "textrm", "textnormal", "mathrm", "math
              "mathsf", "mathtt", "boldsymbol", "bm", "mbox", "hbox", "operatorname", "emph")
 _WRAPPER_RE = re.compile(r"\\(" + "|".join(_WRAPPERS) + r")\s*\{")
 # A unit in a wrapper at the end of an answer: `5\\text{ cm}^2`, `3\\mbox{ inches}`.
+# (never a word that changes the value: `5\\text{ squared}` is 25, `2\\text{ million}` is 2000000)
 _TRAILING_UNIT_RE = re.compile(
-    r"(?<=[0-9}).)])\s*\\(?:text|mbox|mathrm|textrm|hbox)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\s*\^\s*\{?\d\}?)?\s*$"
+    r"(?<=[0-9}).)])\s*\\(?:text|mbox|mathrm|textrm|hbox)\s*\{\s*"
+    r"(?!(?:squared|cubed|factorial|hundred|thousand|million|billion|trillion)\b)[a-zA-Z][a-zA-Z .]*\}"
+    r"(?:\s*\^\s*\{?\d\}?)?\s*$"
 )
 _UNIT_WORDS = (
     "square feet|square foot|square inches|square inch|square meters|square metres|square units|"
@@ -91,7 +105,7 @@ _DECIMAL_BODY = rf"(?:(?:{_INT_GROUPED}|\d+)(?:\.\d*)?|\.\d+)"
 _DECIMAL_RE = re.compile(rf"{_SIGN}{_DECIMAL_BODY}(?:[eE][+-]?\d{{1,3}})?")
 _SPACE_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _FRACTION_RE = re.compile(rf"({_SIGN})\s*({_DECIMAL_BODY})\s*/\s*({_DECIMAL_BODY})")
-_MIXED_RE = re.compile(r"([+-]?)\s*(\d+)\s+(\d+)\s*/\s*(\d+)")
+_MIXED_RE = re.compile(r"([+-]?)\s*(\d{1,3}(?: \d{3})+|\d+)\s+(\d+)\s*/\s*(\d+)")
 _LATEX_FRAC_RE = re.compile(rf"({_SIGN})\s*(\d+)?\s*\\frac\{{\s*({_DECIMAL_BODY})\s*\}}\{{\s*({_DECIMAL_BODY})\s*\}}")
 _REPEATING_RE = re.compile(r"([+-]?)(\d*)\.(\d*)\\overline\{(\d+)\}")
 _SCI_RE = re.compile(rf"({_SIGN}{_DECIMAL_BODY})\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{{?\s*([+-]?\d{{1,3}})\s*\}}?")
@@ -135,6 +149,12 @@ def strip_math_delimiters(s: str) -> str:
     return _DOLLAR_RE.sub("", _DELIMS_RE.sub("", s))
 
 
+# `\\frac`, `\\le`: a doubled backslash before a command (an escaping slip) is the command itself
+_DOUBLED_COMMAND_RE = re.compile(
+    r"(?<!\\)\\\\(?=(?:left|right|[dtc]?frac|sqrt|leq?|geq?|lt|gt|neq?|text|mathrm|mathbf|pi|infty|cdot|times"
+    r"|pm|mp|in|cup|cap|boxed|circ|emptyset|varnothing|quad|qquad)(?![a-zA-Z]))")
+
+
 def clean_latex(s: str) -> str:
     """Remove presentation-only LaTeX and normalise spellings; keeps the mathematical content.
 
@@ -142,9 +162,13 @@ def clean_latex(s: str) -> str:
     unit wrapped in `\\text{…}` directly after a number.
     """
     s = fold_unicode(s)
+    if "\\\\" in s and "\\begin" not in s:
+        s = _DOUBLED_COMMAND_RE.sub(lambda m: "\\", s)
     s = strip_math_delimiters(s)
     s = _LEFT_RIGHT_RE.sub("", s)
+    s = _COMMA_NEG_SPACE_RE.sub(",", s)  # `32,\\! 348` is one number
     s = _NEG_SPACE_RE.sub("", s)  # `32,\\!348` is one number
+    s = _BRACED_COMMA_RE.sub(",", s)  # `14 {, }916` is 14,916
     s = _SPACING_RE.sub(" ", s)
     s = s.replace("{,}", ",")
     s = _FRAC_VARIANTS_RE.sub(r"\\frac", s)
@@ -157,8 +181,10 @@ def clean_latex(s: str) -> str:
     s = _FRAC_HALF_SHORT_1_RE.sub(r"\\frac{\1}{", s)
     s = _FRAC_HALF_SHORT_2_RE.sub(r"\\frac\1{\2}", s)
     s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
+    s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
     s = _EMPTYSET_RE.sub(r"\\emptyset", s)
     s = _INFTY_RE.sub(r"\\infty", s)
+    s = _REL_SPELLINGS_RE.sub(lambda m: _REL_SPELLINGS[m.group(1)], s)
     s = s.replace("\\mathbb{R}", "\\mathbb R").replace("\\mathbb R", "\\R")
     s = " ".join(s.split())
     s = s.lstrip(_LEAD_PUNCT).rstrip(_TRAIL_PUNCT)
@@ -177,9 +203,25 @@ def strip_units_words(s: str) -> str:
     return s
 
 
+_GROUPED_RE = re.compile(_INT_GROUPED)
+_PAIR_OPEN = ("(", "[")
+_PAIR_CLOSE = (")", "]")
+
+
 def collapse_thousands(s: str) -> str:
-    """`1,250` -> `1250` and `32,348.5` -> `32348.5`; `1,22` and `1, 250` are left alone."""
-    return re.sub(_INT_GROUPED, lambda m: m.group(0).replace(",", ""), s)
+    """`1,250` -> `1250` and `32,348.5` -> `32348.5`; `1,22` and `1, 250` are left alone.
+
+    A bracket holding exactly `d,ddd` is a pair, not a number: `(12,102)` is the point or interval
+    (12, 102), never 12102 (an interval endpoint is not written with a thousands separator)."""
+    def sub(m: re.Match[str]) -> str:
+        text = m.group(0)
+        if text.count(",") == 1:
+            before = s[:m.start()].rstrip().rstrip("+-").rstrip()  # "[-36,104]" too
+            after = s[m.end():].lstrip()
+            if before.endswith(_PAIR_OPEN) and after.startswith(_PAIR_CLOSE):
+                return text
+        return text.replace(",", "")
+    return _GROUPED_RE.sub(sub, s)
 
 
 def _to_fraction(text: str) -> Fraction | None:
@@ -213,7 +255,7 @@ def parse_number(s: str) -> Fraction | None:
         return _to_fraction(s.replace(" ", ""))
     m = _MIXED_RE.fullmatch(s)
     if m:
-        whole, top, bottom = int(m.group(2)), int(m.group(3)), int(m.group(4))
+        whole, top, bottom = int(m.group(2).replace(" ", "")), int(m.group(3)), int(m.group(4))
         if bottom == 0 or top >= bottom:
             return None  # "7 9/4" is not a mixed number
         mixed = whole + Fraction(top, bottom)
@@ -331,8 +373,27 @@ def round_sig(x: Fraction, digits: int = 12) -> Fraction:
 
 
 _NUMBER_IN_TEXT_RE = re.compile(
-    r"-?(?:\d+\s+\d+\s*/\s*\d+|\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:\s*/\s*\d+)?|\.\d+)"
+    r"(?<![A-Za-z_\d.])-?(?:\d+\s+\d+\s*/\s*\d+|\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:\s*/\s*\d+)?|\.\d+)"
+    r"(?P<glued>[A-Za-z]*)"
 )
+GLUED_SUFFIXES = frozenset(
+    "st nd rd th s m cm mm km kg g mg lb lbs oz ml l h hr hrs min mins sec secs am pm mph ft in yd mi"
+    .split()
+)
+"""Letters that may follow a number with no space (`5km`, `3rd`, `10am`). Any other letters glued
+to a number (`2A`, `5k`, `3x`), or letters glued before it (`B2`, `AZYUK2A`), make it a label, not a
+number."""
+
+
+def loose_numbers(s: str) -> list[str]:
+    """The numbers written in free text, skipping numbers glued into words (`B2`, `AZYUK2A`)."""
+    out = []
+    for m in _NUMBER_IN_TEXT_RE.finditer(s):
+        glued = m.group("glued")
+        if glued and glued.lower() not in GLUED_SUFFIXES:
+            continue
+        out.append(m.group(0)[:len(m.group(0)) - len(glued)] if glued else m.group(0))
+    return out
 
 
 def numeric_value(span: str) -> Fraction | None:
@@ -361,7 +422,7 @@ def numeric_value(span: str) -> Fraction | None:
         return value
     if s.rstrip().endswith(("+", "-", "*", "/", "^", "=")):
         return None  # "1 +": a dangling operator, not a committed number
-    numbers = _NUMBER_IN_TEXT_RE.findall(s)
+    numbers = loose_numbers(s)
     if len(numbers) == 1:
         return parse_number(numbers[0])
     return None

@@ -179,7 +179,7 @@ class SympyScalar(FastScalar):
                 return False
         return sympy_equal(ea, eb)
 
-    def proportional(self, l1: str, r1: str, l2: str, r2: str) -> bool | None:
+    def proportional(self, l1: str, r1: str, l2: str, r2: str, positive: bool = False) -> bool | None:
         try:
             d1 = to_sympy(l1) - to_sympy(r1)
             d2 = to_sympy(l2) - to_sympy(r2)
@@ -190,4 +190,6 @@ class SympyScalar(FastScalar):
         if d2 == 0 or d1 == 0:
             return d1 == d2
         ratio = sympy.simplify(d1 / d2)
-        return bool(ratio.is_number and ratio != 0 and ratio.is_finite)
+        if not (ratio.is_number and ratio != 0 and ratio.is_finite):
+            return False
+        return bool(ratio.is_positive) if positive else True
