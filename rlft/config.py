@@ -104,6 +104,13 @@ class DataConfig:
     """`hf:` sources: split name used for `data.test`."""
     max_prompt_tokens: int = 300
     """Prompts longer than this are an error naming the record (the ReFT reference caps questions at 300)."""
+    prompt_format: Literal["reft", "chat"] = "reft"
+    """`reft`: the ReFT reference's raw prompt (`Question:\n{q}\nAnswer reasoning:\n`, no template); `chat`: the
+    tokenizer's chat template with the generation prompt, the target as the assistant turn (SFT labels only its
+    tokens and the end of turn through EOS), alike in SFT, sampling and evaluation (`rlft/tasks/chat.py`)."""
+    system_prompt: str | None = None
+    """`prompt_format=chat`: a system turn before every question (None: the template's default); a
+    conversational record's own system turn is kept."""
 
 
 @dataclass
@@ -614,6 +621,9 @@ def _validate_algorithm(cfg: Config) -> None:
         raise ConfigError(f"dapo.max_sample_rounds must be >= 1 (got {cfg.dapo.max_sample_rounds}) and "
                           f"dapo.overlong_cache_tokens in (0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}] "
                           f"(got {cfg.dapo.overlong_cache_tokens})")
+    if cfg.data.system_prompt is not None and cfg.data.prompt_format != "chat":
+        raise ConfigError("data.system_prompt cannot take effect with data.prompt_format=reft (the raw prompt has no "
+                          "system turn); set data.prompt_format=chat or leave data.system_prompt unset")
     if cfg.reward.reft_compat and cfg.reward.fn != "math":
         raise ConfigError(f"reward.reft_compat applies to the built-in `math` reward only (reward.fn={cfg.reward.fn})")
     if not row.reference and cfg.kl.coef:

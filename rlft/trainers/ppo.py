@@ -56,6 +56,7 @@ from rlft.learner.base import DivergedError
 from rlft.models.policy import ResponseOutput
 from rlft.rollout.base import SamplingParams
 from rlft.tasks.base import Record
+from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import encode_prompts, epoch_order
 from rlft.trainers import carft
 from rlft.trainers import dapo as dapo_phases
@@ -251,7 +252,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
         kl_ctl = kl_algos.AdaptiveKLController(init_kl_coef=run.kl_coef, target=cfg.kl.target, horizon=cfg.kl.horizon) \
             if cfg.kl.adaptive else kl_algos.FixedKLController(kl_coef=run.kl_coef)
         loop = Loop(cfg, run, roles, adapter, run_dir, train, test, tokenizer,
-                    encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens),
+                    encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens,
+                                   fmt=PromptFormat.of(cfg.data)),
                     SamplingParams(n=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
                                    top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                                    max_new_tokens=cfg.rollout.max_new_tokens, logprobs=True),
