@@ -254,7 +254,7 @@ def warmup_baseline(config_path: str | None, cli_overrides: list[str], base: Con
     import torch
 
     from rlft.evaluate import evaluate_held_out
-    from rlft.reward.role import RewardRole
+    from rlft.reward.role import RewardRole, completion_ids
     from rlft.rollout.base import SamplingParams
     from rlft.rollout.factory import hf_engine
     from rlft.tasks.chat import PromptFormat
@@ -287,7 +287,7 @@ def warmup_baseline(config_path: str | None, cli_overrides: list[str], base: Con
                                                   fmt=PromptFormat.of(cfg.data)), params)
         owners = [records[i] for i in batch.prompt_index.tolist()]
         texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
-        scores, _ = RewardRole(cfg).score(texts, owners, batch.truncated)
+        scores, _ = RewardRole(cfg).score(texts, owners, batch.truncated, completion_ids(batch))
         out.update(train_reward=float(scores.mean()), train_reward_samples=len(batch))
         print0(f"rlft compare: the warm-up's mean training reward is {out['train_reward']:.4f} over {len(batch)} "
                "samples (the null control's constant score)")

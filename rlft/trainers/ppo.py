@@ -54,6 +54,7 @@ from rlft.dist.local import Roles, build_roles
 from rlft.evaluate import evaluate_held_out
 from rlft.learner.base import DivergedError
 from rlft.models.policy import ResponseOutput
+from rlft.reward.role import completion_ids
 from rlft.rollout.base import SamplingParams
 from rlft.tasks.base import Record
 from rlft.tasks.chat import PromptFormat
@@ -366,7 +367,7 @@ def _sample_round(loop: Loop, indices: list[int], m: dict) -> tuple[RolloutBatch
     owners = [records[j] for j in rollout.prompt_index.tolist()]
     texts = loop.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
     with timed(m, "reward"):
-        scores, reward_metrics = loop.roles.reward.score(texts, owners, rollout.truncated)
+        scores, reward_metrics = loop.roles.reward.score(texts, owners, rollout.truncated, completion_ids(rollout))
     for k, v in reward_metrics.items():  # counts: summed over rounds
         m[k] = m.get(k, 0.0) + v
     if "reward/true_score_sum" in reward_metrics:  # the null control: true-reward means over every scored sample

@@ -34,7 +34,7 @@ import torch
 
 from rlft.algos import sft as sft_algo
 from rlft.config import Config
-from rlft.reward.role import RewardRole
+from rlft.reward.role import RewardRole, completion_ids
 from rlft.rollout.base import SamplingParams
 from rlft.rollout.factory import hf_engine
 from rlft.tasks.base import Record
@@ -52,7 +52,7 @@ SAMPLING_KEYS = (
     "model.path", "model.dtype", "run.seed", "data.train", "data.style", "data.n_train", "data.difficulty",
     "data.seed", "data.limit_train", "data.hf_config", "data.hf_train_split", "data.prompt_format",
     "data.system_prompt", "rollout.temperature", "rollout.top_p", "rollout.top_k", "rollout.max_new_tokens",
-    "rollout.batch_size", "reward.fn", "reward.partial_reward", "reward.truncated_score",
+    "rollout.batch_size", "reward.fn", "reward.partial_reward", "reward.truncated_score", "reward.completion_format",
     "offline_st.samples_per_question", "offline_st.max_unique_per_question",
 )
 
@@ -116,7 +116,7 @@ def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter
             batch = engine.generate(prompts[lo:lo + r.batch_size], params)
             owners = [lo + i for i in batch.prompt_index.tolist()]
             texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
-            scores, metrics = reward.score(texts, [records[i] for i in owners], batch.truncated)
+            scores, metrics = reward.score(texts, [records[i] for i in owners], batch.truncated, completion_ids(batch))
             n_sampled += len(texts)
             n_failed += int(metrics["reward/failed"])
             for i, text, score in zip(owners, texts, scores.tolist()):

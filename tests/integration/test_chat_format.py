@@ -133,3 +133,43 @@ def test_chat_with_a_tokenizer_without_a_template_stops_before_training(tmp_path
         sft.run_sft(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
+
+RL_SPY = '''
+import json, pathlib
+
+def reward(prompts, completions, completion_ids, solution, **kwargs):  # a TRL reward, unchanged
+    with open(pathlib.Path(__file__).with_suffix(".jsonl"), "a") as f:
+        f.write(json.dumps({"prompts": prompts, "completions": completions, "completion_ids": completion_ids}) + "\\n")
+    return [float(len(ids) % 2) for ids in completion_ids]
+'''
+
+
+def test_grpo_samples_chat_prompts_and_scores_them_with_a_trl_reward(tmp_path, warm_model, monkeypatch):
+    from transformers import AutoTokenizer
+
+    import rlft.trainers.ppo as ppo
+
+    model = tmp_path / "chat-model"
+    shutil.copytree(warm_model, model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = TINY_TEMPLATE
+    tokenizer.save_pretrained(model)
+    (tmp_path / "spy.py").write_text(RL_SPY)
+    encoded = []
+    real_encode = ppo.encode_prompts
+    monkeypatch.setattr(ppo, "encode_prompts", lambda *a, **k: encoded.append(real_encode(*a, **k)) or encoded[-1])
+    cfg = load_config(None, [
+        f"run.dir={tmp_path / 'run'}", f"model.path={model}", "algo=grpo", "data.prompt_format=chat",
+        "data.system_prompt=Be brief.", "data.difficulty=0", "data.n_train=4", "data.n_test=2",
+        "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=6", "eval.max_new_tokens=6",
+        "ppo.iterations=1", "ppo.micro_batch_size_per_device=4", "ppo.eval_every=1", "ppo.save_every=1",
+        "log.progress=false", "log.tensorboard=false", f"reward.fn={tmp_path / 'spy.py'}:reward",
+    ])
+    ppo.run_ppo(cfg)
+    assert tokenizer.decode(encoded[0][0]).startswith("<|system|>\nBe brief.</s>\n<|user|>\n")
+    calls = [json.loads(line) for line in (tmp_path / "spy.jsonl").read_text().splitlines()]
+    assert calls and len(calls[0]["completions"]) == 4  # 2 prompts x 2 samples, one call per step
+    assert calls[0]["prompts"][0][:2] == [{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": calls[0]["prompts"][0][1]["content"]}]
+    assert all(c[0]["role"] == "assistant" for c in calls[0]["completions"])  # conversational, as in TRL
+    assert all(0 < len(ids) <= 6 for ids in calls[0]["completion_ids"])
