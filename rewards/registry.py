@@ -1,8 +1,13 @@
 """Reward plug-ins: resolve `reward.fn` specs, combine several with weights, call them safely.
 
-Contract (`checker.md` §10, TRL-like): `fn(completions: list[str], **columns) -> list[float | None]`,
-where the columns are the dataset record's fields (`answer`, `question`, `dataset`, …) as lists.
-`None` means "cannot score this one".
+Contract (`checker.md` §10, TRL's): `fn(completions, **columns) -> list[float | None]`, where the
+columns are the dataset record's fields (`answer`, `question`, `dataset`, …) as lists. `None` means
+"cannot score this one". A function written for TRL's `GRPOTrainer` works unchanged: `call_reward` calls
+every function the way TRL 1.x does where its signature allows: `completions` by keyword when it has a
+parameter of that name (so TRL's `def f(prompts, completions, **kwargs)` order works), the columns it
+accepts (all of them with `**kwargs`; only the named ones otherwise, so a fixed signature never fails on
+a column it does not use), and a coroutine (an `async def` reward) run to its end. The caller (rlft's
+`RewardRole`) adds TRL's names to the columns: `prompts`, `completion_ids`, `solution`, `trainer_state`.
 
 Spec forms accepted by `get_reward_fn`:
 - a built-in name: `math` (the ReFT reward), `math_reft` (the same with `reft_compat=True`);
@@ -21,11 +26,13 @@ hung thread cannot be killed: it is abandoned and the batch is scored as failed)
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import math
 import sys
@@ -83,8 +90,76 @@ def canonical_spec(spec: str) -> str:
     return spec
 
 
+def _parameters(fn: Callable[..., Any]) -> tuple[frozenset[str], bool] | None:
+    """Names `fn` accepts by keyword, and whether it takes `**kwargs`; None if it has no signature."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins and C callables
+        return None
+    named = frozenset(p.name for p in params
+                      if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def call_reward(fn: Callable[..., Any], completions: list[Any], columns: dict[str, Any]) -> list[Any]:
+    """Call one reward function on a batch, as TRL's `GRPOTrainer` would (see the module docstring).
+
+    Args:
+        fn: the reward function.
+        completions: the batch (strings, or TRL's conversational message lists).
+        columns: per-sample lists (and TRL's `trainer_state`), passed by keyword.
+
+    Returns:
+        The function's scores as a list.
+    """
+    params = _parameters(fn)
+    if params is None:
+        out = fn(completions, **columns)
+    else:
+        named, var_kw = params
+        kwargs = columns if var_kw else {k: v for k, v in columns.items() if k in named}
+        out = fn(completions=completions, **kwargs) if "completions" in named else fn(completions, **kwargs)
+    if inspect.isawaitable(out):  # TRL accepts `async def` rewards
+        out = asyncio.run(_awaited(out))
+    return list(out)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+@dataclass(frozen=True)
+class _Adapted:
+    """A resolved plug-in behind `call_reward`, so that a reward worker (which calls
+    `resolve(spec)(completions, **columns)`) calls it the same way as the trainer's process."""
+
+    fn: Callable[..., Any]
+
+    def __call__(self, completions: list[Any], **columns: Any) -> list[Any]:
+        return call_reward(self.fn, completions, columns)
+
+
+def declares_messages(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` annotates `completions` as TRL's conversational form (a list of message lists, e.g.
+    ``list[list[dict[str, str]]]``), as TRL's own rewards (`trl.rewards`) do: they read
+    ``completion[0]["content"]`` whatever the prompts are."""
+    while True:  # down to the plug-in itself
+        inner = getattr(fn, "fn", None) if isinstance(fn, (RewardFn, _Adapted)) else getattr(fn, "func", None)
+        if inner is None:
+            break
+        fn = inner
+    try:
+        param = inspect.signature(fn).parameters.get("completions")
+    except (TypeError, ValueError):
+        return False
+    if param is None or param.annotation is inspect.Parameter.empty:
+        return False
+    text = param.annotation if isinstance(param.annotation, str) else repr(param.annotation)
+    return "dict" in text.replace("Dict", "dict")
+
+
 def resolve(spec: str) -> Callable[..., Any]:
-    """The raw callable a spec names (see the module docstring for the forms)."""
+    """The callable a spec names (see the module docstring for the forms), called through `call_reward`."""
     spec = canonical_spec(spec)
     if spec in BUILTINS:
         return BUILTINS[spec]
@@ -106,7 +181,7 @@ def resolve(spec: str) -> Callable[..., Any]:
         fn = eps[spec].load()
     if not callable(fn):
         raise ValueError(f"reward {spec!r} is not callable")
-    return fn
+    return _Adapted(fn)
 
 
 @dataclass(frozen=True)
@@ -120,8 +195,8 @@ class RewardFn:
     def builtin(self) -> bool:
         return self.spec in BUILTINS
 
-    def __call__(self, completions: Sequence[str], **columns: Any) -> list[float | None]:
-        return list(self.fn(list(completions), **columns))
+    def __call__(self, completions: Sequence[Any], **columns: Any) -> list[float | None]:
+        return call_reward(self.fn, list(completions), columns)
 
 
 def get_reward_fn(spec: str) -> RewardFn:
@@ -137,8 +212,8 @@ class CombinedReward:
 
     parts: tuple[tuple[Callable[..., Any], float], ...]
 
-    def __call__(self, completions: Sequence[str], **columns: Any) -> list[float | None]:
-        per_fn = [(list(fn(list(completions), **columns)), w) for fn, w in self.parts]
+    def __call__(self, completions: Sequence[Any], **columns: Any) -> list[float | None]:
+        per_fn = [(call_reward(fn, list(completions), columns), w) for fn, w in self.parts]
         return _weighted(per_fn, len(completions))
 
 
@@ -178,12 +253,12 @@ def _record_ids(columns: dict[str, Any], idx: Sequence[int]) -> list[Any]:
 def _call_in_thread(fn: Callable[..., Any], completions: list[str], columns: dict[str, Any],
                     timeout: float | None) -> list[Any]:
     if timeout is None:
-        return list(fn(completions, **columns))
+        return call_reward(fn, completions, columns)
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["value"] = list(fn(completions, **columns))
+            box["value"] = call_reward(fn, completions, columns)
         except BaseException as e:  # re-raised in the caller's thread
             box["error"] = e
 

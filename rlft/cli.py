@@ -80,6 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlft.evaluate import evaluate
     from rlft.models.loading import resolve_model_path
     from rlft.rollout.factory import hf_engine
+    from rlft.tasks.chat import PromptFormat
     from rlft.workspace import load_split, tokenizer_corpus
 
     extra = []
@@ -108,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary, predictions = evaluate(
         engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
         samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
-        max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.run.seed, rank_fn=rank_fn,
+        max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.run.seed, rank_fn=rank_fn, fmt=PromptFormat.of(cfg.data),
     )
     out = Path(args.out) if args.out else Path(cfg.run.dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +166,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         from rlft.tasks.prompts import prompt_text, target_text
 
         print(f"{len(records)} {args.split} records from {cfg.data.train if args.split == 'train' else cfg.data.test}")
+        if cfg.data.prompt_format == "chat":
+            print("(data.prompt_format=chat: the model sees each question and target inside its tokenizer's chat "
+                  "template; shown here in the raw format)")
         for r in records[: args.n]:
             print("-" * 72)
             print(prompt_text(r, cfg.data.style) + (target_text(r, cfg.data.style) if (r.cot or r.program) else "<no annotation>"))

@@ -104,6 +104,13 @@ class DataConfig:
     """`hf:` sources: split name used for `data.test`."""
     max_prompt_tokens: int = 300
     """Prompts longer than this are an error naming the record (the ReFT reference caps questions at 300)."""
+    prompt_format: Literal["reft", "chat"] = "reft"
+    """`reft`: the ReFT reference's raw prompt (`Question:\n{q}\nAnswer reasoning:\n`, no template); `chat`: the
+    tokenizer's chat template with the generation prompt, the target as the assistant turn (SFT labels only its
+    tokens and the end of turn through EOS), alike in SFT, sampling and evaluation (`rlft/tasks/chat.py`)."""
+    system_prompt: str | None = None
+    """`prompt_format=chat`: a system turn before every question (None: the template's default); a
+    conversational record's own system turn is kept."""
 
 
 @dataclass
@@ -268,7 +275,8 @@ class KLConfig:
 class RewardConfig:
     fn: str = "math"
     """Reward function: a built-in name (`math`), `package.module:function`, `path/file.py:function` or an
-    entry point in group `rlft.rewards`. Signature: fn(completions, **columns) -> list[float | None]."""
+    entry point in group `rlft.rewards`. Signature: fn(completions, **columns) -> list[float | None], TRL's
+    (a `GRPOTrainer` reward such as `trl.rewards:accuracy_reward` works unchanged; README, "Rewards")."""
     partial_reward: float = 0.1
     """`math`: score of an extractable but wrong answer (ReFT: 0.1)."""
     truncated_score: float | None = None
@@ -277,6 +285,11 @@ class RewardConfig:
     """Seconds allowed per reward call before its samples are counted as failed."""
     on_error: Literal["zero", "raise"] = "zero"
     """A reward that raises, hangs or returns NaN: score 0 and count it (`reward/failed`), or stop the run."""
+    completion_format: Literal["auto", "text", "messages"] = "auto"
+    """How plug-ins get `completions`: `text` (strings), `messages` (TRL's conversational form,
+    `[{"role": "assistant", "content": text}]` per sample), or `auto`: `messages` when `data.prompt_format=chat`
+    (as TRL does for conversational data) or when the function annotates `completions` as message lists (TRL's own
+    `trl.rewards` do), else `text`. Built-in rewards always get text."""
     reft_compat: bool = False
     """`math`: the ReFT reference's reward exactly (`specs/checker.md` §8: the text after the last
     `Therefore, the answer is:`, float(), |pred - gold| <= 0.01; a response without that line scores 0, where
@@ -636,6 +649,12 @@ def _validate_algorithm(cfg: Config) -> None:
         raise ConfigError(f"dapo.max_sample_rounds must be >= 1 (got {cfg.dapo.max_sample_rounds}) and "
                           f"dapo.overlong_cache_tokens in (0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}] "
                           f"(got {cfg.dapo.overlong_cache_tokens})")
+    if cfg.data.system_prompt is not None and cfg.data.prompt_format != "chat":
+        raise ConfigError("data.system_prompt cannot take effect with data.prompt_format=reft (the raw prompt has no "
+                          "system turn); set data.prompt_format=chat or leave data.system_prompt unset")
+    if cfg.reward.completion_format == "messages" and cfg.reward.fn in ("math", "math_reft"):
+        raise ConfigError(f"reward.completion_format=messages is for plug-ins; the built-in {cfg.reward.fn} reward "
+                          "reads text (leave reward.completion_format=auto)")
     if cfg.reward.reft_compat and cfg.reward.fn != "math":
         raise ConfigError(f"reward.reft_compat applies to the built-in `math` reward only (reward.fn={cfg.reward.fn})")
     if not row.reference and cfg.kl.coef:

@@ -27,6 +27,7 @@ from rlft.config import Config
 from rlft.learner.torch_learner import response_forward
 from rlft.rollout.base import SamplingParams
 from rlft.tasks.base import Record
+from rlft.tasks.chat import REFT, PromptFormat
 from rlft.tasks.encoding import encode_prompts
 from rlft.tasks.prompts import program_text, prompt_text
 from rlft.types import RolloutBatch
@@ -52,10 +53,12 @@ def evaluate(
     max_prompt_tokens: int | None = None,
     seed: int = 0,
     rank_fn: Callable[[RolloutBatch], torch.Tensor] | None = None,
+    fmt: PromptFormat = REFT,
 ) -> tuple[dict, list[dict]]:
     """Generate for every record and check the answers.
 
     Args:
+        fmt: the prompt format (`data.prompt_format`): the raw ReFT prompt or the chat template, as in training.
         rank_fn: optional per-sample scorer for reranking, `rank_fn(batch) -> (B,)` scores of the
             generated batch (higher is better; e.g. `functools.partial(value_scores, policy, ...)`).
             Needs samples >= 2.
@@ -71,7 +74,7 @@ def evaluate(
     if rank_fn is not None and samples < 2:
         raise ValueError(f"reranking needs samples >= 2 per question (got samples={samples}): nothing to rank")
     start = time.perf_counter()
-    prompt_ids = encode_prompts(tokenizer, records, style, max_prompt_tokens)
+    prompt_ids = encode_prompts(tokenizer, records, style, max_prompt_tokens, fmt=fmt)
     params = SamplingParams(n=samples, temperature=0.0 if samples == 1 else temperature, max_new_tokens=max_new_tokens)
     with torch.random.fork_rng():  # evaluation must not shift the training run's random stream
         torch.manual_seed(seed)
@@ -137,7 +140,7 @@ def evaluate_held_out(cfg: Config, engine, tokenizer, records: list[Record]) -> 
     report as held-out accuracy."""
     return evaluate(engine, tokenizer, records, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
                     samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
-                    seed=cfg.run.seed)
+                    seed=cfg.run.seed, fmt=PromptFormat.of(cfg.data))
 
 
 @torch.inference_mode()

@@ -183,8 +183,8 @@ class RewardWorker(_Actor):
 
         self.role = RewardRole(config_from_dict(cfg))
 
-    def score(self, texts, records, truncated):
-        return self.role.score(texts, records, truncated)
+    def score(self, texts, records, truncated, completion_ids=None):
+        return self.role.score(texts, records, truncated, completion_ids)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -401,12 +401,14 @@ class RayRewardPool(_Group):
     def __init__(self, actors: list, factory=None):
         super().__init__("reward worker", actors, factory)
 
-    def score(self, texts: list[str], records: list, truncated: torch.Tensor):
-        return self._retrying(lambda: self._score(texts, records, truncated))
+    def score(self, texts: list[str], records: list, truncated: torch.Tensor, completion_ids: list | None = None):
+        return self._retrying(lambda: self._score(texts, records, truncated, completion_ids))
 
-    def _score(self, texts: list[str], records: list, truncated: torch.Tensor):
+    def _score(self, texts: list[str], records: list, truncated: torch.Tensor, completion_ids: list | None):
         slices = [(s, e) for s, e in split_evenly(len(texts), len(self.actors)) if e > s]
-        refs = [self.actors[i].score.remote(texts[s:e], records[s:e], truncated[s:e]) for i, (s, e) in enumerate(slices)]
+        refs = [self.actors[i].score.remote(texts[s:e], records[s:e], truncated[s:e],
+                                            None if completion_ids is None else completion_ids[s:e])
+                for i, (s, e) in enumerate(slices)]
         results = self._get(refs, list(range(len(slices))))
         metrics: dict = {}
         for _, m in results:

@@ -284,9 +284,10 @@ def warmup_baseline(config_path: str | None, cli_overrides: list[str], base: Con
     import torch
 
     from rlft.evaluate import evaluate_held_out
-    from rlft.reward.role import RewardRole
+    from rlft.reward.role import RewardRole, completion_ids
     from rlft.rollout.base import SamplingParams
     from rlft.rollout.factory import hf_engine
+    from rlft.tasks.chat import PromptFormat
     from rlft.tasks.encoding import encode_prompts, epoch_order
     from rlft.workspace import load_split, prepare_model
 
@@ -312,10 +313,11 @@ def warmup_baseline(config_path: str | None, cli_overrides: list[str], base: Con
                                 max_new_tokens=r.max_new_tokens)
         with torch.random.fork_rng():
             torch.manual_seed(cfg.run.seed)
-            batch = engine.generate(encode_prompts(tokenizer, records, cfg.data.style, cfg.data.max_prompt_tokens), params)
+            batch = engine.generate(encode_prompts(tokenizer, records, cfg.data.style, cfg.data.max_prompt_tokens,
+                                                  fmt=PromptFormat.of(cfg.data)), params)
         owners = [records[i] for i in batch.prompt_index.tolist()]
         texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
-        scores, _ = RewardRole(cfg).score(texts, owners, batch.truncated)
+        scores, _ = RewardRole(cfg).score(texts, owners, batch.truncated, completion_ids(batch))
         out.update(train_reward=float(scores.mean()), train_reward_samples=len(batch))
         print0(f"rlft compare: the warm-up's mean training reward is {out['train_reward']:.4f} over {len(batch)} "
                "samples (the null control's constant score)")

@@ -2,10 +2,12 @@
 
 Sources:
 - ``"arithmetic"``: the built-in generated task (`rlft.tasks.arithmetic`), split ``train``/``test``;
-- ``path/to/file.jsonl``: official GSM8K (`rlft.tasks.gsm8k`);
+- ``path/to/file.jsonl``: official GSM8K (`rlft.tasks.gsm8k`), or conversational rows in TRL's forms
+  (``messages``, or ``prompt`` + ``completion``; `rlft.tasks.conversational`), told apart by the first row;
 - ``path/to/file.json``: a ReFT-release file, N-CoT or P-CoT (`rlft.tasks.mwp`);
 - ``"hf:<name>"``: a Hugging Face dataset (`rlft.tasks.hf`), e.g. ``"hf:openai/gsm8k"`` with
-  ``hf_kwargs={"config": "main"}``, or ``"hf:json"`` with ``hf_kwargs={"data_files": ...}``.
+  ``hf_kwargs={"config": "main"}``, or ``"hf:json"`` with ``hf_kwargs={"data_files": ...}``; datasets with a
+  ``messages`` or ``prompt`` column load as conversational records.
 
 Every loader raises `DataError` (a `ValueError`) naming the file and line on bad input.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from rlft.tasks import arithmetic
 from rlft.tasks.base import Record
+from rlft.tasks.conversational import jsonl_is_conversational, load_conversational_jsonl
 from rlft.tasks.errors import DataError
 from rlft.tasks.gsm8k import load_gsm8k_jsonl
 from rlft.tasks.hf import load_hf_dataset
@@ -39,7 +42,7 @@ def load_records(
 
     Args:
         source: ``"arithmetic"``, a ``.jsonl``/``.json`` path, or ``"hf:<name>"``.
-        split: ``"train"`` or ``"test"`` for arithmetic; the id prefix for GSM8K JSONL
+        split: ``"train"`` or ``"test"`` for arithmetic; the id prefix for JSONL files
             (``gsm8k_{split}_{i}``); the split for Hugging Face; unused for ReFT ``.json`` files
             (one file is one split, ids are the file's ``item_id``).
         style: ``"nl"`` or ``"program"``: which annotation a ReFT ``.json`` file holds.
@@ -74,6 +77,8 @@ def load_records(
         records = train if split == "train" else test
     elif source.startswith("hf:"):
         records = load_hf_dataset(source[3:], split, **(hf_kwargs or {}))
+    elif source.endswith(".jsonl") and jsonl_is_conversational(source):
+        records = load_conversational_jsonl(source, split_name=split)
     elif source.endswith(".jsonl"):
         records = load_gsm8k_jsonl(source, split_name=split)
     elif source.endswith(".json"):

@@ -4,6 +4,10 @@ Hub names work as usual (``load_hf_dataset("openai/gsm8k", "train", config="main
 the generic builders on local files (``load_hf_dataset("json", "train", data_files="x.jsonl")``),
 which is how the tests run offline. `datasets` is imported inside the function so that importing
 `rlft.tasks` stays cheap.
+
+A dataset with a ``messages`` column, or a ``prompt`` column and no `question_field` column, is
+conversational (TRL's formats) and is read by `rlft.tasks.conversational` (gold answer from its ``answer`` or
+``solution`` column).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import re
 
 from rlft.tasks.base import Record
+from rlft.tasks.conversational import record_from_row
 from rlft.tasks.errors import DataError, text_field
 from rlft.tasks.gsm8k import parse_gsm8k_answer
 
@@ -60,13 +65,18 @@ def load_hf_dataset(
         raise DataError(f"{source}: cannot load: {type(e).__name__}: {e}") from e
     if not isinstance(ds, datasets.Dataset):
         raise DataError(f"{source}: expected one split, got {type(ds).__name__}")
+    split_id = re.sub(r"\W+", "", split.split("[", 1)[0]) or "split"
+    if "messages" in ds.column_names or ("prompt" in ds.column_names and question_field not in ds.column_names):
+        if len(ds) == 0:
+            raise DataError(f"{source}: no records (empty split)")
+        return [record_from_row(row, f"{dataset}_{split_id}_{i}", where=source, context=f"row {i}: ", dataset=dataset)
+                for i, row in enumerate(ds)]
     wanted = [question_field, answer_field] + ([cot_field] if cot_field else [])
     missing = [f for f in wanted if f not in ds.column_names]
     if missing:
         raise DataError(f"{source}: missing field {missing[0]!r} (columns: {', '.join(ds.column_names)})")
     if len(ds) == 0:
         raise DataError(f"{source}: no records (empty split)")
-    split_id = re.sub(r"\W+", "", split.split("[", 1)[0]) or "split"
     records = []
     for i, row in enumerate(ds):
         where = f"row {i}: "

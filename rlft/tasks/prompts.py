@@ -8,7 +8,11 @@
   program.
 
 No BOS, no chat template, no EOS here: the caller tokenizes with ``add_special_tokens=False`` and
-appends the tokenizer's EOS id to SFT targets.
+appends the tokenizer's EOS id to SFT targets. ``data.prompt_format=chat`` wraps the same question and
+target in the tokenizer's chat template instead (`rlft.tasks.chat`).
+
+A conversational record (`Record.prompt_messages` set) keeps its assistant turn verbatim as its N-CoT
+target: the dataset's own answer format is what SFT trains, with no ``Therefore, the answer is:`` line added.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ def target_text(record: Record, style: str = "nl") -> str:
     if style == "nl":
         if not record.cot or not record.cot.strip():
             raise DataError(f"record {record.id}: no N-CoT annotation (cot) for style='nl'")
+        if record.prompt_messages is not None:  # a conversational record: its assistant turn as written
+            return record.cot
         return f"{record.cot.strip()}{ANSWER_TRIGGER}{record.answer}"
     if not record.program:
         raise DataError(f"record {record.id}: no P-CoT annotation (program) for style='program'")

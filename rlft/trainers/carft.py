@@ -23,11 +23,13 @@ from rlft.config import Config
 from rlft.models.policy import PolicyOutput
 from rlft.tasks.base import Record
 from rlft.types import TrainBatch
+from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples
 
 
 def _anchor_batch(tokenizer, records: list[Record], cfg: Config) -> dict[str, torch.Tensor]:
-    examples, _ = encode_examples(tokenizer, records, cfg.data.style, cfg.sft.max_seq_tokens)
+    examples, _ = encode_examples(tokenizer, records, cfg.data.style, cfg.sft.max_seq_tokens,
+                                  fmt=PromptFormat.of(cfg.data))
     batch = collate(examples, tokenizer.pad_token_id)
     batch["cot_mask"] = (batch["labels"] != IGNORE).long()  # the annotated target tokens (incl. EOS)
     return batch

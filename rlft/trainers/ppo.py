@@ -55,8 +55,10 @@ from rlft.evaluate import evaluate_held_out
 from rlft.learner.base import DivergedError
 from rlft.models.card import write_model_card
 from rlft.models.policy import ResponseOutput
+from rlft.reward.role import completion_ids
 from rlft.rollout.base import SamplingParams
 from rlft.tasks.base import Record
+from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import encode_prompts, epoch_order
 from rlft.trainers import carft
 from rlft.trainers import dapo as dapo_phases
@@ -253,7 +255,8 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
         kl_ctl = kl_algos.AdaptiveKLController(init_kl_coef=run.kl_coef, target=cfg.kl.target, horizon=cfg.kl.horizon) \
             if cfg.kl.adaptive else kl_algos.FixedKLController(kl_coef=run.kl_coef)
         loop = Loop(cfg, run, roles, adapter, run_dir, train, test, tokenizer,
-                    encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens),
+                    encode_prompts(tokenizer, train, cfg.data.style, cfg.data.max_prompt_tokens,
+                                   fmt=PromptFormat.of(cfg.data)),
                     SamplingParams(n=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
                                    top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                                    max_new_tokens=cfg.rollout.max_new_tokens, logprobs=True),
@@ -367,7 +370,7 @@ def _sample_round(loop: Loop, indices: list[int], m: dict) -> tuple[RolloutBatch
     owners = [records[j] for j in rollout.prompt_index.tolist()]
     texts = loop.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
     with timed(m, "reward"):
-        scores, reward_metrics = loop.roles.reward.score(texts, owners, rollout.truncated)
+        scores, reward_metrics = loop.roles.reward.score(texts, owners, rollout.truncated, completion_ids(rollout))
     for k, v in reward_metrics.items():  # counts: summed over rounds
         m[k] = m.get(k, 0.0) + v
     if "reward/true_score_sum" in reward_metrics:  # the null control: true-reward means over every scored sample

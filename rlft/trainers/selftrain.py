@@ -34,10 +34,11 @@ import torch
 
 from rlft.algos import sft as sft_algo
 from rlft.config import Config
-from rlft.reward.role import RewardRole
+from rlft.reward.role import RewardRole, completion_ids
 from rlft.rollout.base import SamplingParams
 from rlft.rollout.factory import hf_engine
 from rlft.tasks.base import Record
+from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, encode_prompts
 from rlft.trainers.sft import run_sft
 from rlft.types import RolloutBatch, TrainBatch
@@ -49,9 +50,10 @@ SUMMARY_FILE = "offline_st_summary.json"
 # Every key the kept samples depend on: a resumed run must not reuse samples drawn under other values.
 SAMPLING_KEYS = (
     "model.path", "model.dtype", "run.seed", "data.train", "data.style", "data.n_train", "data.difficulty",
-    "data.seed", "data.limit_train", "data.hf_config", "data.hf_train_split", "rollout.temperature", "rollout.top_p",
-    "rollout.top_k", "rollout.max_new_tokens", "rollout.batch_size", "reward.fn", "reward.partial_reward",
-    "reward.truncated_score", "offline_st.samples_per_question", "offline_st.max_unique_per_question",
+    "data.seed", "data.limit_train", "data.hf_config", "data.hf_train_split", "data.prompt_format",
+    "data.system_prompt", "rollout.temperature", "rollout.top_p", "rollout.top_k", "rollout.max_new_tokens",
+    "rollout.batch_size", "reward.fn", "reward.partial_reward", "reward.truncated_score", "reward.completion_format",
+    "offline_st.samples_per_question", "offline_st.max_unique_per_question",
 )
 
 
@@ -67,7 +69,7 @@ def _sample_examples(batch: TrainBatch | RolloutBatch, keep: torch.Tensor) -> li
 
 def online_st_micro_batches(batch: TrainBatch, records: list[Record], tokenizer, cfg: Config):
     """Micro-batches and loss for one online-ST step: 1/2 CE(correct samples) + 1/2 CE(gold CoTs)."""
-    gold, _ = encode_examples(tokenizer, records, cfg.data.style, cfg.sft.max_seq_tokens)
+    gold, _ = encode_examples(tokenizer, records, cfg.data.style, cfg.sft.max_seq_tokens, fmt=PromptFormat.of(cfg.data))
     correct = _sample_examples(batch, batch.scores >= 1.0)
     groups = [("gold", gold)] + ([("correct", correct)] if correct else [])
     weight = 0.5 if correct else 1.0  # both halves as in the reference; gold alone when nothing was right
@@ -100,7 +102,7 @@ def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter
     o, r = cfg.offline_st, cfg.rollout
     engine = hf_engine(cfg, model, tokenizer, adapter)
     reward = RewardRole(cfg)
-    prompts = encode_prompts(tokenizer, records, cfg.data.style, cfg.data.max_prompt_tokens)
+    prompts = encode_prompts(tokenizer, records, cfg.data.style, cfg.data.max_prompt_tokens, fmt=PromptFormat.of(cfg.data))
     params = SamplingParams(n=o.samples_per_question, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_new_tokens=r.max_new_tokens)
     unique: list[dict[str, None]] = [{} for _ in records]  # per question: correct texts, first-seen order
@@ -114,7 +116,7 @@ def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter
             batch = engine.generate(prompts[lo:lo + r.batch_size], params)
             owners = [lo + i for i in batch.prompt_index.tolist()]
             texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
-            scores, metrics = reward.score(texts, [records[i] for i in owners], batch.truncated)
+            scores, metrics = reward.score(texts, [records[i] for i in owners], batch.truncated, completion_ids(batch))
             n_sampled += len(texts)
             n_failed += int(metrics["reward/failed"])
             for i, text, score in zip(owners, texts, scores.tolist()):
@@ -170,7 +172,8 @@ def run_offline_st(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     extra, n_truncated = [], 0
     if rows:
         extra, n_truncated = encode_examples(tokenizer, [by_id[row["id"]] for row in rows], cfg.data.style,
-                                             cfg.sft.max_seq_tokens, targets=[row["response"] for row in rows])
+                                             cfg.sft.max_seq_tokens, targets=[row["response"] for row in rows],
+                                             fmt=PromptFormat.of(cfg.data))
     counts = {**counts, "original": len(train), "union": len(train) + len(extra), "kept_truncated": n_truncated}
     print0(f"rlft offline-st: {counts['correct']}/{counts['sampled']} samples correct, {counts['unique_correct']} "
            f"unique, {counts['kept']} kept for {counts['questions_with_kept']}/{counts['questions']} questions; "

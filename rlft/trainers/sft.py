@@ -7,7 +7,9 @@ An interrupted run started again with the same config continues from the last ch
 the same weights as an uninterrupted one (tested).
 
 As in ReFT (spec §1/§2): prompt tokens are masked out of the loss, the target is the CoT followed by
-`\\nTherefore, the answer is: X` and EOS; no BOS, no chat template. The loss is a token mean over the
+`\\nTherefore, the answer is: X` and EOS; no BOS, no chat template. With `data.prompt_format=chat` the prompt
+is the tokenizer's chat template and the target the assistant turn, labelled through the template's end of
+turn (`rlft/tasks/chat.py`). The loss is a token mean over the
 whole minibatch (normalised by the minibatch's label-token count, so micro-batching does not change it).
 The early-epoch checkpoints of this run are ReFT's warm-up models.
 
@@ -33,6 +35,7 @@ from rlft.learner.torch_learner import TorchLearner
 from rlft.models.card import write_model_card
 from rlft.models.policy import PolicyModel
 from rlft.rollout.factory import hf_engine
+from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, truncate_targets
 from rlft.utils import checkpoint
 from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
@@ -63,7 +66,8 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     model, tokenizer, model_path, adapter = prepare_model(cfg, train)
-    examples, n_truncated = encode_examples(tokenizer, train, cfg.data.style, cfg.sft.max_seq_tokens)
+    examples, n_truncated = encode_examples(tokenizer, train, cfg.data.style, cfg.sft.max_seq_tokens,
+                                             fmt=PromptFormat.of(cfg.data))
     examples += extra_examples or []  # offline self-training: SFT on the union (spec §12)
     brep = cfg.adapter.brep
     if cfg.adapter.kind == "brep" and brep.train_prefix_tokens is not None:
