@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable
 
 from rlft.tasks.base import Record
-from rlft.tasks.errors import DataError, json_syntax_error, located, read_text, text_field
+from rlft.tasks.errors import DataError, jsonl_rows, located, read_text, text_field
 from rlft.tasks.gsm8k import parse_gsm8k_answer
 
 ROLES = ("system", "user", "assistant")
@@ -157,13 +157,7 @@ def load_conversational_jsonl(path: str | os.PathLike, split_name: str = "train"
         DataError: as `record_from_row`, or invalid JSON, or an empty file, with ``path:line:``.
     """
     records: list[Record] = []
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise json_syntax_error(path, e, line=line_no) from e
+    for line_no, row in jsonl_rows(path):
         if not is_conversational(row):
             raise located(path, "not a conversational row: expected a 'messages' or 'prompt' field "
                                 "(the first row of the file is conversational)", line_no)

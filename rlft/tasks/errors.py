@@ -58,6 +58,18 @@ def json_syntax_error(path: str | os.PathLike, e: json.JSONDecodeError, line: in
     return DataError(f"{path}:{line}:{e.colno}: invalid JSON: {e.msg}")
 
 
+def jsonl_rows(path: str | os.PathLike):
+    """(line number, parsed row) for every non-blank line of a JSONL file; invalid JSON is a DataError with
+    ``path:line:``."""
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise json_syntax_error(path, e, line=line_no) from e
+
+
 def text_field(
     row: object,
     name: str,

@@ -10,12 +10,11 @@ The ReFT release's own GSM8K files (``item_id`` / ``answer_value``) are read by 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
 from rlft.tasks.base import Record
-from rlft.tasks.errors import json_syntax_error, located, read_text, text_field
+from rlft.tasks.errors import jsonl_rows, located, text_field
 
 _CALC = re.compile(r"<<.*?>>")  # calculator annotations; never nested in GSM8K
 _FINAL = re.compile(r"^####[ \t]*(.*?)[ \t]*$", re.M)
@@ -58,13 +57,7 @@ def load_gsm8k_jsonl(path: str | os.PathLike, split_name: str = "train") -> list
             without a ``####`` line (all with ``path:line:``), or a file with no records.
     """
     records: list[Record] = []
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise json_syntax_error(path, e, line=line_no) from e
+    for line_no, row in jsonl_rows(path):
         question = text_field(row, "question", path, line_no)
         solution = text_field(row, "answer", path, line_no)
         try:

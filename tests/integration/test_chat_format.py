@@ -88,16 +88,24 @@ MICRO = ["data.n_train=8", "data.n_test=4", "data.difficulty=0", "sft.epochs=1",
          "log.every_steps=1", "data.prompt_format=chat"]
 
 
-def test_one_sft_step_masks_the_template_tokens(tmp_path, warm_model, monkeypatch):
+def _chat_model(tmp_path, warm_model):
+    """A copy of the tiny warm model whose tokenizer carries TINY_TEMPLATE; (folder, tokenizer)."""
     from transformers import AutoTokenizer
-
-    import rlft.trainers.sft as sft
 
     model = tmp_path / "chat-model"
     shutil.copytree(warm_model, model)
     tokenizer = AutoTokenizer.from_pretrained(model)
     tokenizer.chat_template = TINY_TEMPLATE
     tokenizer.save_pretrained(model)
+    return model, tokenizer
+
+
+def test_one_sft_step_masks_the_template_tokens(tmp_path, warm_model, monkeypatch):
+    from transformers import AutoTokenizer
+
+    import rlft.trainers.sft as sft
+
+    model, tokenizer = _chat_model(tmp_path, warm_model)
 
     seen = []
 
@@ -145,15 +153,10 @@ def reward(prompts, completions, completion_ids, solution, **kwargs):  # a TRL r
 
 
 def test_grpo_samples_chat_prompts_and_scores_them_with_a_trl_reward(tmp_path, warm_model, monkeypatch):
-    from transformers import AutoTokenizer
 
     import rlft.trainers.ppo as ppo
 
-    model = tmp_path / "chat-model"
-    shutil.copytree(warm_model, model)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    tokenizer.chat_template = TINY_TEMPLATE
-    tokenizer.save_pretrained(model)
+    model, tokenizer = _chat_model(tmp_path, warm_model)
     (tmp_path / "spy.py").write_text(RL_SPY)
     encoded = []
     real_encode = ppo.encode_prompts
