@@ -238,6 +238,10 @@ class PPOConfig:
     loss_agg: Literal["auto", "seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "auto"
     """Loss aggregation; auto: the algorithm's (ReFT/GRPO: seq-mean-token-mean; DAPO: token-mean;
     Dr. GRPO: seq-mean-token-sum-norm)."""
+    value_head_init: Literal["small", "reference"] = "small"
+    """ReFT's linear value head at the start: `small` (normal, std 1/(hidden+1): values start near 0) or
+    `reference` (torch's Linear default, U(+-1/sqrt(hidden)), as trl's ValueHead in the ReFT code: ~9x larger
+    at hidden 256). The separate critic's head starts the same way."""
     value_warmup_iterations: int = 0
     """Deviation from ReFT: first N iterations train only the value head (policy frozen), so a random
     critic does not steer the first policy updates (spec §16)."""

@@ -77,13 +77,15 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, a
     and the reference, each from the same warm-up, and the HF engine."""
     run = plan(cfg)
     learner = TorchLearner(PolicyModel(lm, value_head=run.value_head, head_dropout=cfg.carft.head_dropout,
-                                       adapter=adapter, init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing),
+                                       adapter=adapter, init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
+                                       value_head_init=cfg.ppo.value_head_init),
                            **rl_learner_options(cfg, total_steps))
     base_path = adapter.base_path or model_path  # the HF folder under an adapter checkpoint
     critic = None
     if cfg.ppo.critic == "separate":  # spec §5's ablation: a second learner with a value head, not a new role
         critic = TorchLearner(PolicyModel(load_policy(base_path, dtype=cfg.model.dtype)[0], value_head="linear",
-                                          init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing),
+                                          init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
+                                          value_head_init=cfg.ppo.value_head_init),
                               **rl_learner_options(cfg, total_steps))
     reference = None
     if run.uses_reference:

@@ -119,7 +119,8 @@ class LearnerWorker(_Actor):
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         seed_everything(cfg.run.seed)
         model = PolicyModel(load_policy(self.model_path, dtype=cfg.model.dtype)[0], value_head=self.value_head,
-                            init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing)
+                            init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
+                            value_head_init=cfg.ppo.value_head_init)
         common = rl_learner_options(cfg, self.total_steps)
         if cfg.cluster.learner == "deepspeed":
             from rlft.learner.deepspeed_learner import DeepSpeedLearner, load_deepspeed_config

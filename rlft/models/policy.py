@@ -35,6 +35,7 @@ any) a folder holds.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -115,7 +116,8 @@ class PolicyModel(torch.nn.Module):
     `adapter`: attached to `lm` already (`rlft.adapters.attach_adapter`); None means full finetuning."""
 
     def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
-                 init_seed: int = 0, adapter: PolicyAdapter | None = None, prefix_sharing: bool = True):
+                 init_seed: int = 0, adapter: PolicyAdapter | None = None, prefix_sharing: bool = True,
+                 value_head_init: str = "small"):
         super().__init__()
         self.lm = lm
         self.prefix_sharing = prefix_sharing  # config: ppo.prefix_sharing
@@ -141,11 +143,17 @@ class PolicyModel(torch.nn.Module):
         else:
             raise ValueError(f"unknown value head {value_head!r}")
         if value_head == "linear":
-            # Small init so the first value estimates are near 0 rather than dominating the first update.
             # Seeded on its own so every process (local loop, Ray learner ranks) builds the same head.
             generator = torch.Generator().manual_seed(init_seed)
-            torch.nn.init.normal_(self.value_head.weight, std=1.0 / (lm.config.hidden_size + 1), generator=generator)
-            torch.nn.init.zeros_(self.value_head.bias)
+            if value_head_init == "small":  # first value estimates near 0 rather than dominating the first update
+                torch.nn.init.normal_(self.value_head.weight, std=1.0 / (lm.config.hidden_size + 1), generator=generator)
+                torch.nn.init.zeros_(self.value_head.bias)
+            elif value_head_init == "reference":  # torch's Linear default, as trl's ValueHead in the ReFT code
+                bound = 1.0 / math.sqrt(lm.config.hidden_size)  # U(-1/sqrt(h), 1/sqrt(h)): std ~9x "small" at h=256
+                torch.nn.init.uniform_(self.value_head.weight, -bound, bound, generator=generator)
+                torch.nn.init.uniform_(self.value_head.bias, -bound, bound, generator=generator)
+            else:
+                raise ValueError(f"unknown value_head_init {value_head_init!r}")
             self.value_head.to(next(lm.parameters()).dtype)
 
     @property

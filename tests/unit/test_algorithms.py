@@ -125,3 +125,20 @@ def test_reft_compatible_reward_is_reachable_from_the_config():
         assert float(scores[0]) == expected, compat
     with pytest.raises(ConfigError, match="reft_compat applies to the built-in `math` reward only"):
         load_config(None, ["reward.reft_compat=true", "reward.fn=rewards:math_reward"])
+
+
+def test_value_head_init_reference_is_torch_linear_default_and_small_is_9x_smaller():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlft.models.policy import PolicyModel
+
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=256, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=4))
+    small = PolicyModel(lm, value_head="linear", init_seed=1).value_head
+    ref = PolicyModel(lm, value_head="linear", init_seed=1, value_head_init="reference").value_head
+    bound = 1 / 256 ** 0.5
+    assert float(ref.weight.abs().max()) <= bound and float(ref.weight.std()) == pytest.approx(bound / 3 ** 0.5, rel=0.15)
+    assert float(small.weight.std()) == pytest.approx(1 / 257, rel=0.15) and float(small.bias) == 0.0
+    assert 7 < float(ref.weight.std() / small.weight.std()) < 11  # the "~9x smaller" of issue 18
+    with pytest.raises(ValueError, match="unknown value_head_init"):
+        PolicyModel(lm, value_head="linear", value_head_init="xavier")
