@@ -154,11 +154,11 @@ def test_restart_policy_replaces_killed_engine_and_reward_worker(ray_cluster, wa
             os.kill(self.where[0]["pid"], signal.SIGKILL)
         return generate(self, prompt_ids, params)
 
-    def kill_reward_then_score(self, texts, records, truncated):
+    def kill_reward_then_score(self, texts, records, truncated, completion_ids=None):
         calls["score"] += 1
         if calls["score"] == 1:
             os.kill(self.where[1]["pid"], signal.SIGKILL)
-        return score(self, texts, records, truncated)
+        return score(self, texts, records, truncated, completion_ids)
 
     monkeypatch.setattr(ray_roles.RayRolloutGroup, "generate", kill_engine_then_generate)
     monkeypatch.setattr(ray_roles.RayRewardPool, "score", kill_reward_then_score)

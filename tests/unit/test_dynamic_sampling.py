@@ -32,7 +32,7 @@ class FakeEngine:
 class FakeReward:
     """Questions with an even id get scores (1, 0) in their group (signal); odd ids (0, 0) (none)."""
 
-    def score(self, texts, records, truncated):
+    def score(self, texts, records, truncated, completion_ids=None):
         scores = [float(int(r.id) % 2 == 0 and i % 2 == 0) for i, r in enumerate(records)]
         return torch.tensor(scores), {"reward/failed": 0.0}
 
