@@ -659,6 +659,9 @@ def _validate_algorithm(cfg: Config) -> None:
     if cfg.reward.completion_format == "messages" and cfg.reward.fn in ("math", "math_reft"):
         raise ConfigError(f"reward.completion_format=messages is for plug-ins; the built-in {cfg.reward.fn} reward "
                           "reads text (leave reward.completion_format=auto)")
+    if cfg.ppo.value_head_init != "small" and row.value_head != "linear":
+        raise ConfigError(f"ppo.value_head_init={cfg.ppo.value_head_init} sets ReFT's linear value head; algo={cfg.algo} "
+                          "has none (carft's head has its own init); remove it or use algo=reft")
     if cfg.reward.reft_compat and cfg.reward.fn != "math":
         raise ConfigError(f"reward.reft_compat applies to the built-in `math` reward only (reward.fn={cfg.reward.fn})")
     if not row.reference and cfg.kl.coef:

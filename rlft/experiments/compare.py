@@ -36,7 +36,7 @@ import time
 import traceback
 from pathlib import Path
 
-from rlft.config import ADAPTER_KINDS, Config, ConfigError, load_config, save_config, to_dict
+from rlft.config import ADAPTER_KINDS, CompareConfig, Config, ConfigError, load_config, save_config, to_dict
 from rlft.trainers.algorithms import ALGORITHMS
 from rlft.utils.logging import print0, read_metrics
 from rlft.utils.trackers import mlflow_uri, open_trackers
@@ -190,6 +190,10 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     save_config(base, root / "config.yaml")
     methods = [parse_method(m, base.algo) for m in base.compare.methods]
+    if not any(is_null(label) for label, _ in methods) and \
+            base.compare.null_reward_questions != CompareConfig().null_reward_questions:
+        raise ConfigError("compare.null_reward_questions sizes the null control's constant score, but "
+                          "compare.methods has no null control (`null` or `null-<algo>`)")
     # the comparison's own tracker runs: its config now, its results table and plots at the end
     trackers = open_trackers(load_config(config_path, [*cli_overrides, *tracking_overrides(base, root, None)]), root,
                              resume=True)

@@ -102,3 +102,8 @@ def test_each_rl_method_is_paired_with_the_null_control_of_its_settings():
     assert null_control_for(["algo=grpo", "rollout.samples_per_prompt=4"], nulls) == "null-grpo"  # same algorithm
     assert null_control_for(["algo=carft"], nulls) == "null"
     assert parse_method("null-lr1e-5: algo=reft ppo.lr=1e-5") == ("null-lr1e-5", ["algo=reft", "ppo.lr=1e-5"])
+
+
+def test_null_reward_questions_without_a_null_control_is_an_error(tmp_path, capsys):
+    assert main(["compare", f"run.dir={tmp_path}", "compare.methods=[reft]", "compare.null_reward_questions=5"]) == 2
+    assert "has no null control" in capsys.readouterr().err

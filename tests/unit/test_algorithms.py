@@ -142,3 +142,10 @@ def test_value_head_init_reference_is_torch_linear_default_and_small_is_9x_small
     assert 7 < float(ref.weight.std() / small.weight.std()) < 11  # the "~9x smaller" of issue 18
     with pytest.raises(ValueError, match="unknown value_head_init"):
         PolicyModel(lm, value_head="linear", value_head_init="xavier")
+
+
+def test_value_head_init_without_a_linear_head_is_an_error():
+    for algo in ("carft", "grpo"):
+        with pytest.raises(ConfigError, match="value_head_init=reference sets ReFT's linear value head"):
+            load_config(None, [f"algo={algo}", "rollout.samples_per_prompt=2", "ppo.value_head_init=reference"])
+    load_config(None, ["algo=reft", "ppo.critic=separate", "ppo.value_head_init=reference"])  # the critic's head
