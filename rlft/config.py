@@ -357,6 +357,10 @@ class CompareConfig:
     """`run.seed` of each repetition; every method runs once per seed."""
     warmup_epochs: int = 2
     """SFT epochs of the shared warm-up (ReFT takes an early checkpoint of a longer SFT schedule)."""
+    warmup_schedule_epochs: int | None = None
+    """The warm-up stops after `warmup_epochs` epochs of an SFT schedule this many epochs long, so RL starts
+    from an early checkpoint whose learning rate has not decayed (the ReFT paper's warm-up); None: the schedule
+    is `warmup_epochs` long and anneals to the end."""
     warmup_checkpoint: str | None = None
     """Use this existing warm-up (HF folder or rlft checkpoint) instead of running the warm-up SFT."""
     max_seconds: float | None = None
@@ -608,6 +612,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         )
     if not cfg.compare.seeds or not cfg.compare.methods:
         raise ConfigError("compare.seeds and compare.methods must not be empty")
+    schedule = cfg.compare.warmup_schedule_epochs
+    if schedule is not None and (cfg.compare.warmup_checkpoint or schedule < cfg.compare.warmup_epochs):
+        raise ConfigError(f"compare.warmup_schedule_epochs={schedule} needs a warm-up run here (no "
+                          f"compare.warmup_checkpoint) and at least compare.warmup_epochs={cfg.compare.warmup_epochs}")
     if cfg.cluster.backend == "ray":
         _validate_cluster(cfg)
     _validate_adapter(cfg.adapter)

@@ -4,7 +4,8 @@
     rlft compare configs/demo.yaml compare.seeds=[1,2,3]
 
 What it does, in `run.dir`:
-1. `warmup/`: one SFT run of `compare.warmup_epochs` epochs (seed `run.seed`); its last checkpoint is the
+1. `warmup/`: one SFT run of `compare.warmup_epochs` epochs (seed `run.seed`; with `compare.warmup_schedule_epochs`
+   the first epochs of a longer schedule, the paper's early checkpoint); its last checkpoint is the
    shared warm-up: the initial policy of every method and the frozen reference of the RL methods.
 2. `runs/<method>/seed<k>/`: each method from that warm-up, once per seed, under the same budget:
    `compare.max_seconds` of training wall time (evaluation excluded) and at most `ppo.iterations`
@@ -209,10 +210,15 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
     else:
         warm_dir = root / "warmup"
         # the warm-up trains every weight: adapter methods start from it and use it as their reference
-        warm_cfg = load_config(config_path, [*cli_overrides, f"run.dir={warm_dir}", f"sft.epochs={base.compare.warmup_epochs}",
-                                             "adapter.kind=full", *tracking_overrides(base, root, "warmup")])
-        print0(f"rlft compare: warm-up SFT ({base.compare.warmup_epochs} epochs) in {warm_dir}")
-        warm = run_sft(warm_cfg)
+        schedule = base.compare.warmup_schedule_epochs or base.compare.warmup_epochs
+        warm_cfg = load_config(config_path, [*cli_overrides, f"run.dir={warm_dir}", f"sft.epochs={schedule}",
+                                             # an early stop is a checkpoint only when every epoch saves one
+                                             *(["sft.save_every_epoch=true"] if schedule != base.compare.warmup_epochs else []),
+                                             "adapter.kind=full",
+                                             *tracking_overrides(base, root, "warmup")])
+        of = f" of a {schedule}-epoch schedule" if schedule != base.compare.warmup_epochs else ""
+        print0(f"rlft compare: warm-up SFT ({base.compare.warmup_epochs} epochs{of}) in {warm_dir}")
+        warm = run_sft(warm_cfg, stop_after_epoch=base.compare.warmup_epochs)
         warmup_ckpt = Path(warm["final_checkpoint"])
 
     # the warm-up's held-out accuracy (every gain is measured from it) and, for null controls, its mean
@@ -378,7 +384,8 @@ def results_markdown(results: dict, cfg: Config) -> str:
         "",
         f"Seeds {seeds}; budget: {budget}, at most {cfg.ppo.iterations} RL iterations / {cfg.sft.epochs} SFT epochs. "
         + (f"Warm-up: {cfg.compare.warmup_checkpoint}. " if cfg.compare.warmup_checkpoint else
-           f"Warm-up: {cfg.compare.warmup_epochs} SFT epochs. ") +
+           f"Warm-up: {cfg.compare.warmup_epochs} SFT epochs"
+           + (f" of a {cfg.compare.warmup_schedule_epochs}-epoch schedule. " if cfg.compare.warmup_schedule_epochs else ". ")) +
         f"Warm-up accuracy {(results['warmup'].get('accuracy') or 0) * 100:.1f}%" +
         (f", mean training reward {results['warmup']['train_reward']:.3f} (the null controls' constant score). "
          if "train_reward" in results["warmup"] else ". ") +

@@ -103,7 +103,8 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["step"] if latest else None,
                           trackers=open_trackers(cfg, run_dir, resume=latest is not None))
 
-    for epoch in range(state["epoch"], cfg.sft.epochs):
+    last_epoch = cfg.sft.epochs if stop_after_epoch is None else min(cfg.sft.epochs, stop_after_epoch)
+    for epoch in range(state["epoch"], last_epoch):  # a resumed stopped run has nothing left to do
         adapter.set_progress(epoch, cfg.sft.epochs)  # HEFT's stage
         order = epoch_order(len(examples), cfg.run.seed, epoch)
         bar = progress(steps_per_epoch, desc=f"sft epoch {epoch + 1}/{cfg.sft.epochs}", enabled=cfg.log.progress,

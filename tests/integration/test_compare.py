@@ -107,3 +107,23 @@ def test_each_rl_method_is_paired_with_the_null_control_of_its_settings():
 def test_null_reward_questions_without_a_null_control_is_an_error(tmp_path, capsys):
     assert main(["compare", f"run.dir={tmp_path}", "compare.methods=[reft]", "compare.null_reward_questions=5"]) == 2
     assert "has no null control" in capsys.readouterr().err
+
+
+def test_warmup_can_stop_early_in_a_longer_schedule(tmp_path, capsys):
+    """compare.warmup_schedule_epochs: the warm-up is epoch 1 of a 3-epoch schedule (lr not yet decayed), and a
+    re-run resumes it without training another epoch."""
+    micro = [*MICRO[:-1], "compare.methods=[reft]", "compare.seeds=[1]", "compare.warmup_schedule_epochs=3",
+             "ppo.iterations=1"]
+    assert main(["compare", f"run.dir={tmp_path}", *micro]) == 0
+    assert "warm-up SFT (1 epochs of a 3-epoch schedule)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "warmup" / "summary.json").read_text())
+    assert summary["epochs_done"] == 1 and [h["epoch"] for h in summary["history"]] == [1]
+    lr = [json.loads(x).get("train/lr") for x in (tmp_path / "warmup" / "metrics.jsonl").read_text().splitlines()]
+    assert [x for x in lr if x is not None][-1] > 0  # stopped mid-schedule: the decay had not reached 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["warmup"]["checkpoint"].endswith(summary["history"][0]["checkpoint"].rsplit("/", 1)[-1])
+    main(["compare", f"run.dir={tmp_path}", *micro])
+    assert json.loads((tmp_path / "warmup" / "summary.json").read_text())["epochs_done"] == 1
+    with pytest.raises(ConfigError, match="warmup_schedule_epochs"):
+        from rlft.config import load_config
+        load_config(None, ["compare.warmup_epochs=2", "compare.warmup_schedule_epochs=1"])
