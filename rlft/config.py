@@ -92,6 +92,10 @@ class DataConfig:
     """Built-in task: difficulty knob (larger numbers, more steps)."""
     seed: int = 0
     """Built-in task: generator seed; independent of `run.seed`, so every method and seed sees the same problems."""
+    cot_orders: Literal["one", "varied"] = "one"
+    """Built-in task: `one` annotates every question in the problem's own order; `varied` annotates each training
+    question in one valid reasoning order drawn per question (independent steps swapped, operands of + and *
+    swapped), so SFT sees one of several CoTs that sampling can find, the ReFT paper's premise."""
     limit_train: int | None = None
     """Use only the first N training records (None: all)."""
     limit_test: int | None = None

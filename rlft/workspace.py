@@ -29,7 +29,7 @@ def load_split(cfg: Config, split: str) -> list[Record]:
     return tasks.load_records(
         source, split, style=d.style, n_train=d.n_train, n_test=d.n_test, seed=d.seed,
         difficulty=d.difficulty, hf_kwargs={"config": d.hf_config} if d.hf_config else None,
-        limit=d.limit_train if is_train else d.limit_test,
+        limit=d.limit_train if is_train else d.limit_test, cot_orders=d.cot_orders,
     )
 
 

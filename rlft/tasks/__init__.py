@@ -37,6 +37,7 @@ def load_records(
     n_test: int = 200,
     hf_kwargs: dict | None = None,
     limit: int | None = None,
+    cot_orders: str = "one",
 ) -> list[Record]:
     """Load one split of a dataset.
 
@@ -52,6 +53,7 @@ def load_records(
         n_train: arithmetic only: the train size. Train and test are disjoint for one
             (seed, difficulty, n_test); the test split does not depend on n_train.
         n_test: arithmetic only: the test size.
+        cot_orders: arithmetic only: ``one`` or ``varied`` (`rlft.tasks.arithmetic.make_splits`).
         hf_kwargs: Hugging Face only: keyword arguments of `rlft.tasks.hf.load_hf_dataset`
             (``config``, ``question_field``, ``answer_field``, ``cot_field``, ``answer_format``,
             ``dataset``, ``data_files``).
@@ -73,7 +75,7 @@ def load_records(
             n_train, n_test = (n, n_test) if split == "train" else (n_train, n)
         # The test split never depends on n_train, so generate no train problems when asked for test.
         n_train = n_train if split == "train" else 0
-        train, test = arithmetic.make_splits(n_train, n_test, seed=seed, difficulty=difficulty)
+        train, test = arithmetic.make_splits(n_train, n_test, seed=seed, difficulty=difficulty, cot_orders=cot_orders)
         records = train if split == "train" else test
     elif source.startswith("hf:"):
         records = load_hf_dataset(source[3:], split, **(hf_kwargs or {}))

@@ -65,6 +65,7 @@ class _Problem:
         self.code: list[str] = []
         self.values: dict[str, int] = {}
         self.last = ""
+        self.steps: list[tuple[str, str | int, str, str | int, str]] = []  # (var, left, op, right, sentence)
 
     def say(self, sentence: str) -> None:
         self.sentences.append(sentence)
@@ -87,6 +88,7 @@ class _Problem:
             raise _Reject
         self.values[var] = c
         self.last = var
+        self.steps.append((var, left, op, right, sentence))
         self.code.append(f"{var} = {left} {_PYOP[op]} {right}")
         self.cot.append(sentence.replace("#", f"{a} {op} {b} = {c}"))
         return c
@@ -341,6 +343,45 @@ def _draw(rng: random.Random, difficulty: int) -> _Problem:
     raise RuntimeError("arithmetic generator: 1000 bad draws in a row (a template bug)")
 
 
+def reasoning_orders(problem: _Problem) -> list[tuple[list[int], tuple[bool, ...]]]:
+    """Every valid way to write the solution: an order of the steps in which each step comes after the
+    steps it uses (independent steps, e.g. Monday's and Tuesday's output, in either order), and for each
+    step whether a commutative operation (+, *) writes its operands swapped. The last step stays last."""
+    deps = [{j for j, (v, *_) in enumerate(problem.steps) if v in (left, right)}
+            for _, left, _, right, _ in problem.steps]
+    orders: list[list[int]] = []
+
+    def extend(order: list[int]) -> None:
+        if len(order) == len(deps):
+            orders.append(order)
+        for i in range(len(deps)):
+            if i not in order and deps[i] <= set(order) and (i == len(deps) - 1) == (len(order) == len(deps) - 1):
+                extend([*order, i])
+
+    extend([])
+    commutative = [op in "+*" for _, _, op, _, _ in problem.steps]
+    swaps = [()]
+    for can in commutative:
+        swaps = [(*s, b) for s in swaps for b in ((False, True) if can else (False,))]
+    return [(order, swap) for order in orders for swap in swaps]
+
+
+def _vary(problem: _Problem, rng: random.Random) -> None:
+    """Rewrite the N-CoT and the program in one valid reasoning order drawn from `rng` (`reasoning_orders`);
+    the question and the answer are unchanged. The program states every given first."""
+    order, swap = rng.choice(reasoning_orders(problem))
+    stated = [line for line in problem.code if " = " in line and line.split(" = ", 1)[1].isdigit()]
+    cot, code = [], list(stated)
+    for i in order:
+        var, left, op, right, sentence = problem.steps[i]
+        if swap[i]:
+            left, right = right, left
+        a, b = (problem.values[x] if isinstance(x, str) else x for x in (left, right))
+        cot.append(sentence.replace("#", f"{a} {op} {b} = {problem.values[var]}"))
+        code.append(f"{var} = {left} {_PYOP[op]} {right}")
+    problem.cot, problem.code = cot, code
+
+
 def _record(problem: _Problem, record_id: str) -> Record:
     question = " ".join(problem.sentences)
     body = "".join(f"    {line}\n" for line in problem.code)
@@ -361,9 +402,11 @@ def normalize_question(question: str) -> str:
 
 
 def _unique(
-    rng: random.Random, n: int, difficulty: int, prefix: str, exclude: frozenset[str] = frozenset()
+    rng: random.Random, n: int, difficulty: int, prefix: str, exclude: frozenset[str] = frozenset(),
+    vary: random.Random | None = None,
 ) -> list[Record]:
-    """The first `n` problems of the stream whose normalized question is new (and not in `exclude`)."""
+    """The first `n` problems of the stream whose normalized question is new (and not in `exclude`); with
+    `vary`, each annotated in a reasoning order drawn from that second stream (`_vary`)."""
     if difficulty < 0:
         raise ValueError(f"difficulty must be >= 0, got {difficulty}")
     seen, records = set(exclude), []
@@ -374,6 +417,8 @@ def _unique(
         key = normalize_question(" ".join(problem.sentences))
         if key not in seen:
             seen.add(key)
+            if vary is not None:
+                _vary(problem, vary)
             records.append(_record(problem, f"{prefix}_{len(records)}"))
     if len(records) < n:
         raise ValueError(f"could only generate {len(records)} distinct problems out of {n}")
@@ -395,7 +440,8 @@ def generate(n: int, *, seed: int, difficulty: int = 1) -> list[Record]:
     return _unique(random.Random(f"arithmetic/{seed}/{difficulty}"), n, difficulty, "arithmetic")
 
 
-def make_splits(n_train: int, n_test: int, *, seed: int = 0, difficulty: int = 1) -> tuple[list[Record], list[Record]]:
+def make_splits(n_train: int, n_test: int, *, seed: int = 0, difficulty: int = 1,
+                cot_orders: str = "one") -> tuple[list[Record], list[Record]]:
     """A train and a test split that never share a problem (by normalized question text).
 
     The test split is drawn from its own stream, so it does not change with ``n_train``; train
@@ -406,12 +452,19 @@ def make_splits(n_train: int, n_test: int, *, seed: int = 0, difficulty: int = 1
         n_test: test size; ids ``arithmetic_test_{i}``.
         seed: the random seed.
         difficulty: as in `generate`.
+        cot_orders: ``one``: every annotation solves in the problem's own order; ``varied``: each training
+            question's annotation is one valid reasoning order drawn per question (`reasoning_orders`), so the
+            one annotated CoT is one of several a sampler can find (the ReFT paper's premise). The problems,
+            answers and the test split are the same either way.
 
     Returns:
         (train, test).
     """
+    if cot_orders not in ("one", "varied"):
+        raise ValueError(f"cot_orders must be 'one' or 'varied', got {cot_orders!r}")
     test = _unique(random.Random(f"arithmetic-test/{seed}/{difficulty}"), n_test, difficulty, "arithmetic_test")
     held_out = frozenset(normalize_question(r.question) for r in test)
     rng = random.Random(f"arithmetic-train/{seed}/{difficulty}")
-    train = _unique(rng, n_train, difficulty, "arithmetic_train", exclude=held_out)
+    vary = random.Random(f"arithmetic-orders/{seed}/{difficulty}") if cot_orders == "varied" else None
+    train = _unique(rng, n_train, difficulty, "arithmetic_train", exclude=held_out, vary=vary)
     return train, test

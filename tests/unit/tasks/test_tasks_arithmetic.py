@@ -119,3 +119,41 @@ def test_size_and_variety(by_difficulty):
     stories = ["buys", "shares", "per hour", "km per hour", "saves", "sells", "times as many", "pages", "friends share"]
     assert all(s in questions for s in stories)
     assert len({r.answer for r in by_difficulty[1]}) > 100
+
+
+@pytest.mark.parametrize("difficulty", [0, 2])
+def test_varied_reasoning_orders_keep_problems_and_answers(difficulty):
+    """data.cot_orders=varied: the same questions and answers, each annotated in a valid order (every step's
+    operands are known when it runs; the last step is the answer), and the orders really vary."""
+    one, test_one = arithmetic.make_splits(200, 20, seed=3, difficulty=difficulty)
+    varied, test_varied = arithmetic.make_splits(200, 20, seed=3, difficulty=difficulty, cot_orders="varied")
+    assert test_varied == test_one
+    assert [(r.id, r.question, r.answer) for r in varied] == [(r.id, r.question, r.answer) for r in one]
+    changed = 0
+    for r, r1 in zip(varied, one):
+        known = {int(x) for x in re.findall(r"\d+", r.question)}
+        lines = r.cot.split("\n")
+        for line in lines:
+            ((a, op, b, c),) = EQUATION.findall(line)
+            assert OPS[op](int(a), int(b)) == int(c) and {int(a), int(b)} <= known | {2}, (line, r.question)
+            known.add(int(c))
+        assert EQUATION.findall(lines[-1])[0][3] == r.answer
+        namespace = {}
+        exec(compile(r.program, r.id, "exec"), namespace)
+        assert str(namespace["solution"]()) == r.answer
+        assert len(lines) == len(r1.cot.split("\n"))
+        changed += r.cot != r1.cot
+    assert 40 < changed < 200  # a draw per question, not a fixed permutation
+
+
+def test_reasoning_orders_count_independent_steps():
+    problem = arithmetic._Problem()
+    problem.given("per_hour", 5), problem.given("hours", 2), problem.given("hours_tuesday", 3)
+    problem.step("monday", "per_hour", "*", "hours", "#")
+    problem.step("tuesday", "per_hour", "*", "hours_tuesday", "#")
+    problem.step("made", "monday", "+", "tuesday", "#")
+    orders = arithmetic.reasoning_orders(problem)
+    assert sorted({tuple(o) for o, _ in orders}) == [(0, 1, 2), (1, 0, 2)]
+    assert len(orders) == 2 * 8  # two orders x three commutative steps, each operand order
+    with pytest.raises(ValueError, match="cot_orders"):
+        arithmetic.make_splits(2, 2, cot_orders="shuffled")
