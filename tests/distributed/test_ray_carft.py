@@ -174,3 +174,22 @@ def test_offline_self_training_samples_on_ray_engines(ray_cluster, warm_model, s
     for key in ("sampled", "correct", "unique_correct", "kept", "union"):
         assert remote["offline_st"][key] == local["offline_st"][key], key
     assert remote["epochs_done"] == 1
+
+
+def test_compare_on_ray_runs_carft_and_both_self_training_methods(ray_cluster, tmp_path, capsys):
+    from rlft.cli import main
+
+    code = main(["compare", f"run.dir={tmp_path}", "data.difficulty=0", "data.n_train=16", "data.n_test=4",
+                 "model.tiny.hidden_size=128", "model.tiny.num_layers=2", "model.tiny.intermediate_size=256",
+                 "model.tiny.vocab_size=320", "sft.sequences_per_step=8", "sft.micro_batch_size_per_device=4",
+                 "sft.epochs=1", "eval.max_new_tokens=8", "rollout.prompts_per_step=4", "rollout.max_new_tokens=8",
+                 "ppo.iterations=1", "ppo.micro_batch_size_per_device=2", "offline_st.samples_per_question=2",
+                 "log.progress=false", "log.tensorboard=false", "compare.warmup_epochs=1", "compare.seeds=[1]",
+                 "compare.methods=[carft, online_st, offline_st]", *RAY])
+    assert code == 0, capsys.readouterr().err
+    methods = json.loads((tmp_path / "results.json").read_text())["methods"]
+    for label in ("carft", "online_st", "offline_st"):
+        run = methods[label]["runs"]["1"]
+        assert "error" not in run and run["final_accuracy"] is not None, (label, run.get("error"))
+        saved = (tmp_path / "runs" / label / "seed1" / "config.yaml").read_text()
+        assert "backend: ray" in saved and "learner_ranks: 2" in saved

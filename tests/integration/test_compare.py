@@ -107,3 +107,13 @@ def test_each_rl_method_is_paired_with_the_null_control_of_its_settings():
 def test_null_reward_questions_without_a_null_control_is_an_error(tmp_path, capsys):
     assert main(["compare", f"run.dir={tmp_path}", "compare.methods=[reft]", "compare.null_reward_questions=5"]) == 2
     assert "has no null control" in capsys.readouterr().err
+
+
+def test_offline_self_training_runs_as_a_compare_method(tmp_path, capsys):
+    """`offline_st` is an algo without an RL loop: compare runs it as sampling + SFT (`run_offline_st`)."""
+    code = main(["compare", f"run.dir={tmp_path}", *MICRO[:-2], "compare.seeds=[1]", "compare.methods=[offline_st]",
+                 "offline_st.samples_per_question=2"])
+    assert code == 0, capsys.readouterr().err
+    run = json.loads((tmp_path / "results.json").read_text())["methods"]["offline_st"]["runs"]["1"]
+    assert "error" not in run and run["history"] and run["final_accuracy"] is not None
+    assert (tmp_path / "runs" / "offline_st" / "seed1" / "offline_st_samples.jsonl").exists()
