@@ -8,9 +8,13 @@ the loop in `rlft/trainers/ppo.py` is unchanged and never calls `ray.get`:
 - `RayLearnerGroup`  `cluster.learner_ranks` data-parallel ranks forming one torch.distributed group
                      (gloo on CPU, NCCL on GPU), each a `DeepSpeedLearner` (or one `TorchLearner`). A
                      minibatch is split evenly across ranks; metrics are summed (the loss contract makes
-                     per-rank shares add up), the gradient norm comes from rank 0.
+                     per-rank shares add up), the gradient norm comes from rank 0. SFT-style micro-batches
+                     (online self-training) are dealt whole (`deal_micro_batches`). CARFT's anchor pass
+                     runs on the ranks too (`pooled_embeddings`: only pooled embeddings travel back).
 - `RayReference`     the frozen warm-up model in an actor of its own.
 - `RayRewardPool`    `cluster.reward_workers` CPU actors, each with the configured reward function.
+
+`build_ray_sampler` starts only engines and reward workers (offline self-training's sampling).
 
 Placement (`cluster.placement`): learner ranks, engines and the reference live in one placement group;
 `colocated` puts learner rank i and engine i (and the reference with rank 0) in bundle i, sharing its GPU;
