@@ -147,10 +147,10 @@ def test_anchor_pass_runs_on_the_learner_ranks_not_in_the_driver(ray_cluster, wa
 
 def test_online_self_training_on_two_ranks_matches_one_process(ray_cluster, warm_model, stub, tmp_path):
     # micro-batches of 2: 4 gold examples and 2 correct samples make 3 SFT micro-batches, dealt 2 + 1 to the
-    # ranks; rank 1 also runs a padding copy whose loss counts zero
+    # ranks; rank 1 also runs a padding copy whose loss counts zero (ZeRO-3: every pass gathers parameters)
     common = ["algo=online_st", f"reward.fn={stub}:alternate", "ppo.micro_batch_size_per_device=2"]
     _run(tmp_path / "local", warm_model, *common)
-    _run(tmp_path / "ray", warm_model, *common, *RAY)
+    _run(tmp_path / "ray", warm_model, *common, *RAY, "cluster.deepspeed_config=configs/deepspeed/zero3.json")
     local, remote = _metrics(tmp_path / "local"), _metrics(tmp_path / "ray")
     assert local[0]["online_st/n_correct"] == pytest.approx(2)
     for key in ("online_st/gold_loss", "online_st/correct_loss", "online_st/n_correct", "train/grad_norm"):
