@@ -21,7 +21,7 @@ Deviation: the LCS runs on token ids of prompt + annotated target vs prompt + re
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -30,9 +30,9 @@ from rlft.config import Config
 from rlft.learner.base import Learner
 from rlft.models.policy import PolicyOutput
 from rlft.tasks.base import Record
-from rlft.types import TrainBatch
 from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples
+from rlft.types import TrainBatch
 
 
 def _anchor_batch(tokenizer, records: list[Record], cfg: Config) -> dict[str, torch.Tensor]:
