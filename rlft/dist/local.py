@@ -12,6 +12,8 @@ provides the same objects as proxies over Ray actor groups.
              with any other adapter, the policy itself with its adapter switched off (`AdapterReference`):
              no second copy of the model.
 - reward:    `RewardRole`, the configured reward function behind a timeout that counts failures.
+
+`Sampler` is the sampling-only subset (rollout + reward) that offline self-training uses.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from rlft.models.policy import PolicyModel
 from rlft.reward.base import Reward
 from rlft.reward.role import RewardRole
 from rlft.rollout.base import RolloutEngine
-from rlft.rollout.factory import make_engine
+from rlft.rollout.factory import hf_engine, make_engine
 from rlft.trainers.algorithms import plan
 
 
@@ -61,6 +63,31 @@ class Roles:
         self.rollout.close()
         if self.on_close is not None:
             self.on_close()
+
+
+@dataclass
+class Sampler:
+    """The roles of a sampling-only job (offline self-training): engine(s) and reward, in this process or on Ray."""
+
+    rollout: RolloutEngine  # HFRolloutEngine on the driver's module, or a Ray group of engines
+    reward: Reward  # RewardRole, or a Ray pool of them
+    on_close: Callable[[], None] | None = None  # stops remote workers
+
+    def close(self) -> None:
+        self.rollout.close()
+        if self.on_close is not None:
+            self.on_close()
+
+
+def build_sampler(cfg: Config, lm, tokenizer, model_path, adapter) -> Sampler:
+    """`cluster.backend=local`: rlft's HF sampling loop on `lm` (whatever `rollout.engine` says: self-training
+    samples the module it will train); `ray`: `cluster.rollout_workers` engines (`rollout.engine`: HF or vLLM)
+    and `cluster.reward_workers` actors, the driver holding no model."""
+    if cfg.cluster.backend == "ray":
+        from rlft.dist.ray_roles import build_ray_sampler
+
+        return build_ray_sampler(cfg, tokenizer, model_path)
+    return Sampler(rollout=hf_engine(cfg, lm, tokenizer, adapter), reward=RewardRole(cfg))
 
 
 def build_roles(cfg: Config, lm, tokenizer, model_path, adapter, *, total_steps: int) -> Roles:

@@ -8,9 +8,13 @@ the loop in `rlft/trainers/ppo.py` is unchanged and never calls `ray.get`:
 - `RayLearnerGroup`  `cluster.learner_ranks` data-parallel ranks forming one torch.distributed group
                      (gloo on CPU, NCCL on GPU), each a `DeepSpeedLearner` (or one `TorchLearner`). A
                      minibatch is split evenly across ranks; metrics are summed (the loss contract makes
-                     per-rank shares add up), the gradient norm comes from rank 0.
+                     per-rank shares add up), the gradient norm comes from rank 0. SFT-style micro-batches
+                     (online self-training) are dealt whole (`deal_micro_batches`). CARFT's anchor pass
+                     runs on the ranks too (`pooled_embeddings`: only pooled embeddings travel back).
 - `RayReference`     the frozen warm-up model in an actor of its own.
 - `RayRewardPool`    `cluster.reward_workers` CPU actors, each with the configured reward function.
+
+`build_ray_sampler` starts only engines and reward workers (offline self-training's sampling).
 
 Placement (`cluster.placement`): learner ranks, engines and the reference live in one placement group;
 `colocated` puts learner rank i and engine i (and the reference with rank 0) in bundle i, sharing its GPU;
@@ -119,8 +123,8 @@ class LearnerWorker(_Actor):
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         seed_everything(cfg.run.seed)
         model = PolicyModel(load_policy(self.model_path, dtype=cfg.model.dtype)[0], value_head=self.value_head,
-                            init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
-                            value_head_init=cfg.ppo.value_head_init)
+                            head_dropout=cfg.carft.head_dropout, init_seed=cfg.run.seed,
+                            prefix_sharing=cfg.ppo.prefix_sharing, value_head_init=cfg.ppo.value_head_init)
         common = rl_learner_options(cfg, self.total_steps)
         if cfg.cluster.learner == "deepspeed":
             from rlft.learner.deepspeed_learner import DeepSpeedLearner, load_deepspeed_config
@@ -164,6 +168,11 @@ class LearnerWorker(_Actor):
 
     def load(self, path: str) -> None:
         self.learner.load(path)
+
+    # -- CARFT's anchor pass: this rank's rows, pooled here (only (b, D) embeddings travel back) --------
+
+    def pooled_embeddings(self, batch, pool_fn, micro_batch_size: int) -> dict:
+        return {k: v.cpu() for k, v in self.learner.pooled_embeddings(batch, pool_fn, micro_batch_size).items()}
 
 
 class ReferenceWorker(_Actor):
@@ -280,8 +289,20 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
+def deal_micro_batches(micro_batches: list[dict], ranks: int) -> list[list[dict]]:
+    """Whole micro-batches to `ranks` in turn. Every rank must run as many passes (ZeRO's collectives), so a
+    rank left short gets copies of the smallest micro-batch marked `is_padding` (its learner zeroes their loss
+    and drops their metrics). The loss is normalised by minibatch-global counts, so the sum over ranks is the
+    same as in one process."""
+    shards = [micro_batches[r::ranks] for r in range(ranks)]
+    smallest = min(micro_batches, key=lambda mb: mb["input_ids"].numel())
+    padding = {**smallest, "is_padding": torch.tensor(True)}
+    return [shard + [padding] * (len(shards[0]) - len(shard)) for shard in shards]
+
+
 class RayRolloutGroup(_Group):
-    def __init__(self, actors: list, pad_id: int, weight_sync: str, learners: "RayLearnerGroup", factory=None):
+    def __init__(self, actors: list, pad_id: int, weight_sync: str, learners: "RayLearnerGroup | None", factory=None):
+        """`learners`: the group whose rank 0 sends weights (None for a sampler that never syncs)."""
         super().__init__("rollout engine", actors, factory)
         self.pad_id = pad_id
         self.weight_sync = weight_sync
@@ -343,7 +364,11 @@ class RayLearnerGroup(_Group):
                 for r in range(len(self.actors))]
 
     def train_step(self, micro_batches: list[dict], loss_fn) -> dict[str, float]:
-        """Re-splits the minibatch: rank r gets rows [r*n/R, (r+1)*n/R) in micro-batches of the same size."""
+        """Re-splits the minibatch: rank r gets rows [r*n/R, (r+1)*n/R) in micro-batches of the same size.
+        SFT-style micro-batches (`labels`: online self-training) differ in width: they are dealt whole."""
+        if "labels" in micro_batches[0]:
+            shards = deal_micro_batches(micro_batches, len(self.actors))
+            return combine_ranks(self._get([a.train_step.remote(mbs, loss_fn) for a, mbs in zip(self.actors, shards)]))
         rows = sum(mb["response_ids"].shape[0] for mb in micro_batches)
         ranks = len(self.actors)
         if rows % ranks:
@@ -358,19 +383,31 @@ class RayLearnerGroup(_Group):
             refs.append(actor.train_step.remote(mbs, loss_fn))
         return combine_ranks(self._get(refs))
 
-    def logprobs_and_values(self, batch: dict, micro_batch_size: int):
+    def _padded_shards(self, batch: dict, micro_batch_size: int) -> list[dict]:
         """Rows split evenly; the batch is padded (by repeating its last row) to a multiple of ranks x
         micro-batch so every rank runs the same number of forwards (ZeRO-3 gathers are collectives)."""
-        n, ranks = batch["response_ids"].shape[0], len(self.actors)
+        n, ranks = next(iter(batch.values())).shape[0], len(self.actors)
         unit = ranks * micro_batch_size
         padded = -(-n // unit) * unit
         full = {k: torch.cat([v, v[-1:].expand(padded - n, *v.shape[1:])]) if padded > n else v
                 for k, v in batch.items()}
+        return self._shards(full, padded // ranks)
+
+    def logprobs_and_values(self, batch: dict, micro_batch_size: int):
+        n = batch["response_ids"].shape[0]
         results = self._get([a.logprobs_and_values.remote(shard, micro_batch_size)
-                             for a, shard in zip(self.actors, self._shards(full, padded // ranks))])
+                             for a, shard in zip(self.actors, self._padded_shards(batch, micro_batch_size))])
         logprobs = torch.cat([r[0] for r in results])[:n]
         values = None if results[0][1] is None else torch.cat([r[1] for r in results])[:n]
         return logprobs, values
+
+    def pooled_embeddings(self, batch: dict, pool_fn, micro_batch_size: int) -> dict[str, torch.Tensor]:
+        """CARFT's anchor pass on the learner ranks (their own, ZeRO-sharded modules), rows split as in
+        `logprobs_and_values`; each rank pools its rows and sends back only those."""
+        n = batch["input_ids"].shape[0]
+        results = self._get([a.pooled_embeddings.remote(shard, pool_fn, micro_batch_size)
+                             for a, shard in zip(self.actors, self._padded_shards(batch, micro_batch_size))])
+        return {k: torch.cat([r[k] for r in results])[:n] for k in results[0]}
 
     def set_value_only(self, flag: bool) -> None:
         self._get([a.set_value_only.remote(flag) for a in self.actors])
@@ -476,12 +513,8 @@ def check_resources(cfg: Config, bundles: list[dict]) -> None:
             f"{c.cpus_per_worker:g} CPU / {c.gpus_per_worker:g} GPU each; lower cluster.* or add nodes")
 
 
-def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
-    """Start every actor (checking the cluster first) and return `Roles` whose members are groups."""
-    from rlft.dist.local import Roles
-
-    owns_ray = connect(cfg)
-    bundles, assignment = plan_bundles(cfg)
+def open_placement_group(cfg: Config, bundles: list[dict]):
+    """Check the cluster's resources, then reserve `bundles` (or fail after `cluster.startup_timeout`)."""
     check_resources(cfg, bundles)
     pg = placement_group(bundles, strategy="PACK")
     try:
@@ -490,13 +523,29 @@ def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
         remove_placement_group(pg)
         raise ClusterTooSmallError(f"the placement group {bundles} was not scheduled within "
                                    f"cluster.startup_timeout={cfg.cluster.startup_timeout:g}s") from None
-    c, cfg_dict, path = cfg.cluster, to_dict(cfg), str(model_path)
+    return pg
+
+
+def placer(cfg: Config, pg):
+    """place(cls, bundle, gpus) -> an actor class bound to that bundle of `pg`."""
 
     def place(cls, bundle: int, gpus: float):
         return ray.remote(cls).options(
-            num_cpus=c.cpus_per_worker, num_gpus=gpus, max_restarts=0, max_concurrency=1,
+            num_cpus=cfg.cluster.cpus_per_worker, num_gpus=gpus, max_restarts=0, max_concurrency=1,
             scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=bundle))
 
+    return place
+
+
+def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
+    """Start every actor (checking the cluster first) and return `Roles` whose members are groups."""
+    from rlft.dist.local import Roles
+
+    owns_ray = connect(cfg)
+    bundles, assignment = plan_bundles(cfg)
+    pg = open_placement_group(cfg, bundles)
+    c, cfg_dict, path = cfg.cluster, to_dict(cfg), str(model_path)
+    place = placer(cfg, pg)
     run = plan(cfg)
     backend = "nccl" if c.gpus_per_worker > 0 else "gloo"
     learners = RayLearnerGroup(
@@ -531,3 +580,41 @@ def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
             ray.shutdown()
 
     return Roles(rollout=rollout, policy=learners, reference=reference, reward=reward, on_close=close)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling only (offline self-training): rollout engines and reward workers, no learners
+
+
+def build_ray_sampler(cfg: Config, tokenizer, model_path):
+    """`cluster.rollout_workers` engines (one bundle each: `cpus_per_worker` CPUs, `gpus_per_worker` GPUs) and
+    `cluster.reward_workers` reward actors, as a `Sampler`; its `close` frees them (and the private Ray)."""
+    from rlft.dist.local import Sampler
+
+    owns_ray = connect(cfg)
+    c, cfg_dict, path = cfg.cluster, to_dict(cfg), str(model_path)
+    bundles = [{"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.gpus_per_worker > 0 else {})}
+               for _ in range(c.rollout_workers)]
+    pg = open_placement_group(cfg, bundles)
+    place = placer(cfg, pg)
+    restart = c.on_worker_failure == "restart"
+
+    def new_engine(i: int, restart_count: int = 0):  # seeded as in build_ray_roles
+        return place(RolloutWorker, i, c.gpus_per_worker).remote(cfg_dict, path, cfg.run.seed * 1000 + i + 7919 * restart_count)
+
+    def new_reward_worker(i: int, restart_count: int = 0):
+        return ray.remote(RewardWorker).options(num_cpus=c.cpus_per_worker, max_restarts=0).remote(cfg_dict)
+
+    rollout = RayRolloutGroup([new_engine(i) for i in range(c.rollout_workers)], pad_id=tokenizer.pad_token_id,
+                              weight_sync="object_store", learners=None, factory=new_engine if restart else None)
+    reward = RayRewardPool([new_reward_worker(i) for i in range(c.reward_workers)],
+                           factory=new_reward_worker if restart else None)
+
+    def close() -> None:
+        for actor in rollout.actors + reward.actors:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(pg)
+        if owns_ray:
+            ray.shutdown()
+
+    return Sampler(rollout=rollout, reward=reward, on_close=close)

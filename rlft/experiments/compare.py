@@ -20,7 +20,8 @@ What it does, in `run.dir`:
 Finished runs are skipped on re-run (the command resumes); a method that fails is reported with its
 error in the results and the other methods still run.
 
-Methods are strings: `sft`, an algo name (`reft`, `carft`, `grpo`, ...), either with `+<adapter kind>`
+Methods are strings: `sft`, an algo name (`reft`, `carft`, `grpo`, ..., `offline_st`: sampling from the warm-up,
+then SFT on the union), either with `+<adapter kind>`
 for a policy adapter (`sft+lora`, `reft+loreft`, `reft+brep`: `adapter.kind=...`, trained on top of the
 shared full-finetuned warm-up), or `label: key=value ...` with per-method overrides (e.g.
 `"grpo4: algo=grpo rollout.samples_per_prompt=4 kl.placement=loss kl.estimator=k3"`,
@@ -161,10 +162,11 @@ def check_same_run(run_dir: Path, cfg: Config) -> None:
 
 def _run_one(sft: bool, cfg: Config) -> dict:
     from rlft.trainers.ppo import run_ppo
+    from rlft.trainers.selftrain import run_offline_st
     from rlft.trainers.sft import run_sft
 
-    if sft:
-        summary = run_sft(cfg)
+    if sft or ALGORITHMS[cfg.algo].loop == "offline_st":  # offline self-training ends in an SFT run
+        summary = run_sft(cfg) if sft else run_offline_st(cfg)
         history = [{"step": h["epoch"], "accuracy": h.get("accuracy"), "train_seconds": h["train_seconds"],
                     "samples": h["epoch"] * summary.get("n_train", 0)} for h in summary["history"]]
     else:

@@ -14,6 +14,10 @@ minibatch value (a minibatch mean times the micro-batch's share of it), so learn
 micro-batches (`add_shares`) and a data-parallel group sums them over ranks (`combine_ranks`). A
 learner's own step metrics (`STEP_METRICS`: gradient norm, lr, skipped step) are the same on every rank
 and taken once.
+
+Collectives belong to the learner: a loss that needs rows of the other data-parallel ranks (CARFT's
+in-batch negatives, `specs/carft.md` §4) calls the all-gather the learner hands it with the RL output
+(`ResponseOutput.gather_ranks`; None on one rank), so the loss itself stays free of torch.distributed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class DivergedError(RuntimeError):
 MicroBatch = dict[str, torch.Tensor]
 # loss_fn(model_output, micro_batch) -> (scalar loss, {metric name: detached scalar tensor})
 LossFn = Callable[[object, MicroBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+# pool_fn(model_output, micro_batch) -> {name: (b, ...) tensor}, reduced on the learner (CARFT's pooled embeddings)
+PoolFn = Callable[[object, MicroBatch], dict[str, torch.Tensor]]
 
 
 # Metrics of a learner's optimizer step: equal on every rank, never summed.
@@ -59,6 +65,12 @@ class Learner(Protocol):
 
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced response log-probs (B, T) and values (B, T) or None, in eval mode, no grad."""
+        ...
+
+    def pooled_embeddings(self, batch: MicroBatch, pool_fn: PoolFn, micro_batch_size: int) -> dict[str, torch.Tensor]:
+        """No-grad, eval-mode forwards of `batch` (`input_ids`, `attention_mask`, plus `prompt_mask` or `prompt_len`)
+        in micro-batches, each output reduced at once by `pool_fn` (whole `PolicyOutput`: logits, values,
+        embeddings); the rows (B, ...) of each name, concatenated in batch order. CARFT's anchor pass."""
         ...
 
     def set_value_only(self, flag: bool) -> None:

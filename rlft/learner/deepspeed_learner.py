@@ -11,6 +11,10 @@ fills in what it owns (batch sizes, AdamW + its hyperparameters, clipping, the l
 works for every run. `"torch_adam": true` uses torch's AdamW (no compiled op, the same maths as
 `TorchLearner`).
 
+Losses that contrast rows across ranks (CARFT's in-batch negatives) get `gather_other_ranks` with the RL
+output (`ResponseOutput.gather_ranks`). SFT-style micro-batches (online self-training) are dealt whole to
+the ranks; a rank left one short runs a copy marked `is_padding`, whose loss counts zero.
+
 Non-finite losses: ZeRO-1/2 skip a step whose gradients overflow, ZeRO-3 in fp32 does not. So the ranks
 agree (one all-reduce per micro-batch) whether any loss was non-finite; if so the remaining micro-batches
 back-propagate zero, and the optimizer step runs with lr 0: weights unchanged, logged as
@@ -29,8 +33,8 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from rlft.learner.base import LossFn, MicroBatch, add_shares
-from rlft.learner.torch_learner import lr_lambda, response_logprobs_and_values, rl_forward
+from rlft.learner.base import LossFn, MicroBatch, PoolFn, add_shares
+from rlft.learner.torch_learner import lr_lambda, pooled_forward, response_logprobs_and_values, rl_forward, sft_forward
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -72,6 +76,19 @@ def collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def gather_other_ranks(rows: torch.Tensor) -> torch.Tensor:
+    """The other ranks' `rows`: (n, ...) on every rank -> ((world - 1) * n, ...) in rank order, detached.
+
+    A collective (every rank calls it, with the same shape: the Ray learner group gives every rank micro-batches
+    of the same sizes). `torch.distributed.all_gather` carries no gradient, as in the CARFT reference, whose
+    in-batch negatives from other GPUs come from it (`specs/carft.md` §4)."""
+    local = rows.detach().to(collective_device()).contiguous()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    rank = dist.get_rank()
+    return torch.cat(parts[:rank] + parts[rank + 1:]).to(rows.device)
+
+
 class DeepSpeedLearner:
     """One rank; `torch.distributed` must already be initialised (the Ray learner group does it)."""
 
@@ -111,14 +128,30 @@ class DeepSpeedLearner:
         self.engine.eval()
         return response_logprobs_and_values(self.engine, batch, micro_batch_size)
 
+    @torch.no_grad()
+    def pooled_embeddings(self, batch: MicroBatch, pool_fn: PoolFn, micro_batch_size: int) -> dict[str, torch.Tensor]:
+        """This rank's rows; every rank must run as many micro-batches (ZeRO-3 gathers per module call)."""
+        self.engine.eval()
+        return pooled_forward(self.engine, batch, pool_fn, micro_batch_size)
+
+    def _forward(self, mb: MicroBatch):
+        """An SFT micro-batch (`labels`, online self-training): the labelled positions' logits. An RL one: the
+        response-aligned output, with this group's all-gather for losses that contrast rows across ranks."""
+        if "labels" in mb:
+            return sft_forward(self.engine, mb)
+        output = rl_forward(self.engine, mb, None)
+        return output._replace(gather_ranks=gather_other_ranks) if self.world_size > 1 else output
+
     def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
         """This rank's share of one minibatch; every rank must pass the same number of micro-batches."""
         self.engine.train(self.train_mode)
         totals: dict[str, float] = {}
         bad = False
         for mb in micro_batches:
-            output = rl_forward(self.engine, mb, None)
+            output = self._forward(mb)
             loss, metrics = loss_fn(output, mb)
+            if "is_padding" in mb:  # a copy that only keeps this rank's passes in step with the others' (ZeRO's
+                loss, metrics = loss * 0.0, {}  # collectives): no gradient, no metrics (`deal_micro_batches`)
             bad = any_rank(bad or not bool(torch.isfinite(loss.detach())))  # all ranks agree before backward
             if bad:  # keep the collectives of ZeRO's backward in step across ranks, with zero gradient
                 loss = output.logits.float().sum() * 0.0 + (0.0 if output.values is None else output.values.sum() * 0.0)

@@ -19,7 +19,7 @@ import torch
 from rlft.adapters.positions import PositionMeta, positions_for_batch
 from rlft.algos import ppo
 from rlft.algos.sft import labelled_positions
-from rlft.learner.base import LossFn, MicroBatch, add_shares
+from rlft.learner.base import LossFn, MicroBatch, PoolFn, add_shares
 from rlft.models.policy import ResponseOutput, response_output
 
 
@@ -62,8 +62,7 @@ class TorchLearner:
         values aligned to the response tokens); for an SFT batch (`labels`) logits (N, V) of the N positions
         that score a label (`sft_loss` takes either shape); for any other batch the whole `PolicyOutput`."""
         if "labels" in micro_batch:
-            return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch),
-                              logits_mask=labelled_positions(micro_batch["labels"]))
+            return sft_forward(self.model, micro_batch)
         if "response_ids" in micro_batch:
             return rl_forward(self.model, micro_batch, positions_for_batch(micro_batch))
         return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch))
@@ -73,6 +72,12 @@ class TorchLearner:
         """Teacher-forced log-probs (B, T) of the response tokens and values (B, T), in eval mode."""
         self.model.eval()
         return response_logprobs_and_values(self.model, batch, micro_batch_size)
+
+    @torch.no_grad()
+    def pooled_embeddings(self, batch: MicroBatch, pool_fn: PoolFn, micro_batch_size: int) -> dict[str, torch.Tensor]:
+        """Eval-mode forwards of `batch` in micro-batches, each reduced by `pool_fn` (`pooled_forward`)."""
+        self.model.eval()
+        return pooled_forward(self.model, batch, pool_fn, micro_batch_size)
 
     def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
         self.model.train(self.train_mode)
@@ -138,6 +143,26 @@ def fused_adamw_supported(groups: list[dict]) -> bool:
     """
     params = [p for g in groups for p in g["params"]]
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+
+
+def sft_forward(model, batch: MicroBatch):
+    """Forward an SFT batch (`labels`): logits (N, V) of the N positions that score a label only."""
+    return model(batch["input_ids"], batch["attention_mask"], positions_for_batch(batch),
+                 logits_mask=labelled_positions(batch["labels"]))
+
+
+def pooled_forward(model, batch: MicroBatch, pool_fn: PoolFn, micro_batch_size: int) -> dict[str, torch.Tensor]:
+    """Forward `batch` (`input_ids`, `attention_mask` and the layout `positions_for_batch` reads) in chunks of
+    `micro_batch_size` on the model's device, reduce each whole output with `pool_fn(output, chunk)` at once
+    (only the pooled rows are kept: (b, D) instead of (b, S, D)) and concatenate each name's rows."""
+    device = next(model.parameters()).device
+    pooled: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, batch["input_ids"].shape[0], micro_batch_size):
+        mb = {k: v[start:start + micro_batch_size].to(device) for k, v in batch.items()}
+        output = model(mb["input_ids"], mb["attention_mask"], positions_for_batch(mb))
+        for name, rows in pool_fn(output, mb).items():
+            pooled.setdefault(name, []).append(rows)
+    return {name: torch.cat(rows) for name, rows in pooled.items()}
 
 
 def rl_forward_sizes(batch: MicroBatch) -> tuple[int, int]:

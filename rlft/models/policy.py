@@ -317,6 +317,9 @@ class ResponseOutput(NamedTuple):
     logits: torch.Tensor  # (b, T, V): position t scores response token t
     values: torch.Tensor | None  # (b, T): the value of the state before response token t; None without a head
     sequence: PolicyOutput  # the whole output (CARFT pools embeddings over sequence positions)
+    # The learner's all-gather over its data-parallel ranks: (n, ...) here -> ((world - 1) * n, ...), the
+    # other ranks' rows in rank order, without gradient; None on one rank (CARFT's negatives from every rank).
+    gather_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def response_output(output: PolicyOutput, prompt_len: int, response_len: int) -> ResponseOutput:

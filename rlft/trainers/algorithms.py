@@ -112,14 +112,16 @@ class Algorithm:
     overlong_shaping: bool = False
     """DAPO: soft punishment of responses that run into the last `dapo.overlong_cache_tokens` of the budget."""
     ray: bool = True
-    """Runs with cluster.backend=ray (else local only: its extra phases need the policy module in the driver)."""
+    """Runs with cluster.backend=ray (else local only: an extra phase that needs the policy module in the driver).
+    Every row runs on Ray today: CARFT's anchor pass runs on the learner ranks, self-training's CE steps go
+    through the learner group."""
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("reft", "ReFT: PPO with a value head on the policy and the KL in the reward (Luong et al. 2024)",
               advantage=gae_advantages, value_head="linear", separate_critic=True),
     Algorithm("carft", "CARFT: ReFT plus a contrastive loss against the annotated CoT (specs/carft.md)",
-              advantage=gae_advantages, value_head="carft", anchor_phase=True, ray=False),
+              advantage=gae_advantages, value_head="carft", anchor_phase=True),
     Algorithm("grpo", "GRPO: group-normalised outcome advantage (Shao et al. 2024)",
               advantage=group_estimator(adv_algos.grpo), group=True),
     Algorithm("rloo", "RLOO: leave-one-out group baseline (Ahmadian et al. 2024)",
@@ -138,7 +140,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("online_st", "online self-training: CE on the correct samples and the gold CoTs (spec §12)",
               loop="online_st", reference=False),
     Algorithm("offline_st", "offline self-training: sample the warm-up once, then SFT on gold + correct samples",
-              loop="offline_st", reference=False, ray=False),
+              loop="offline_st", reference=False),
 ]}
 
 

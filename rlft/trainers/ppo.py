@@ -134,7 +134,7 @@ def make_loss_fn(cfg: Config, run: Plan, *, num_seqs: int, kl_coef: float, part:
                                           clip_eps=cfg.ppo.clip_eps, clip_eps_high=run.clip_eps_high, **agg)
             shares["policy/loss"] = loss.detach()
             if run.algorithm.anchor_phase:
-                cl_loss, cl_metrics = carft.loss_term(cfg, output.sequence, mb)
+                cl_loss, cl_metrics = carft.loss_term(cfg, output.sequence, mb, output.gather_ranks)
                 loss = loss + share * cl_loss  # L_cl is a per-micro-batch mean: average it over micro-batches
                 means.update(cl_metrics)
             if run.kl_in_loss:
@@ -392,9 +392,9 @@ def evaluate_batch(loop: Loop, batch: TrainBatch, owners: list[Record], m: dict)
         batch.old_values = values
         if roles.reference is not None:
             batch.ref_logprobs = roles.reference.logprobs(sequences, micro)
-    if loop.plan.algorithm.anchor_phase:  # on the in-process learner's module: CARFT is local-only for now
+    if loop.plan.algorithm.anchor_phase:  # forwards on the learner (on Ray: its ranks), pooled there
         with timed(m, "anchor"):
-            m.update(carft.anchor_phase(cfg, roles.policy.model, loop.tokenizer, owners, batch))
+            m.update(carft.anchor_phase(cfg, roles.policy, loop.tokenizer, owners, batch))
 
 
 def log_iteration(loop: Loop, it: int, rollout: RolloutBatch, raw_scores: torch.Tensor, scores: torch.Tensor,

@@ -9,7 +9,8 @@
 
   1. sample `offline_st.samples_per_question` responses per training question from the warm-up at
      `model.path` (HF engine, `rollout.temperature` / `top_p` / `top_k` / `max_new_tokens`, seeded by
-     `run.seed`), score them with `reward.fn`;
+     `run.seed`), score them with `reward.fn`; with `cluster.backend=ray` on `cluster.rollout_workers`
+     engines and `cluster.reward_workers` reward actors (each engine seeded from `run.seed`, as in RL);
   2. keep those scoring >= 1, drop duplicate texts, subsample at most `offline_st.max_unique_per_question`
      per question; written to `run.dir/offline_st_samples.jsonl` (id, question, response) and
      `run.dir/offline_st_summary.json` (counts and the sampling settings);
@@ -34,9 +35,9 @@ import torch
 
 from rlft.algos import sft as sft_algo
 from rlft.config import Config
-from rlft.reward.role import RewardRole, completion_ids
+from rlft.dist.local import Sampler, build_sampler
+from rlft.reward.role import completion_ids
 from rlft.rollout.base import SamplingParams
-from rlft.rollout.factory import hf_engine
 from rlft.tasks.base import Record
 from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, encode_prompts
@@ -90,8 +91,9 @@ def online_st_micro_batches(batch: TrainBatch, records: list[Record], tokenizer,
     return micro, loss_fn
 
 
-def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter=None) -> tuple[list[dict], dict]:
+def sample_correct(cfg: Config, sampler: Sampler, tokenizer, records: list[Record]) -> tuple[list[dict], dict]:
     """Offline-ST steps 1-2: sample every question, keep distinct correct responses, cap per question.
+    `sampler`: the engine(s) and reward, in this process or on Ray (`rlft.dist.local.build_sampler`).
 
     Returns:
         rows: `{"id", "question", "response"}` per kept sample, grouped by question in `records` order.
@@ -100,8 +102,7 @@ def sample_correct(cfg: Config, model, tokenizer, records: list[Record], adapter
     """
     start = time.perf_counter()
     o, r = cfg.offline_st, cfg.rollout
-    engine = hf_engine(cfg, model, tokenizer, adapter)
-    reward = RewardRole(cfg)
+    engine, reward = sampler.rollout, sampler.reward
     prompts = encode_prompts(tokenizer, records, cfg.data.style, cfg.data.max_prompt_tokens, fmt=PromptFormat.of(cfg.data))
     params = SamplingParams(n=o.samples_per_question, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_new_tokens=r.max_new_tokens)
@@ -150,7 +151,8 @@ def run_offline_st(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     train = load_split(cfg, "train")
     samples_path, summary_path = run_dir / SAMPLES_FILE, run_dir / SUMMARY_FILE
     settings = {key: functools.reduce(getattr, key.split("."), cfg) for key in SAMPLING_KEYS}
-    model, tokenizer, model_path, adapter = prepare_model(cfg, train)
+    # On Ray the engines load the warm-up themselves: the driver needs only the tokenizer.
+    model, tokenizer, model_path, adapter = prepare_model(cfg, train, with_model=cfg.cluster.backend == "local")
     # The summary file is written last, so its presence means the samples file is complete.
     if cfg.run.resume and summary_path.exists():
         saved = json.loads(summary_path.read_text())
@@ -164,7 +166,11 @@ def run_offline_st(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     else:
         print0(f"rlft offline-st: sampling {cfg.offline_st.samples_per_question} responses x {len(train)} "
                f"questions from {model_path}")
-        rows, counts = sample_correct(cfg, model, tokenizer, train, adapter)
+        sampler = build_sampler(cfg, model, tokenizer, model_path, adapter)
+        try:
+            rows, counts = sample_correct(cfg, sampler, tokenizer, train)
+        finally:
+            sampler.close()  # Ray: the engines' GPUs are free before SFT starts
         _write_atomic(samples_path, "".join(json.dumps(row) + "\n" for row in rows))
         _write_atomic(summary_path, json.dumps({"counts": counts, "settings": settings}, indent=2))
     del model, adapter  # run_sft loads the warm-up afresh as its initial policy

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks of the vLLM rollout engine (issue 7): one prepared script, about 4 minutes on one H200
-# (each step has its own time limit; the sum of the limits is 8 minutes).
+# (each step has its own time limit; the sum of the limits is 12 minutes).
 #
 #   bash tests/gpu/run_gpu_checks.sh          # a CUDA GPU, a CUDA torch and vllm (README "vLLM rollouts")
 #   PY=/opt/venv/bin/python bash tests/gpu/run_gpu_checks.sh
@@ -11,6 +11,7 @@
 # 2. sync       a learner process sends a changed model's tensors to an engine process, which calls
 #               load_weights: NCCL broadcast with 2+ GPUs, CUDA IPC with one (NCCL refuses two ranks on one GPU)
 # 3. ppo        `rlft sft` (one short epoch) then `rlft train rollout.engine=vllm` for 3 iterations
+# (before them, without vllm: carft-ray, CARFT with cluster.backend=ray on DeepSpeed ranks, `carft_ray_check.py`)
 # First, on CUDA: the HF engine's lean decoding step against the HF forward (pytest, fp32 and bf16).
 # Then a table (throughput, sync time, log-prob parity, pass/fail). No GPU or no vllm: says so, exits 0.
 # Exit status 1 if a check failed or a step hit its time limit.
@@ -43,6 +44,26 @@ if [ "$DEVICE" = cuda ]; then  # the HF engine's lean decoding step on the GPU (
   rc=$?; echo "   exit $rc (log: $DIR/lean-step.log)"; tail -n 3 "$DIR/lean-step.log" | sed 's/^/   | /'
   [ $rc -eq 0 ] || status=1
 fi
+# ---- CARFT on Ray (issue 19): DeepSpeed ranks (one per GPU, at most 2; NCCL) run the anchor pass and the
+# contrastive loss with all-gathered negatives, against the in-process loop. Needs ray + deepspeed, not vllm,
+# so it runs before the vllm check; on GPU_CHECKS_DEVICE=cpu it is 2 gloo ranks (about 3 minutes on 2 cores).
+if "$PY" -c "import ray, deepspeed" 2>/dev/null; then
+  echo "== carft-ray (limit $((240 * SCALE))s)"
+  start=$SECONDS
+  timeout --kill-after=10 $((240 * SCALE)) "$PY" tests/gpu/carft_ray_check.py --device "$DEVICE" --out "$RESULTS" \
+    --work "$DIR/work" >"$DIR/carft-ray.log" 2>&1
+  rc=$?; echo "   exit $rc after $((SECONDS - start))s (log: $DIR/carft-ray.log)"
+  grep '"check": "carft-ray"' "$DIR/carft-ray.log" | sed 's/^/   | /'
+  if [ $rc -ne 0 ]; then
+    status=1; tail -n 15 "$DIR/carft-ray.log" | sed 's/^/   | /'
+    printf '{"check": "carft-ray", "model": "-", "metric": "exit status (124: time limit)", "value": %d, "limit": "0", "ok": false}\n' \
+      "$rc" >>"$RESULTS"
+  fi
+else
+  echo "run_gpu_checks: carft-ray SKIP: ray or deepspeed is not importable by $PY (pip install -e '.[ray,deepspeed]')"
+fi
+# ---- end of CARFT on Ray
+
 if ! "$PY" -c "import vllm" 2>/dev/null; then
   echo "run_gpu_checks: SKIP: vllm is not importable by $PY (pip install -e '.[vllm]')"; exit $status
 fi

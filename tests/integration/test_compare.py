@@ -127,3 +127,13 @@ def test_warmup_can_stop_early_in_a_longer_schedule(tmp_path, capsys):
     with pytest.raises(ConfigError, match="warmup_schedule_epochs"):
         from rlft.config import load_config
         load_config(None, ["compare.warmup_epochs=2", "compare.warmup_schedule_epochs=1"])
+
+
+def test_offline_self_training_runs_as_a_compare_method(tmp_path, capsys):
+    """`offline_st` is an algo without an RL loop: compare runs it as sampling + SFT (`run_offline_st`)."""
+    code = main(["compare", f"run.dir={tmp_path}", *MICRO[:-2], "compare.seeds=[1]", "compare.methods=[offline_st]",
+                 "offline_st.samples_per_question=2"])
+    assert code == 0, capsys.readouterr().err
+    run = json.loads((tmp_path / "results.json").read_text())["methods"]["offline_st"]["runs"]["1"]
+    assert "error" not in run and run["history"] and run["final_accuracy"] is not None
+    assert (tmp_path / "runs" / "offline_st" / "seed1" / "offline_st_samples.jsonl").exists()

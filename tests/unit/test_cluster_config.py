@@ -14,7 +14,6 @@ RAY = ["cluster.backend=ray"]
 @pytest.mark.parametrize("overrides, message", [
     (["cluster.learner=torch", "cluster.learner_ranks=2"], "cluster.learner=torch runs one rank"),
     (["cluster.placement=colocated", "cluster.learner_ranks=2", "cluster.rollout_workers=3"], "cluster.rollout_workers=2"),
-    (["algo=carft"], "algo=carft runs with cluster.backend=local only"),
     (["ppo.critic=separate"], "ppo.critic=shared"),
     (["adapter.kind=loreft"], "adapter.kind=loreft runs with cluster.backend=local only"),
     (["rollout.engine=vllm", "cluster.weight_sync=broadcast"], "with rollout.engine=vllm use"),
