@@ -22,12 +22,12 @@ RSS (`VmHWM` of that process, `ceilings.peak_rss_mib`) is per run and no run inh
   it the run is skipped with a note. Its settings and how they differ from rlft-reft are listed below.
 
 What is shared (the settings live in `benchmarks/peers.py`, which `peer_parity.py` uses too): one model folder
-built once, offline (`rlft.models.tiny.build_tiny_model` on the built-in
-arithmetic task's text, difficulty 0, random init; or SmolLM2-135M with `--model-size smollm2`), loaded in
-float32 by both sides (policy and a frozen reference copy each); the same training questions
-(`peers.records("train", n_train=P * steps, n_test=4)`: the built-in task at difficulty 0 as rlft's `data.*`
-loads it, where the training questions depend on the held-out count too; prompt text from
-`rlft.tasks.prompts.prompt_text`, so each run sees every question once, in its own shuffled order); G
+built once, offline (`rlft.models.tiny.build_tiny_model` on the built-in arithmetic task's text, difficulty 0,
+random init; or SmolLM2-135M with `--model-size smollm2`), loaded in float32 by both sides (policy and a frozen
+reference copy each); the same training questions (`peers.records("train", n_train=P * steps, n_test=4)`: the
+built-in task at difficulty 0 as rlft's `data.*` loads it, where the training questions depend on the held-out
+count too; prompt text from `rlft.tasks.prompts.prompt_text`, so each run sees every question once, in its own
+shuffled order); G
 samples per question at temperature 1.0, top-p 1, top-k off, at most `--max-new-tokens` new tokens, stopping
 at EOS; the same reward (`rewards.math_reward`, partial reward 0.1, wrapped for TRL's
 `fn(prompts, completions, **columns)` signature with the `answer` and `dataset` columns); KL to the reference
