@@ -27,9 +27,8 @@ random init; or SmolLM2-135M with `--model-size smollm2`), loaded in float32 by 
 reference copy each); the same training questions (`peers.records("train", n_train=P * steps, n_test=4)`: the
 built-in task at difficulty 0 as rlft's `data.*` loads it, where the training questions depend on the held-out
 count too; prompt text from `rlft.tasks.prompts.prompt_text`, so each run sees every question once, in its own
-shuffled order); G
-samples per question at temperature 1.0, top-p 1, top-k off, at most `--max-new-tokens` new tokens, stopping
-at EOS; the same reward (`rewards.math_reward`, partial reward 0.1, wrapped for TRL's
+shuffled order); G samples per question at temperature 1.0, top-p 1, top-k off, at most `--max-new-tokens` new
+tokens, stopping at EOS; the same reward (`rewards.math_reward`, partial reward 0.1, wrapped for TRL's
 `fn(prompts, completions, **columns)` signature with the `answer` and `dataset` columns); KL to the reference
 with beta 0.04 (k3 estimator in the loss for GRPO on both sides); PPO clip 0.2; one optimizer step (fused AdamW:
 rlft's `TorchLearner` and TRL's default `optim="adamw_torch_fused"`; lr 1e-5 constant, grad-norm clip 1.0, no weight decay) on the whole P*G batch per iteration, in ONE forward
