@@ -21,13 +21,14 @@ RSS (`VmHWM` of that process, `ceilings.peak_rss_mib`) is per run and no run inh
   `.venv-bench/bin/python`, made by `make bench-venv`: TRL 1.12.0, transformers 5.12.1, the same torch); without
   it the run is skipped with a note. Its settings and how they differ from rlft-reft are listed below.
 
-What is shared: one model folder built once, offline (`rlft.models.tiny.build_tiny_model` on the built-in
-arithmetic task's text, difficulty 0, random init; or SmolLM2-135M with `--model-size smollm2`), loaded in
-float32 by both sides (policy and a frozen reference copy each); the same training questions
-(`rlft.tasks.load_records("arithmetic", "train", n_train=P * steps, difficulty=0)`, prompt text from
-`rlft.tasks.prompts.prompt_text`, so each run sees every question once, in its own shuffled order); G
-samples per question at temperature 1.0, top-p 1, top-k off, at most `--max-new-tokens` new tokens, stopping
-at EOS; the same reward (`rewards.math_reward`, partial reward 0.1, wrapped for TRL's
+What is shared (the settings live in `benchmarks/peers.py`, which `peer_parity.py` uses too): one model folder
+built once, offline (`rlft.models.tiny.build_tiny_model` on the built-in arithmetic task's text, difficulty 0,
+random init; or SmolLM2-135M with `--model-size smollm2`), loaded in float32 by both sides (policy and a frozen
+reference copy each); the same training questions (`peers.records("train", n_train=P * steps, n_test=4)`: the
+built-in task at difficulty 0 as rlft's `data.*` loads it, where the training questions depend on the held-out
+count too; prompt text from `rlft.tasks.prompts.prompt_text`, so each run sees every question once, in its own
+shuffled order); G samples per question at temperature 1.0, top-p 1, top-k off, at most `--max-new-tokens` new
+tokens, stopping at EOS; the same reward (`rewards.math_reward`, partial reward 0.1, wrapped for TRL's
 `fn(prompts, completions, **columns)` signature with the `answer` and `dataset` columns); KL to the reference
 with beta 0.04 (k3 estimator in the loss for GRPO on both sides); PPO clip 0.2; one optimizer step (fused AdamW:
 rlft's `TorchLearner` and TRL's default `optim="adamw_torch_fused"`; lr 1e-5 constant, grad-norm clip 1.0, no weight decay) on the whole P*G batch per iteration, in ONE forward
@@ -62,7 +63,7 @@ trl-ppo (TRL 1.12's `PPOTrainer.train` is one method; its module-level helpers a
      iteration runs from one `on_step_end` to the next, the first from `on_train_begin`):
   rollout   `batch_generation`: `generate` of the P*G prompts in one call, left-padded, keeping the scores
             (TRL's old log-probs are the sampler's: no old-policy forward);
-  reward    `rewards.math_reward` only, inside the rule-reward wrapper (`rule_reward_model`: PPOTrainer takes a
+  reward    `rewards.math_reward` only, inside the rule-reward wrapper (`peers.rule_reward_model`: PPOTrainer takes a
             reward *model*, so a weightless nn.Module decodes the responses and calls the rule reward; its prompt
             lookup and `batch_decode` are in `other`);
   logprobs  the no-grad forwards: the reference's (`forward`) and the value model's (`get_reward`);
@@ -115,8 +116,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -131,54 +130,31 @@ from ceilings import (
     measure_ceilings,
     peak_rss_mib,
 )
+from peers import (
+    RUNS,
+    Setup,
+    build_model,
+    machine,
+    prompt_tokens_note,
+    records,
+    rlft_overrides,
+    trl_grpo_trainer,
+    trl_ppo_trainer,
+    versions,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RUNS = ("rlft-grpo", "trl-grpo", "rlft-reft", "trl-ppo")
-BETA = 0.04  # KL coefficient on both sides (TRL's `beta`; rlft's `kl.coef`)
-CLIP = 0.2
-PARTIAL_REWARD = 0.1
 PHASES = ("rollout", "logprobs", "reward", "train", "other")
-TOKENIZER_CORPUS = 2000  # questions the tiny model's tokenizer is trained on
+EVAL_N = 4  # held-out questions rlft evaluates after its last iteration (outside the timing)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Shared setup
-
-
-def training_records(n: int):
-    from rlft.tasks import load_records
-
-    return load_records("arithmetic", "train", n_train=n, difficulty=0, seed=0)
-
-
-def build_model(size: str, run_dir: Path, seed: int) -> Path:
-    """The one model folder both frameworks load (built once, in the parent process)."""
-    if size == "smollm2":
-        from rlft.models.smollm import convert_smollm2
-
-        return convert_smollm2()
-    from rlft.models.tiny import build_tiny_model
-    from rlft.workspace import tokenizer_corpus
-
-    out = run_dir / "tiny-model"
-    if not (out / "config.json").exists():
-        build_tiny_model(out, tokenizer_corpus(training_records(TOKENIZER_CORPUS), "nl"), seed=seed)
-    return out
-
-
-def no_checkpointing_kwargs(config_cls) -> dict:
-    """TRL's configs default to gradient checkpointing (an extra forward per step); transformers >= 5.24
-    renamed the flag, so turn it off under whichever name this TRL's config has."""
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    return {"activation_checkpointing": False} if "activation_checkpointing" in fields \
-        else {"gradient_checkpointing": False}
-
-
-def geometry(name: str, args) -> tuple[int, int]:
-    """(prompts per step, samples per prompt) of a run."""
-    return (args.prompts * args.group, 1) if name in ("rlft-reft", "trl-ppo") else (args.prompts, args.group)
+def setup_of(args, name: str) -> Setup:
+    """Run `name`'s settings: it sees every training question once (prompts per iteration x steps of them)."""
+    s = Setup(prompts=args.prompts, group=args.group, iterations=args.steps, n_train=0, n_test=EVAL_N,
+              max_new_tokens=args.max_new_tokens, lr=args.lr, seed=args.seed)
+    return dataclasses.replace(s, n_train=s.geometry(name)[0] * args.steps)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -190,26 +166,11 @@ def run_rlft(name: str, args, model_dir: Path, out_dir: Path) -> dict:
     from rlft.trainers.ppo import run_ppo
     from rlft.utils.logging import read_metrics
 
-    P, G = geometry(name, args)
-    algo = "grpo" if name == "rlft-grpo" else "reft"
-    never = 10**9
-    overrides = [
-        f"algo={algo}", f"run.dir={out_dir}", "run.resume=false", f"run.seed={args.seed}",
-        f"model.path={model_dir}", "model.dtype=float32",
-        "data.train=arithmetic", "data.test=arithmetic", "data.difficulty=0", "data.seed=0",
-        f"data.n_train={P * args.steps}", "data.n_test=4",
-        f"rollout.prompts_per_step={P}", f"rollout.samples_per_prompt={G}", "rollout.temperature=1.0",
-        "rollout.top_p=1.0", "rollout.top_k=0", f"rollout.max_new_tokens={args.max_new_tokens}",
-        f"rollout.batch_size={P}",  # one generate call for the whole batch, like TRL
-        f"ppo.iterations={args.steps}", "ppo.ppo_epochs=1", f"ppo.micro_batch_size_per_device={P * G}",
-        f"ppo.lr={args.lr}", "ppo.warmup_iterations=0", "ppo.weight_decay=0.0", "ppo.max_grad_norm=1.0",
-        f"ppo.clip_eps={CLIP}", f"ppo.eval_every={never}", f"ppo.save_every={never}", "ppo.keep_last_checkpoints=1",
-        f"kl.coef={BETA}", f"reward.partial_reward={PARTIAL_REWARD}",
-        "eval.max_new_tokens=8", "eval.batch_size=4",
-        "log.tensorboard=false", "log.progress=false",
+    s = setup_of(args, name)
+    P, G = s.geometry(name)
+    overrides = rlft_overrides(name, s, model_dir, out_dir) + [
+        f"ppo.eval_every={10**9}", "eval.max_new_tokens=8", f"eval.batch_size={EVAL_N}",
     ]
-    if algo == "grpo":
-        overrides += ["kl.placement=loss", "kl.estimator=k3", "ppo.loss_agg=seq-mean-token-mean"]
     overrides += args.rlft_set  # ablations, e.g. ppo.prefix_sharing=false
     cfg = load_config(None, overrides)
     run_ppo(cfg)
@@ -232,22 +193,11 @@ def run_rlft(name: str, args, model_dir: Path, out_dir: Path) -> dict:
 
 
 def run_trl(name: str, args, model_dir: Path, out_dir: Path) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from transformers import TrainerCallback
     from trl.extras import profiling
 
-    import rewards
-    from rlft.tasks.prompts import prompt_text
-
-    P, G = geometry(name, args)
-    records = training_records(P * args.steps)
-    dataset = Dataset.from_list([{"prompt": prompt_text(r, "nl"), "answer": r.answer, "dataset": r.dataset}
-                                 for r in records])
-
-    def math_reward(prompts, completions, answer, dataset, **_):
-        return rewards.math_reward(completions, answer=answer, dataset=dataset, partial_reward=PARTIAL_REWARD)
+    s = setup_of(args, name)
+    P, G = s.geometry(name)
 
     # TRL times its phases with `profiling_context`, but only reports them to wandb/mlflow/trackio: record them.
     events: list[tuple[str, float]] = []
@@ -271,31 +221,7 @@ def run_trl(name: str, args, model_dir: Path, out_dir: Path) -> dict:
         def on_log(self, args_, state, control, logs=None, **kwargs):
             logs_by_step.setdefault(state.global_step, {}).update(logs or {})
 
-    no_checkpointing = no_checkpointing_kwargs(GRPOConfig)
-    config = GRPOConfig(
-        output_dir=str(out_dir), seed=args.seed, data_seed=args.seed,
-        per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_generations=G,
-        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, min_p=None,
-        repetition_penalty=1.0, beta=BETA, num_iterations=1, epsilon=CLIP, loss_type="grpo", scale_rewards="group",
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
-        use_cpu=True, bf16=False, fp16=False, use_vllm=False, **no_checkpointing,
-        model_init_kwargs={"dtype": "float32"}, remove_unused_columns=False, log_completions=False,
-        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
-    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=math_reward, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[StepTimer()])
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict; ours are read by StepTimer
-    model = trainer.model
-    checkpointing = model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing") \
-        else model.is_gradient_checkpointing
-    setup = {"policy_dtype": str(model.dtype), "reference": trainer.ref_model is not None,
-             "reference_dtype": str(trainer.ref_model.dtype) if trainer.ref_model is not None else None,
-             "checkpointing": bool(checkpointing)}
-    if setup["checkpointing"] or model.dtype != torch.float32 or trainer.ref_model is None:
-        raise SystemExit(f"trl-grpo: not the benchmark's setup: {setup}")
+    trainer, config, setup = trl_grpo_trainer(s, model_dir, out_dir, [StepTimer()])
     trainer.train()
 
     def total(evs, key):
@@ -328,88 +254,15 @@ def run_trl(name: str, args, model_dir: Path, out_dir: Path) -> dict:
 # TRL 1.12 PPOTrainer (runs in the bench venv: `make bench-venv`)
 
 
-def rule_reward_model(tokenizer, prompt_ids: list[list[int]], records, on_score):
-    """TRL's PPOTrainer scores with a reward *model*: `trl.experimental.utils.get_reward` runs
-    `getattr(model, model.base_model_prefix)(input_ids, attention_mask, ...)`, applies `model.score` to the last
-    hidden states and reads the result at the last response token. This stand-in has no weights: its "backbone"
-    decodes each response and calls `rewards.math_reward`, and returns the score at every position, (B, S, 1),
-    so TRL reads it wherever it looks; `score` is the identity.
-
-    The backbone sees prompt + response with the pads masked out but not where the prompt ends, so each row's
-    prompt is found by its token ids (no prompt may be a proper prefix of another: checked here). It then decodes
-    the response with skip_special_tokens=True, as rlft does. Its cost beyond the reward call: one lookup and
-    one `batch_decode` per batch. `on_score(seconds_in_math_reward, response_tokens)` reports each call.
-    """
-    import types
-
-    import torch
-
-    import rewards
-
-    gold: dict[tuple[int, ...], tuple[str, str]] = {}
-    for ids, r in zip(prompt_ids, records):
-        if gold.setdefault(tuple(ids), (r.answer, r.dataset)) != (r.answer, r.dataset):
-            raise SystemExit(f"trl-ppo: two questions share a prompt but not an answer: {r.id}")
-    lengths = sorted({len(k) for k in gold}, reverse=True)
-    for key in gold:
-        if any(key[:n] in gold for n in lengths if n < len(key)):
-            raise SystemExit("trl-ppo: a prompt is a prefix of another; the reward wrapper cannot split them")
-
-    class Backbone(torch.nn.Module):
-        def forward(self, input_ids, attention_mask, **_):
-            responses, owners = [], []
-            for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-                ids = [t for t, m in zip(ids, mask) if m]  # drop the left pads and the pads after EOS
-                n = next((n for n in lengths if tuple(ids[:n]) in gold), None)
-                if n is None:
-                    raise RuntimeError("trl-ppo: a sequence starts with no known prompt")
-                responses.append(ids[n:])
-                owners.append(gold[tuple(ids[:n])])
-            texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-            start = time.perf_counter()
-            scores = rewards.math_reward(texts, answer=[a for a, _ in owners], dataset=[d for _, d in owners],
-                                         partial_reward=PARTIAL_REWARD)
-            on_score(time.perf_counter() - start, sum(len(r) for r in responses))
-            score = torch.tensor(scores, dtype=torch.float32, device=input_ids.device)  # (B,)
-            hidden = score[:, None, None].expand(-1, input_ids.shape[1], 1)  # (B, S, 1)
-            return types.SimpleNamespace(hidden_states=(hidden,))
-
-    class RuleReward(torch.nn.Module):
-        base_model_prefix = "backbone"
-
-        def __init__(self):
-            super().__init__()
-            self.backbone = Backbone()
-            self.score = torch.nn.Identity()
-
-    return RuleReward()
-
-
 def run_trl_ppo(name: str, args, model_dir: Path, out_dir: Path) -> dict:
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import gc
     import types
 
     import torch
-    from datasets import Dataset
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        PrinterCallback,
-        TrainerCallback,
-        set_seed,
-    )
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
-    from trl.experimental.ppo import ppo_trainer as trl_ppo
+    from transformers import TrainerCallback
 
-    from rlft.tasks.encoding import encode_prompts
-
-    P, G = geometry(name, args)
-    records = training_records(P * args.steps)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
-    prompt_ids = encode_prompts(tokenizer, records, "nl")  # add_special_tokens=False, as rlft
-    dataset = Dataset.from_list([{"input_ids": ids} for ids in prompt_ids])
+    s = setup_of(args, name)
+    P, G = s.geometry(name)
 
     # Phases: (name, start, end) of the TRL calls below; an iteration owns the events that start inside it.
     events: list[tuple[str, float, float]] = []
@@ -428,19 +281,6 @@ def run_trl_ppo(name: str, args, model_dir: Path, out_dir: Path) -> dict:
         events.append(("reward", now - seconds, now))
         tokens.append((now, n_tokens))
 
-    reward_model = rule_reward_model(tokenizer, prompt_ids, records, on_score)
-    # `train` calls these module-level helpers by name: batch_generation = the rollout; forward without grad =
-    # the reference, with grad = the policy + value model inside the update; get_reward = the value model
-    # (timed here) or the rule reward (timed inside, math_reward only).
-    forward, get_reward = trl_ppo.forward, trl_ppo.get_reward
-    trl_ppo.batch_generation = timed("rollout", trl_ppo.batch_generation)
-    trl_ppo.forward = lambda *a, **kw: timed("logprobs" if not torch.is_grad_enabled() else "train_start",
-                                             forward)(*a, **kw)
-    trl_ppo.get_reward = lambda model, *a, **kw: get_reward(model, *a, **kw) if model is reward_model \
-        else timed("logprobs", get_reward)(model, *a, **kw)
-    # TRL runs a full gc.collect() twice per iteration (part of `other`; reported on its own)
-    trl_ppo.gc = types.SimpleNamespace(collect=timed("gc", gc.collect))
-
     steps: list[dict] = []
     logs_by_step: dict[int, dict] = {}
 
@@ -456,37 +296,22 @@ def run_trl_ppo(name: str, args, model_dir: Path, out_dir: Path) -> dict:
         def on_log(self, args_, state, control, logs=None, **kwargs):
             logs_by_step.setdefault(state.global_step, {}).update(logs or {})
 
-    set_seed(args.seed)  # the value model's score head is random-init
-    policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    value_model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1, dtype=torch.float32)
-    config = PPOConfig(
-        output_dir=str(out_dir), seed=args.seed, data_seed=args.seed,
-        per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_mini_batches=1, num_ppo_epochs=1,
-        total_episodes=P * G * args.steps, local_rollout_forward_batch_size=P * G,
-        response_length=args.max_new_tokens, stop_token="eos", temperature=1.0, missing_eos_penalty=None,
-        kl_coef=BETA, kl_estimator="k1", cliprange=CLIP, vf_coef=5.0, cliprange_value=0.2, gamma=1.0, lam=0.95,
-        whiten_rewards=False, num_sample_generations=0,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
-        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
-    )
-    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None,
-                         reward_model=reward_model, train_dataset=dataset, value_model=value_model,
-                         callbacks=[StepTimer()])
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict; ours are read by StepTimer
+    trainer, config, setup = trl_ppo_trainer(s, model_dir, out_dir, [StepTimer()], on_score)
+    from trl.experimental.ppo import ppo_trainer as trl_ppo
+
+    # `train` calls these module-level helpers by name: batch_generation = the rollout; forward without grad =
+    # the reference, with grad = the policy + value model inside the update; get_reward = the value model
+    # (timed here) or the rule reward (timed inside, math_reward only).
+    forward, get_reward, reward_model = trl_ppo.forward, trl_ppo.get_reward, trainer.reward_model
+    trl_ppo.batch_generation = timed("rollout", trl_ppo.batch_generation)
+    trl_ppo.forward = lambda *a, **kw: timed("logprobs" if not torch.is_grad_enabled() else "train_start",
+                                             forward)(*a, **kw)
+    trl_ppo.get_reward = lambda model, *a, **kw: get_reward(model, *a, **kw) if model is reward_model \
+        else timed("logprobs", get_reward)(model, *a, **kw)
+    # TRL runs a full gc.collect() twice per iteration (part of `other`; reported on its own)
+    trl_ppo.gc = types.SimpleNamespace(collect=timed("gc", gc.collect))
     step = trainer.optimizer.step  # the update ends with this call (TRL clips no gradient)
     trainer.optimizer.step = timed("train_end", step)
-    setup = {"policy_dtype": str(policy.dtype), "value_dtype": str(value_model.dtype),
-             "reference": trainer.ref_model is not None,
-             "reference_dtype": str(trainer.ref_model.dtype) if trainer.ref_model is not None else None,
-             "checkpointing": bool(policy.is_gradient_checkpointing), "device": str(trainer.accelerator.device),
-             "mixed_precision": trainer.accelerator.mixed_precision,
-             "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
-    if setup["checkpointing"] or policy.dtype != torch.float32 or trainer.ref_model is None \
-            or setup["mixed_precision"] != "no" or setup["device"] != "cpu":
-        raise SystemExit(f"trl-ppo: not the benchmark's setup: {setup}")
     trainer.train()
 
     out = []
@@ -552,38 +377,6 @@ def summarize(result: dict) -> dict:
     return out
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.strip().startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    mem = ""
-    try:
-        meminfo = Path("/proc/meminfo").read_text().splitlines()
-        kib = next(int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal:"))
-        mem = f", {kib / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs{mem}, {platform.system()} {platform.release()}, " \
-           f"Python {platform.python_version()}"
-
-
-def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("torch", "transformers", "trl", "accelerate", "datasets"):
-        try:
-            out.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            out.append(f"{pkg} (not installed)")
-    return ", ".join(out)
-
-
 def report(args, results: dict, command: str, prompt_note: str, skipped: dict | None = None,
            ceilings: dict | None = None) -> str:
     s = {name: summarize(r) for name, r in results.items()}
@@ -628,7 +421,7 @@ def report(args, results: dict, command: str, prompt_note: str, skipped: dict | 
             "rlft-reft": "ReFT PPO (value head, KL k1 in reward)",
             "trl-ppo": "PPO (separate value model, KL k1 in reward)"}
     for name in results:
-        p, g = geometry(name, args)
+        p, g = setup_of(args, name).geometry(name)
         x = s[name]
         lines.append(f"| {name} | {algo[name]} | {p} x {g} | {x['samples_per_s']:.2f} | {x['tokens_per_s']:.1f} "
                      f"| {x['s_per_step']:.3f} ({x['s_per_step_stdev']:.3f}) | {x['completion_len']:.1f} "
@@ -687,8 +480,8 @@ def model_facts(model_dir: Path, args) -> dict:
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
-    records = training_records(args.prompts * args.group * args.steps)
-    lengths = [len(tok(prompt_text(r, "nl"), add_special_tokens=False)["input_ids"]) for r in records]
+    questions = records("train", args.prompts * args.group * args.steps, EVAL_N)
+    lengths = [len(tok(prompt_text(r, "nl"), add_special_tokens=False)["input_ids"]) for r in questions]
     return {"params": sum(p.numel() for p in model.parameters()), "prompt_len": sum(lengths) / len(lengths),
             "model": model}
 
@@ -710,7 +503,7 @@ def ceilings_fractions(args, s: dict, ceilings: dict) -> str:
              "| run | train GFLOP/s | MFU (fp32 matmul ceiling) | rollout tokens/s | bandwidth bound tokens/s | of the bound |",
              "|---|---|---|---|---|---|"]
     for name, x in s.items():
-        p, g = geometry(name, args)
+        p, g = setup_of(args, name).geometry(name)
         rows = p * g
         shared = name.startswith("rlft") and g > 1 and sharing
         tokens = (p if shared else rows) * facts["prompt_len"] + rows * x["completion_len"]
@@ -721,19 +514,6 @@ def ceilings_fractions(args, s: dict, ceilings: dict) -> str:
         lines.append(f"| {name} | {flops / 1e9:.1f} | {flops / ceilings['matmul_fp32_flops'] * 100:.0f}% | "
                      f"{rollout_tps:,.0f} | {bound:,.0f} | {rollout_tps / bound * 100:.0f}% |")
     return "\n".join(lines)
-
-
-def prompt_tokens_note(model_dir: Path) -> str:
-    """rlft tokenizes prompts with add_special_tokens=False; TRL with the tokenizer's default. Say if they differ."""
-    from transformers import AutoTokenizer
-
-    from rlft.tasks.prompts import prompt_text
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    text = prompt_text(training_records(1)[0], "nl")
-    extra = len(tok(text)["input_ids"]) - len(tok(text, add_special_tokens=False)["input_ids"])
-    return "same prompt token ids on both sides" if extra == 0 else \
-        f"TRL's prompts carry {extra} more special token(s) (the tokenizer's default add_special_tokens=True)"
 
 
 def parent(args) -> None:

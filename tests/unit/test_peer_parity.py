@@ -1,0 +1,114 @@
+"""The pure parts of `benchmarks/peer_parity.py`: level crossing (the first evaluation at or above a level, no
+interpolation), time to accuracy over seeds and its rlft/TRL ratio, the difference interval, and the tables.
+No training runs here."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def pp():
+    sys.path.insert(0, str(BENCH))  # peer_parity imports its siblings (peers, ceilings) by name
+    try:
+        spec = importlib.util.spec_from_file_location("peer_parity", BENCH / "peer_parity.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def run(*points):
+    """A run's evaluations from (iteration, accuracy, training seconds) triples."""
+    return {"evals": [{"iteration": i, "accuracy": a, "train_seconds": t} for i, a, t in points]}
+
+
+CURVE = run((0, 0.40, 0.0), (10, 0.41, 30.0), (20, 0.45, 61.0), (30, 0.43, 90.0), (40, 0.47, 121.0))
+
+
+def test_first_crossing_is_the_first_evaluation_at_or_above_the_level(pp):
+    assert pp.first_crossing(CURVE["evals"], 0.44)["iteration"] == 20  # the later dip to 0.43 does not matter
+    assert pp.first_crossing(CURVE["evals"], 0.45)["train_seconds"] == 61.0  # "at or above": equal counts
+    assert pp.first_crossing(CURVE["evals"], 0.46)["iteration"] == 40  # no interpolation between 20 and 40
+    assert pp.first_crossing(CURVE["evals"], 0.40)["iteration"] == 0  # the warm-up itself
+    assert pp.first_crossing(CURVE["evals"], 0.48) is None
+    shuffled = list(reversed(CURVE["evals"]))
+    assert pp.first_crossing(shuffled, 0.44)["iteration"] == 20  # iteration order, not list order
+
+
+def test_time_to_accuracy_and_ratio(pp):
+    rlft = [CURVE, run((0, 0.40, 0.0), (10, 0.46, 29.0), (20, 0.44, 59.0))]
+    trl = [run((0, 0.40, 0.0), (10, 0.42, 60.0), (20, 0.45, 120.0)),
+           run((0, 0.40, 0.0), (10, 0.44, 62.0), (20, 0.42, 124.0))]
+    a, b = pp.time_to_accuracy(rlft, 0.44), pp.time_to_accuracy(trl, 0.44)
+    assert a == {"level": 0.44, "n": 2, "reached": 2, "seconds": [61.0, 29.0], "iterations": [20, 10]}
+    assert b["seconds"] == [120.0, 62.0]
+    assert pp.time_ratio(a, b) == pytest.approx(45.0 / 91.0)
+    # a seed that never gets there: no ratio (means over different subsets of seeds would mislead)
+    c = pp.time_to_accuracy(trl, 0.45)
+    assert (c["reached"], c["seconds"]) == (1, [120.0])
+    assert pp.time_ratio(pp.time_to_accuracy(rlft, 0.45), c) is None
+    assert pp.seconds_cell(c) == "1/2: 120 ± 0 s (it. 20)"
+    assert pp.seconds_cell(pp.time_to_accuracy(trl, 0.9)) == "not reached (0/2)"
+    assert pp.seconds_cell(a) == "45 ± 23 s (it. 15)"  # std of (61, 29) = 22.6
+
+
+def test_difference_interval(pp):
+    d, half = pp.difference_interval([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])
+    assert d == pytest.approx(0.1)
+    assert half == pytest.approx(2.776 * (0.01 / 3 + 0.01 / 3) ** 0.5)  # t(0.975, 4 df) x Welch's standard error
+    assert pp.difference_interval([0.5], [0.4]) == (pytest.approx(0.1), None)  # one seed: no interval
+
+
+def test_levels_table_iterations_and_moving_average(pp):
+    assert pp.levels_of(0.44, [2.0, 4.0], None) == [("warm-up +2 = 46.0 %", pytest.approx(0.46)),
+                                                    ("warm-up +4 = 48.0 %", pytest.approx(0.48))]
+    assert pp.levels_of(0.44, [2.0], [0.5]) == [("50.0 %", 0.5)]  # absolute levels win
+    evals = [{"iteration": i} for i in range(0, 201, 10)]
+    assert pp.table_iterations(evals) == [0, 40, 80, 120, 160, 200]
+    assert pp.table_iterations(evals[:4]) == [0, 10, 20, 30]
+    assert pp.moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+
+
+def test_pair_markdown(pp):
+    def side(points, per_iteration):
+        r = run(*points)
+        r["iterations"] = [{"iteration": 20, "train_seconds": 20 * per_iteration}]
+        return r
+
+    runs = {"rlft-grpo": [side([(0, 0.40, 0.0), (10, 0.44, 30.0), (20, 0.46, 60.0)], 3.0)] * 2,
+            "trl-grpo": [side([(0, 0.40, 0.0), (10, 0.42, 60.0), (20, 0.44, 120.0)], 6.0)] * 2}
+    text, summary = pp.pair_markdown(("rlft-grpo", "trl-grpo"), runs, [("44 %", 0.44), ("46 %", 0.46)], 0.67)
+    lines = text.splitlines()
+    assert "| 10 | 44.0 ± 0.0 | 42.0 ± 0.0 | +2.0 ± 0.0 |" in lines
+    assert "| 44 % | 30 ± 0 s (it. 10) | 120 ± 0 s (it. 20) | 0.25x (meets) |" in lines
+    assert "| 46 % | 60 ± 0 s (it. 20) | not reached (0/2) | — |" in lines
+    assert summary["seconds_per_iteration"]["trl-grpo"] == (6.0, 0.0)
+    assert [row["ratio"] for row in summary["time_to_accuracy"]] == [0.25, None]
+
+
+def test_trl_callback_keeps_evaluation_out_of_the_clock(pp, monkeypatch):
+    pytest.importorskip("transformers")
+    now = [0.0]
+    monkeypatch.setattr(pp.time, "perf_counter", lambda: now[0])
+
+    def evaluate_now():  # each evaluation takes 100 s of wall time
+        now[0] += 100.0
+        return {"accuracy": 0.5}
+
+    callback = pp.held_out_callback(evaluate_now, every=2, total=3)
+    state = type("State", (), {"global_step": 0})()
+    callback.on_train_begin(None, state, None)
+    for step in (1, 2, 3):
+        now[0] += 10.0  # a training step
+        state.global_step = step
+        callback.on_step_end(None, state, None)
+        callback.on_log(None, state, None, logs={"reward": step / 10})
+    assert callback.clock == {1: 10.0, 2: 20.0, 3: 30.0}
+    assert [(e["iteration"], e["train_seconds"]) for e in callback.evals] == [(2, 20.0), (3, 30.0)]  # and the last
+    assert callback.logs[3] == {"reward": 0.3}
