@@ -31,15 +31,16 @@ from rlft.utils.logging import quiet_libraries, write_jsonl
 EPILOG = "Config keys (set in YAML or as section.key=value):\n" + describe()
 
 
-def _config(items: list[str], extra: list[str] = ()):
+def _config(items: list[str], extra: list[str] = (), command: str | None = None):
+    """The config of `items` ([CONFIG.yaml] key=value ...); for a run `command`, checked for what it runs."""
     path, overrides = split_config_args(items)
-    return load_config(path, [*overrides, *extra])
+    return load_config(path, [*overrides, *extra], command=command)
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
     from rlft.trainers.sft import run_sft
 
-    summary = run_sft(_config(args.config))
+    summary = run_sft(_config(args.config, command="sft"))
     print(json.dumps({k: summary[k] for k in ("best_accuracy", "best_checkpoint", "train_seconds", "train_tokens_per_s")}, indent=2))
     return 0
 
@@ -49,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rlft.trainers.ppo import run_ppo
     from rlft.trainers.selftrain import run_offline_st
 
-    cfg = _config(args.config)
+    cfg = _config(args.config, command="train")
     if algorithms.get(cfg.algo).loop == "offline_st":  # expert iteration: sample once, then SFT (no RL loop)
         summary = run_offline_st(cfg)
         print(json.dumps({k: summary[k] for k in ("algo", "offline_st", "best_accuracy", "best_checkpoint", "train_seconds")}, indent=2))
@@ -86,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     extra = []
     if args.samples is not None:
         extra.append(f"eval.samples={args.samples}")
-    cfg = _config(args.config, extra)
+    cfg = _config(args.config, extra, command="eval")
     if args.rerank == "value" and cfg.eval.samples < 2:
         raise ConfigError(f"--rerank value needs --samples k >= 2 (eval.samples={cfg.eval.samples}): "
                           "one sample per question leaves nothing to rank")

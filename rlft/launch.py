@@ -31,7 +31,7 @@ ENV_PASSTHROUGH = ("HF_", "RLFT_", "TOKENIZERS_", "TRANSFORMERS_")
 def submit_command(config: str | None, overrides: list[str], *, address: str, working_dir: str = ".",
                    wait: bool = True, job_id: str | None = None) -> list[str]:
     """The `ray job submit` argv for a training job (validated, paths made absolute)."""
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, [*overrides, "cluster.backend=ray"], command="train")  # what the job will run
     extra = ["cluster.backend=ray", "cluster.address=auto", f"run.dir={Path(cfg.run.dir).resolve()}"]
     model = Path(cfg.model.path).expanduser()
     if cfg.model.path not in ("tiny", "smollm2-135m") and model.exists():

@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO learner: one data-parallel rank of a `Learner` (the only module importing deepspeed).
 
-Each rank owns a shard of every minibatch. The loss contract of `rlft/learner/base.py` (losses already
+Each rank owns a shard of every minibatch: RL batches (prompt + response) and SFT batches (`labels`), the
+same forwards as `TorchLearner` (`batch_forward`). The loss contract of `rlft/learner/base.py` (losses already
 normalised by minibatch-global counts) means the right gradient is the *sum* over micro-batches and
 ranks. DeepSpeed averages gradients over the data-parallel world, so each micro-batch's loss is scaled
 by the world size, and gradient accumulation is left to us (`managed_gradient_accumulation: false`):
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from rlft.learner.base import LossFn, MicroBatch, add_shares
-from rlft.learner.torch_learner import lr_lambda, response_logprobs_and_values, rl_forward
+from rlft.learner.torch_learner import batch_forward, lr_lambda, response_logprobs_and_values
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -65,6 +66,12 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def _zero_loss(output) -> torch.Tensor:
+    """0, with a (zero) gradient path through every output the backward of a real loss would reach."""
+    values = getattr(output, "values", None)
+    return output.logits.float().sum() * 0.0 + (0.0 if values is None else values.sum() * 0.0)
 
 
 def collective_device() -> torch.device:
@@ -111,17 +118,20 @@ class DeepSpeedLearner:
         self.engine.eval()
         return response_logprobs_and_values(self.engine, batch, micro_batch_size)
 
-    def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
-        """This rank's share of one minibatch; every rank must pass the same number of micro-batches."""
+    def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn, *, padding: int = 0) -> dict[str, float]:
+        """This rank's share of one minibatch; every rank must pass the same number of micro-batches. The last
+        `padding` of them only keep this rank in step with the others (a group whose micro-batches do not
+        split evenly across ranks): forward and backward with zero loss, no metrics."""
         self.engine.train(self.train_mode)
         totals: dict[str, float] = {}
         bad = False
-        for mb in micro_batches:
-            output = rl_forward(self.engine, mb, None)
-            loss, metrics = loss_fn(output, mb)
+        for i, mb in enumerate(micro_batches):
+            output = batch_forward(self.engine, mb, None)
+            pad = i >= len(micro_batches) - padding
+            loss, metrics = (_zero_loss(output), {}) if pad else loss_fn(output, mb)
             bad = any_rank(bad or not bool(torch.isfinite(loss.detach())))  # all ranks agree before backward
             if bad:  # keep the collectives of ZeRO's backward in step across ranks, with zero gradient
-                loss = output.logits.float().sum() * 0.0 + (0.0 if output.values is None else output.values.sum() * 0.0)
+                loss = _zero_loss(output)
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             add_shares(totals, metrics)
         lr = self.scheduler.get_last_lr()[0]
