@@ -64,7 +64,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from rlft.launch import launch
 
     return launch(args.config, address=args.address, working_dir=args.working_dir, wait=not args.no_wait,
-                  job_id=args.job_id)
+                  job_id=args.job_id, command=args.command)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -231,13 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]; model.path = the warm-up checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("launch", help="submit `rlft train` to a Ray cluster (ray job submit, cluster.backend=ray)",
+    p = sub.add_parser("launch", help="submit `rlft train` (or `rlft sft`) to a Ray cluster (ray job submit, "
+                                      "cluster.backend=ray)",
                        epilog=EPILOG, formatter_class=fmt)
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
     p.add_argument("--address", help="the cluster's job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
     p.add_argument("--working-dir", default=".", help="uploaded as the job's working directory (default: .)")
     p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")
     p.add_argument("--job-id", help="submission id (default: Ray picks one)")
+    p.add_argument("--command", choices=["train", "sft"], default="train",
+                   help="the rlft command the job runs (default: train; sft: the warm-up on cluster.learner_ranks)")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("compare", help="SFT vs ReFT vs CARFT (and baselines) from one warm-up, over seeds: table + plots",

@@ -487,13 +487,14 @@ class ClusterConfig:
     num_cpus: int | None = None
     """Logical CPUs of a private local Ray (address None); None: Ray counts the machine's cores."""
     learner: Literal["torch", "deepspeed"] = "deepspeed"
-    """Learner backend of the Ray policy/critic ranks: deepspeed (ZeRO, any number of ranks) or torch
-    (one rank only)."""
+    """Learner backend of the Ray ranks (the RL policy, and `rlft sft`'s warm-up): deepspeed (ZeRO, any number
+    of ranks) or torch (one rank only)."""
     learner_ranks: int = 1
     """Data-parallel learner ranks (one torch.distributed group: gloo on CPU, NCCL on GPU)."""
     deepspeed_config: str = "configs/deepspeed/zero2.json"
     """DeepSpeed JSON (ZeRO stage, offload, precision). Batch sizes, optimizer, lr and clipping in it are
-    replaced by rlft's own (`ppo.*`); relative paths are resolved against the working directory."""
+    replaced by rlft's own (`ppo.*` in RL, `sft.*` in the warm-up); relative paths are resolved against the
+    working directory."""
     rollout_workers: int = 1
     """Rollout engines (Ray actors); prompts are split evenly among them and results gathered in order."""
     reward_workers: int = 1

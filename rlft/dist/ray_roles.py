@@ -148,8 +148,9 @@ class LearnerWorker(_Actor):
         return self.learner.num_trainable()
 
     def named_weights(self) -> dict | None:
-        """Full weights from rank 0 (every rank must take part: a collective under ZeRO-3)."""
-        weights = dict(self.learner.named_weights())
+        """Full weights from rank 0 (every rank must take part: a collective under ZeRO-3), on the CPU: the
+        object store's readers (engines, the SFT driver's evaluation) may have no GPU."""
+        weights = {name: tensor.cpu() for name, tensor in self.learner.named_weights()}
         return weights if self.rank == 0 else None
 
     def join_sync_group(self, backend: str, addr: str, port: int, world: int) -> None:

@@ -116,7 +116,13 @@ class DeepSpeedLearner:
     @torch.no_grad()  # not inference_mode: ZeRO-3 would keep gathered (persistent) params as inference tensors
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int):
         self.engine.eval()
-        return response_logprobs_and_values(self.engine, batch, micro_batch_size)
+        logprobs, values = response_logprobs_and_values(self.engine, self._on_device(batch), micro_batch_size)
+        return logprobs.cpu(), None if values is None else values.cpu()
+
+    def _on_device(self, batch: MicroBatch) -> MicroBatch:
+        """The batch's tensors where the engine put the model (a GPU rank's device); batches come from the
+        driver on the CPU."""
+        return {k: v.to(self.engine.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn, *, padding: int = 0) -> dict[str, float]:
         """This rank's share of one minibatch; every rank must pass the same number of micro-batches. The last
@@ -126,6 +132,7 @@ class DeepSpeedLearner:
         totals: dict[str, float] = {}
         bad = False
         for i, mb in enumerate(micro_batches):
+            mb = self._on_device(mb)
             output = batch_forward(self.engine, mb, None)
             pad = i >= len(micro_batches) - padding
             loss, metrics = (_zero_loss(output), {}) if pad else loss_fn(output, mb)

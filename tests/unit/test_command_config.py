@@ -131,3 +131,15 @@ def test_step_micro_batches(n, world, micro, sizes):
     assert [mb["input_ids"].shape[0] for mb in micro_batches] == sizes
     lengths = [int(n) for mb in micro_batches for n in mb["attention_mask"].sum(1)]
     assert lengths == [len(b["input_ids"]) for b in batch]  # every example once, in order
+
+
+def test_launch_submits_the_command_checked_for_it():
+    from rlft.launch import submit_command
+
+    argv = submit_command(None, ["cluster.learner_ranks=2"], address="http://127.0.0.1:1", command="sft")
+    job = argv[argv.index("--") + 1:]
+    assert job[2:4] == ["rlft.cli", "sft"] and "cluster.backend=ray" in job
+    with pytest.raises(ConfigError, match="cluster.rollout_workers cannot take effect with `rlft sft`"):
+        submit_command(None, ["cluster.rollout_workers=2"], address="http://127.0.0.1:1", command="sft")
+    argv = submit_command(None, ["cluster.rollout_workers=2"], address="http://127.0.0.1:1")
+    assert argv[argv.index("--") + 1:][2:4] == ["rlft.cli", "train"]

@@ -34,8 +34,8 @@ def test_readme_command_parses(line):
         return
     args = build_parser().parse_args(argv)
     path, overrides = split_config_args(getattr(args, "config", []))  # `rlft model merge` takes no config
-    # as the command will load it: checked for what it runs (`rlft launch` submits `rlft train` on Ray)
-    command = {"launch": "train"}.get(argv[0], argv[0] if argv[0] in COMMANDS else None)
+    # as the command will load it: checked for what it runs (`rlft launch` submits `rlft train` or `sft` on Ray)
+    command = args.command if argv[0] == "launch" else argv[0] if argv[0] in COMMANDS else None
     if argv[0] == "launch":
         overrides = [*overrides, "cluster.backend=ray"]
     load_config(REPO / path if path else None, overrides, command=command)
