@@ -12,7 +12,9 @@ copy (ZeRO's collectives must still match). Tolerances as in test_ray_ppo.py: lo
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
 from rlft.config import load_config  # noqa: E402
+from rlft.dist.errors import WorkerLostError  # noqa: E402
 from rlft.trainers.sft import run_sft  # noqa: E402
 
 pytestmark = pytest.mark.dist
@@ -118,6 +121,22 @@ def test_ray_sft_resume_equals_uninterrupted(ray_cluster, warm_model, ray_runs, 
     before = load_file(str(warm_model / "model.safetensors"))
     d_full, d_resumed = _change(full, before), _change(run_dir, before)
     assert ((d_resumed - d_full).norm() / d_full.norm()).item() < 1e-6
+
+
+def test_killed_learner_rank_stops_the_run_naming_the_last_checkpoint(ray_cluster, warm_model, tmp_path, monkeypatch):
+    from rlft.dist import ray_roles
+
+    train_step, calls = ray_roles.RayLearnerGroup.train_step, {"n": 0}
+
+    def kill_rank1_in_epoch_2(self, micro_batches, loss_fn):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first step of epoch 2: rank 0 would wait for rank 1 in a collective
+            os.kill(self.where[1]["pid"], signal.SIGKILL)
+        return train_step(self, micro_batches, loss_fn)
+
+    monkeypatch.setattr(ray_roles.RayLearnerGroup, "train_step", kill_rank1_in_epoch_2)
+    with pytest.raises(WorkerLostError, match=r"learner rank 1 \(pid \d+ on 127\.0\.0\.1\) died.*ckpt-3.*run\.resume=true"):
+        run_sft(_cfg(tmp_path, warm_model, *RAY))
 
 
 def test_ray_sft_checkpoint_is_a_warm_up_for_rlft_train(warm_model, ray_runs, tmp_path):
