@@ -4,9 +4,11 @@ the in-process loop, exact resume, the checkpoint as `rlft train`'s model.path, 
 Same seed, data and batches; the schedule has 2 warm-up steps, then linear decay, so `train/lr` per step
 checks that SFT's schedule reaches the DeepSpeed learner. 11 examples in steps of 4 with one sequence per
 micro-batch: the last step of each epoch has 3 micro-batches for 2 ranks, so rank 1 pads with a zero-loss
-copy (ZeRO's collectives must still match). Tolerances as in test_ray_ppo.py: losses to 1e-4 relative
-(the ranks' gradients are summed in another order), the weights' change over the run to 1e-3 relative L2
-(Adam's g / (|g| + eps) amplifies rounding on entries with tiny gradients).
+copy (ZeRO's collectives must still match). The only difference is the order of floating-point sums (the
+ranks' gradients are reduced across ranks, micro-batches are split differently), amplified on a few entries
+by Adam's g / (|g| + eps) (test_deepspeed_learner.py). Measured over the 6 steps: losses within 7e-8
+relative, gradient norms 3.4e-7, the weights' change over the run 4e-7 (ZeRO-2) and 1.5e-6 (ZeRO-3)
+relative L2; the tolerances below leave a margin of 15x or more.
 """
 
 from __future__ import annotations
@@ -88,14 +90,14 @@ def test_ray_sft_matches_in_process(warm_model, local_run, ray_runs, stage):
     assert [r["step"] for r in remote] == list(range(1, STEPS + 1))
     for a, b in zip(local, remote):
         assert b["train/lr"] == pytest.approx(a["train/lr"], rel=1e-12), a["step"]  # warm-up, then linear decay
-        for key in ("sft/loss", "sft/token_acc", "train/grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
+        for key, rel in (("sft/loss", 1e-6), ("sft/token_acc", 1e-6), ("train/grad_norm", 1e-5)):
+            assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-9), (a["step"], key)
     assert local[0]["train/lr"] < local[1]["train/lr"] > local[-1]["train/lr"]  # the schedule is not flat
     before = load_file(str(warm_model / "model.safetensors"))
     d_local, d_remote = _change(local_run, before), _change(run_dir, before)
     assert d_local.norm() > 0
     relative = ((d_remote - d_local).norm() / d_local.norm()).item()
-    assert relative < 1e-3, f"ZeRO-{stage}: weights after SFT differ by {relative:.2e} (relative L2)"
+    assert relative < 1e-4, f"ZeRO-{stage}: weights after SFT differ by {relative:.2e} (relative L2)"
     # the driver evaluated rank 0's weights: the same greedy answers as the in-process run
     for epoch in (1, 2):
         name = f"predictions_epoch{epoch}.jsonl"
