@@ -29,6 +29,7 @@ finetuning only on Ray (`config.validate` refuses adapters there).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -72,7 +73,7 @@ def step_micro_batches(batch: list[dict], geo: SFTGeometry, pad_id: int) -> list
     per_rank = math.ceil(len(batch) / geo.world_size)
     n = geo.world_size * math.ceil(per_rank / geo.micro_batch_size_per_device)
     bounds = [len(batch) * i // n for i in range(n + 1)]
-    return [collate(batch[lo:hi], pad_id) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+    return [collate(batch[lo:hi], pad_id) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
 
 def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples: list[dict] | None = None) -> dict:
@@ -108,8 +109,8 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
                  else "in this process")
         print0(f"rlft sft: {len(train)} train{extra} / {len(test)} test records, model {model_path} "
                f"({n_params / 1e6:.2f}M params, adapter {adapter.kind}: {learner.num_trainable():,} trainable), {where}")
-        print0(f"  batch geometry: {geo.sequences_per_step} sequences/step = {ranks} rank(s) x {geo.grad_accum_steps} x "
-               f"{geo.micro_batch_size_per_device} micro-batch; {steps_per_epoch} steps/epoch, {total_steps} steps total"
+        print0(f"  batch geometry: {geo.sequences_per_step} sequences/step = {ranks} rank(s) x {geo.grad_accum_steps} "
+               f"micro-batches of <= {geo.micro_batch_size_per_device}; {steps_per_epoch} steps/epoch, {total_steps} steps total"
                + (f"; {n_truncated} examples truncated to {cfg.sft.max_seq_tokens} tokens" if n_truncated else ""))
         return _train_epochs(cfg, learner, engine=engine, tokenizer=tokenizer, adapter=adapter, examples=examples,
                              test=test, geo=geo, run_dir=run_dir, model_path=model_path,
