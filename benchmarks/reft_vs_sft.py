@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlft.config import load_config
+from rlft.config import ineffective_reason, load_config
 from rlft.experiments.compare import mean_std_ci, run_compare
 from rlft.utils.logging import quiet_libraries
 
@@ -67,8 +67,11 @@ def main() -> None:
         sft_dirs[seeds[0]] = Path(args.reuse_sft)
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
 
+    # `rlft sft` refuses keys it cannot use on its command line: pass it only the overrides it reads
+    sft_overrides = [o for o in args.overrides if ineffective_reason(base, "sft", o.partition("=")[0].strip()) is None]
+
     def sft_job(seed: int) -> list[str]:
-        return ["sft", args.config, *args.overrides, f"run.dir={sft_dirs[seed]}", f"run.seed={seed}"]
+        return ["sft", args.config, *sft_overrides, f"run.dir={sft_dirs[seed]}", f"run.seed={seed}"]
 
     # (a) SFT from scratch to the plateau, one run per seed; the first seed's epoch checkpoint is the warm-up
     todo = [s for s in seeds if not (sft_dirs[s] / "summary.json").exists()]

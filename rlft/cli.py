@@ -31,15 +31,16 @@ from rlft.utils.logging import quiet_libraries, write_jsonl
 EPILOG = "Config keys (set in YAML or as section.key=value):\n" + describe()
 
 
-def _config(items: list[str], extra: list[str] = ()):
+def _config(items: list[str], extra: list[str] = (), command: str | None = None):
+    """The config of `items` ([CONFIG.yaml] key=value ...); for a run `command`, checked for what it runs."""
     path, overrides = split_config_args(items)
-    return load_config(path, [*overrides, *extra])
+    return load_config(path, [*overrides, *extra], command=command)
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
     from rlft.trainers.sft import run_sft
 
-    summary = run_sft(_config(args.config))
+    summary = run_sft(_config(args.config, command="sft"))
     print(json.dumps({k: summary[k] for k in ("best_accuracy", "best_checkpoint", "train_seconds", "train_tokens_per_s")}, indent=2))
     return 0
 
@@ -49,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rlft.trainers.ppo import run_ppo
     from rlft.trainers.selftrain import run_offline_st
 
-    cfg = _config(args.config)
+    cfg = _config(args.config, command="train")
     if algorithms.get(cfg.algo).loop == "offline_st":  # expert iteration: sample once, then SFT (no RL loop)
         summary = run_offline_st(cfg)
         print(json.dumps({k: summary[k] for k in ("algo", "offline_st", "best_accuracy", "best_checkpoint", "train_seconds")}, indent=2))
@@ -63,7 +64,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from rlft.launch import launch
 
     return launch(args.config, address=args.address, working_dir=args.working_dir, wait=not args.no_wait,
-                  job_id=args.job_id)
+                  job_id=args.job_id, command=args.command)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -86,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     extra = []
     if args.samples is not None:
         extra.append(f"eval.samples={args.samples}")
-    cfg = _config(args.config, extra)
+    cfg = _config(args.config, extra, command="eval")
     if args.rerank == "value" and cfg.eval.samples < 2:
         raise ConfigError(f"--rerank value needs --samples k >= 2 (eval.samples={cfg.eval.samples}): "
                           "one sample per question leaves nothing to rank")
@@ -230,13 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]; model.path = the warm-up checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("launch", help="submit `rlft train` to a Ray cluster (ray job submit, cluster.backend=ray)",
+    p = sub.add_parser("launch", help="submit `rlft train` (or `rlft sft`) to a Ray cluster (ray job submit, "
+                                      "cluster.backend=ray)",
                        epilog=EPILOG, formatter_class=fmt)
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
     p.add_argument("--address", help="the cluster's job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
     p.add_argument("--working-dir", default=".", help="uploaded as the job's working directory (default: .)")
     p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")
     p.add_argument("--job-id", help="submission id (default: Ray picks one)")
+    p.add_argument("--command", choices=["train", "sft"], default="train",
+                   help="the rlft command the job runs (default: train; sft: the warm-up on cluster.learner_ranks)")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("compare", help="SFT vs ReFT vs CARFT (and baselines) from one warm-up, over seeds: table + plots",

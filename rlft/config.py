@@ -495,13 +495,14 @@ class ClusterConfig:
     num_cpus: int | None = None
     """Logical CPUs of a private local Ray (address None); None: Ray counts the machine's cores."""
     learner: Literal["torch", "deepspeed"] = "deepspeed"
-    """Learner backend of the Ray policy/critic ranks: deepspeed (ZeRO, any number of ranks) or torch
-    (one rank only)."""
+    """Learner backend of the Ray ranks (the RL policy, and `rlft sft`'s warm-up): deepspeed (ZeRO, any number
+    of ranks) or torch (one rank only)."""
     learner_ranks: int = 1
     """Data-parallel learner ranks (one torch.distributed group: gloo on CPU, NCCL on GPU)."""
     deepspeed_config: str = "configs/deepspeed/zero2.json"
     """DeepSpeed JSON (ZeRO stage, offload, precision). Batch sizes, optimizer, lr and clipping in it are
-    replaced by rlft's own (`ppo.*`); relative paths are resolved against the working directory."""
+    replaced by rlft's own (`ppo.*` in RL, `sft.*` in the warm-up); relative paths are resolved against the
+    working directory."""
     rollout_workers: int = 1
     """Rollout engines (Ray actors); prompts are split evenly among them and results gathered in order."""
     reward_workers: int = 1
@@ -586,8 +587,15 @@ def derive_sft_geometry(cfg: Config, world_size: int = 1) -> SFTGeometry:
     return SFTGeometry(world_size, micro, math.ceil(per_rank / micro), cfg.sft.sequences_per_step)
 
 
-def validate(cfg: Config, world_size: int = 1) -> None:
-    """Cross-field checks. Raises ConfigError naming the keys involved and the fix."""
+COMMANDS = ("sft", "train", "eval", "compare")
+"""The commands that load a config for a run; `load_config(command=...)` checks it for that command."""
+
+
+def validate(cfg: Config, world_size: int = 1, command: str | None = None) -> None:
+    """Cross-field checks. Raises ConfigError naming the keys involved and the fix.
+
+    `command` (one of `COMMANDS`): check what that command runs (`rlft sft` builds no rollout engines, so
+    the RL cluster checks do not apply to it; `rlft eval` runs in this process). None: every check."""
     if cfg.sft.sequences_per_step % world_size:
         raise ConfigError(
             f"sft.sequences_per_step={cfg.sft.sequences_per_step} does not divide across {world_size} ranks; "
@@ -620,8 +628,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if schedule is not None and (cfg.compare.warmup_checkpoint or schedule < cfg.compare.warmup_epochs):
         raise ConfigError(f"compare.warmup_schedule_epochs={schedule} needs a warm-up run here (no "
                           f"compare.warmup_checkpoint) and at least compare.warmup_epochs={cfg.compare.warmup_epochs}")
-    if cfg.cluster.backend == "ray":
-        _validate_cluster(cfg)
+    if cfg.cluster.backend == "ray" and command != "eval":
+        _validate_cluster(cfg, command)
     _validate_adapter(cfg.adapter)
     if cfg.rollout.engine == "vllm" and cfg.adapter.kind != "full":
         raise ConfigError(f"rollout.engine=vllm cannot run adapter.kind={cfg.adapter.kind} (hook-based adapters and "
@@ -680,7 +688,18 @@ def _validate_algorithm(cfg: Config) -> None:
         raise ConfigError(f"algo={cfg.algo} has no KL term, so kl.coef={cfg.kl.coef} cannot take effect; leave kl.coef unset")
 
 
-def _validate_cluster(cfg: Config) -> None:
+def runs_sft(cfg: Config, command: str | None) -> bool:
+    """`command` trains with the SFT loop: `rlft sft`, `rlft compare` (its warm-up and continued SFT), `rlft train`
+    of an algorithm whose loop is SFT (offline self-training); None: any command."""
+    return command in (None, "sft", "compare") or (command == "train" and algorithms.get(cfg.algo).loop == "offline_st")
+
+
+def runs_rl(command: str | None) -> bool:
+    """`command` may run the RL loop (rollout engines, reward workers): `rlft train`, `rlft compare`; None: any."""
+    return command in (None, "train", "compare")
+
+
+def _validate_cluster(cfg: Config, command: str | None = None) -> None:
     c = cfg.cluster
     for key in ("cluster.learner_ranks", "cluster.rollout_workers", "cluster.reward_workers"):
         if _get(cfg, key) < 1:
@@ -688,6 +707,19 @@ def _validate_cluster(cfg: Config) -> None:
     if c.learner == "torch" and c.learner_ranks > 1:
         raise ConfigError(f"cluster.learner=torch runs one rank (got cluster.learner_ranks={c.learner_ranks}); "
                           "use cluster.learner=deepspeed for data parallelism")
+    if cfg.adapter.kind != "full":
+        raise ConfigError(f"adapter.kind={cfg.adapter.kind} runs with cluster.backend=local only (the Ray learners "
+                          "and engines train and serve full weights); use adapter.kind=full or cluster.backend=local")
+    if runs_sft(cfg, command) and cfg.sft.sequences_per_step % c.learner_ranks:
+        raise ConfigError(f"sft.sequences_per_step={cfg.sft.sequences_per_step} does not split evenly across "
+                          f"cluster.learner_ranks={c.learner_ranks}; use a multiple of {c.learner_ranks}")
+    if runs_rl(command):
+        _validate_cluster_rl(cfg)
+
+
+def _validate_cluster_rl(cfg: Config) -> None:
+    """What the RL loop's Ray roles (rollout engines, reward workers, weight sync) require."""
+    c = cfg.cluster
     if c.placement == "colocated" and c.rollout_workers != c.learner_ranks:
         raise ConfigError(f"cluster.placement=colocated pairs each learner rank with one rollout engine: set "
                           f"cluster.rollout_workers={c.learner_ranks} (got {c.rollout_workers}) or use placement=split")
@@ -700,9 +732,6 @@ def _validate_cluster(cfg: Config) -> None:
     if cfg.rollout.engine == "vllm" and c.weight_sync == "broadcast":
         raise ConfigError("cluster.weight_sync=broadcast sends into HF engines; with rollout.engine=vllm use "
                           "cluster.weight_sync=object_store (vLLM's load_weights)")
-    if cfg.adapter.kind != "full":
-        raise ConfigError(f"adapter.kind={cfg.adapter.kind} runs with cluster.backend=local only (the Ray learners "
-                          "and engines train and serve full weights); use adapter.kind=full or cluster.backend=local")
     if cfg.ppo.critic == "separate":
         raise ConfigError("ppo.critic=separate runs with cluster.backend=local only (the Ray backend trains the "
                           "shared value head); use ppo.critic=shared")
@@ -712,6 +741,57 @@ def _validate_cluster(cfg: Config) -> None:
         raise ConfigError(
             f"ppo.sequences_per_minibatch={per_minibatch} must divide the {samples} samples per iteration "
             f"and split evenly across cluster.learner_ranks={c.learner_ranks}; use a multiple of {c.learner_ranks}")
+
+
+# What each command reads (`section.` = the whole section). A key given on a command's command line that it
+# does not read is an error: it cannot take effect. A YAML file may hold keys of other commands, since one
+# file serves `rlft sft`, `train`, `compare` and `eval` (configs/demo.yaml), so only the command line is held
+# to this. `rlft train` reads every section but `compare.`, and of `sft.` what its loop runs (below);
+# `rlft compare` runs SFT and RL from one config and reads everything.
+COMMAND_KEYS = {
+    "sft": ("run.", "model.", "data.", "sft.", "eval.", "adapter.", "log.", "cluster.", "rollout.hf_lean_step"),
+    "eval": ("run.dir", "run.seed", "model.", "data.", "eval.batch_size", "eval.max_new_tokens", "eval.samples",
+             "eval.temperature", "eval.partial_reward", "rollout.hf_lean_step"),
+}
+# `rlft train`: the SFT keys each loop of the algorithm table reads (offline self-training is an SFT run;
+# online self-training encodes its gold CoTs like SFT).
+SFT_KEYS_OF_LOOP = {"ppo": (), "online_st": ("sft.max_seq_tokens",), "offline_st": ("sft.", "eval.every_epoch")}
+# Cluster keys of the RL roles only: the SFT warm-up on Ray starts learner ranks and nothing else.
+RL_CLUSTER_KEYS = ("cluster.rollout_workers", "cluster.reward_workers", "cluster.placement", "cluster.weight_sync",
+                   "cluster.on_worker_failure")
+
+
+def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+def ineffective_reason(cfg: Config, command: str, key: str) -> str | None:
+    """Why `key` (dotted) cannot take effect for `rlft <command>` under `cfg`, or None when it can."""
+    if command == "train":
+        if key.startswith("compare."):
+            return "compare.* configure `rlft compare`"
+        loop = algorithms.get(cfg.algo).loop
+        if _matches(key, ("sft.", "eval.every_epoch")) and not _matches(key, SFT_KEYS_OF_LOOP[loop]):
+            return f"algo={cfg.algo} runs no SFT (sft.* are read by `rlft sft`, algo=offline_st and `rlft compare`)"
+    elif command in COMMAND_KEYS and not _matches(key, COMMAND_KEYS[command]):
+        return {"sft": "`rlft sft` trains on the annotated CoTs and evaluates held-out accuracy: sampling, reward and "
+                       "RL settings are read by `rlft train` and `rlft compare`",
+                "eval": "`rlft eval` generates with --model and scores, in this process: training and cluster "
+                        "settings are read by `rlft sft`, `train` and `compare`"}[command]
+    if key.startswith("cluster.") and key != "cluster.backend":
+        if cfg.cluster.backend == "local":
+            return "cluster.backend=local runs every role in this process; add cluster.backend=ray"
+        if command == "sft" and key in RL_CLUSTER_KEYS:
+            return "the SFT warm-up on Ray starts learner ranks only (no rollout engines, reward workers or weight sync)"
+    return None
+
+
+def check_command_line(cfg: Config, command: str, keys: list[str]) -> None:
+    """Every key given on `rlft <command>`'s command line must take effect for it (`COMMAND_KEYS`)."""
+    for key in keys:
+        reason = ineffective_reason(cfg, command, key)
+        if reason is not None:
+            raise ConfigError(f"command line: {key} cannot take effect with `rlft {command}`: {reason}; remove it")
 
 
 def _validate_log(log: LogConfig) -> None:
@@ -775,8 +855,10 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults < YAML at `path` < `section.key=value` overrides. Validates the result."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                command: str | None = None) -> Config:
+    """Defaults < YAML at `path` < `section.key=value` overrides. Validates the result, for `command` (one of
+    `COMMANDS`) when given: then every override must also take effect for it (`check_command_line`)."""
     cfg = Config()
     if path is not None:
         path = Path(path)
@@ -794,7 +876,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not sep:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         _set_dotted(cfg, key.strip(), _parse_scalar(raw), source="command line")
-    validate(cfg)
+    validate(cfg, command=command)
+    if command is not None:
+        check_command_line(cfg, command, [item.partition("=")[0].strip() for item in overrides])
     return cfg
 
 

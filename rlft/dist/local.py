@@ -1,7 +1,8 @@
-"""The roles of one RL run as plain in-process objects (tests, `breakpoint()`, a laptop).
+"""The roles of one run as plain in-process objects (tests, `breakpoint()`, a laptop).
 
-The loop in `rlft/trainers/ppo.py` talks only to `Roles`; `rlft/dist/ray_roles.py` (a later backend)
-provides the same objects as proxies over Ray actor groups.
+The loop in `rlft/trainers/ppo.py` talks only to `Roles`, and the SFT loop in `rlft/trainers/sft.py` only to
+its learner (`build_sft_learner`); `rlft/dist/ray_roles.py` provides the same objects as proxies over Ray
+actor groups.
 
 - rollout:   `HFRolloutEngine` sharing the policy's module, so weight sync is free (same tensors); or,
              with `rollout.engine=vllm`, a `VLLMRolloutEngine` built from the warm-up folder.
@@ -123,6 +124,28 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, a
             reference = AdapterReference(learner.model, start)
     engine = make_engine(cfg, lm, tokenizer, model_path, adapter)
     return Roles(rollout=engine, policy=learner, reference=reference, reward=RewardRole(cfg), critic=critic)
+
+
+def build_sft_learner(cfg: Config, lm: torch.nn.Module, model_path, adapter, *,
+                      total_steps: int) -> tuple[Learner, Callable[[], None]]:
+    """The SFT warm-up's learner and a function that stops it. `cluster.backend=local`: a `TorchLearner` over
+    `lm` with its attached `adapter` (training moves `lm` itself, so an engine on it evaluates the newest
+    weights); `ray`: the Ray learner group of `cluster.learner_ranks` ranks that PPO uses, each loading
+    `model_path` (full finetuning only), with SFT's optimizer and schedule."""
+    options = sft_learner_options(cfg, total_steps)
+    if cfg.cluster.backend == "ray":
+        from rlft.dist.ray_roles import build_ray_learner
+
+        return build_ray_learner(cfg, model_path, options=options)
+    return TorchLearner(PolicyModel(lm, adapter=adapter), **options), lambda: None
+
+
+def sft_learner_options(cfg: Config, total_steps: int) -> dict:
+    """The SFT warm-up's optimizer and schedule, the same for every backend: AdamW at `sft.lr`, a linear
+    warm-up over `sft.warmup_ratio` of the steps, then `sft.schedule`; train mode (dropout on)."""
+    return dict(lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
+                total_steps=total_steps, warmup_steps=int(cfg.sft.warmup_ratio * total_steps),
+                schedule=cfg.sft.schedule, train_mode=True)
 
 
 def rl_learner_options(cfg: Config, total_steps: int) -> dict:

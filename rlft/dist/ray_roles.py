@@ -1,16 +1,18 @@
-"""The roles of one RL run as Ray actor groups (`cluster.backend=ray`); the only module importing ray.
+"""The roles of one run as Ray actor groups (`cluster.backend=ray`); the only module importing ray.
 
 Every group satisfies the same small protocol as its in-process counterpart in `rlft/dist/local.py`, so
-the loop in `rlft/trainers/ppo.py` is unchanged and never calls `ray.get`:
+the loops in `rlft/trainers/ppo.py` and `rlft/trainers/sft.py` are unchanged and never call `ray.get`.
+An RL run gets every role (`build_ray_roles`); the SFT warm-up only the learner group (`build_ray_learner`),
+the same ranks with SFT's optimizer and schedule:
 
 - `RayRolloutGroup`  N engines (`cluster.rollout_workers`); prompts are split into N contiguous slices and
                      the results gathered back in prompt order.
 - `RayLearnerGroup`  `cluster.learner_ranks` data-parallel ranks forming one torch.distributed group
                      (gloo on CPU, NCCL on GPU), each a `DeepSpeedLearner` (or one `TorchLearner`). A
-                     minibatch is split evenly across ranks; metrics are summed (the loss contract makes
-                     per-rank shares add up), the gradient norm comes from rank 0. SFT-style micro-batches
-                     (online self-training) are dealt whole (`deal_micro_batches`). CARFT's anchor pass
-                     runs on the ranks too (`pooled_embeddings`: only pooled embeddings travel back).
+                     minibatch is split evenly across ranks (RL: its rows; SFT: its micro-batches); metrics
+                     are summed (the loss contract makes per-rank shares add up), the gradient norm comes
+                     from rank 0. CARFT's anchor pass runs on the ranks too (`pooled_embeddings`: only
+                     pooled embeddings travel back).
 - `RayReference`     the frozen warm-up model in an actor of its own.
 - `RayRewardPool`    `cluster.reward_workers` CPU actors, each with the configured reward function.
 
@@ -30,7 +32,8 @@ always stop the run (their state is in the checkpoint).
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import ray
 import torch
@@ -95,12 +98,13 @@ class RolloutWorker(_Actor):
 
 
 class LearnerWorker(_Actor):
-    """One data-parallel rank. `setup` joins the learners' torch.distributed group, then builds the model."""
+    """One data-parallel rank. `setup` joins the learners' torch.distributed group, then builds the model.
+    `options`: the optimizer and schedule (`rl_learner_options` or `sft_learner_options` of `dist/local.py`)."""
 
     def __init__(self, cfg: dict, model_path: str, rank: int, world_size: int, value_head: str | None,
-                 total_steps: int):
+                 options: dict):
         self.cfg, self.model_path, self.rank, self.world_size = config_from_dict(cfg), model_path, rank, world_size
-        self.value_head, self.total_steps = value_head, total_steps
+        self.value_head, self.options = value_head, options
         self.sync_group = None
 
     def address(self) -> tuple[str, int]:
@@ -111,7 +115,6 @@ class LearnerWorker(_Actor):
     def setup(self, master_addr: str, master_port: int, backend: str) -> None:
         import torch.distributed as dist
 
-        from rlft.dist.local import rl_learner_options
         from rlft.learner.torch_learner import TorchLearner
         from rlft.models.loading import load_policy
         from rlft.models.policy import PolicyModel
@@ -123,17 +126,19 @@ class LearnerWorker(_Actor):
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         seed_everything(cfg.run.seed)
         model = PolicyModel(load_policy(self.model_path, dtype=cfg.model.dtype)[0], value_head=self.value_head,
-                            head_dropout=cfg.carft.head_dropout, init_seed=cfg.run.seed,
-                            prefix_sharing=cfg.ppo.prefix_sharing, value_head_init=cfg.ppo.value_head_init)
-        common = rl_learner_options(cfg, self.total_steps)
+                            head_dropout=cfg.carft.head_dropout, init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
+                            value_head_init=cfg.ppo.value_head_init)
         if cfg.cluster.learner == "deepspeed":
             from rlft.learner.deepspeed_learner import DeepSpeedLearner, load_deepspeed_config
 
-            self.learner = DeepSpeedLearner(model, ds_config=load_deepspeed_config(cfg.cluster.deepspeed_config), **common)
+            self.learner = DeepSpeedLearner(model, ds_config=load_deepspeed_config(cfg.cluster.deepspeed_config),
+                                            **self.options)
         else:
-            self.learner = TorchLearner(model, **common)
+            self.learner = TorchLearner(model, **self.options)
 
-    def train_step(self, micro_batches, loss_fn) -> dict:
+    def train_step(self, micro_batches, loss_fn, padding: int = 0) -> dict:
+        if padding:  # only a group of several (DeepSpeed) ranks pads
+            return self.learner.train_step(micro_batches, loss_fn, padding=padding)
         return self.learner.train_step(micro_batches, loss_fn)
 
     def logprobs_and_values(self, batch, micro_batch_size: int):
@@ -146,8 +151,9 @@ class LearnerWorker(_Actor):
         return self.learner.num_trainable()
 
     def named_weights(self) -> dict | None:
-        """Full weights from rank 0 (every rank must take part: a collective under ZeRO-3)."""
-        weights = dict(self.learner.named_weights())
+        """Full weights from rank 0 (every rank must take part: a collective under ZeRO-3), on the CPU: the
+        object store's readers (engines, the SFT driver's evaluation) may have no GPU."""
+        weights = {name: tensor.cpu() for name, tensor in self.learner.named_weights()}
         return weights if self.rank == 0 else None
 
     def join_sync_group(self, backend: str, addr: str, port: int, world: int) -> None:
@@ -164,10 +170,21 @@ class LearnerWorker(_Actor):
         return broadcast_send(self.sync_group, named) if self.rank == 0 else 0
 
     def save(self, path: str) -> None:
+        """The learner's state, and this rank's RNG (dropout in SFT's train mode draws from it)."""
+        from rlft.utils.seeding import rng_state
+
         self.learner.save(path)
+        rng_file = Path(path) / "learner_rng" / f"rank{self.rank}.pt"
+        rng_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), rng_file)
 
     def load(self, path: str) -> None:
+        from rlft.utils.seeding import set_rng_state
+
         self.learner.load(path)
+        rng_file = Path(path) / "learner_rng" / f"rank{self.rank}.pt"
+        if rng_file.exists():  # absent in checkpoints written before ranks saved their RNG
+            set_rng_state(torch.load(rng_file, weights_only=False))
 
     # -- CARFT's anchor pass: this rank's rows, pooled here (only (b, D) embeddings travel back) --------
 
@@ -289,17 +306,6 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-def deal_micro_batches(micro_batches: list[dict], ranks: int) -> list[list[dict]]:
-    """Whole micro-batches to `ranks` in turn. Every rank must run as many passes (ZeRO's collectives), so a
-    rank left short gets copies of the smallest micro-batch marked `is_padding` (its learner zeroes their loss
-    and drops their metrics). The loss is normalised by minibatch-global counts, so the sum over ranks is the
-    same as in one process."""
-    shards = [micro_batches[r::ranks] for r in range(ranks)]
-    smallest = min(micro_batches, key=lambda mb: mb["input_ids"].numel())
-    padding = {**smallest, "is_padding": torch.tensor(True)}
-    return [shard + [padding] * (len(shards[0]) - len(shard)) for shard in shards]
-
-
 class RayRolloutGroup(_Group):
     def __init__(self, actors: list, pad_id: int, weight_sync: str, learners: "RayLearnerGroup | None", factory=None):
         """`learners`: the group whose rank 0 sends weights (None for a sampler that never syncs)."""
@@ -364,11 +370,12 @@ class RayLearnerGroup(_Group):
                 for r in range(len(self.actors))]
 
     def train_step(self, micro_batches: list[dict], loss_fn) -> dict[str, float]:
-        """Re-splits the minibatch: rank r gets rows [r*n/R, (r+1)*n/R) in micro-batches of the same size.
-        SFT-style micro-batches (`labels`: online self-training) differ in width: they are dealt whole."""
+        """RL batches (one width): the minibatch is re-split, rank r gets rows [r*n/R, (r+1)*n/R) in
+        micro-batches of the same size. SFT batches (`labels`; each micro-batch padded to its own width): rank
+        r gets the r-th contiguous block of ceil(m/R) micro-batches (`rlft/trainers/sft.py` makes m a multiple
+        of R); a shorter last block is padded with zero-loss copies, so every rank makes the same calls."""
         if "labels" in micro_batches[0]:
-            shards = deal_micro_batches(micro_batches, len(self.actors))
-            return combine_ranks(self._get([a.train_step.remote(mbs, loss_fn) for a, mbs in zip(self.actors, shards)]))
+            return self._train_step_blocks(micro_batches, loss_fn)
         rows = sum(mb["response_ids"].shape[0] for mb in micro_batches)
         ranks = len(self.actors)
         if rows % ranks:
@@ -381,6 +388,15 @@ class RayLearnerGroup(_Group):
             n = shard["response_ids"].shape[0]
             mbs = [{k: v[s:s + micro] for k, v in shard.items()} for s in range(0, n, micro)]
             refs.append(actor.train_step.remote(mbs, loss_fn))
+        return combine_ranks(self._get(refs))
+
+    def _train_step_blocks(self, micro_batches: list[dict], loss_fn) -> dict[str, float]:
+        per_rank = -(-len(micro_batches) // len(self.actors))
+        refs = []
+        for r, actor in enumerate(self.actors):
+            own = micro_batches[r * per_rank:(r + 1) * per_rank]
+            padding = per_rank - len(own)
+            refs.append(actor.train_step.remote(own + [micro_batches[-1]] * padding, loss_fn, padding))
         return combine_ranks(self._get(refs))
 
     def _padded_shards(self, batch: dict, micro_batch_size: int) -> list[dict]:
@@ -499,23 +515,26 @@ def plan_bundles(cfg: Config) -> tuple[list[dict], dict[str, list[tuple[int, flo
     return bundles, assignment
 
 
-def check_resources(cfg: Config, bundles: list[dict]) -> None:
-    need = {"CPU": sum(b["CPU"] for b in bundles) + cfg.cluster.reward_workers * cfg.cluster.cpus_per_worker,
-            "GPU": sum(b.get("GPU", 0) for b in bundles)}
+def check_resources(cfg: Config, bundles: list[dict], *, extra_cpus: float | None = None,
+                    layout: str | None = None) -> None:
+    """Fail at once, saying what is missing, when the cluster's total resources cannot hold `bundles` plus
+    `extra_cpus` (default: the RL run's reward workers); `layout` describes the actors (default: the RL run's)."""
+    c = cfg.cluster
+    extra_cpus = c.reward_workers * c.cpus_per_worker if extra_cpus is None else extra_cpus
+    need = {"CPU": sum(b["CPU"] for b in bundles) + extra_cpus, "GPU": sum(b.get("GPU", 0) for b in bundles)}
     have = ray.cluster_resources()  # total: resources busy now are waited for by the placement group
     short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
     if short:
         detail = ", ".join(f"{k}: needs {n:g}, the cluster has {h:g}" for k, (n, h) in short.items())
-        c = cfg.cluster
+        layout = layout or (f"{c.learner_ranks} learner ranks, {c.rollout_workers} rollout engines, "
+                            f"{c.reward_workers} reward workers, placement={c.placement}")
         raise ClusterTooSmallError(
-            f"the Ray cluster is too small for this run ({detail}): {c.learner_ranks} learner ranks, "
-            f"{c.rollout_workers} rollout engines, {c.reward_workers} reward workers, placement={c.placement}, "
+            f"the Ray cluster is too small for this run ({detail}): {layout}, "
             f"{c.cpus_per_worker:g} CPU / {c.gpus_per_worker:g} GPU each; lower cluster.* or add nodes")
 
 
-def open_placement_group(cfg: Config, bundles: list[dict]):
-    """Check the cluster's resources, then reserve `bundles` (or fail after `cluster.startup_timeout`)."""
-    check_resources(cfg, bundles)
+def _ready_placement_group(cfg: Config, bundles: list[dict]):
+    """One placement group of `bundles`, scheduled (or `ClusterTooSmallError` after cluster.startup_timeout)."""
     pg = placement_group(bundles, strategy="PACK")
     try:
         ray.get(pg.ready(), timeout=cfg.cluster.startup_timeout)
@@ -526,8 +545,9 @@ def open_placement_group(cfg: Config, bundles: list[dict]):
     return pg
 
 
-def placer(cfg: Config, pg):
-    """place(cls, bundle, gpus) -> an actor class bound to that bundle of `pg`."""
+def _placer(cfg: Config, pg) -> Callable:
+    """`place(cls, bundle, gpus)`: an actor class pinned to one bundle of `pg`."""
+    c = cfg.cluster
 
     def place(cls, bundle: int, gpus: float):
         return ray.remote(cls).options(
@@ -537,21 +557,63 @@ def placer(cfg: Config, pg):
     return place
 
 
+def _start_learners(cfg: Config, place: Callable, assignment: list[tuple[int, float]], model_path, *,
+                    value_head: str | None, options: dict, micro_batch_size: int) -> RayLearnerGroup:
+    """`cluster.learner_ranks` `LearnerWorker`s, rank i in bundle assignment[i], joined into one group."""
+    c = cfg.cluster
+    actors = [place(LearnerWorker, b, g).remote(to_dict(cfg), str(model_path), rank, c.learner_ranks, value_head, options)
+              for rank, (b, g) in enumerate(assignment)]
+    try:
+        return RayLearnerGroup(actors, backend="nccl" if c.gpus_per_worker > 0 else "gloo",
+                               micro_batch_size=micro_batch_size)
+    except BaseException:  # a rank failed to start (a bad DeepSpeed config, ...): stop the others too
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        raise
+
+
+def build_ray_learner(cfg: Config, model_path, *, options: dict) -> tuple[RayLearnerGroup, Callable[[], None]]:
+    """The learner ranks alone (the SFT warm-up: no engines, reference or reward workers), one bundle each;
+    returns the group and a function that stops it."""
+    owns_ray = connect(cfg)
+    c = cfg.cluster
+    bundle = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.gpus_per_worker > 0 else {})}
+    bundles = [dict(bundle) for _ in range(c.learner_ranks)]
+    check_resources(cfg, bundles, extra_cpus=0.0, layout=f"{c.learner_ranks} learner ranks")
+    pg = _ready_placement_group(cfg, bundles)
+    learners = None
+
+    def close() -> None:
+        for actor in learners.actors if learners is not None else []:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(pg)
+        if owns_ray:  # a private Ray (or our connection to a cluster) ends with the run
+            ray.shutdown()
+
+    try:
+        learners = _start_learners(cfg, _placer(cfg, pg), [(i, c.gpus_per_worker) for i in range(c.learner_ranks)],
+                                   model_path, value_head=None, options=options,
+                                   micro_batch_size=cfg.sft.micro_batch_size_per_device)
+    except BaseException:
+        close()
+        raise
+    return learners, close
+
+
 def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
     """Start every actor (checking the cluster first) and return `Roles` whose members are groups."""
-    from rlft.dist.local import Roles
+    from rlft.dist.local import Roles, rl_learner_options
 
     owns_ray = connect(cfg)
     bundles, assignment = plan_bundles(cfg)
-    pg = open_placement_group(cfg, bundles)
+    check_resources(cfg, bundles)
+    pg = _ready_placement_group(cfg, bundles)
     c, cfg_dict, path = cfg.cluster, to_dict(cfg), str(model_path)
-    place = placer(cfg, pg)
+    place = _placer(cfg, pg)
     run = plan(cfg)
-    backend = "nccl" if c.gpus_per_worker > 0 else "gloo"
-    learners = RayLearnerGroup(
-        [place(LearnerWorker, b, g).remote(cfg_dict, path, rank, c.learner_ranks, run.value_head, total_steps)
-         for rank, (b, g) in enumerate(assignment["learner"])],
-        backend=backend, micro_batch_size=cfg.ppo.micro_batch_size_per_device)
+    learners = _start_learners(cfg, place, assignment["learner"], path, value_head=run.value_head,
+                               options=rl_learner_options(cfg, total_steps),
+                               micro_batch_size=cfg.ppo.micro_batch_size_per_device)
     restart = c.on_worker_failure == "restart"
 
     def new_engine(i: int, restart_count: int = 0):
@@ -595,8 +657,10 @@ def build_ray_sampler(cfg: Config, tokenizer, model_path):
     c, cfg_dict, path = cfg.cluster, to_dict(cfg), str(model_path)
     bundles = [{"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.gpus_per_worker > 0 else {})}
                for _ in range(c.rollout_workers)]
-    pg = open_placement_group(cfg, bundles)
-    place = placer(cfg, pg)
+    check_resources(cfg, bundles, extra_cpus=c.reward_workers * c.cpus_per_worker,
+                    layout=f"{c.rollout_workers} rollout engines, {c.reward_workers} reward workers")
+    pg = _ready_placement_group(cfg, bundles)
+    place = _placer(cfg, pg)
     restart = c.on_worker_failure == "restart"
 
     def new_engine(i: int, restart_count: int = 0):  # seeded as in build_ray_roles

@@ -188,7 +188,7 @@ def _run_one(sft: bool, cfg: Config) -> dict:
 def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
     from rlft.trainers.sft import run_sft
 
-    base = load_config(config_path, cli_overrides)
+    base = load_config(config_path, cli_overrides, command="compare")
     root = Path(base.run.dir)
     root.mkdir(parents=True, exist_ok=True)
     save_config(base, root / "config.yaml")

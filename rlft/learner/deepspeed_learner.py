@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO learner: one data-parallel rank of a `Learner` (the only module importing deepspeed).
 
-Each rank owns a shard of every minibatch. The loss contract of `rlft/learner/base.py` (losses already
+Each rank owns a shard of every minibatch: RL batches (prompt + response) and SFT batches (`labels`), the
+same forwards as `TorchLearner` (`batch_forward`). The loss contract of `rlft/learner/base.py` (losses already
 normalised by minibatch-global counts) means the right gradient is the *sum* over micro-batches and
 ranks. DeepSpeed averages gradients over the data-parallel world, so each micro-batch's loss is scaled
 by the world size, and gradient accumulation is left to us (`managed_gradient_accumulation: false`):
@@ -12,8 +13,8 @@ works for every run. `"torch_adam": true` uses torch's AdamW (no compiled op, th
 `TorchLearner`).
 
 Losses that contrast rows across ranks (CARFT's in-batch negatives) get `gather_other_ranks` with the RL
-output (`ResponseOutput.gather_ranks`). SFT-style micro-batches (online self-training) are dealt whole to
-the ranks; a rank left one short runs a copy marked `is_padding`, whose loss counts zero.
+output (`ResponseOutput.gather_ranks`). SFT micro-batches (the warm-up, online self-training) come to each
+rank as a block of whole micro-batches; a rank whose block is short runs `padding` zero-loss copies.
 
 Non-finite losses: ZeRO-1/2 skip a step whose gradients overflow, ZeRO-3 in fp32 does not. So the ranks
 agree (one all-reduce per micro-batch) whether any loss was non-finite; if so the remaining micro-batches
@@ -34,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from rlft.learner.base import LossFn, MicroBatch, PoolFn, add_shares
-from rlft.learner.torch_learner import lr_lambda, pooled_forward, response_logprobs_and_values, rl_forward, sft_forward
+from rlft.learner.torch_learner import batch_forward, lr_lambda, pooled_forward, response_logprobs_and_values
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -69,6 +70,12 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def _zero_loss(output) -> torch.Tensor:
+    """0, with a (zero) gradient path through every output the backward of a real loss would reach."""
+    values = getattr(output, "values", None)
+    return output.logits.float().sum() * 0.0 + (0.0 if values is None else values.sum() * 0.0)
 
 
 def collective_device() -> torch.device:
@@ -126,7 +133,8 @@ class DeepSpeedLearner:
     @torch.no_grad()  # not inference_mode: ZeRO-3 would keep gathered (persistent) params as inference tensors
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int):
         self.engine.eval()
-        return response_logprobs_and_values(self.engine, batch, micro_batch_size)
+        logprobs, values = response_logprobs_and_values(self.engine, self._on_device(batch), micro_batch_size)
+        return logprobs.cpu(), None if values is None else values.cpu()
 
     @torch.no_grad()
     def pooled_embeddings(self, batch: MicroBatch, pool_fn: PoolFn, micro_batch_size: int) -> dict[str, torch.Tensor]:
@@ -134,27 +142,28 @@ class DeepSpeedLearner:
         self.engine.eval()
         return pooled_forward(self.engine, batch, pool_fn, micro_batch_size)
 
-    def _forward(self, mb: MicroBatch):
-        """An SFT micro-batch (`labels`, online self-training): the labelled positions' logits. An RL one: the
-        response-aligned output, with this group's all-gather for losses that contrast rows across ranks."""
-        if "labels" in mb:
-            return sft_forward(self.engine, mb)
-        output = rl_forward(self.engine, mb, None)
-        return output._replace(gather_ranks=gather_other_ranks) if self.world_size > 1 else output
+    def _on_device(self, batch: MicroBatch) -> MicroBatch:
+        """The batch's tensors where the engine put the model (a GPU rank's device); batches come from the
+        driver on the CPU."""
+        return {k: v.to(self.engine.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
-        """This rank's share of one minibatch; every rank must pass the same number of micro-batches."""
+    def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn, *, padding: int = 0) -> dict[str, float]:
+        """This rank's share of one minibatch; every rank must pass the same number of micro-batches. The last
+        `padding` of them only keep this rank in step with the others (a group whose micro-batches do not
+        split evenly across ranks): forward and backward with zero loss, no metrics."""
         self.engine.train(self.train_mode)
         totals: dict[str, float] = {}
         bad = False
-        for mb in micro_batches:
-            output = self._forward(mb)
-            loss, metrics = loss_fn(output, mb)
-            if "is_padding" in mb:  # a copy that only keeps this rank's passes in step with the others' (ZeRO's
-                loss, metrics = loss * 0.0, {}  # collectives): no gradient, no metrics (`deal_micro_batches`)
+        for i, mb in enumerate(micro_batches):
+            mb = self._on_device(mb)
+            output = batch_forward(self.engine, mb, None)
+            if self.world_size > 1 and "labels" not in mb and "response_ids" in mb:  # losses that contrast
+                output = output._replace(gather_ranks=gather_other_ranks)  # rows across ranks (CARFT)
+            pad = i >= len(micro_batches) - padding
+            loss, metrics = (_zero_loss(output), {}) if pad else loss_fn(output, mb)
             bad = any_rank(bad or not bool(torch.isfinite(loss.detach())))  # all ranks agree before backward
             if bad:  # keep the collectives of ZeRO's backward in step across ranks, with zero gradient
-                loss = output.logits.float().sum() * 0.0 + (0.0 if output.values is None else output.values.sum() * 0.0)
+                loss = _zero_loss(output)
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             add_shares(totals, metrics)
         lr = self.scheduler.get_last_lr()[0]

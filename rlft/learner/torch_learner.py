@@ -58,14 +58,8 @@ class TorchLearner:
         )
 
     def forward(self, micro_batch: MicroBatch):
-        """Forward of the `PolicyModel`: for an RL batch (prompt + response) a `ResponseOutput` (logits and
-        values aligned to the response tokens); for an SFT batch (`labels`) logits (N, V) of the N positions
-        that score a label (`sft_loss` takes either shape); for any other batch the whole `PolicyOutput`."""
-        if "labels" in micro_batch:
-            return sft_forward(self.model, micro_batch)
-        if "response_ids" in micro_batch:
-            return rl_forward(self.model, micro_batch, positions_for_batch(micro_batch))
-        return self.model(micro_batch["input_ids"], micro_batch["attention_mask"], positions_for_batch(micro_batch))
+        """`batch_forward` of the `PolicyModel`, under the batch's adapter positions."""
+        return batch_forward(self.model, micro_batch, positions_for_batch(micro_batch))
 
     @torch.inference_mode()
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -128,6 +122,19 @@ class TorchLearner:
         self.scheduler.load_state_dict(opt["scheduler"])
 
 
+def batch_forward(model, micro_batch: MicroBatch, positions: PositionMeta | None):
+    """A training forward of `model` (a `PolicyModel`, or a DeepSpeed engine around one): for an RL batch
+    (prompt + response) a `ResponseOutput` (logits and values aligned to the response tokens); for an SFT
+    batch (`labels`) logits (N, V) of the N positions that score a label (`sft_loss` takes either shape);
+    for any other batch the whole `PolicyOutput`."""
+    if "labels" in micro_batch:
+        return model(micro_batch["input_ids"], micro_batch["attention_mask"], positions,
+                     logits_mask=labelled_positions(micro_batch["labels"]))
+    if "response_ids" in micro_batch:
+        return rl_forward(model, micro_batch, positions)
+    return model(micro_batch["input_ids"], micro_batch["attention_mask"], positions)
+
+
 def sequence_batch(batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, P+T) ids and attention mask of left-padded prompts followed by right-padded responses."""
     ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1)
@@ -143,12 +150,6 @@ def fused_adamw_supported(groups: list[dict]) -> bool:
     """
     params = [p for g in groups for p in g["params"]]
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
-
-
-def sft_forward(model, batch: MicroBatch):
-    """Forward an SFT batch (`labels`): logits (N, V) of the N positions that score a label only."""
-    return model(batch["input_ids"], batch["attention_mask"], positions_for_batch(batch),
-                 logits_mask=labelled_positions(batch["labels"]))
 
 
 def pooled_forward(model, batch: MicroBatch, pool_fn: PoolFn, micro_batch_size: int) -> dict[str, torch.Tensor]:

@@ -17,10 +17,19 @@ With `adapter.kind` other than `full` the base model stays frozen and only the a
 (`rlft/adapters/`); checkpoints then hold the adapter's files and name the base model. `brep` also
 switches to BREP's truncated-prefix data (`truncate_targets`), and `heft` moves from its LoRA stage to
 its LoReFT stage after `adapter.heft.lora_fraction` of the epochs.
+
+The loop talks to a `Learner` (`rlft/learner/base.py`) built by `rlft/dist/local.py` `build_sft_learner`:
+in-process a `TorchLearner` over the model it evaluates; with `cluster.backend=ray` the Ray learner group
+that RL uses, `cluster.learner_ranks` DeepSpeed ZeRO ranks (or one torch rank), with the same optimizer and
+schedule (`sft.*`). Each step's micro-batches are then split across the ranks; the driver keeps a copy of
+the model for the held-out evaluation and gives it rank 0's weights before each; checkpoints add
+DeepSpeed's sharded state (`ckpt-N/deepspeed`, exact resume) beside the same HF `model/` folder. Full
+finetuning only on Ray (`config.validate` refuses adapters there).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -29,11 +38,12 @@ from pathlib import Path
 import torch
 
 from rlft.algos import sft as sft_algo
-from rlft.config import Config, derive_sft_geometry, to_dict
+from rlft.config import Config, SFTGeometry, derive_sft_geometry, to_dict
+from rlft.dist.errors import WorkerLostError
+from rlft.dist.local import build_sft_learner
 from rlft.evaluate import evaluate_held_out
-from rlft.learner.torch_learner import TorchLearner
+from rlft.learner.base import Learner
 from rlft.models.card import write_model_card
-from rlft.models.policy import PolicyModel
 from rlft.rollout.factory import hf_engine
 from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, truncate_targets
@@ -42,6 +52,7 @@ from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
 from rlft.utils.trackers import open_trackers
 from rlft.workspace import load_split, open_run_dir, prepare_model
+
 
 def make_loss_fn(num_label_tokens: int):
     """Minibatch token-mean CE: each micro-batch contributes its CE sum / the minibatch's label count."""
@@ -55,6 +66,16 @@ def make_loss_fn(num_label_tokens: int):
     return loss_fn
 
 
+def step_micro_batches(batch: list[dict], geo: SFTGeometry, pad_id: int) -> list[dict]:
+    """One optimizer step's examples as micro-batches of near-equal size, at most
+    `geo.micro_batch_size_per_device` each, and `geo.world_size` x as many as one rank needs of them: a Ray
+    learner group gives rank r the r-th contiguous block (`RayLearnerGroup.train_step`)."""
+    per_rank = math.ceil(len(batch) / geo.world_size)
+    n = geo.world_size * math.ceil(per_rank / geo.micro_batch_size_per_device)
+    bounds = [len(batch) * i // n for i in range(n + 1)]
+    return [collate(batch[lo:hi], pad_id) for lo, hi in itertools.pairwise(bounds) if hi > lo]
+
+
 def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples: list[dict] | None = None) -> dict:
     """Train, evaluating and checkpointing every epoch. Returns the run summary (also in summary.json).
 
@@ -65,6 +86,7 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     run_dir = open_run_dir(cfg)
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    # The driver's model: the in-process learner trains it; on Ray it only evaluates (weights from rank 0).
     model, tokenizer, model_path, adapter = prepare_model(cfg, train)
     examples, n_truncated = encode_examples(tokenizer, train, cfg.data.style, cfg.sft.max_seq_tokens,
                                              fmt=PromptFormat.of(cfg.data))
@@ -74,22 +96,38 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
         examples = truncate_targets(examples, prefix_tokens=brep.train_prefix_tokens,
                                     full_frac=brep.full_response_frac, seed=cfg.run.seed)
 
-    geo = derive_sft_geometry(cfg)
+    ranks = cfg.cluster.learner_ranks if cfg.cluster.backend == "ray" else 1
+    geo = derive_sft_geometry(cfg, ranks)
     steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
     total_steps = steps_per_epoch * cfg.sft.epochs
-    learner = TorchLearner(
-        PolicyModel(model, adapter=adapter), lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
-        total_steps=total_steps, warmup_steps=int(cfg.sft.warmup_ratio * total_steps), schedule=cfg.sft.schedule,
-    )
-    engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size)
-    n_params = sum(p.numel() for p in learner.model.parameters())
-    extra = f" + {len(extra_examples)} extra examples" if extra_examples else ""
-    print0(f"rlft sft: {len(train)} train{extra} / {len(test)} test records, model {model_path} ({n_params / 1e6:.2f}M params, "
-           f"adapter {adapter.kind}: {learner.num_trainable():,} trainable)")
-    print0(f"  batch geometry: {geo.sequences_per_step} sequences/step = {geo.grad_accum_steps} x "
-           f"{geo.micro_batch_size_per_device} micro-batch; {steps_per_epoch} steps/epoch, {total_steps} steps total"
-           + (f"; {n_truncated} examples truncated to {cfg.sft.max_seq_tokens} tokens" if n_truncated else ""))
+    learner, close = build_sft_learner(cfg, model, model_path, adapter, total_steps=total_steps)
+    try:
+        engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size)
+        n_params = sum(p.numel() for p in model.parameters())
+        extra = f" + {len(extra_examples)} extra examples" if extra_examples else ""
+        where = (f"{ranks} {cfg.cluster.learner} learner rank(s) on Ray" if cfg.cluster.backend == "ray"
+                 else "in this process")
+        print0(f"rlft sft: {len(train)} train{extra} / {len(test)} test records, model {model_path} "
+               f"({n_params / 1e6:.2f}M params, adapter {adapter.kind}: {learner.num_trainable():,} trainable), {where}")
+        print0(f"  batch geometry: {geo.sequences_per_step} sequences/step = {ranks} rank(s) x {geo.grad_accum_steps} "
+               f"micro-batches of <= {geo.micro_batch_size_per_device}; {steps_per_epoch} steps/epoch, {total_steps} steps total"
+               + (f"; {n_truncated} examples truncated to {cfg.sft.max_seq_tokens} tokens" if n_truncated else ""))
+        return _train_epochs(cfg, learner, engine=engine, tokenizer=tokenizer, adapter=adapter, examples=examples,
+                             test=test, geo=geo, run_dir=run_dir, model_path=model_path,
+                             stop_after_epoch=stop_after_epoch)
+    except WorkerLostError as e:
+        last = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+        where = f"last checkpoint: {last}; continue from it with run.resume=true" if last else "no checkpoint yet"
+        raise WorkerLostError(f"{e}; the run stopped ({where})") from None
+    finally:
+        close()
 
+
+def _train_epochs(cfg: Config, learner: Learner, *, engine, tokenizer, adapter, examples: list[dict], test: list,
+                  geo: SFTGeometry, run_dir: Path, model_path, stop_after_epoch: int | None) -> dict:
+    """The epochs (after resuming from the latest checkpoint): training steps, then per epoch the held-out
+    evaluation (on `engine`, given the learner's weights first) and a checkpoint."""
+    steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
     state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_checkpoint": None, "history": [],
              "train_seconds": 0.0, "train_tokens": 0}
     ckpt_root = run_dir / "checkpoints"
@@ -112,9 +150,7 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
         for i in range(steps_per_epoch):
             t0 = time.perf_counter()
             idx = order[i * geo.sequences_per_step:(i + 1) * geo.sequences_per_step]
-            batch = [examples[j] for j in idx]
-            micro = [collate(batch[k:k + geo.micro_batch_size_per_device], tokenizer.pad_token_id)
-                     for k in range(0, len(batch), geo.micro_batch_size_per_device)]
+            micro = step_micro_batches([examples[j] for j in idx], geo, tokenizer.pad_token_id)
             n_label = sum(int((mb["labels"][:, 1:] != IGNORE).sum()) for mb in micro)
             metrics = learner.train_step(micro, make_loss_fn(n_label))
             dt = time.perf_counter() - t0
@@ -133,6 +169,7 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
         over_budget = cfg.sft.max_seconds is not None and state["train_seconds"] >= cfg.sft.max_seconds
         last = epoch + 1 == cfg.sft.epochs or over_budget
         if cfg.eval.every_epoch or last:
+            engine.load_weights(learner.named_weights())  # from rank 0 on Ray; in-process the engine's own module
             summary, predictions = evaluate_held_out(cfg, engine, tokenizer, test)
             logger.log(state["step"], summary)
             record["accuracy"] = summary["eval/accuracy"]
@@ -168,13 +205,13 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     return summary
 
 
-def _save(learner: TorchLearner, tokenizer, state: dict, root: Path, record: dict, cfg: Config) -> Path:
+def _save(learner: Learner, tokenizer, state: dict, root: Path, record: dict, cfg: Config) -> Path:
     final = root / f"ckpt-{state['step']}"
     accuracy = record.get("accuracy", -1.0)
     if accuracy > state["best_accuracy"]:
         state["best_accuracy"], state["best_checkpoint"] = accuracy, str(final)
     tmp = checkpoint.begin(root, state["step"])
-    learner.save(tmp)
+    learner.save(tmp)  # model/ (HF format) and the optimizer state (on Ray: every rank's DeepSpeed shards)
     tokenizer.save_pretrained(tmp / "model")  # each checkpoint's model/ is a complete HF folder, with its card
     write_model_card(tmp / "model", cfg, method="offline_st" if cfg.algo == "offline_st" else "sft", step=state["step"],
                      accuracy=record.get("accuracy"))

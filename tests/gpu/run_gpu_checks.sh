@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks of the vLLM rollout engine (issue 7): one prepared script, about 4 minutes on one H200
-# (each step has its own time limit; the sum of the limits is 12 minutes).
+# (each step has its own time limit; the sum of the limits is 12 minutes, plus 3 for sft-ray).
 #
 #   bash tests/gpu/run_gpu_checks.sh          # a CUDA GPU, a CUDA torch and vllm (README "vLLM rollouts")
 #   PY=/opt/venv/bin/python bash tests/gpu/run_gpu_checks.sh
@@ -13,6 +13,8 @@
 # 3. ppo        `rlft sft` (one short epoch) then `rlft train rollout.engine=vllm` for 3 iterations
 # (before them, without vllm: carft-ray, CARFT with cluster.backend=ray on DeepSpeed ranks, `carft_ray_check.py`)
 # First, on CUDA: the HF engine's lean decoding step against the HF forward (pytest, fp32 and bf16).
+# First, on CUDA: the HF engine's lean decoding step against the HF forward (pytest, fp32 and bf16), and with
+# ray and deepspeed installed `rlft sft` on a DeepSpeed learner rank on the GPU (cluster.backend=ray).
 # Then a table (throughput, sync time, log-prob parity, pass/fail). No GPU or no vllm: says so, exits 0.
 # Exit status 1 if a check failed or a step hit its time limit.
 # GPU_CHECKS_DEVICE=cpu runs the same steps, smaller, on vLLM's CPU backend (a dry run of this script
@@ -64,6 +66,19 @@ else
 fi
 # ---- end of CARFT on Ray
 
+if [ "$DEVICE" = cuda ] && "$PY" -c "import ray, deepspeed" 2>/dev/null; then
+  # The SFT warm-up on a DeepSpeed ZeRO-2 learner rank on the GPU (Ray; NCCL, a group of one rank: NCCL refuses
+  # two ranks on one GPU), the driver evaluating its own copy of the model with rank 0's weights: it finishes,
+  # and its checkpoint holds DeepSpeed's shards beside the HF model folder.
+  echo "== sft-ray (limit 180s)"
+  timeout --kill-after=10 180 "$PY" -m rlft.cli sft "run.dir=$DIR/sft-ray" model.path=tiny sft.epochs=1 "${TASK[@]}" \
+    cluster.backend=ray cluster.learner_ranks=1 cluster.gpus_per_worker=1 cluster.num_cpus=4 >"$DIR/sft-ray.log" 2>&1
+  rc=$?; echo "   exit $rc (log: $DIR/sft-ray.log)"; tail -n 3 "$DIR/sft-ray.log" | sed 's/^/   | /'
+  CKPT=$(ls -d "$DIR"/sft-ray/checkpoints/ckpt-* 2>/dev/null | tail -n 1)
+  if [ $rc -ne 0 ] || [ ! -d "$CKPT/deepspeed" ] || [ ! -f "$CKPT/model/model.safetensors" ]; then
+    echo "   FAIL: no finished run with a DeepSpeed checkpoint"; status=1
+  fi
+fi
 if ! "$PY" -c "import vllm" 2>/dev/null; then
   echo "run_gpu_checks: SKIP: vllm is not importable by $PY (pip install -e '.[vllm]')"; exit $status
 fi

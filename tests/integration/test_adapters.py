@@ -109,7 +109,8 @@ def test_sft_with_brep_then_eval_and_train_from_its_checkpoint(tmp_path, warm_mo
 
     # rlft eval on the adapter checkpoint reproduces the run's own evaluation
     capsys.readouterr()
-    assert main(["eval", *SFT_MICRO, f"run.dir={sft_dir}", "--model", str(ckpt), "--out", str(tmp_path / "ev")]) == 0
+    eval_keys = [o for o in SFT_MICRO if o.startswith(("data.", "eval."))]  # what `rlft eval` reads
+    assert main(["eval", *eval_keys, f"run.dir={sft_dir}", "--model", str(ckpt), "--out", str(tmp_path / "ev")]) == 0
     evaluated = json.loads((tmp_path / "ev" / "eval_summary.json").read_text())
     assert evaluated["adapter"] == "brep" and evaluated["eval/accuracy"] == summary["history"][-1]["accuracy"]
     in_run = [json.loads(line)["completions"] for line in (sft_dir / "predictions_epoch2.jsonl").read_text().splitlines()]

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from rlft.cli import build_parser
-from rlft.config import split_config_args
-from rlft.config import load_config
+from rlft.config import COMMANDS, load_config, split_config_args
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +34,11 @@ def test_readme_command_parses(line):
         return
     args = build_parser().parse_args(argv)
     path, overrides = split_config_args(getattr(args, "config", []))  # `rlft model merge` takes no config
-    load_config(REPO / path if path else None, overrides)
+    # as the command will load it: checked for what it runs (`rlft launch` submits `rlft train` or `sft` on Ray)
+    command = args.command if argv[0] == "launch" else argv[0] if argv[0] in COMMANDS else None
+    if argv[0] == "launch":
+        overrides = [*overrides, "cluster.backend=ray"]
+    load_config(REPO / path if path else None, overrides, command=command)
 
 
 def test_readme_make_targets_exist():
