@@ -265,18 +265,34 @@ class _Group:
                 ray.get(ready[0])
             return ray.get(refs)
         except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
-            dead = []
-            for i, ref in zip(indices, refs):
-                try:
-                    ray.get(ref, timeout=0)
-                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
-                    dead.append(i)
-                except Exception:  # noqa: BLE001  (another error or still running: not the dead one)
-                    pass
-            names = ", ".join(_describe(self.role, i, self.where[i]) for i in dead) or f"a {self.role}"
-            error = WorkerLostError(f"{names} died ({type(e).__name__})")
-            error.dead = dead
-            raise error from None
+            self._raise_lost(self._dead(refs, indices, wait_s=0.0), e)
+        except ray.exceptions.RayTaskError as e:
+            # A peer's collective failed (gloo: "connection reset by peer") because another member died: the
+            # dead one is the news. Its own result turns into an actor error within moments.
+            dead = self._dead(refs, indices, wait_s=30.0)
+            if not dead:
+                raise
+            self._raise_lost(dead, e)
+
+    def _dead(self, refs: list, indices: list[int], *, wait_s: float) -> list[int]:
+        """Indices of the members whose call failed because the actor died (waiting up to `wait_s` for them)."""
+        if wait_s > 0:
+            ray.wait(list(refs), num_returns=len(refs), timeout=wait_s)
+        dead = []
+        for i, ref in zip(indices, refs):
+            try:
+                ray.get(ref, timeout=0)
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
+                dead.append(i)
+            except Exception:  # noqa: BLE001  (another error or still running: not the dead one)
+                pass
+        return dead
+
+    def _raise_lost(self, dead: list[int], cause: Exception):
+        names = ", ".join(_describe(self.role, i, self.where[i]) for i in dead) or f"a {self.role}"
+        error = WorkerLostError(f"{names} died ({type(cause).__name__})")
+        error.dead = dead
+        raise error from None
 
     def state_dict(self) -> dict:
         return {"rng": self._get([a.rng_state.remote() for a in self.actors])}
