@@ -195,7 +195,7 @@ def run_rlft(name: str, args, model_dir: Path, out_dir: Path) -> dict:
     never = 10**9
     overrides = [
         f"algo={algo}", f"run.dir={out_dir}", "run.resume=false", f"run.seed={args.seed}",
-        f"model.path={model_dir}", "model.dtype=float32",
+        f"model.path={model_dir}", "model.dtype=float32", "model.precision=fp32",
         "data.train=arithmetic", "data.test=arithmetic", "data.difficulty=0", "data.seed=0",
         f"data.n_train={P * args.steps}", "data.n_test=4",
         f"rollout.prompts_per_step={P}", f"rollout.samples_per_prompt={G}", "rollout.temperature=1.0",

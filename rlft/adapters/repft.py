@@ -172,9 +172,10 @@ class RepFTAdapter(AdapterBase):
             if masks is None:
                 return None
             h = output[0] if isinstance(output, tuple) else output  # (B, T_c, d)
-            for i in point_ids:
-                mask = masks[self.points[i].rule].unsqueeze(-1)  # (B, T_c, 1)
-                h = torch.where(mask, self.interventions[i](h.float()).to(h.dtype), h)
+            with torch.autocast(h.device.type, enabled=False):  # Φ in fp32 under bf16-mixed too
+                for i in point_ids:
+                    mask = masks[self.points[i].rule].unsqueeze(-1)  # (B, T_c, 1)
+                    h = torch.where(mask, self.interventions[i](h.float()).to(h.dtype), h)
             return (h, *output[1:]) if isinstance(output, tuple) else h
 
         return hook

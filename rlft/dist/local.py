@@ -12,6 +12,9 @@ provides the same objects as proxies over Ray actor groups.
              with any other adapter, the policy itself with its adapter switched off (`AdapterReference`):
              no second copy of the model.
 - reward:    `RewardRole`, the configured reward function behind a timeout that counts failures.
+
+Every model lives on the run's resolved device (`rlft/utils/device.py`), the reference on the CPU with
+`kl.reference_device=cpu`; each role moves batches to its model and returns results on the CPU.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from rlft.config import Config
 from rlft.learner.base import Learner, Reference
 from rlft.learner.reference import AdapterReference, FrozenReference
 from rlft.learner.torch_learner import TorchLearner
-from rlft.models.loading import load_policy
+from rlft.models.loading import load_for_run
 from rlft.models.policy import PolicyModel
 from rlft.reward.base import Reward
 from rlft.reward.role import RewardRole
 from rlft.rollout.base import RolloutEngine
 from rlft.rollout.factory import make_engine
 from rlft.trainers.algorithms import plan
+from rlft.utils.device import Compute, reference_compute, resolve_compute
 
 
 @dataclass
@@ -63,39 +67,51 @@ class Roles:
             self.on_close()
 
 
-def build_roles(cfg: Config, lm, tokenizer, model_path, adapter, *, total_steps: int) -> Roles:
+def build_roles(cfg: Config, lm, tokenizer, model_path, adapter, *, total_steps: int,
+                compute: Compute | None = None) -> Roles:
     """`cluster.backend=local`: every role in this process; `ray`: actor groups (imported only then)."""
     if cfg.cluster.backend == "ray":
         from rlft.dist.ray_roles import build_ray_roles
 
         return build_ray_roles(cfg, tokenizer, model_path, total_steps=total_steps)
-    return build_local_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=total_steps)
+    return build_local_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=total_steps, compute=compute)
 
 
-def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, adapter, *, total_steps: int) -> Roles:
+def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, adapter, *, total_steps: int,
+                      compute: Compute | None = None) -> Roles:
     """Policy (+ value head for reft) over `lm` with its attached `adapter`, the optional separate critic
-    and the reference, each from the same warm-up, and the HF engine."""
+    and the reference, each from the same warm-up, and the HF engine. `lm` is on `compute`'s device already
+    (`prepare_model`); the others are loaded there (default: the run's resolved `Compute`)."""
     run = plan(cfg)
+    compute = resolve_compute(cfg) if compute is None else compute
     learner = TorchLearner(PolicyModel(lm, value_head=run.value_head, head_dropout=cfg.carft.head_dropout,
                                        adapter=adapter, init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
-                                       value_head_init=cfg.ppo.value_head_init),
+                                       value_head_init=cfg.ppo.value_head_init, **policy_model_options(cfg, compute)),
                            **rl_learner_options(cfg, total_steps))
     base_path = adapter.base_path or model_path  # the HF folder under an adapter checkpoint
     critic = None
     if cfg.ppo.critic == "separate":  # spec §5's ablation: a second learner with a value head, not a new role
-        critic = TorchLearner(PolicyModel(load_policy(base_path, dtype=cfg.model.dtype)[0], value_head="linear",
+        critic = TorchLearner(PolicyModel(load_for_run(base_path, cfg, compute, trains=True)[0], value_head="linear",
                                           init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
-                                          value_head_init=cfg.ppo.value_head_init),
+                                          value_head_init=cfg.ppo.value_head_init, **policy_model_options(cfg, compute)),
                               **rl_learner_options(cfg, total_steps))
     reference = None
     if run.uses_reference:
         if adapter.kind == "full":
-            reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0], cfg.ppo.prefix_sharing)
+            where = reference_compute(cfg, compute)  # kl.reference_device
+            reference = FrozenReference(load_for_run(model_path, cfg, where, trains=False)[0], cfg.ppo.prefix_sharing,
+                                        mixed_precision=where.mixed)
         else:  # continuing an adapter checkpoint: the reference is that checkpoint, not the bare base
             start = adapter.adapter_state_dict() if read_adapter_json(model_path) is not None else None
             reference = AdapterReference(learner.model, start)
-    engine = make_engine(cfg, lm, tokenizer, model_path, adapter)
+    engine = make_engine(cfg, lm, tokenizer, model_path, adapter, compute=compute)
     return Roles(rollout=engine, policy=learner, reference=reference, reward=RewardRole(cfg), critic=critic)
+
+
+def policy_model_options(cfg: Config, compute: Compute) -> dict:
+    """`PolicyModel` settings of a learner's model, the same for every learner (SFT, RL policy, separate critic,
+    Ray ranks): bf16 autocast under bf16-mixed, and `model.gradient_checkpointing`."""
+    return dict(mixed_precision=compute.mixed, gradient_checkpointing=cfg.model.gradient_checkpointing)
 
 
 def rl_learner_options(cfg: Config, total_steps: int) -> dict:

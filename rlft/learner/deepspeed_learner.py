@@ -6,9 +6,11 @@ ranks. DeepSpeed averages gradients over the data-parallel world, so each micro-
 by the world size, and gradient accumulation is left to us (`managed_gradient_accumulation: false`):
 `train_step` may see any number of micro-batches and every `engine.step()` is one optimizer step.
 
-ZeRO stage, offload and precision come from the JSON file named by `cluster.deepspeed_config`; rlft
-fills in what it owns (batch sizes, AdamW + its hyperparameters, clipping, the lr schedule), so one file
-works for every run. `"torch_adam": true` uses torch's AdamW (no compiled op, the same maths as
+ZeRO stage and offload come from the JSON file named by `cluster.deepspeed_config`; rlft fills in what it
+owns (batch sizes, AdamW + its hyperparameters, clipping, the lr schedule, and precision: `bf16.enabled` from
+`model.precision`, DeepSpeed's own mixed precision with a bf16 module and fp32 master weights in the
+optimizer), so one file works for every run. Batches move to the rank's device at `train_step` /
+`logprobs_and_values`; results come back on the CPU. `"torch_adam": true` uses torch's AdamW (no compiled op, the same maths as
 `TorchLearner`).
 
 Non-finite losses: ZeRO-1/2 skip a step whose gradients overflow, ZeRO-3 in fp32 does not. So the ranks
@@ -31,6 +33,7 @@ import torch.distributed as dist
 
 from rlft.learner.base import LossFn, MicroBatch, add_shares
 from rlft.learner.torch_learner import lr_lambda, response_logprobs_and_values, rl_forward
+from rlft.utils.device import module_device, to_device
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -43,8 +46,9 @@ def load_deepspeed_config(path: str | Path) -> dict:
         raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
 
 
-def build_engine_config(base: dict, *, lr: float, weight_decay: float, max_grad_norm: float, world_size: int) -> dict:
-    """The user's ZeRO/precision settings plus what rlft owns."""
+def build_engine_config(base: dict, *, lr: float, weight_decay: float, max_grad_norm: float, world_size: int,
+                        bf16: bool = False) -> dict:
+    """The user's ZeRO settings plus what rlft owns (`bf16`: the precision `deepspeed_bf16` resolved)."""
     cfg = copy.deepcopy(base)
     cfg.update({
         "train_micro_batch_size_per_gpu": 1,  # nominal: rlft feeds micro-batches itself
@@ -55,6 +59,7 @@ def build_engine_config(base: dict, *, lr: float, weight_decay: float, max_grad_
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.999],
                                                    "eps": 1e-8, "torch_adam": True}},
         "steps_per_print": 10**9,
+        "bf16": {**(cfg.get("bf16") or {}), "enabled": bf16},
     })
     cfg.pop("scheduler", None)
     return cfg
@@ -87,7 +92,9 @@ class DeepSpeedLearner:
         warmup_steps: int = 0,
         schedule: str = "linear",
         train_mode: bool = True,
+        bf16: bool = False,
     ):
+        """`bf16`: DeepSpeed's bf16 mode (`rlft.utils.device.deepspeed_bf16` of `model.precision`)."""
         self.world_size = dist.get_world_size()
         self.rank = dist.get_rank()
         self.train_mode = train_mode
@@ -95,7 +102,7 @@ class DeepSpeedLearner:
         if self.world_size > 1:  # shared prompts: the same module calls on every rank
             model.agree_across_ranks = any_rank
         config = build_engine_config(ds_config, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-                                     world_size=self.world_size)
+                                     world_size=self.world_size, bf16=bf16)
         self.zero_stage = config.get("zero_optimization", {}).get("stage", 0)
         schedule_fn = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
             optimizer, lambda s: lr_lambda(s, total_steps=total_steps, warmup_steps=warmup_steps, schedule=schedule))
@@ -103,6 +110,7 @@ class DeepSpeedLearner:
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config,
             lr_scheduler=schedule_fn, dist_init_required=False,
         )
+        self.device = module_device(model)  # where DeepSpeed put the module: micro-batches go there
 
     # -- compute -----------------------------------------------------------------------------------
 
@@ -114,9 +122,11 @@ class DeepSpeedLearner:
     def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
         """This rank's share of one minibatch; every rank must pass the same number of micro-batches."""
         self.engine.train(self.train_mode)
+        self.model.set_learning_mode(self.train_mode)  # gradient checkpointing in eval mode
         totals: dict[str, float] = {}
         bad = False
         for mb in micro_batches:
+            mb = to_device(mb, self.device)
             output = rl_forward(self.engine, mb, None)
             loss, metrics = loss_fn(output, mb)
             bad = any_rank(bad or not bool(torch.isfinite(loss.detach())))  # all ranks agree before backward

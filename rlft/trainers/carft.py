@@ -25,6 +25,7 @@ from rlft.tasks.base import Record
 from rlft.types import TrainBatch
 from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples
+from rlft.utils.device import module_device, to_device
 
 
 def _anchor_batch(tokenizer, records: list[Record], cfg: Config) -> dict[str, torch.Tensor]:
@@ -37,11 +38,13 @@ def _anchor_batch(tokenizer, records: list[Record], cfg: Config) -> dict[str, to
 
 @torch.no_grad()
 def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], batch: TrainBatch) -> dict:
-    """Sets `z_anchor` (B, D) [and `lcs_gen_in` / `z_anchor_diff`] on `batch`; may rescale its `scores`."""
+    """Sets `z_anchor` (B, D) [and `lcs_gen_in` / `z_anchor_diff`] on `batch`; may rescale its `scores`. Runs on
+    the policy module's device; what it sets on `batch` is on the CPU, like the rest of the batch."""
     model.eval()
     if any(r.cot is None and r.program is None for r in owners):
         raise ValueError("algo=carft needs annotated CoTs in the training data (the anchor); "
                          f"record {next(r.id for r in owners if r.cot is None and r.program is None)} has none")
+    device = module_device(model)
     anchor = _anchor_batch(tokenizer, owners, cfg)
     micro = cfg.ppo.micro_batch_size_per_device
     z, z_diff = [], []
@@ -50,6 +53,8 @@ def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], batch: Tra
         gen_mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
         anchor_in, gen_in = contrastive.lcs_masks(anchor["input_ids"], anchor["attention_mask"], gen_ids, gen_mask)
         batch.lcs_gen_in = gen_in.long()
+        anchor_in = anchor_in.to(device)
+    anchor = to_device(anchor, device)
     for s in range(0, len(owners), micro):
         out = model(anchor["input_ids"][s:s + micro], anchor["attention_mask"][s:s + micro],
                     PositionMeta.unpadded_prompt(anchor["prompt_len"][s:s + micro]))
@@ -57,21 +62,21 @@ def anchor_phase(cfg: Config, model, tokenizer, owners: list[Record], batch: Tra
         z.append(contrastive.pool(out.values, out.embeddings, cot))
         if cfg.carft.negative == "lcs":
             z_diff.append(contrastive.pool(out.values, out.embeddings, cot.bool() & ~anchor_in[s:s + micro]))
-    batch.z_anchor = torch.cat(z)
+    batch.z_anchor = torch.cat(z).cpu()  # to host, with the rest of the batch
     if z_diff:
-        batch.z_anchor_diff = torch.cat(z_diff)
+        batch.z_anchor_diff = torch.cat(z_diff).cpu()
     metrics = {}
     if cfg.carft.partial_reward == "embedding":
         z_gen = []
         for s in range(0, len(owners), micro):
-            mb = {k: v[s:s + micro] for k, v in batch.sequences().items()}
+            mb = to_device({k: v[s:s + micro] for k, v in batch.sequences().items()}, device)
             ids, mask = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1), torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
             out = model(ids, mask, PositionMeta.from_prompt_mask(mb["prompt_mask"]))
             P, T = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
             z_gen.append(contrastive.pool(out.values[:, P:P + T], out.embeddings[:, P:P + T], mb["response_mask"]))
         scores = batch.scores
         is_partial = (scores > 0) & (scores < 1)
-        batch.scores = contrastive.partial_reward(scores, is_partial, batch.z_anchor, torch.cat(z_gen))
+        batch.scores = contrastive.partial_reward(scores, is_partial, batch.z_anchor, torch.cat(z_gen).cpu())
         metrics["carft/partial_reward_mean"] = batch.scores[is_partial].mean() if is_partial.any() else torch.tensor(0.0)
     return metrics
 

@@ -30,6 +30,7 @@ import torch
 
 from rlft.algos import sft as sft_algo
 from rlft.config import Config, derive_sft_geometry, to_dict
+from rlft.dist.local import policy_model_options
 from rlft.evaluate import evaluate_held_out
 from rlft.learner.torch_learner import TorchLearner
 from rlft.models.card import write_model_card
@@ -38,6 +39,7 @@ from rlft.rollout.factory import hf_engine
 from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, truncate_targets
 from rlft.utils import checkpoint
+from rlft.utils.device import resolve_compute
 from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
 from rlft.utils.trackers import open_trackers
@@ -63,9 +65,11 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     appended to the encoded training set; for exact resume they must be the same on every call.
     """
     run_dir = open_run_dir(cfg)
+    compute = resolve_compute(cfg)
+    print0(f"rlft sft: {compute.describe()}")
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
-    model, tokenizer, model_path, adapter = prepare_model(cfg, train)
+    model, tokenizer, model_path, adapter = prepare_model(cfg, train, compute=compute)
     examples, n_truncated = encode_examples(tokenizer, train, cfg.data.style, cfg.sft.max_seq_tokens,
                                              fmt=PromptFormat.of(cfg.data))
     examples += extra_examples or []  # offline self-training: SFT on the union (spec §12)
@@ -78,10 +82,10 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
     total_steps = steps_per_epoch * cfg.sft.epochs
     learner = TorchLearner(
-        PolicyModel(model, adapter=adapter), lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
+        PolicyModel(model, adapter=adapter, **policy_model_options(cfg, compute)), lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
         total_steps=total_steps, warmup_steps=int(cfg.sft.warmup_ratio * total_steps), schedule=cfg.sft.schedule,
     )
-    engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size)
+    engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size, compute=compute)
     n_params = sum(p.numel() for p in learner.model.parameters())
     extra = f" + {len(extra_examples)} extra examples" if extra_examples else ""
     print0(f"rlft sft: {len(train)} train{extra} / {len(test)} test records, model {model_path} ({n_params / 1e6:.2f}M params, "
