@@ -48,7 +48,7 @@ from rlft.adapters.base import FullFinetune, PolicyAdapter
 from rlft.adapters.positions import PositionMeta
 from rlft.models.loading import LLAMA_FAMILY, enable_gradient_checkpointing, uses_sliding_window
 from rlft.rollout.decode import cache_keyword
-from rlft.utils.device import module_device
+from rlft.utils.device import autocast_off, bf16_autocast, module_device
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -183,7 +183,7 @@ class PolicyModel(torch.nn.Module):
         `logits_mask`: (B, S) bool; logits (N, V) for its N True positions only, in row-major order (SFT:
         the positions that score a label, `rlft.algos.sft.labelled_positions`), so the LM head and the
         loss skip prompt and padding positions. Values, if any, still cover all (B, S)."""
-        with torch.autocast(module_device(self.lm).type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+        with bf16_autocast(module_device(self.lm), self.mixed_precision):
             return self._forward(input_ids, attention_mask, positions, logits_to_keep, prompt_len, logits_mask)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: PositionMeta | None,
@@ -212,7 +212,7 @@ class PolicyModel(torch.nn.Module):
             return PolicyOutput(logits=logits, values=values, embeddings=embeddings)
         # The heads compute in their own dtype (fp32 master weights) even under bf16 autocast: they are small,
         # and the value loss and CARFT's cosines are sensitive to bf16's 3 significant digits.
-        with torch.autocast(hidden.device.type, enabled=False):
+        with autocast_off(hidden.device):
             hidden = hidden.to(next(self.value_head.parameters()).dtype)
             if self.head_kind == "carft":
                 values, embeddings = self.value_head(hidden)  # (B, S), (B, S, D)

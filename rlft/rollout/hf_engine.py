@@ -30,7 +30,7 @@ from rlft.adapters.positions import PositionMeta
 from rlft.rollout import decode, llama_step
 from rlft.rollout.base import SamplingParams
 from rlft.types import RolloutBatch, concat_batches
-from rlft.utils.device import module_device
+from rlft.utils.device import bf16_autocast, module_device
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +83,7 @@ class HFRolloutEngine:
             # A seeded call must not shift the caller's random stream (like `evaluate`'s fork_rng).
             device = module_device(self.model)
             with torch.random.fork_rng(enabled=params.seed is not None), torch.inference_mode(), \
-                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+                    bf16_autocast(device, self.mixed_precision):
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
                 for start in range(0, len(prompt_ids), self.batch_size):

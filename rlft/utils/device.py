@@ -23,6 +23,7 @@ numbers on every CPU; the test suite sets 0).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -55,13 +56,26 @@ class Compute:
 
     def autocast(self):
         """bf16 autocast on this device type under bf16-mixed; a context that changes nothing under fp32."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed)
+        return bf16_autocast(self.device, self.mixed)
 
     def describe(self) -> str:
         name = str(self.device)
         if self.device.type == "cuda" and torch.cuda.is_available():
             name += f" ({torch.cuda.get_device_name(self.device)})"
         return f"device {name}, precision {self.precision}" + (f" ({self.reason})" if self.reason else "")
+
+
+def bf16_autocast(device: torch.device, enabled: bool):
+    """torch.autocast to bfloat16 on `device`'s type when `enabled`; else no autocast context at all (fp32 runs
+    stay bit-for-bit what they were, on any device type)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def autocast_off(device: torch.device):
+    """Step out of an enclosing autocast (fp32 islands: value heads, hook-adapter edits); nothing when none is on."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def check_device_form(value: str) -> None:
@@ -81,6 +95,8 @@ def resolve_device(cfg) -> torch.device:
         return torch.device("cuda" if cfg.cluster.gpus_per_worker > 0 else "cpu")
     if value == "cpu" or (value == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
+    if value == "auto":
+        value = "cuda"
     if not torch.cuda.is_available():
         raise _config_error(f"run.device={value}, but CUDA is not available here (torch {torch.__version__}"
                             f"{'' if torch.version.cuda else ', a CPU-only build'}); use run.device=cpu or auto")
