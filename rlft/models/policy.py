@@ -247,7 +247,7 @@ class PolicyModel(torch.nn.Module):
             return f"architecture {getattr(config, 'model_type', None)!r} (shared prompts cover {LLAMA_FAMILY})"
         if uses_sliding_window(config):
             return "sliding-window attention"
-        if torch.is_grad_enabled() and self._checkpointing():
+        if torch.is_grad_enabled() and (self.gradient_checkpointing or (self.training and self._checkpointing())):
             return "gradient checkpointing (HF turns the KV cache off under it)"
         return None
 
