@@ -216,3 +216,22 @@ def test_the_allowlist_is_used():
     """Every allowed place still exists (a stale entry would hide a new one on the same text)."""
     for (rel, text), why in ALLOWED.items():
         assert text in (REPO / rel).read_text(), (rel, text, why)
+
+
+def test_compare_reuses_runs_saved_before_device_and_precision_existed(tmp_path):
+    """A finished compare run whose config.yaml predates run.device / model.precision (and said dtype float32)
+    ran on the CPU in fp32: the same run as `model.precision=fp32` now; a bf16-mixed run is not."""
+    import yaml
+
+    from rlft.config import to_dict
+    from rlft.experiments.compare import StaleRunError, check_same_run
+
+    old = to_dict(load_config(None, []))
+    del old["run"]["device"], old["model"]["precision"], old["model"]["gradient_checkpointing"], \
+        old["model"]["attn_implementation"], old["kl"]["reference_device"]
+    old["model"]["dtype"] = "float32"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    check_same_run(tmp_path, load_config(None, ["model.precision=fp32"]))
+    check_same_run(tmp_path, load_config(None, ["model.precision=fp32", "model.dtype=float32", "run.device=cpu"]))
+    with pytest.raises(StaleRunError, match="model.precision: 'fp32' -> 'bf16-mixed'"):
+        check_same_run(tmp_path, load_config(None, ["model.precision=bf16-mixed"]))
