@@ -10,8 +10,8 @@ ZeRO stage and offload come from the JSON file named by `cluster.deepspeed_confi
 owns (batch sizes, AdamW + its hyperparameters, clipping, the lr schedule, and precision: `bf16.enabled` from
 `model.precision`, DeepSpeed's own mixed precision with a bf16 module and fp32 master weights in the
 optimizer), so one file works for every run. Batches move to the rank's device at `train_step` /
-`logprobs_and_values`; results come back on the CPU. `"torch_adam": true` uses torch's AdamW (no compiled op, the same maths as
-`TorchLearner`).
+`logprobs_and_values`; results come back on the CPU. `"torch_adam": true` uses torch's AdamW (no compiled op,
+the same maths as `TorchLearner`).
 
 Non-finite losses: ZeRO-1/2 skip a step whose gradients overflow, ZeRO-3 in fp32 does not. So the ranks
 agree (one all-reduce per micro-batch) whether any loss was non-finite; if so the remaining micro-batches

@@ -82,7 +82,8 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
     total_steps = steps_per_epoch * cfg.sft.epochs
     learner = TorchLearner(
-        PolicyModel(model, adapter=adapter, **policy_model_options(cfg, compute)), lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
+        PolicyModel(model, adapter=adapter, **policy_model_options(cfg, compute)),
+        lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay, max_grad_norm=cfg.sft.max_grad_norm,
         total_steps=total_steps, warmup_steps=int(cfg.sft.warmup_ratio * total_steps), schedule=cfg.sft.schedule,
     )
     engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size, compute=compute)
