@@ -27,7 +27,8 @@ from rlft.trainers.ppo import run_ppo  # noqa: E402
 COMMON = ["data.difficulty=0", "data.n_train=16", "data.n_test=4", "rollout.prompts_per_step=4",
           "rollout.samples_per_prompt=2", "rollout.max_new_tokens=12", "eval.max_new_tokens=12",
           "ppo.micro_batch_size_per_device=4", "ppo.lr=1e-4", "ppo.eval_every=2", "ppo.save_every=2",
-          "ppo.iterations=3", "log.progress=false", "log.tensorboard=false"]
+          "ppo.iterations=3", "log.progress=false", "log.tensorboard=false",
+          "model.precision=fp32"]  # bit-exact comparisons: auto would pick bf16-mixed on a GPU or an AMX CPU
 RUNS = {
     "reft": ["algo=reft"],
     "reft_token_mean_mb": ["algo=reft", "ppo.loss_agg=token-mean", "ppo.sequences_per_minibatch=4"],

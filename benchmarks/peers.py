@@ -91,7 +91,7 @@ def rlft_overrides(name: str, s: Setup, model_dir: Path, out_dir: Path) -> list[
     never = 10**9
     overrides = [
         f"algo={algo}", f"run.dir={out_dir}", "run.resume=false", f"run.seed={s.seed}",
-        f"model.path={model_dir}", "model.dtype=float32",
+        f"model.path={model_dir}", "model.dtype=float32", "model.precision=fp32",
         "data.train=arithmetic", "data.test=arithmetic", "data.difficulty=0", "data.seed=0",
         f"data.n_train={s.n_train}", f"data.n_test={s.n_test}",
         f"rollout.prompts_per_step={P}", f"rollout.samples_per_prompt={G}", "rollout.temperature=1.0",

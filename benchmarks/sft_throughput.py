@@ -96,7 +96,7 @@ def rlft_config(args, model_dir: Path, out_dir: Path):
 
     overrides = [
         f"run.dir={out_dir}", "run.resume=false", f"run.seed={args.seed}",
-        f"model.path={model_dir}", "model.dtype=float32", "adapter.kind=full",
+        f"model.path={model_dir}", "model.dtype=float32", "model.precision=fp32", "adapter.kind=full",
         "data.train=arithmetic", "data.test=arithmetic", "data.style=nl", "data.difficulty=0", "data.seed=0",
         f"data.n_train={args.steps * args.batch}", "data.n_test=1",
         "sft.epochs=1", f"sft.lr={args.lr}", "sft.warmup_ratio=0.0", "sft.schedule=constant", "sft.weight_decay=0.0",

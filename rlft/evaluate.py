@@ -31,6 +31,7 @@ from rlft.tasks.chat import REFT, PromptFormat
 from rlft.tasks.encoding import encode_prompts
 from rlft.tasks.prompts import program_text, prompt_text
 from rlft.types import RolloutBatch
+from rlft.utils.device import module_device, to_device
 
 
 def completions_for_checker(records: list[Record], texts: list[str], style: str) -> list[str]:
@@ -159,16 +160,18 @@ def value_scores(policy, batch: RolloutBatch, *, micro_batch_size: int) -> torch
         batch: the generated samples; left-padded prompts (B, P), right-padded responses (B, T).
         micro_batch_size: sequences per forward.
     Returns:
-        (B,) float32 scores.
+        (B,) float32 scores, on the CPU (computed on the policy's device).
     """
     policy.eval()
+    device = module_device(policy)
     scores = []
     for lo in range(0, len(batch), micro_batch_size):
-        mb = {k: getattr(batch, k)[lo:lo + micro_batch_size] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
+        mb = to_device({k: getattr(batch, k)[lo:lo + micro_batch_size]
+                        for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}, device)
         _, values = response_forward(policy, mb)  # (b, T) V(s_t), the learner's own forward and positions
         last = (mb["response_mask"].sum(dim=1) - 1).clamp(min=0)  # (b,) index of the last response token
         scores.append(values.gather(1, last[:, None]).squeeze(1).float())  # (b,)
-    return torch.cat(scores)
+    return torch.cat(scores).cpu()  # to host
 
 
 def _majority(verdicts: list) -> object | None:

@@ -58,20 +58,26 @@ def check_context(cfg: Config, model_path) -> None:
         )
 
 
-def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = True):
+def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = True, compute=None):
     """Return (model, tokenizer, model_path, adapter) for `model.path` (building the tiny model if asked).
 
     The model has `cfg.adapter` attached (identity-initialised), or, when `model.path` is an adapter
     checkpoint, the saved adapter on its base model. Call the returned model (peft's wrapper for LoRA).
+    It trains, so it holds float32 master weights (pure bf16 weights are refused) and lives on `compute`'s
+    device (default: the run's resolved `Compute`).
     """
     from rlft.adapters import load_policy_and_adapter
     from rlft.models.loading import resolve_model_path
+    from rlft.utils.device import check_trainable_dtype, resolve_compute, weights_dtype
 
+    check_trainable_dtype(cfg)
     path = resolve_model_path(cfg.model, cfg.run.dir, cfg.run.seed, tokenizer_corpus(train_records, cfg.data.style))
     if not with_model:  # a Ray driver needs only the tokenizer; actors load the model
         from rlft.models.loading import load_policy
 
-        return None, load_policy(path, dtype=cfg.model.dtype, with_model=False)[1], path, None
-    model, tokenizer, adapter = load_policy_and_adapter(path, dtype=cfg.model.dtype, adapter_cfg=cfg.adapter,
-                                                        seed=cfg.run.seed)
+        return None, load_policy(path, with_model=False)[1], path, None
+    compute = resolve_compute(cfg) if compute is None else compute
+    model, tokenizer, adapter = load_policy_and_adapter(path, dtype=weights_dtype(cfg, compute, trains=True),
+                                                        adapter_cfg=cfg.adapter, seed=cfg.run.seed, device=compute.device,
+                                                        attn_implementation=cfg.model.attn_implementation)
     return model, tokenizer, path, adapter

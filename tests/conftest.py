@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests compare exact numbers: `model.precision=auto` must not switch to bf16 on CPUs with AMX / AVX512-BF16.
+os.environ.setdefault("RLFT_CPU_FAST_BF16", "0")
 
 import pytest  # noqa: E402  (after the environment above)
 

@@ -53,29 +53,40 @@ def attach_adapter(lm, cfg: AdapterConfig, *, seed: int = 0, base_path: str | Pa
 
 
 def load_policy_and_adapter(path: str | Path, *, dtype: str = "float32", adapter_cfg: AdapterConfig | None = None,
-                            seed: int = 0):
+                            seed: int = 0, device=None, attn_implementation: str | None = None):
     """Load `model.path` with its adapter; returns (model to call, tokenizer, adapter).
 
     A plain HF folder gets a fresh `adapter_cfg` adapter (None: full finetuning). An adapter checkpoint
     folder (`adapter.json`) is rebuilt on the base model it names, from its saved settings, and its weights
     are loaded; `adapter_cfg.kind`, when given, must match, so a run never drops an adapter silently.
+    Everything is built on the CPU (so an adapter's initialisation does not depend on the device), then the
+    model and the adapter's own modules move to `device` (None: stay on the CPU).
     """
     from rlft.models.loading import load_policy
 
     info = read_adapter_json(path)
     if info is None:
-        lm, tokenizer = load_policy(path, dtype=dtype)
+        lm, tokenizer = load_policy(path, dtype=dtype, attn_implementation=attn_implementation)
         base_path = Path(path).resolve() if Path(path).exists() else path  # a local folder, or a hub name
         lm, adapter = attach_adapter(lm, adapter_cfg or AdapterConfig(), seed=seed, base_path=base_path)
-        return lm, tokenizer, adapter
+        return _moved(lm, adapter, device), tokenizer, adapter
     if adapter_cfg is not None and adapter_cfg.kind != info["kind"]:
         raise ConfigError(f"model.path {path} is a {info['kind']} adapter checkpoint but adapter.kind="
                           f"{adapter_cfg.kind}; set adapter.kind={info['kind']} (its other settings are read "
                           f"from {Path(path) / ADAPTER_FILE})")
-    lm, tokenizer = load_policy(info["base_model"], dtype=dtype)
+    lm, tokenizer = load_policy(info["base_model"], dtype=dtype, attn_implementation=attn_implementation)
     lm, adapter = attach_adapter(lm, adapter_config_from_dict(info["config"]), seed=seed, base_path=info["base_model"])
     adapter.load(path)
-    return lm, tokenizer, adapter
+    return _moved(lm, adapter, device), tokenizer, adapter
+
+
+def _moved(lm, adapter: PolicyAdapter, device):
+    """The model and the adapter's modules outside it (hook interventions) on `device`."""
+    if device is not None:
+        lm.to(device)
+        if adapter.own_modules() is not None:
+            adapter.own_modules().to(device)
+    return lm
 
 
 def _lora(cfg: AdapterConfig, seed: int, config: dict, base_path):

@@ -37,6 +37,7 @@ from torch import nn
 from rlft.adapters.base import AdapterBase, base_config_fingerprint, base_model_of
 from rlft.adapters.interventions import ScaleBias
 from rlft.adapters.positions import PositionMeta, PositionRule
+from rlft.utils.device import autocast_off
 
 EDIT_MASKS_KWARG = "rlft_edit_masks"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -172,9 +173,10 @@ class RepFTAdapter(AdapterBase):
             if masks is None:
                 return None
             h = output[0] if isinstance(output, tuple) else output  # (B, T_c, d)
-            for i in point_ids:
-                mask = masks[self.points[i].rule].unsqueeze(-1)  # (B, T_c, 1)
-                h = torch.where(mask, self.interventions[i](h.float()).to(h.dtype), h)
+            with autocast_off(h.device):  # Φ in fp32 under bf16-mixed too
+                for i in point_ids:
+                    mask = masks[self.points[i].rule].unsqueeze(-1)  # (B, T_c, 1)
+                    h = torch.where(mask, self.interventions[i](h.float()).to(h.dtype), h)
             return (h, *output[1:]) if isinstance(output, tuple) else h
 
         return hook

@@ -22,6 +22,11 @@ Placement (`cluster.placement`): learner ranks, engines and the reference live i
 `colocated` puts learner rank i and engine i (and the reference with rank 0) in bundle i, sharing its GPU;
 `split` gives each its own bundle. The cluster's resources are checked before anything starts.
 
+Devices: every actor resolves `run.device` / `model.precision` itself (`rlft/utils/device.py`): with
+`cluster.gpus_per_worker > 0` it runs on the GPU Ray made visible to it (as the DeepSpeed learner's NCCL group
+does), else on the CPU; the reference gets no GPU share with `kl.reference_device=cpu`. Actors return CPU
+tensors (the driver may have no GPU).
+
 Failures: any call to a dead actor raises `WorkerLostError` naming the actor (role, index, pid, node); the
 loop stops, names the last checkpoint, and `run.resume=true` continues from it. With
 `cluster.on_worker_failure=restart`, dead rollout engines and reward workers (stateless apart from the
@@ -68,16 +73,19 @@ class _Actor:
 
 class RolloutWorker(_Actor):
     def __init__(self, cfg: dict, model_path: str, seed: int):
-        from rlft.models.loading import load_policy
-        from rlft.utils.seeding import seed_everything
-
+        from rlft.models.loading import load_for_run, load_policy
         from rlft.rollout.factory import make_engine
+        from rlft.utils.device import resolve_compute
+        from rlft.utils.seeding import seed_everything
 
         cfg = config_from_dict(cfg)
         seed_everything(seed)
-        # rollout.engine=vllm: the engine loads the weights itself; the HF module is only its config here
-        self.model, tokenizer = load_policy(model_path, dtype=cfg.model.dtype, with_model=cfg.rollout.engine == "hf")
-        self.engine = make_engine(cfg, self.model, tokenizer, model_path)
+        compute = resolve_compute(cfg)
+        # rollout.engine=vllm: the engine loads the weights itself. The HF engine's copy holds the learner's
+        # weights as they are (fp32, autocast under bf16-mixed): the numerics of the in-process engine.
+        self.model, tokenizer = load_for_run(model_path, cfg, compute, trains=True) if cfg.rollout.engine == "hf" \
+            else load_policy(model_path, with_model=False)
+        self.engine = make_engine(cfg, self.model, tokenizer, model_path, compute=compute)
         self.sync_group = None
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
@@ -115,9 +123,11 @@ class LearnerWorker(_Actor):
     def setup(self, master_addr: str, master_port: int, backend: str) -> None:
         import torch.distributed as dist
 
+        from rlft.dist.local import policy_model_options
         from rlft.learner.torch_learner import TorchLearner
-        from rlft.models.loading import load_policy
+        from rlft.models.loading import load_for_run
         from rlft.models.policy import PolicyModel
+        from rlft.utils.device import deepspeed_bf16, resolve_compute
         from rlft.utils.seeding import seed_everything
 
         cfg = self.cfg
@@ -125,14 +135,20 @@ class LearnerWorker(_Actor):
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         seed_everything(cfg.run.seed)
-        model = PolicyModel(load_policy(self.model_path, dtype=cfg.model.dtype)[0], value_head=self.value_head,
-                            head_dropout=cfg.carft.head_dropout, init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
-                            value_head_init=cfg.ppo.value_head_init)
-        if cfg.cluster.learner == "deepspeed":
+        compute = resolve_compute(cfg)  # this actor's bundle: its GPU, or the CPU
+        options = policy_model_options(cfg, compute)
+        deepspeed = cfg.cluster.learner == "deepspeed"
+        if deepspeed:  # DeepSpeed's own bf16 mode instead of autocast
+            options["mixed_precision"] = False
+        model = PolicyModel(load_for_run(self.model_path, cfg, compute, trains=True)[0], value_head=self.value_head,
+                            head_dropout=cfg.carft.head_dropout, init_seed=cfg.run.seed,
+                            prefix_sharing=cfg.ppo.prefix_sharing, value_head_init=cfg.ppo.value_head_init, **options)
+        if deepspeed:
             from rlft.learner.deepspeed_learner import DeepSpeedLearner, load_deepspeed_config
 
-            self.learner = DeepSpeedLearner(model, ds_config=load_deepspeed_config(cfg.cluster.deepspeed_config),
-                                            **self.options)
+            ds = load_deepspeed_config(cfg.cluster.deepspeed_config)
+            bf16 = deepspeed_bf16(ds, compute.precision, f"cluster.deepspeed_config {cfg.cluster.deepspeed_config}")
+            self.learner = DeepSpeedLearner(model, ds_config=ds, bf16=bf16, **self.options)
         else:
             self.learner = TorchLearner(model, **self.options)
 
@@ -189,16 +205,20 @@ class LearnerWorker(_Actor):
     # -- CARFT's anchor pass: this rank's rows, pooled here (only (b, D) embeddings travel back) --------
 
     def pooled_embeddings(self, batch, pool_fn, micro_batch_size: int) -> dict:
-        return {k: v.cpu() for k, v in self.learner.pooled_embeddings(batch, pool_fn, micro_batch_size).items()}
+        return self.learner.pooled_embeddings(batch, pool_fn, micro_batch_size)  # on the CPU (`pooled_forward`)
 
 
 class ReferenceWorker(_Actor):
     def __init__(self, cfg: dict, model_path: str):
         from rlft.learner.reference import FrozenReference
-        from rlft.models.loading import load_policy
+        from rlft.models.loading import load_for_run
+        from rlft.utils.device import resolve_compute
 
         cfg = config_from_dict(cfg)
-        self.reference = FrozenReference(load_policy(model_path, dtype=cfg.model.dtype)[0], cfg.ppo.prefix_sharing)
+        # kl.reference_device=cpu: placed without a GPU share, on the CPU
+        where = resolve_compute(cfg, torch.device("cpu") if cfg.kl.reference_device == "cpu" else None)
+        self.reference = FrozenReference(load_for_run(model_path, cfg, where, trains=False)[0], cfg.ppo.prefix_sharing,
+                                         mixed_precision=where.mixed)
 
     def logprobs(self, batch, micro_batch_size: int):
         return self.reference.logprobs(batch, micro_batch_size)
@@ -526,8 +546,9 @@ def plan_bundles(cfg: Config) -> tuple[list[dict], dict[str, list[tuple[int, flo
         if c.gpus_per_worker > 0:
             bundle["GPU"] = c.gpus_per_worker
         bundles.append(bundle)
+        on_gpu = [r for r in roles if not (r == "reference" and cfg.kl.reference_device == "cpu")]
         for role in roles:
-            assignment[role].append((i, c.gpus_per_worker / len(roles)))
+            assignment[role].append((i, c.gpus_per_worker / len(on_gpu) if role in on_gpu else 0.0))
     return bundles, assignment
 
 

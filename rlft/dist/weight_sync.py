@@ -9,6 +9,8 @@
   R engines (ranks 1..R), created from its own TCPStore so it is independent of the learners' own group
   (the NCCL path of OpenRLHF / verl). Rank 0 broadcasts each tensor of the LM in `named_parameters()`
   order; engines, which hold the same architecture, receive into buffers of the same shapes and copy.
+  Tensors travel as float32 whatever the two sides hold (a DeepSpeed bf16 module, fp32 engine weights), so
+  both agree on every buffer's size without a metadata round.
   gloo on CPU (tested here), NCCL on GPU.
 
 No Ray import here: the actors in `ray_roles.py` call these functions.
@@ -49,7 +51,7 @@ def broadcast_send(group, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> 
     """Rank 0: send every tensor in order. Returns the bytes sent."""
     sent = 0
     for _, tensor in named_tensors:
-        tensor = tensor.detach().contiguous()
+        tensor = tensor.detach().float().contiguous()
         _broadcast(group, tensor)
         sent += tensor.numel() * tensor.element_size()
     return sent
@@ -59,6 +61,6 @@ def broadcast_send(group, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> 
 def broadcast_receive(group, model: torch.nn.Module) -> None:
     """Ranks 1..R: receive into the model's own parameters, in the sender's order."""
     for _, param in model.named_parameters():
-        buffer = torch.empty_like(param.data).contiguous()
+        buffer = torch.empty(param.shape, dtype=torch.float32, device=param.device)
         _broadcast(group, buffer)
         param.data.copy_(buffer)

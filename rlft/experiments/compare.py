@@ -38,6 +38,8 @@ import time
 import traceback
 from pathlib import Path
 
+import yaml
+
 from rlft.config import ADAPTER_KINDS, CompareConfig, Config, ConfigError, load_config, save_config, to_dict
 from rlft.trainers.algorithms import ALGORITHMS
 from rlft.utils.logging import print0, read_metrics
@@ -126,10 +128,17 @@ def _method_config(base: Config, config_path: str | None, cli_overrides: list[st
 
 def run_identity(cfg: Config) -> dict:
     """What makes a finished run reusable: its whole config except where it logs and how it reports, and
-    the compare section (which lists the other runs)."""
+    the compare section (which lists the other runs). Device, precision and weight dtypes count as what they
+    resolve to here, so `auto` and the explicit setting it means are the same run."""
+    from rlft.utils.device import resolve_compute, weights_dtype
+
     d = to_dict(cfg)
     for section in ("log", "compare"):
         d.pop(section, None)
+    compute = resolve_compute(cfg)
+    d["run"]["device"] = compute.device.type
+    d["model"]["precision"] = compute.precision
+    d["model"]["dtype"] = [weights_dtype(cfg, compute, trains=True), weights_dtype(cfg, compute, trains=False)]
     return d
 
 
@@ -151,7 +160,14 @@ def check_same_run(run_dir: Path, cfg: Config) -> None:
     if not saved.exists():
         raise StaleRunError(f"{run_dir / 'compare_result.json'} has no config.yaml beside it: cannot tell whether it "
                             "matches this comparison; delete that run directory to rerun it, or use another run.dir")
-    old, new = _flatten(run_identity(load_config(str(saved), []))), _flatten(run_identity(cfg))
+    old_cfg = load_config(str(saved), [])
+    raw = yaml.safe_load(saved.read_text()) or {}
+    # Runs saved before run.device and model.precision existed ran on the CPU in fp32.
+    if "precision" not in (raw.get("model") or {}):
+        old_cfg.model.precision = "fp32"
+    if "device" not in (raw.get("run") or {}):
+        old_cfg.run.device = "cpu"
+    old, new = _flatten(run_identity(old_cfg)), _flatten(run_identity(cfg))
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diff:
         shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])

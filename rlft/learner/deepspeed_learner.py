@@ -7,10 +7,12 @@ ranks. DeepSpeed averages gradients over the data-parallel world, so each micro-
 by the world size, and gradient accumulation is left to us (`managed_gradient_accumulation: false`):
 `train_step` may see any number of micro-batches and every `engine.step()` is one optimizer step.
 
-ZeRO stage, offload and precision come from the JSON file named by `cluster.deepspeed_config`; rlft
-fills in what it owns (batch sizes, AdamW + its hyperparameters, clipping, the lr schedule), so one file
-works for every run. `"torch_adam": true` uses torch's AdamW (no compiled op, the same maths as
-`TorchLearner`).
+ZeRO stage and offload come from the JSON file named by `cluster.deepspeed_config`; rlft fills in what it
+owns (batch sizes, AdamW + its hyperparameters, clipping, the lr schedule, and precision: `bf16.enabled` from
+`model.precision`, DeepSpeed's own mixed precision with a bf16 module and fp32 master weights in the
+optimizer), so one file works for every run. Batches move to the rank's device at `train_step` /
+`logprobs_and_values`; results come back on the CPU. `"torch_adam": true` uses torch's AdamW (no compiled op,
+the same maths as `TorchLearner`).
 
 Losses that contrast rows across ranks (CARFT's in-batch negatives) get `gather_other_ranks` with the RL
 output (`ResponseOutput.gather_ranks`). SFT micro-batches (the warm-up, online self-training) come to each
@@ -36,6 +38,7 @@ import torch.distributed as dist
 
 from rlft.learner.base import LossFn, MicroBatch, PoolFn, add_shares
 from rlft.learner.torch_learner import batch_forward, lr_lambda, pooled_forward, response_logprobs_and_values
+from rlft.utils.device import module_device, to_device
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -48,8 +51,9 @@ def load_deepspeed_config(path: str | Path) -> dict:
         raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
 
 
-def build_engine_config(base: dict, *, lr: float, weight_decay: float, max_grad_norm: float, world_size: int) -> dict:
-    """The user's ZeRO/precision settings plus what rlft owns."""
+def build_engine_config(base: dict, *, lr: float, weight_decay: float, max_grad_norm: float, world_size: int,
+                        bf16: bool = False) -> dict:
+    """The user's ZeRO settings plus what rlft owns (`bf16`: the precision `deepspeed_bf16` resolved)."""
     cfg = copy.deepcopy(base)
     cfg.update({
         "train_micro_batch_size_per_gpu": 1,  # nominal: rlft feeds micro-batches itself
@@ -60,6 +64,7 @@ def build_engine_config(base: dict, *, lr: float, weight_decay: float, max_grad_
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.999],
                                                    "eps": 1e-8, "torch_adam": True}},
         "steps_per_print": 10**9,
+        "bf16": {**(cfg.get("bf16") or {}), "enabled": bf16},
     })
     cfg.pop("scheduler", None)
     return cfg
@@ -111,7 +116,9 @@ class DeepSpeedLearner:
         warmup_steps: int = 0,
         schedule: str = "linear",
         train_mode: bool = True,
+        bf16: bool = False,
     ):
+        """`bf16`: DeepSpeed's bf16 mode (`rlft.utils.device.deepspeed_bf16` of `model.precision`)."""
         self.world_size = dist.get_world_size()
         self.rank = dist.get_rank()
         self.train_mode = train_mode
@@ -119,7 +126,7 @@ class DeepSpeedLearner:
         if self.world_size > 1:  # shared prompts: the same module calls on every rank
             model.agree_across_ranks = any_rank
         config = build_engine_config(ds_config, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-                                     world_size=self.world_size)
+                                     world_size=self.world_size, bf16=bf16)
         self.zero_stage = config.get("zero_optimization", {}).get("stage", 0)
         schedule_fn = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
             optimizer, lambda s: lr_lambda(s, total_steps=total_steps, warmup_steps=warmup_steps, schedule=schedule))
@@ -127,35 +134,32 @@ class DeepSpeedLearner:
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config,
             lr_scheduler=schedule_fn, dist_init_required=False,
         )
+        self.device = module_device(model)  # where DeepSpeed put the module: micro-batches go there
 
     # -- compute -----------------------------------------------------------------------------------
 
     @torch.no_grad()  # not inference_mode: ZeRO-3 would keep gathered (persistent) params as inference tensors
     def logprobs_and_values(self, batch: MicroBatch, micro_batch_size: int):
         self.engine.eval()
-        logprobs, values = response_logprobs_and_values(self.engine, self._on_device(batch), micro_batch_size)
-        return logprobs.cpu(), None if values is None else values.cpu()
+        return response_logprobs_and_values(self.engine, batch, micro_batch_size)  # on self.device, back on the CPU
 
     @torch.no_grad()
     def pooled_embeddings(self, batch: MicroBatch, pool_fn: PoolFn, micro_batch_size: int) -> dict[str, torch.Tensor]:
-        """This rank's rows; every rank must run as many micro-batches (ZeRO-3 gathers per module call)."""
+        """This rank's rows (on the CPU); every rank must run as many micro-batches (ZeRO-3 gathers per module
+        call)."""
         self.engine.eval()
         return pooled_forward(self.engine, batch, pool_fn, micro_batch_size)
-
-    def _on_device(self, batch: MicroBatch) -> MicroBatch:
-        """The batch's tensors where the engine put the model (a GPU rank's device); batches come from the
-        driver on the CPU."""
-        return {k: v.to(self.engine.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn, *, padding: int = 0) -> dict[str, float]:
         """This rank's share of one minibatch; every rank must pass the same number of micro-batches. The last
         `padding` of them only keep this rank in step with the others (a group whose micro-batches do not
         split evenly across ranks): forward and backward with zero loss, no metrics."""
         self.engine.train(self.train_mode)
+        self.model.set_learning_mode(self.train_mode)  # gradient checkpointing in eval mode
         totals: dict[str, float] = {}
         bad = False
         for i, mb in enumerate(micro_batches):
-            mb = self._on_device(mb)
+            mb = to_device(mb, self.device)  # batches come from the driver on the CPU
             output = batch_forward(self.engine, mb, None)
             if self.world_size > 1 and "labels" not in mb and "response_ids" in mb:  # losses that contrast
                 output = output._replace(gather_ranks=gather_other_ranks)  # rows across ranks (CARFT)

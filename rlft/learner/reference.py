@@ -2,6 +2,9 @@
 
 - `FrozenReference`: a frozen copy of the warm-up model (`adapter.kind=full`).
 - `AdapterReference`: the policy itself with its adapter switched off (any other adapter): no second copy.
+
+Both run on their model's device (the frozen copy's is `run.device`, or the CPU with `kl.reference_device=cpu`)
+and return log-probs on the CPU (`response_logprobs_and_values`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from rlft.models.policy import PolicyModel
 class FrozenReference:
     """The warm-up policy, frozen: teacher-forced log-probs only."""
 
-    def __init__(self, lm: torch.nn.Module, prefix_sharing: bool = True):
-        self.model = PolicyModel(lm, prefix_sharing=prefix_sharing).eval()
+    def __init__(self, lm: torch.nn.Module, prefix_sharing: bool = True, mixed_precision: bool = False):
+        """`lm` on its device, in its weight dtype (`model.dtype`: a bf16 copy under bf16-mixed by default);
+        `mixed_precision`: its forwards autocast to bf16, as the policy's do."""
+        self.model = PolicyModel(lm, prefix_sharing=prefix_sharing, mixed_precision=mixed_precision).eval()
         self.model.requires_grad_(False)
 
     @torch.inference_mode()

@@ -3,6 +3,11 @@
 A step whose gradient norm is not finite is skipped (weights and optimizer state untouched) and counted
 in `train/skipped_step`, so one bad batch cannot poison a long run.
 
+Device and precision: the model sits on its device already (`rlft/utils/device.py`); every micro-batch is moved
+there at the learner's entry (`train_step`, `logprobs_and_values`) and log-probs / values come back on the CPU.
+Under `model.precision=bf16-mixed` the `PolicyModel` autocasts its forwards while the parameters, their gradients
+and AdamW's moments stay fp32 (master weights).
+
 The optimizer covers what the policy's adapter trains (`PolicyModel.param_groups`: the whole model for
 full finetuning, adapter parameters otherwise, with per-adapter groups such as LoReFT's R without weight
 decay) plus the heads; after every step the adapter restores its constraints (`after_optimizer_step`).
@@ -21,6 +26,7 @@ from rlft.algos import ppo
 from rlft.algos.sft import labelled_positions
 from rlft.learner.base import LossFn, MicroBatch, PoolFn, add_shares
 from rlft.models.policy import ResponseOutput, response_output
+from rlft.utils.device import module_device, to_device
 
 
 def lr_lambda(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -47,6 +53,7 @@ class TorchLearner:
         train_mode: bool = True,
     ):
         self.model = model
+        self.device = module_device(model)  # where micro-batches go
         self.max_grad_norm = max_grad_norm
         self.train_mode = train_mode  # ReFT trains in eval mode (dropout off); SFT in train mode
         groups = model.param_groups(weight_decay)
@@ -74,10 +81,11 @@ class TorchLearner:
         return pooled_forward(self.model, batch, pool_fn, micro_batch_size)
 
     def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
-        self.model.train(self.train_mode)
+        self.model.set_learning_mode(self.train_mode)
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for mb in micro_batches:
+            mb = to_device(mb, self.device)  # the loss reads the micro-batch's tensors beside the output
             loss, metrics = loss_fn(self.forward(mb), mb)
             loss.backward()
             add_shares(totals, metrics)
@@ -117,7 +125,7 @@ class TorchLearner:
     def load(self, path: str | Path) -> None:
         path = Path(path)
         self.model.load_weights(path / "model")
-        opt = torch.load(path / "optim.pt", weights_only=False)
+        opt = torch.load(path / "optim.pt", weights_only=False, map_location="cpu")  # moved to the params' device
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
 
@@ -155,15 +163,16 @@ def fused_adamw_supported(groups: list[dict]) -> bool:
 def pooled_forward(model, batch: MicroBatch, pool_fn: PoolFn, micro_batch_size: int) -> dict[str, torch.Tensor]:
     """Forward `batch` (`input_ids`, `attention_mask` and the layout `positions_for_batch` reads) in chunks of
     `micro_batch_size` on the model's device, reduce each whole output with `pool_fn(output, chunk)` at once
-    (only the pooled rows are kept: (b, D) instead of (b, S, D)) and concatenate each name's rows."""
-    device = next(model.parameters()).device
+    (only the pooled rows are kept: (b, D) instead of (b, S, D)) and concatenate each name's rows, returned on
+    the CPU (what the loop keeps; a Ray actor returns them as they are)."""
+    device = module_device(model)
     pooled: dict[str, list[torch.Tensor]] = {}
     for start in range(0, batch["input_ids"].shape[0], micro_batch_size):
-        mb = {k: v[start:start + micro_batch_size].to(device) for k, v in batch.items()}
+        mb = to_device({k: v[start:start + micro_batch_size] for k, v in batch.items()}, device)
         output = model(mb["input_ids"], mb["attention_mask"], positions_for_batch(mb))
         for name, rows in pool_fn(output, mb).items():
             pooled.setdefault(name, []).append(rows)
-    return {name: torch.cat(rows) for name, rows in pooled.items()}
+    return {name: torch.cat(rows).cpu() for name, rows in pooled.items()}  # to host
 
 
 def rl_forward_sizes(batch: MicroBatch) -> tuple[int, int]:
@@ -191,14 +200,17 @@ def response_forward(model: torch.nn.Module, batch: MicroBatch):
 
 
 def response_logprobs_and_values(model, batch: MicroBatch, micro_batch_size: int):
-    """`response_forward` in chunks of `micro_batch_size`, keeping only log-probs and values."""
+    """`response_forward` in chunks of `micro_batch_size` on the model's device, keeping only log-probs and
+    values: (B, T) each, returned on the CPU (what the loop keeps; a Ray actor returns them as they are)."""
+    device = module_device(model)
     logprobs, values = [], []
     n = batch["response_ids"].shape[0]
     for start in range(0, n, micro_batch_size):
-        mb = {k: v[start:start + micro_batch_size] for k, v in batch.items()}
+        mb = to_device({k: v[start:start + micro_batch_size] for k, v in batch.items()}, device)
         logits, vals = response_forward(model, mb)
         logprobs.append(ppo.logprobs_from_logits(logits.float(), mb["response_ids"]))
         values.append(vals)
-    lp = torch.cat(logprobs) * batch["response_mask"]
-    vs = None if values[0] is None else torch.cat(values) * batch["response_mask"]
-    return lp, vs
+    mask = batch["response_mask"].to(device)
+    lp = torch.cat(logprobs) * mask
+    vs = None if values[0] is None else torch.cat(values) * mask
+    return lp.cpu(), None if vs is None else vs.cpu()  # to host: the loop's bookkeeping is on the CPU

@@ -123,7 +123,8 @@ def _key_settings(cfg: Config, rl: bool) -> list[tuple[str, object]]:
                 ("rollout.samples_per_prompt", r.samples_per_prompt), ("rollout.temperature", r.temperature),
                 ("rollout.max_new_tokens", r.max_new_tokens), ("ppo.ppo_epochs", p.ppo_epochs),
                 ("ppo.clip_eps", p.clip_eps)]
-    return [*keys, ("data.style", cfg.data.style), ("model.dtype", cfg.model.dtype), ("run.seed", cfg.run.seed)]
+    return [*keys, ("data.style", cfg.data.style), ("model.dtype", cfg.model.dtype),
+            ("model.precision", cfg.model.precision), ("run.seed", cfg.run.seed)]
 
 
 def _prompt_doc(cfg: Config) -> str:

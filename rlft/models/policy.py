@@ -46,8 +46,9 @@ from safetensors.torch import load_file, save_file
 
 from rlft.adapters.base import FullFinetune, PolicyAdapter
 from rlft.adapters.positions import PositionMeta
-from rlft.models.loading import LLAMA_FAMILY, uses_sliding_window
+from rlft.models.loading import LLAMA_FAMILY, enable_gradient_checkpointing, uses_sliding_window
 from rlft.rollout.decode import cache_keyword
+from rlft.utils.device import autocast_off, bf16_autocast, module_device
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -117,10 +118,18 @@ class PolicyModel(torch.nn.Module):
 
     def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
                  init_seed: int = 0, adapter: PolicyAdapter | None = None, prefix_sharing: bool = True,
-                 value_head_init: str = "small"):
+                 value_head_init: str = "small", mixed_precision: bool = False, gradient_checkpointing: bool = False):
+        """`mixed_precision`: every forward runs under bf16 autocast on the model's device (`model.precision=
+        bf16-mixed`); the heads stay fp32. `gradient_checkpointing`: `model.gradient_checkpointing` (training
+        forwards recompute each decoder layer in the backward pass). The heads are built on the CPU (their
+        seeded initialisation is the same on every device) and moved to the LM's device."""
         super().__init__()
         self.lm = lm
         self.prefix_sharing = prefix_sharing  # config: ppo.prefix_sharing
+        self.mixed_precision = mixed_precision
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(lm)
         # Set by sharded learners (DeepSpeed): (this rank shares?) -> (does any rank share?), a collective.
         self.agree_across_ranks: Callable[[bool], bool] | None = None
         if adapter is None:
@@ -155,6 +164,8 @@ class PolicyModel(torch.nn.Module):
             else:
                 raise ValueError(f"unknown value_head_init {value_head_init!r}")
             self.value_head.to(next(lm.parameters()).dtype)
+        if self.value_head is not None:
+            self.value_head.to(module_device(lm))
 
     @property
     def config(self):
@@ -172,6 +183,11 @@ class PolicyModel(torch.nn.Module):
         `logits_mask`: (B, S) bool; logits (N, V) for its N True positions only, in row-major order (SFT:
         the positions that score a label, `rlft.algos.sft.labelled_positions`), so the LM head and the
         loss skip prompt and padding positions. Values, if any, still cover all (B, S)."""
+        with bf16_autocast(module_device(self.lm), self.mixed_precision):
+            return self._forward(input_ids, attention_mask, positions, logits_to_keep, prompt_len, logits_mask)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: PositionMeta | None,
+                 logits_to_keep: int, prompt_len: int, logits_mask: torch.Tensor | None) -> PolicyOutput:
         if logits_mask is not None:
             return self._forward_selected_logits(input_ids, attention_mask, positions, logits_mask)
         if prompt_len and logits_to_keep == input_ids.shape[1] - prompt_len + 1 and self.prefix_sharing \
@@ -192,10 +208,16 @@ class PolicyModel(torch.nn.Module):
 
     def _with_heads(self, logits: torch.Tensor, hidden: torch.Tensor | None) -> PolicyOutput:
         values = embeddings = None
-        if self.head_kind == "carft":
-            values, embeddings = self.value_head(hidden)  # (B, S), (B, S, D)
-        elif self.value_head is not None:
-            values = self.value_head(hidden).squeeze(-1).float()  # (B, S)
+        if self.value_head is None:
+            return PolicyOutput(logits=logits, values=values, embeddings=embeddings)
+        # The heads compute in their own dtype (fp32 master weights) even under bf16 autocast: they are small,
+        # and the value loss and CARFT's cosines are sensitive to bf16's 3 significant digits.
+        with autocast_off(hidden.device):
+            hidden = hidden.to(next(self.value_head.parameters()).dtype)
+            if self.head_kind == "carft":
+                values, embeddings = self.value_head(hidden)  # (B, S), (B, S, D)
+            else:
+                values = self.value_head(hidden).squeeze(-1).float()  # (B, S)
         return PolicyOutput(logits=logits, values=values, embeddings=embeddings)
 
     def _forward_selected_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -203,7 +225,7 @@ class PolicyModel(torch.nn.Module):
         """Logits (N, V) at the True positions of `logits_mask`: the LM head runs on those hidden states
         only where the model is `lm_head(decoder(...))` (else the full logits are computed and indexed)."""
         if not self._is_decoder_plus_head():
-            out = self.forward(input_ids, attention_mask, positions)
+            out = self._forward(input_ids, attention_mask, positions, 0, 0, None)
             return out._replace(logits=out.logits[logits_mask])
         with self.adapter.plan(positions), torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
             hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
@@ -225,9 +247,21 @@ class PolicyModel(torch.nn.Module):
             return f"architecture {getattr(config, 'model_type', None)!r} (shared prompts cover {LLAMA_FAMILY})"
         if uses_sliding_window(config):
             return "sliding-window attention"
-        if self.training and self._checkpointing():
+        if torch.is_grad_enabled() and (self.gradient_checkpointing or (self.training and self._checkpointing())):
             return "gradient checkpointing (HF turns the KV cache off under it)"
         return None
+
+    def set_learning_mode(self, train: bool) -> None:
+        """The mode of training forwards: train mode (SFT) or eval mode (RL: dropout off, spec §9). Under gradient
+        checkpointing in eval mode the decoder layers' own training flag is set: HF checkpoints a layer only
+        when that flag is on, and their submodules (dropout) stay in eval mode."""
+        self.train(train)
+        if self.gradient_checkpointing and not train:
+            from transformers.modeling_layers import GradientCheckpointingLayer
+
+            for module in self.lm.modules():
+                if isinstance(module, GradientCheckpointingLayer):
+                    module.training = True
 
     def _checkpointing(self) -> bool:
         """HF's activation (gradient) checkpointing flag; it walks every module, so only asked in training."""

@@ -11,6 +11,11 @@ With a hook-based policy adapter, every `generate` call runs under `adapter.plan
 attention mask (expanded to the `n` samples per prompt as `generate` expands the batch), so hook-based
 adapters edit the same absolute token positions in the prefill and in every cached decode step as the
 learner does when it recomputes the sequence. This engine is the one that can run hook-based adapters.
+
+Device and precision: prompts are padded on the CPU and moved to the model's device once per chunk; the
+returned batch is on the CPU (the loop's bookkeeping). Under bf16-mixed it samples under bf16 autocast on the
+model's own fp32 weights (the policy's module: no copy to keep in sync, and the numerics of the learner's
+forwards, which autocast alike); the lean step then skips MKL's packed fp32 weights.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from rlft.adapters.positions import PositionMeta
 from rlft.rollout import decode, llama_step
 from rlft.rollout.base import SamplingParams
 from rlft.types import RolloutBatch, concat_batches
+from rlft.utils.device import bf16_autocast, module_device
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +49,7 @@ def response_mask_from_ids(
     response_ids: torch.Tensor, eos_id: int | Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask (B, T) that is 1 up to and including the first EOS (or stop token); and (B,) truncated flags."""
-    is_eos = torch.isin(response_ids, torch.as_tensor(eos_id, dtype=response_ids.dtype))  # (B, T)
+    is_eos = torch.isin(response_ids, torch.as_tensor(eos_id, dtype=response_ids.dtype, device=response_ids.device))
     seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # an EOS strictly earlier
     mask = (~seen_before).long()
     truncated = ~is_eos.any(dim=1)
@@ -54,10 +60,12 @@ class HFRolloutEngine:
     """Batched sampling with a (shared or own) HF causal LM; `adapter`: the policy adapter attached to it."""
 
     def __init__(self, model: torch.nn.Module, *, pad_id: int, eos_id: int, batch_size: int = 64, adapter=None,
-                 use_generate: bool = False, lean_step: bool = True):
+                 use_generate: bool = False, lean_step: bool = True, mixed_precision: bool = False):
         """`use_generate`: sample with HF `generate` even where rlft's loop applies; `lean_step=False`: rlft's loop
-        with the HF forward for every token instead of `llama_step.LlamaStep` (benchmarks compare the paths)."""
+        with the HF forward for every token instead of `llama_step.LlamaStep` (benchmarks compare the paths).
+        `mixed_precision`: sample under bf16 autocast (`model.precision=bf16-mixed`)."""
         self.model = model
+        self.mixed_precision = mixed_precision
         self.use_generate = use_generate
         self.lean_step = lean_step
         self._step = None  # during `generate`: the lean decoding step its chunks share (packed weights built once)
@@ -73,22 +81,25 @@ class HFRolloutEngine:
         self._step = None
         try:
             # A seeded call must not shift the caller's random stream (like `evaluate`'s fork_rng).
-            with torch.random.fork_rng(enabled=params.seed is not None), torch.inference_mode():
+            device = module_device(self.model)
+            with torch.random.fork_rng(enabled=params.seed is not None), torch.inference_mode(), \
+                    bf16_autocast(device, self.mixed_precision):
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
                 for start in range(0, len(prompt_ids), self.batch_size):
-                    chunks.append(self._generate_chunk(prompt_ids[start:start + self.batch_size], params, start))
+                    chunks.append(self._generate_chunk(prompt_ids[start:start + self.batch_size], params, start, device))
         finally:
             if self._step is not None:  # weights may change before the next call: free the packed copy
                 self._step.release()
             self._step = None
             self.model.train(was_training)
-        # Clone out of inference mode: the loop later indexes these tensors inside autograd-tracked ops.
+        # Copy to the host, out of inference mode: the loop later indexes these tensors inside autograd-tracked ops.
         batch = concat_batches(chunks, self.pad_id)
-        return RolloutBatch(**{k: None if v is None else v.clone() for k, v in vars(batch).items()})
+        return RolloutBatch(**{k: None if v is None else v.to("cpu", copy=True) for k, v in vars(batch).items()})
 
-    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, offset: int) -> RolloutBatch:
-        ids, mask = left_pad(prompts, self.pad_id)  # (b, P)
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, offset: int,
+                        device: torch.device) -> RolloutBatch:
+        ids, mask = (x.to(device) for x in left_pad(prompts, self.pad_id))  # (b, P) on the model's device
         plan = contextlib.nullcontext() if self.adapter is None else self.adapter.plan(
             PositionMeta.from_prompt_mask(mask.repeat_interleave(params.n, dim=0)))  # generate expands rows alike
         stop = [self.eos_id, *params.stop_token_ids]
@@ -101,7 +112,7 @@ class HFRolloutEngine:
         response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
         if logprobs is not None:
             logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
-        index = torch.arange(len(prompts)).repeat_interleave(params.n) + offset
+        index = torch.arange(len(prompts), device=device).repeat_interleave(params.n) + offset
         return RolloutBatch(
             prompt_ids=ids.repeat_interleave(params.n, dim=0),
             prompt_mask=mask.repeat_interleave(params.n, dim=0),

@@ -80,7 +80,9 @@ class _Linear:
 
 
 def _can_pack(weight: torch.Tensor, rows: int) -> bool:
+    # Not under bf16 autocast: MKL's packed GEMM is fp32 only, and autocast does not reach into it.
     return (rows <= PACK_MAX_ROWS and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"))
 
 

@@ -61,7 +61,8 @@ def pool_response(output: PolicyOutput, mb: dict) -> dict[str, torch.Tensor]:
 def anchor_phase(cfg: Config, policy: Learner, tokenizer, owners: list[Record], batch: TrainBatch) -> dict:
     """Sets `z_anchor` (B, D) [and `lcs_gen_in` / `z_anchor_diff`] on `batch`; may rescale its `scores`.
     The forwards run where the policy lives (`policy.pooled_embeddings`: this process, or every learner rank
-    on Ray, each pooling its rows); tokenising and the LCS run here."""
+    on Ray, each pooling its rows, on its model's device); tokenising and the LCS run here, and what it sets on
+    `batch` comes back on the CPU, like the rest of the batch."""
     if any(r.cot is None and r.program is None for r in owners):
         raise ValueError("algo=carft needs annotated CoTs in the training data (the anchor); "
                          f"record {next(r.id for r in owners if r.cot is None and r.program is None)} has none")

@@ -66,6 +66,7 @@ from rlft.trainers.algorithms import Plan, gae_advantages, plan
 from rlft.trainers.selftrain import online_st_micro_batches
 from rlft.types import RolloutBatch, TrainBatch
 from rlft.utils import checkpoint
+from rlft.utils.device import resolve_compute
 from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
 from rlft.utils.trackers import open_trackers
@@ -246,11 +247,14 @@ def run_ppo(cfg: Config, *, stop_after_iterations: int | None = None) -> dict:
     if run.algorithm.advantage is gae_advantages and run.kl_coef == 0:
         warnings.warn(f"algo={cfg.algo} with kl.coef=0: the ReFT paper reports collapse to 0% accuracy without KL")
     run_dir = open_run_dir(cfg)
+    compute = resolve_compute(cfg)
+    print0(f"rlft train: {compute.describe()}" + (" in every Ray actor" if cfg.cluster.backend == "ray" else ""))
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
-    lm, tokenizer, model_path, adapter = prepare_model(cfg, train, with_model=cfg.cluster.backend == "local")
+    lm, tokenizer, model_path, adapter = prepare_model(cfg, train, with_model=cfg.cluster.backend == "local",
+                                                       compute=compute)
     check_context(cfg, model_path)
-    roles = build_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=cfg.ppo.iterations)
+    roles = build_roles(cfg, lm, tokenizer, model_path, adapter, total_steps=cfg.ppo.iterations, compute=compute)
     try:
         kl_ctl = kl_algos.AdaptiveKLController(init_kl_coef=run.kl_coef, target=cfg.kl.target, horizon=cfg.kl.horizon) \
             if cfg.kl.adaptive else kl_algos.FixedKLController(kl_coef=run.kl_coef)

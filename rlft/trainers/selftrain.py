@@ -50,7 +50,8 @@ SAMPLES_FILE = "offline_st_samples.jsonl"
 SUMMARY_FILE = "offline_st_summary.json"
 # Every key the kept samples depend on: a resumed run must not reuse samples drawn under other values.
 SAMPLING_KEYS = (
-    "model.path", "model.dtype", "run.seed", "data.train", "data.style", "data.n_train", "data.difficulty",
+    "model.path", "model.dtype", "model.precision", "run.device", "run.seed", "data.train", "data.style",
+    "data.n_train", "data.difficulty",
     "data.seed", "data.limit_train", "data.hf_config", "data.hf_train_split", "data.prompt_format",
     "data.system_prompt", "rollout.temperature", "rollout.top_p", "rollout.top_k", "rollout.max_new_tokens",
     "rollout.batch_size", "reward.fn", "reward.partial_reward", "reward.truncated_score", "reward.completion_format",

@@ -25,6 +25,10 @@ schedule (`sft.*`). Each step's micro-batches are then split across the ranks; t
 the model for the held-out evaluation and gives it rank 0's weights before each; checkpoints add
 DeepSpeed's sharded state (`ckpt-N/deepspeed`, exact resume) beside the same HF `model/` folder. Full
 finetuning only on Ray (`config.validate` refuses adapters there).
+
+Device and precision (`run.device`, `model.precision`: `rlft/utils/device.py`): in-process the model, its
+learner and the evaluation engine share the run's `Compute`; on Ray each rank resolves its own on its bundle
+(DeepSpeed's bf16 mode under bf16-mixed) and the driver's evaluation copy stays on the CPU (`driver_compute`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from rlft.rollout.factory import hf_engine
 from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, truncate_targets
 from rlft.utils import checkpoint
+from rlft.utils.device import driver_compute, resolve_compute
 from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
 from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
 from rlft.utils.trackers import open_trackers
@@ -84,10 +89,13 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     appended to the encoded training set; for exact resume they must be the same on every call.
     """
     run_dir = open_run_dir(cfg)
+    compute, driver = resolve_compute(cfg), driver_compute(cfg)  # the same in-process
+    print0(f"rlft sft: {compute.describe()}" + (f" in every Ray learner rank; the driver's evaluation copy: "
+                                               f"{driver.describe()}" if cfg.cluster.backend == "ray" else ""))
     seed_everything(cfg.run.seed)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     # The driver's model: the in-process learner trains it; on Ray it only evaluates (weights from rank 0).
-    model, tokenizer, model_path, adapter = prepare_model(cfg, train)
+    model, tokenizer, model_path, adapter = prepare_model(cfg, train, compute=driver)
     examples, n_truncated = encode_examples(tokenizer, train, cfg.data.style, cfg.sft.max_seq_tokens,
                                              fmt=PromptFormat.of(cfg.data))
     examples += extra_examples or []  # offline self-training: SFT on the union (spec §12)
@@ -100,9 +108,10 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
     geo = derive_sft_geometry(cfg, ranks)
     steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
     total_steps = steps_per_epoch * cfg.sft.epochs
-    learner, close = build_sft_learner(cfg, model, model_path, adapter, total_steps=total_steps)
+    learner, close = build_sft_learner(cfg, model, model_path, adapter, total_steps=total_steps,
+                                       compute=compute)
     try:
-        engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size)
+        engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size, compute=driver)
         n_params = sum(p.numel() for p in model.parameters())
         extra = f" + {len(extra_examples)} extra examples" if extra_examples else ""
         where = (f"{ranks} {cfg.cluster.learner} learner rank(s) on Ray" if cfg.cluster.backend == "ray"

@@ -32,7 +32,7 @@ STUB = "def always(completions, **columns):\n    return [1.0] * len(completions)
 def check(work: Path, device: str) -> list[dict]:
     import torch
 
-    from rlft.config import RunConfig, load_config
+    from rlft.config import load_config
     from rlft.trainers.ppo import run_ppo
 
     gpu = device == "cuda"
@@ -44,8 +44,9 @@ def check(work: Path, device: str) -> list[dict]:
               "data.difficulty=0", "data.n_train=64", "data.n_test=8", "rollout.prompts_per_step=8",
               "rollout.samples_per_prompt=1", "rollout.temperature=0", "rollout.max_new_tokens=32",
               "eval.max_new_tokens=32", "ppo.iterations=2", "ppo.eval_every=2", "ppo.save_every=2",
-              "log.progress=false", "log.tensorboard=false"]
-    if gpu and hasattr(RunConfig(), "device"):  # `run.device` (mixed-precision work): every role on the GPU
+              "log.progress=false", "log.tensorboard=false",
+              "model.precision=fp32"]  # the gaps below are fp32's (auto: bf16 on a GPU, autocast vs DeepSpeed's bf16)
+    if gpu:  # every role on the GPU
         common.append("run.device=cuda")
     on_ray = ["cluster.backend=ray", f"cluster.learner_ranks={ranks}", f"cluster.rollout_workers={ranks}",
               "cluster.reward_workers=1", "cluster.deepspeed_config=configs/deepspeed/zero2.json",

@@ -1,13 +1,21 @@
-"""GPU checks of the vLLM rollout engine (issue 7); `tests/gpu/run_gpu_checks.sh` runs them all.
+"""GPU checks of rlft's roles on `run.device` (issue 19) and of the vLLM rollout engine (issue 7);
+`tests/gpu/run_gpu_checks.sh` runs them all.
 
+    python tests/gpu/gpu_checks.py device-sft --out R.jsonl                     # SFT on the GPU, fp32 and bf16-mixed
+    python tests/gpu/gpu_checks.py device-reft --out R.jsonl                    # ReFT, HF engine, 3 iterations
+    python tests/gpu/gpu_checks.py device-eval --out R.jsonl                    # rlft eval + value rerank
     python tests/gpu/gpu_checks.py engine --models tiny,smollm2 --out R.jsonl   # engine, in-place update, sleep
     python tests/gpu/gpu_checks.py sync --out R.jsonl                           # learner process -> engine process
     python tests/gpu/gpu_checks.py ppo-report RUN_DIR --out R.jsonl             # metrics of `rlft train`
     python tests/gpu/gpu_checks.py table R.jsonl                                # the summary; exit 1 on a failure
 
 Each check appends rows `{"check", "model", "metric", "value", "limit", "ok"}` to `--out`. `--device cpu`
-runs the same code on vLLM's CPU backend (weights reloaded instead of updated in place, no sleep mode),
-which is how this file is tested on machines without a GPU.
+runs the same code with `run.device=cpu` (device-*) and on vLLM's CPU backend (weights reloaded instead of
+updated in place, no sleep mode), which is how this file is tested on machines without a GPU.
+
+device-*: the tiny model's SFT (one short epoch, fp32 and bf16-mixed), then ReFT from its bf16-mixed checkpoint
+with the HF engine (`model.precision=auto`), then `rlft eval` of the ReFT checkpoint; each step asserts where
+every role's parameters are and reports throughput and peak GPU memory.
 
 Log-prob parity: the engine's sampled-token log-probs against the HF model's teacher-forced log-probs of
 the same tokens, float32 on both sides, temperature 1 (so processed = raw log-probs). Limits: max |diff|
@@ -86,11 +94,11 @@ def logprob_gap(lm, batch, device: str) -> tuple[float, float]:
     from rlft.learner.torch_learner import response_logprobs_and_values
     from rlft.models.policy import PolicyModel
 
-    data = {k: getattr(batch, k).to(device) for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
-    with torch.no_grad():
+    data = {k: getattr(batch, k) for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
+    with torch.no_grad():  # on lm's device; the log-probs come back on the CPU, like the engine's
         expected = response_logprobs_and_values(PolicyModel(lm).eval(), data, 16)[0]
     mask = data["response_mask"].bool()
-    gap = (batch.rollout_logprobs.to(device) - expected).abs()[mask]
+    gap = (batch.rollout_logprobs.cpu() - expected).abs()[mask]
     return float(gap.max()), float(gap.mean())
 
 
@@ -293,6 +301,127 @@ def check_sync(work: Path, device: str, transport: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# device-sft, device-reft, device-eval: rlft's own roles (no vLLM) on `run.device` (issue 19)
+
+
+def _task(device: str) -> list[str]:
+    """The built-in task at a size that takes seconds on a GPU (and not too long on the CPU dry run)."""
+    n_train, n_test, tokens = (512, 64, 96) if device == "cuda" else (64, 8, 24)
+    return ["data.difficulty=0", f"data.n_train={n_train}", f"data.n_test={n_test}", f"eval.max_new_tokens={tokens}",
+            f"rollout.max_new_tokens={tokens}", "log.progress=false", "log.tensorboard=false", "run.resume=false",
+            f"run.device={device}"]
+
+
+def _devices(*modules) -> str:
+    return ",".join(sorted({p.device.type for m in modules if m is not None for p in m.parameters()}))
+
+
+def _peak_gib(device: str):
+    import torch
+
+    if device != "cuda":
+        return "n/a"
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    torch.cuda.reset_peak_memory_stats()
+    return round(peak, 2)
+
+
+def check_device_sft(work: Path, device: str) -> list[dict]:
+    """One short SFT epoch of the tiny model per precision: the learner's parameters on `device`, throughput."""
+    from rlft.config import load_config
+    from rlft.dist import local
+    from rlft.learner.torch_learner import TorchLearner
+    from rlft.trainers import sft as sft_module
+
+    seen: dict = {}
+
+    class Recording(TorchLearner):
+        def train_step(self, micro_batches, loss_fn):
+            seen.setdefault("params", _devices(self.model))
+            return super().train_step(micro_batches, loss_fn)
+
+    local.TorchLearner = Recording  # what `build_sft_learner` builds in-process
+    rows = []
+    for precision in ("fp32", "bf16-mixed"):
+        seen.clear()
+        run_dir = work / f"sft-{precision}"
+        summary = sft_module.run_sft(load_config(None, [f"run.dir={run_dir}", f"model.path={model_folder('tiny', work)}",
+                                                        "sft.epochs=1", f"model.precision={precision}", *_task(device)]))
+        name = f"tiny {precision}"
+        rows += [
+            row("device-sft", name, "learner parameters on", seen.get("params"), device, seen.get("params") == device),
+            row("device-sft", name, "train tokens/s", round(summary["train_tokens_per_s"])),
+            row("device-sft", name, "peak GPU memory GiB", _peak_gib(device)),
+            row("device-sft", name, "eval/accuracy", summary["history"][-1].get("accuracy")),
+        ]
+    return rows
+
+
+def check_device_reft(work: Path, device: str, iterations: int) -> list[dict]:
+    """ReFT with the HF engine for a few iterations from the SFT step's checkpoint (`model.precision=auto`):
+    every role on `device`, results finite, sampler and learner agree."""
+    from rlft.config import load_config
+    from rlft.trainers import ppo as ppo_module
+    from rlft.utils.device import resolve_compute
+
+    ckpt = sorted((work / "sft-bf16-mixed" / "checkpoints").glob("ckpt-*"))[-1]
+    seen: dict = {}
+    build = ppo_module.build_roles
+
+    def recording(*args, **kwargs):
+        roles = build(*args, **kwargs)
+        seen.update(policy=_devices(roles.policy.model), rollout=_devices(roles.rollout.model),
+                    reference=_devices(roles.reference.model if roles.reference is not None else None))
+        return roles
+
+    ppo_module.build_roles = recording
+    run_dir = work / "reft"
+    cfg = load_config(None, [f"run.dir={run_dir}", f"model.path={ckpt}", "algo=reft", "rollout.engine=hf",
+                             f"ppo.iterations={iterations}", f"ppo.eval_every={iterations}", f"ppo.save_every={iterations}",
+                             "rollout.prompts_per_step=32" if device == "cuda" else "rollout.prompts_per_step=4",
+                             "ppo.micro_batch_size_per_device=16", *_task(device)])
+    precision = resolve_compute(cfg).precision
+    ppo_module.run_ppo(cfg)
+    rows = [row("device-reft", "tiny", f"{role} parameters on", where, device, where == device)
+            for role, where in seen.items()]
+    rows.append(row("device-reft", "tiny", "model.precision=auto resolved to", precision))
+    rows.append(row("device-reft", "tiny", "peak GPU memory GiB", _peak_gib(device)))
+    limit = PARITY_MEAN if precision == "fp32" else 5e-2  # bf16: the lean step and the HF forward round apart
+    for r in ppo_report(run_dir, iterations):
+        r["check"], r["model"] = "device-reft", f"tiny {precision}"
+        if r["metric"].startswith("rollout/logprob_diff"):  # sampler vs learner, both on this device
+            r["limit"], r["ok"] = f"< {limit}", float(r["value"]) < limit
+        rows.append(r)
+    return rows
+
+
+def check_device_eval(work: Path, device: str) -> list[dict]:
+    """`rlft eval` of the ReFT checkpoint on `device`, with value-head reranking over 4 samples."""
+    import contextlib
+    import io
+
+    from rlft.cli import main as rlft_main
+
+    ckpt = sorted((work / "reft" / "checkpoints").glob("ckpt-*"))[-1]
+    out, printed = work / "eval", io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(printed):
+        code = rlft_main(["eval", *_task(device), f"run.dir={work}", "--model", str(ckpt), "--samples", "4",
+                          "--rerank", "value", "--out", str(out)])
+    seconds = time.perf_counter() - start
+    line = next((ln for ln in printed.getvalue().splitlines() if ln.startswith("rlft eval: device")), "")
+    summary = json.loads((out / "eval_summary.json").read_text()) if code == 0 else {}
+    return [
+        row("device-eval", "tiny", "exit status", code, "0", code == 0),
+        row("device-eval", "tiny", "ran on", line.split(",")[0].removeprefix("rlft eval: device "), device,
+            line.startswith(f"rlft eval: device {device}")),
+        row("device-eval", "tiny", "questions/s", round(summary.get("eval/n", 0) / seconds, 1)),
+        row("device-eval", "tiny", "eval/accuracy (vote@4)", summary.get("eval/accuracy")),
+        row("device-eval", "tiny", "eval/rerank_accuracy", summary.get("eval/rerank_accuracy")),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------
 # ppo-report and table
 
 
@@ -338,7 +467,8 @@ def table(path: Path) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["engine", "sync", "ppo-report", "table"])
+    p.add_argument("what", choices=["engine", "sync", "ppo-report", "device-sft", "device-reft", "device-eval",
+                                     "table"])
     p.add_argument("path", nargs="?", type=Path, help="ppo-report: the run dir; table: the results file")
     p.add_argument("--out", type=Path, default=Path("runs/gpu-checks/results.jsonl"))
     p.add_argument("--models", default="tiny,smollm2")
@@ -353,9 +483,15 @@ def main() -> int:
 
     quiet_libraries()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.what in ("engine", "sync"):
+    if args.what != "ppo-report":
         args.work.mkdir(parents=True, exist_ok=True)
-    if args.what == "engine":
+    if args.what == "device-sft":
+        append(args.out, check_device_sft(args.work, args.device))
+    elif args.what == "device-reft":
+        append(args.out, check_device_reft(args.work, args.device, args.iterations))
+    elif args.what == "device-eval":
+        append(args.out, check_device_eval(args.work, args.device))
+    elif args.what == "engine":
         for name in args.models.split(","):
             append(args.out, check_engine(name, args.work, args.device))
     elif args.what == "sync":

@@ -30,6 +30,7 @@ RAY = ["cluster.backend=ray", "cluster.learner_ranks=2"]
     ("sft", [*RAY, "cluster.placement=colocated", "cluster.rollout_workers=2"], "cluster.placement"),
     ("sft", [*RAY, "cluster.on_worker_failure=restart"], "cluster.on_worker_failure"),
     ("sft", ["cluster.learner_ranks=2"], "cluster.learner_ranks"),  # without cluster.backend=ray
+    ("sft", ["kl.reference_device=cpu"], "kl.reference_device"),  # SFT has no reference
     ("train", ["cluster.learner=torch"], "cluster.learner"),
     ("compare", ["cluster.rollout_workers=2"], "cluster.rollout_workers"),
     ("train", ["sft.lr=1e-4"], "sft.lr"),  # algo=reft runs no SFT
@@ -43,6 +44,7 @@ RAY = ["cluster.backend=ray", "cluster.learner_ranks=2"]
     ("eval", ["eval.every_epoch=false"], "eval.every_epoch"),
     ("eval", ["adapter.kind=lora"], "adapter.kind"),  # the checkpoint folder decides
     ("eval", ["run.resume=false"], "run.resume"),
+    ("eval", ["kl.reference_device=cpu"], "kl.reference_device"),
 ])
 def test_command_line_key_that_cannot_take_effect_is_an_error(command, overrides, key):
     load_config(None, overrides)  # a valid config as such: only the command makes the key ineffective
@@ -53,9 +55,11 @@ def test_command_line_key_that_cannot_take_effect_is_an_error(command, overrides
 
 @pytest.mark.parametrize("command, overrides", [
     ("sft", ["run.seed=3", "model.dtype=bfloat16", "data.n_train=10", "sft.lr=1e-4", "eval.every_epoch=false",
-             "adapter.kind=lora", "log.every_steps=5", "rollout.hf_lean_step=false"]),
+             "adapter.kind=lora", "log.every_steps=5", "rollout.hf_lean_step=false", "run.device=cpu",
+             "model.gradient_checkpointing=true", "model.attn_implementation=eager"]),
+    ("sft", ["model.precision=bf16-mixed"]),
     ("sft", [*RAY, "cluster.learner=deepspeed", "cluster.deepspeed_config=configs/deepspeed/zero3.json",
-             "cluster.gpus_per_worker=1", "cluster.cpus_per_worker=2", "cluster.num_cpus=8", "cluster.address=auto",
+             "run.device=cuda", "cluster.gpus_per_worker=1", "cluster.cpus_per_worker=2", "cluster.num_cpus=8", "cluster.address=auto",
              "cluster.startup_timeout=60"]),
     ("sft", ["cluster.backend=local"]),
     ("train", ["ppo.lr=1e-4", "rollout.temperature=0.7", "kl.coef=0.1", "eval.max_new_tokens=8", *RAY,
@@ -65,10 +69,18 @@ def test_command_line_key_that_cannot_take_effect_is_an_error(command, overrides
     ("compare", ["ppo.lr=1e-4", "sft.lr=1e-4", "compare.seeds=[1,2]", *RAY]),
     ("eval", ["run.dir=x", "run.seed=2", "model.path=x", "data.test=arithmetic", "eval.samples=4",
               "eval.temperature=0.5", "eval.batch_size=8", "eval.max_new_tokens=64", "eval.partial_reward=0",
-              "rollout.hf_lean_step=false"]),
+              "rollout.hf_lean_step=false", "run.device=cpu", "model.precision=bf16-mixed", "model.dtype=bfloat16"]),
 ])
 def test_command_line_keys_the_command_reads_load(command, overrides):
     load_config(None, overrides, command=command)
+
+
+def test_sft_on_ray_gets_the_device_checks_of_the_learner_ranks():
+    """The SFT warm-up on Ray starts learner ranks, so run.device must agree with their bundles as in RL."""
+    with pytest.raises(ConfigError, match="cluster.gpus_per_worker=1 reserves GPUs, but run.device=cpu"):
+        load_config(None, [*RAY, "run.device=cpu", "cluster.gpus_per_worker=1"], command="sft")
+    with pytest.raises(ConfigError, match="run.device=cuda with cluster.backend=ray needs GPUs"):
+        load_config(None, [*RAY, "run.device=cuda"], command="sft")
 
 
 def test_yaml_keys_for_other_commands_are_fine(tmp_path):
@@ -97,10 +109,9 @@ def test_sft_on_ray_gets_sfts_checks_not_the_rl_roles(tmp_path):
     with pytest.raises(ConfigError, match=r"sft.sequences_per_step=32 does not split evenly across "
                                           r"cluster.learner_ranks=3"):
         load_config(None, [*RAY[:1], "cluster.learner_ranks=3", "rollout.prompts_per_step=30"], command="sft")
-    # what only the RL roles need (colocated: one engine per rank; an algo that runs on Ray) does not stop
-    # the warm-up of a shared file, nor an evaluation (in this process)
-    for text, message in (("placement: colocated\n  learner_ranks: 2\n", "cluster.placement=colocated"),
-                          ("learner_ranks: 2\nalgo: carft\n", "algo=carft runs with cluster.backend=local only")):
+    # what only the RL roles need (colocated: one engine per rank) does not stop the warm-up of a shared file,
+    # nor an evaluation (in this process). (Every algorithm of the table runs on Ray since CARFT does.)
+    for text, message in (("placement: colocated\n  learner_ranks: 2\n", "cluster.placement=colocated"),):
         path = tmp_path / "c.yaml"
         path.write_text("cluster:\n  backend: ray\n  " + text)
         load_config(path, [], command="sft")
