@@ -651,6 +651,9 @@ def validate(cfg: Config, world_size: int = 1, command: str | None = None) -> No
         )
     if not cfg.compare.seeds or not cfg.compare.methods:
         raise ConfigError("compare.seeds and compare.methods must not be empty")
+    if cfg.data.cot_orders != "one" and cfg.data.train != "arithmetic":
+        raise ConfigError(f"data.cot_orders={cfg.data.cot_orders} re-annotates the built-in task only, but data.train is "
+                          f"{cfg.data.train!r}; leave data.cot_orders=one")
     schedule = cfg.compare.warmup_schedule_epochs
     if schedule is not None and (cfg.compare.warmup_checkpoint or schedule < cfg.compare.warmup_epochs):
         raise ConfigError(f"compare.warmup_schedule_epochs={schedule} needs a warm-up run here (no "

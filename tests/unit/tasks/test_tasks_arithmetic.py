@@ -157,3 +157,11 @@ def test_reasoning_orders_count_independent_steps():
     assert len(orders) == 2 * 8  # two orders x three commutative steps, each operand order
     with pytest.raises(ValueError, match="cot_orders"):
         arithmetic.make_splits(2, 2, cot_orders="shuffled")
+
+
+def test_varied_orders_on_other_data_is_an_error(tmp_path):
+    from rlft.config import ConfigError, load_config
+
+    assert load_config(None, ["data.cot_orders=varied"]).data.cot_orders == "varied"
+    with pytest.raises(ConfigError, match="data.cot_orders=varied"):
+        load_config(None, ["data.cot_orders=varied", f"data.train={tmp_path / 'gsm8k.jsonl'}"])
