@@ -348,6 +348,56 @@ class OfflineSTConfig:
 
 
 @dataclass
+class NLFTConfig:
+    samples_per_question: int = 1
+    """Responses sampled once per training question from the starting model (`model.path`) before training, then
+    judged (the reference: one response per GSM8K question). Temperature, top-p/top-k, length and batch size come
+    from `rollout.*`; the samples are cached in `run.dir` and reused on resume."""
+    judge: str = "checker"
+    """Who writes each response's judgment: `checker` (rlft's answer checker plus the first step that departs from
+    the annotated CoT; no LLM) or a plug-in `module:function`, `file.py:function` or `rlft.rewards` entry point
+    called like a reward function and returning a (judgment text or None, score) pair per response (docs/nlft.md)."""
+    judgment_template: str = "The response is wrong. Its answer is {extracted}, but the correct answer is {gold}.{step_note}"
+    """`judge=checker`: the judgment of a wrong response; fields {extracted} (its answer, or `missing`), {gold},
+    {step_note} (`step_template` when a step departs from the annotated CoT, else empty)."""
+    step_template: str = ' The first wrong step is step {step}: "{wrong_step}" should be "{right_step}".'
+    """`judge=checker`: the {step_note} of a judgment; fields {step} (1-based), {wrong_step}, {right_step}."""
+    correct_score: float = 10.0
+    """`judge=checker`: the score of a correct response (the reference's GPT-4 judge scores 0-10)."""
+    wrong_score: float = 0.0
+    """`judge=checker`: the score of a wrong or unanswered response."""
+    positive_score: float = 7.0
+    """A response trains as positive when it has no judgment or its score is at least this (the reference: 7)."""
+    judge_prompt: str = ("Write a bad response to this question, with the weaknesses described in the judgment.\n"
+                         "{question}\nJudgment: {judgment}")
+    """The question of the judge-conditioned prompt (p_j); the prompt around it is `data.prompt_format`'s. Fields
+    {question}, {judgment}. The reference's system prompt: `Write a bad response to the instruction. Your response
+    should contain the weaknesses mentioned in the below judgment.`"""
+    correct_prompt: str = "{question}\nStandard answer:\n{reference}"
+    """The question of the reference-conditioned prompt (p_c); fields {question}, {reference} (the annotated
+    solution as SFT's target). The reference's: `... the question and the standard answer are as follows. Please
+    refer to the standard answer and give your answer.`"""
+    ratio_threshold: float = 1.5
+    """A negative response's token is salient when p_judge / p_base and p_judge / p_correct both exceed this
+    (reference code: 1.5)."""
+    min_judge_prob: float = 0.01
+    """... and p_judge exceeds this (reference code: 0.01)."""
+    sigmoid_center: float = 1.5
+    """A salient token's unlikelihood weight is 2 sigmoid(p_judge / p_base - this) (the reference's `--threshold`,
+    1.5 in its script)."""
+    max_salient_frac: float = 0.06
+    """When more than this share of a negative response's tokens is salient, its other tokens get weight 0
+    (reference: 0.06); otherwise sqrt(p_correct)."""
+    correct_threshold: float = 0.95
+    """A positive response's token with p_correct above this gets weight 1 + ((p - t) / (1 - t))^5 (reference: 0.95)."""
+    neighbour_distance: float | None = 0.4
+    """The hidden-state neighbourhood rule: from each salient / confident token, neighbours join while their
+    cosine distance to the running centre exceeds this (reference: 0.4; docs/nlft.md §2.4); None turns it off."""
+    loss_scale: float = 10.0
+    """The loss is multiplied by this (the reference: 10; it matters against `sft.max_grad_norm`)."""
+
+
+@dataclass
 class CompareConfig:
     methods: list[str] = field(default_factory=lambda: ["sft", "reft", "carft"])
     """Methods to run from the shared warm-up: `sft` (continued SFT), an algo name, `null` / `null-<algo>` (the
@@ -426,8 +476,9 @@ ADAPTER_KINDS = ("full", "lora", "loreft", "direft", "brep", "heft", "baft", "ga
 
 @dataclass
 class AdapterConfig:
-    kind: Literal["full", "lora", "loreft", "direft", "brep", "heft", "baft", "gated"] = "full"
-    """What the policy trains (`rlft/adapters/`): `full` (every weight), `lora` (peft), or a frozen model edited
+    kind: Literal["auto", "full", "lora", "loreft", "direft", "brep", "heft", "baft", "gated"] = "auto"
+    """What the policy trains (`rlft/adapters/`): `auto` (the algorithm's: `lora` for algo=nlft as in the NLFT paper,
+    `full` for every other), `full` (every weight), `lora` (peft), or a frozen model edited
     by hooks on its hidden states (representation finetuning, `repft`): `loreft`, `direft` (Wu et al. 2024),
     `brep` (scale + bounded bias on mlp.up_proj, Liang et al. 2026), `heft` (LoRA, then LoReFT), `baft`
     (LoReFT with input-dependent per-basis weights, reconstructed from the BaFT abstract), `gated` (LoReFT with
@@ -523,7 +574,8 @@ class Config:
     """RL algorithm for `rlft train`, a row of `rlft/trainers/algorithms.py`: reft (PPO + value head, KL in
     reward), carft (ReFT + contrastive loss against the annotated CoT), grpo / dr_grpo / rloo (group
     baselines), reinforce_pp / reinforce_pp_baseline (REINFORCE++), dapo, online_st (online self-training),
-    offline_st (offline self-training: sample the warm-up once, then SFT on gold + correct samples)."""
+    offline_st (offline self-training: sample the warm-up once, then SFT on gold + correct samples), nlft (Natural
+    Language Fine-Tuning: sample once, judge, then epochs of the token-weighted NLFT loss; docs/nlft.md)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where and how a run is stored."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -552,6 +604,8 @@ class Config:
     """DAPO's dynamic sampling and overlong shaping (algo=dapo)."""
     offline_st: OfflineSTConfig = field(default_factory=OfflineSTConfig)
     """Offline self-training (algo=offline_st, spec §12): how many samples to draw and keep."""
+    nlft: NLFTConfig = field(default_factory=NLFTConfig)
+    """Natural Language Fine-Tuning (algo=nlft, docs/nlft.md): sampling, judgments, saliency thresholds."""
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics and progress."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -610,9 +664,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError("compare.seeds and compare.methods must not be empty")
     if cfg.cluster.backend == "ray":
         _validate_cluster(cfg)
-    _validate_adapter(cfg.adapter)
-    if cfg.rollout.engine == "vllm" and cfg.adapter.kind != "full":
-        raise ConfigError(f"rollout.engine=vllm cannot run adapter.kind={cfg.adapter.kind} (hook-based adapters and "
+    _validate_adapter(adapter_config(cfg))
+    kind = algorithms.plan(cfg).adapter_kind
+    if cfg.rollout.engine == "vllm" and kind != "full":
+        raise ConfigError(f"rollout.engine=vllm cannot run adapter.kind={kind} (hook-based adapters and "
                           "unmerged LoRA need the HF engine); use rollout.engine=hf")
     _validate_log(cfg.log)
     if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
@@ -648,6 +703,11 @@ def _validate_algorithm(cfg: Config) -> None:
     if not (row.dynamic_sampling or row.overlong_shaping) and cfg.dapo != DAPOConfig():
         raise ConfigError(f"dapo.* settings cannot take effect with algo={cfg.algo} (DAPO's phases run with algo=dapo); "
                           "remove them or use algo=dapo")
+    if row.loop != "nlft" and cfg.nlft != NLFTConfig():
+        raise ConfigError(f"nlft.* settings cannot take effect with algo={cfg.algo} (they configure algo=nlft); "
+                          "remove them or use algo=nlft")
+    if row.loop == "nlft":
+        _validate_nlft(cfg)
     if row.overlong_shaping and (cfg.dapo.max_sample_rounds < 1
                                  or not 0 < cfg.dapo.overlong_cache_tokens <= cfg.rollout.max_new_tokens):
         raise ConfigError(f"dapo.max_sample_rounds must be >= 1 (got {cfg.dapo.max_sample_rounds}) and "
@@ -666,6 +726,62 @@ def _validate_algorithm(cfg: Config) -> None:
         raise ConfigError(f"reward.reft_compat applies to the built-in `math` reward only (reward.fn={cfg.reward.fn})")
     if not row.reference and cfg.kl.coef:
         raise ConfigError(f"algo={cfg.algo} has no KL term, so kl.coef={cfg.kl.coef} cannot take effect; leave kl.coef unset")
+
+
+NLFT_TEMPLATE_FIELDS = {
+    "nlft.judgment_template": ("extracted", "gold", "step_note"),
+    "nlft.step_template": ("step", "wrong_step", "right_step"),
+    "nlft.judge_prompt": ("question", "judgment"),
+    "nlft.correct_prompt": ("question", "reference"),
+}
+# Keys only the built-in checker judge reads
+NLFT_CHECKER_KEYS = ("judgment_template", "step_template", "correct_score", "wrong_score")
+
+
+def _validate_nlft(cfg: Config) -> None:
+    """algo=nlft: its own keys, and the keys of other phases it has no use for."""
+    n, default = cfg.nlft, NLFTConfig()
+    changed = [f"reward.{f.name}" for f in dataclasses.fields(RewardConfig)
+               if getattr(cfg.reward, f.name) != getattr(RewardConfig(), f.name)]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} cannot take effect with algo=nlft: nlft.judge decides which responses "
+                          "are right and writes their judgments; remove them (or use a judge plug-in, nlft.judge=...)")
+    if cfg.rollout.engine == "vllm":
+        raise ConfigError("rollout.engine=vllm cannot take effect with algo=nlft: its responses are sampled once, with "
+                          "the HF engine on the starting model; use rollout.engine=hf")
+    if cfg.rollout.samples_per_prompt != 1:
+        raise ConfigError(f"rollout.samples_per_prompt={cfg.rollout.samples_per_prompt} cannot take effect with "
+                          "algo=nlft; set nlft.samples_per_question instead")
+    if n.judge != "checker":
+        unused = [f"nlft.{k}" for k in NLFT_CHECKER_KEYS if getattr(n, k) != getattr(default, k)]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)} configure the checker judge; nlft.judge={n.judge} writes its own "
+                              "judgments and scores: remove them or use nlft.judge=checker")
+    for key, names in NLFT_TEMPLATE_FIELDS.items():
+        template = _get(cfg, key)
+        try:
+            template.format(**{name: "" for name in names})
+        except (KeyError, IndexError) as e:
+            raise ConfigError(f"{key}: unknown field {{{e.args[0]}}}; the fields are "
+                              f"{', '.join('{' + name + '}' for name in names)}") from None
+        except ValueError as e:
+            raise ConfigError(f"{key}: not a format string ({e}); write a literal brace as {{{{ or }}}}") from None
+    if n.samples_per_question < 1:
+        raise ConfigError(f"nlft.samples_per_question must be >= 1, got {n.samples_per_question}")
+    for key, low, high in (("ratio_threshold", 0.0, None), ("loss_scale", 0.0, None), ("min_judge_prob", 0.0, 1.0),
+                           ("correct_threshold", 0.0, 1.0)):
+        value = getattr(n, key)
+        if value <= low or (high is not None and value >= high):
+            raise ConfigError(f"nlft.{key} must be > {low}{f' and < {high}' if high else ''}, got {value}")
+    if not 0.0 <= n.max_salient_frac <= 1.0:
+        raise ConfigError(f"nlft.max_salient_frac must be in [0, 1], got {n.max_salient_frac}")
+    if n.neighbour_distance is not None and not 0.0 <= n.neighbour_distance <= 2.0:
+        raise ConfigError(f"nlft.neighbour_distance is a cosine distance in [0, 2] (or null), got {n.neighbour_distance}")
+
+
+def adapter_config(cfg: Config) -> AdapterConfig:
+    """`cfg.adapter` with `kind: auto` resolved to the algorithm's (a copy: the config keeps `auto`)."""
+    return dataclasses.replace(cfg.adapter, kind=algorithms.plan(cfg).adapter_kind)
 
 
 def _validate_cluster(cfg: Config) -> None:
@@ -688,8 +804,9 @@ def _validate_cluster(cfg: Config) -> None:
     if cfg.rollout.engine == "vllm" and c.weight_sync == "broadcast":
         raise ConfigError("cluster.weight_sync=broadcast sends into HF engines; with rollout.engine=vllm use "
                           "cluster.weight_sync=object_store (vLLM's load_weights)")
-    if cfg.adapter.kind != "full":
-        raise ConfigError(f"adapter.kind={cfg.adapter.kind} runs with cluster.backend=local only (the Ray learners "
+    kind = algorithms.plan(cfg).adapter_kind
+    if kind != "full":
+        raise ConfigError(f"adapter.kind={kind} runs with cluster.backend=local only (the Ray learners "
                           "and engines train and serve full weights); use adapter.kind=full or cluster.backend=local")
     if cfg.ppo.critic == "separate":
         raise ConfigError("ppo.critic=separate runs with cluster.backend=local only (the Ray backend trains the "

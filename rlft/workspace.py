@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlft import tasks
-from rlft.config import Config, ConfigError, save_config
+from rlft.config import Config, ConfigError, adapter_config, save_config
 from rlft.tasks.base import Record
 
 
@@ -61,7 +61,7 @@ def check_context(cfg: Config, model_path) -> None:
 def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = True):
     """Return (model, tokenizer, model_path, adapter) for `model.path` (building the tiny model if asked).
 
-    The model has `cfg.adapter` attached (identity-initialised), or, when `model.path` is an adapter
+    The model has `cfg.adapter` attached (identity-initialised; `kind: auto` resolved by the algorithm), or, when `model.path` is an adapter
     checkpoint, the saved adapter on its base model. Call the returned model (peft's wrapper for LoRA).
     """
     from rlft.adapters import load_policy_and_adapter
@@ -72,6 +72,6 @@ def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = T
         from rlft.models.loading import load_policy
 
         return None, load_policy(path, dtype=cfg.model.dtype, with_model=False)[1], path, None
-    model, tokenizer, adapter = load_policy_and_adapter(path, dtype=cfg.model.dtype, adapter_cfg=cfg.adapter,
+    model, tokenizer, adapter = load_policy_and_adapter(path, dtype=cfg.model.dtype, adapter_cfg=adapter_config(cfg),
                                                         seed=cfg.run.seed)
     return model, tokenizer, path, adapter

@@ -19,7 +19,7 @@ What it does, in `run.dir`:
 Finished runs are skipped on re-run (the command resumes); a method that fails is reported with its
 error in the results and the other methods still run.
 
-Methods are strings: `sft`, an algo name (`reft`, `carft`, `grpo`, ...), either with `+<adapter kind>`
+Methods are strings: `sft`, an algo name (`reft`, `carft`, `grpo`, `nlft`, ...), either with `+<adapter kind>`
 for a policy adapter (`sft+lora`, `reft+loreft`, `reft+brep`: `adapter.kind=...`, trained on top of the
 shared full-finetuned warm-up), or `label: key=value ...` with per-method overrides (e.g.
 `"grpo4: algo=grpo rollout.samples_per_prompt=4 kl.placement=loss kl.estimator=k3"`,
@@ -159,11 +159,16 @@ def check_same_run(run_dir: Path, cfg: Config) -> None:
 
 
 def _run_one(sft: bool, cfg: Config) -> dict:
+    from rlft.trainers.nlft import run_nlft
     from rlft.trainers.ppo import run_ppo
+    from rlft.trainers.selftrain import run_offline_st
     from rlft.trainers.sft import run_sft
 
-    if sft:
-        summary = run_sft(cfg)
+    # the trainers whose history is per epoch over a fixed set (SFT-like); the RL loop's is per iteration
+    epoch_trainers = {"offline_st": run_offline_st, "nlft": run_nlft}
+    loop = None if sft else ALGORITHMS[cfg.algo].loop
+    if sft or loop in epoch_trainers:
+        summary = run_sft(cfg) if sft else epoch_trainers[loop](cfg)
         history = [{"step": h["epoch"], "accuracy": h.get("accuracy"), "train_seconds": h["train_seconds"],
                     "samples": h["epoch"] * summary.get("n_train", 0)} for h in summary["history"]]
     else:

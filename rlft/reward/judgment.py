@@ -29,8 +29,6 @@ import rewards
 from rlft.tasks.base import Record
 from rlft.tasks.prompts import ANSWER_TRIGGER, program_text, prompt_text, target_text
 
-JUDGMENT_FIELDS = ("extracted", "gold", "step_note")
-STEP_FIELDS = ("step", "wrong_step", "right_step")
 _CALC = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations: not part of the reasoning text
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -99,7 +97,7 @@ def checker_judgments(texts: Sequence[str], records: Sequence[Record], *, style:
         texts: decoded responses (P-CoT: the function body; the checker runs the whole program).
         records: the record each response answers.
         style: `nl` or `program` (the step comparison needs N-CoT text: P-CoT judgments have no step note).
-        judgment_template: fields {extracted} (the extracted answer, or "no answer"), {gold}, {step_note}.
+        judgment_template: fields {extracted} (the extracted answer, or "missing"), {gold}, {step_note}.
         step_template: fields {step} (1-based), {wrong_step}, {right_step}; fills {step_note}.
     """
     completions = [program_text(prompt_text(r, style), t) if style == "program" else t for r, t in zip(records, texts)]
@@ -115,7 +113,7 @@ def checker_judgments(texts: Sequence[str], records: Sequence[Record], *, style:
         note = "" if step is None else step_template.format(
             step=step[0] + 1, wrong_step=step[1] if step[1] is not None else "(missing)",
             right_step=step[2] if step[2] is not None else "(no such step)")
-        judgment = judgment_template.format(extracted=verdict.extracted or "no answer", gold=record.answer, step_note=note)
+        judgment = judgment_template.format(extracted=verdict.extracted or "missing", gold=record.answer, step_note=note)
         out.append(Judgment(judgment, wrong_score, verdict.status, verdict.extracted))
     return out
 

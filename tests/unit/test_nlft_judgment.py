@@ -50,7 +50,7 @@ def test_checker_judgments() -> None:
     assert out[0] == Judgment(None, 10.0, "correct", "9")
     assert out[1].text == ("Wrong: it answers 56, the answer is 9. Step 2: 76 - 22 = 56 cookies are left. | "
                            "76 - 22 = 54 cookies are left.") and out[1].score == 2.0 and out[1].status == "wrong"
-    assert out[2].text == "Wrong: it answers no answer, the answer is 9. Step 1: The baker bakes | " \
+    assert out[2].text == "Wrong: it answers missing, the answer is 9. Step 1: The baker bakes | " \
                           "The baker bakes 4 * 19 = 76 cookies."
     assert [j.positive(7.0) for j in out] == [True, False, False]
     assert out[1].positive(2.0)  # a wrong response scored at the threshold trains as a positive
