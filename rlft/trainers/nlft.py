@@ -126,6 +126,8 @@ def sampled_and_judged(cfg: Config, run_dir: Path, model, tokenizer, adapter, tr
         return [json.loads(line) for line in samples_path.read_text().splitlines()], saved["counts"]
     start = time.perf_counter()
     if saved is not None:  # same samples, other judge settings: judge them again
+        changed = [k for k in judging if saved["judging"].get(k) != judging[k]]
+        print0(f"rlft nlft: judging the cached samples in {samples_path} again ({', '.join(changed)} changed)")
         rows, counts = [json.loads(line) for line in samples_path.read_text().splitlines()], saved["counts"]
     else:
         print0(f"rlft nlft: sampling {cfg.nlft.samples_per_question} response(s) x {len(train)} questions")

@@ -118,6 +118,8 @@ def test_train_caches_samples_rejudges_and_resumes_exactly(tmp_path, warm_model,
 
     # another judge on the same samples: judged again, not sampled again; its polarity decides the split
     again = nlft.run_nlft(_cfg(tmp_path / "part", warm_model, "sft.epochs=3", f"nlft.judge={tmp_path / 'judge.py'}:half"))
+    out = capsys.readouterr().out
+    assert "judging the cached samples" in out and "(nlft.judge changed)" in out
     rejudged = [json.loads(line) for line in (tmp_path / "part" / nlft.SAMPLES_FILE).read_text().splitlines()]
     assert [row["response_ids"] for row in rejudged] == [row["response_ids"] for row in rows]
     assert again["nlft"]["negative"] == 4 and again["nlft"]["positive"] == 4
