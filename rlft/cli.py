@@ -1,7 +1,7 @@
 """The `rlft` command.
 
     rlft sft   [CONFIG.yaml] [section.key=value ...]            SFT warm-up (+ held-out eval per epoch)
-    rlft train [CONFIG.yaml] model.path=WARMUP [algo=reft ...]  RL (ReFT PPO or a baseline) from a warm-up
+    rlft train [CONFIG.yaml] model.path=WARMUP [algo=reft ...]  RL (ReFT PPO or a baseline, or NLFT) from a warm-up
     rlft compare [CONFIG.yaml] [key=value ...]                  SFT vs ReFT vs CARFT (+ baselines): table, plots
     rlft eval  [CONFIG.yaml] --model CKPT [--samples k] [--rerank vote|value] [key=value ...]
                                                                 greedy accuracy, majority vote@k, value rerank@k
@@ -47,13 +47,19 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rlft.trainers import algorithms
+    from rlft.trainers.nlft import run_nlft
     from rlft.trainers.ppo import run_ppo
     from rlft.trainers.selftrain import run_offline_st
 
     cfg = _config(args.config, command="train")
-    if algorithms.get(cfg.algo).loop == "offline_st":  # expert iteration: sample once, then SFT (no RL loop)
+    loop = algorithms.get(cfg.algo).loop
+    if loop == "offline_st":  # expert iteration: sample once, then SFT (no RL loop)
         summary = run_offline_st(cfg)
         print(json.dumps({k: summary[k] for k in ("algo", "offline_st", "best_accuracy", "best_checkpoint", "train_seconds")}, indent=2))
+        return 0
+    if loop == "nlft":  # sample and judge once, then epochs of the NLFT loss (no RL loop)
+        summary = run_nlft(cfg)
+        print(json.dumps({k: summary[k] for k in ("algo", "nlft", "best_accuracy", "best_checkpoint", "train_seconds")}, indent=2))
         return 0
     summary = run_ppo(cfg)
     print(json.dumps({k: summary[k] for k in ("algo", "iterations_done", "best_accuracy", "best_checkpoint", "train_seconds")}, indent=2))
@@ -234,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
     p.set_defaults(func=cmd_sft)
 
-    p = sub.add_parser("train", help="RL from a warm-up checkpoint (algo=reft|grpo|rloo|reinforce_pp|online_st|offline_st)",
+    p = sub.add_parser("train", help="RL from a warm-up checkpoint (algo=reft|grpo|rloo|reinforce_pp|online_st|offline_st|nlft)",
                        epilog=EPILOG, formatter_class=fmt)
     p.add_argument("config", nargs="*", help="[CONFIG.yaml] [section.key=value ...]; model.path = the warm-up checkpoint")
     p.set_defaults(func=cmd_train)

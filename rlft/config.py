@@ -379,6 +379,56 @@ class OfflineSTConfig:
 
 
 @dataclass
+class NLFTConfig:
+    samples_per_question: int = 1
+    """Responses sampled once per training question from the starting model (`model.path`) before training, then
+    judged (the reference: one response per GSM8K question). Temperature, top-p/top-k, length and batch size come
+    from `rollout.*`; the samples are cached in `run.dir` and reused on resume."""
+    judge: str = "checker"
+    """Who writes each response's judgment: `checker` (rlft's answer checker plus the first step that departs from
+    the annotated CoT; no LLM) or a plug-in `module:function`, `file.py:function` or `rlft.rewards` entry point
+    called like a reward function and returning a (judgment text or None, score) pair per response (docs/nlft.md)."""
+    judgment_template: str = "The response is wrong. Its answer is {extracted}, but the correct answer is {gold}.{step_note}"
+    """`judge=checker`: the judgment of a wrong response; fields {extracted} (its answer, or `missing`), {gold},
+    {step_note} (`step_template` when a step departs from the annotated CoT, else empty)."""
+    step_template: str = ' The first wrong step is step {step}: "{wrong_step}" should be "{right_step}".'
+    """`judge=checker`: the {step_note} of a judgment; fields {step} (1-based), {wrong_step}, {right_step}."""
+    correct_score: float = 10.0
+    """`judge=checker`: the score of a correct response (the reference's GPT-4 judge scores 0-10)."""
+    wrong_score: float = 0.0
+    """`judge=checker`: the score of a wrong or unanswered response."""
+    positive_score: float = 7.0
+    """A response trains as positive when it has no judgment or its score is at least this (the reference: 7)."""
+    judge_prompt: str = ("Write a bad response to this question, with the weaknesses described in the judgment.\n"
+                         "{question}\nJudgment: {judgment}")
+    """The question of the judge-conditioned prompt (p_j); the prompt around it is `data.prompt_format`'s. Fields
+    {question}, {judgment}. The reference's system prompt: `Write a bad response to the instruction. Your response
+    should contain the weaknesses mentioned in the below judgment.`"""
+    correct_prompt: str = "{question}\nStandard answer:\n{reference}"
+    """The question of the reference-conditioned prompt (p_c); fields {question}, {reference} (the annotated
+    solution as SFT's target). The reference's: `... the question and the standard answer are as follows. Please
+    refer to the standard answer and give your answer.`"""
+    ratio_threshold: float = 1.5
+    """A negative response's token is salient when p_judge / p_base and p_judge / p_correct both exceed this
+    (reference code: 1.5)."""
+    min_judge_prob: float = 0.01
+    """... and p_judge exceeds this (reference code: 0.01)."""
+    sigmoid_center: float = 1.5
+    """A salient token's unlikelihood weight is 2 sigmoid(p_judge / p_base - this) (the reference's `--threshold`,
+    1.5 in its script)."""
+    max_salient_frac: float = 0.06
+    """When more than this share of a negative response's tokens is salient, its other tokens get weight 0
+    (reference: 0.06); otherwise sqrt(p_correct)."""
+    correct_threshold: float = 0.95
+    """A positive response's token with p_correct above this gets weight 1 + ((p - t) / (1 - t))^5 (reference: 0.95)."""
+    neighbour_distance: float | None = 0.4
+    """The hidden-state neighbourhood rule: from each salient / confident token, neighbours join while their
+    cosine distance to the running centre exceeds this (reference: 0.4; docs/nlft.md §2.4); None turns it off."""
+    loss_scale: float = 10.0
+    """The loss is multiplied by this (the reference: 10; it matters against `sft.max_grad_norm`)."""
+
+
+@dataclass
 class CompareConfig:
     methods: list[str] = field(default_factory=lambda: ["sft", "reft", "carft"])
     """Methods to run from the shared warm-up: `sft` (continued SFT), an algo name, `null` / `null-<algo>` (the
@@ -461,8 +511,9 @@ ADAPTER_KINDS = ("full", "lora", "loreft", "direft", "brep", "heft", "baft", "ga
 
 @dataclass
 class AdapterConfig:
-    kind: Literal["full", "lora", "loreft", "direft", "brep", "heft", "baft", "gated"] = "full"
-    """What the policy trains (`rlft/adapters/`): `full` (every weight), `lora` (peft), or a frozen model edited
+    kind: Literal["auto", "full", "lora", "loreft", "direft", "brep", "heft", "baft", "gated"] = "auto"
+    """What the policy trains (`rlft/adapters/`): `auto` (the algorithm's: `lora` for algo=nlft as in the NLFT paper,
+    `full` for every other), `full` (every weight), `lora` (peft), or a frozen model edited
     by hooks on its hidden states (representation finetuning, `repft`): `loreft`, `direft` (Wu et al. 2024),
     `brep` (scale + bounded bias on mlp.up_proj, Liang et al. 2026), `heft` (LoRA, then LoReFT), `baft`
     (LoReFT with input-dependent per-basis weights, reconstructed from the BaFT abstract), `gated` (LoReFT with
@@ -559,7 +610,8 @@ class Config:
     """RL algorithm for `rlft train`, a row of `rlft/trainers/algorithms.py`: reft (PPO + value head, KL in
     reward), carft (ReFT + contrastive loss against the annotated CoT), grpo / dr_grpo / rloo (group
     baselines), reinforce_pp / reinforce_pp_baseline (REINFORCE++), dapo, online_st (online self-training),
-    offline_st (offline self-training: sample the warm-up once, then SFT on gold + correct samples)."""
+    offline_st (offline self-training: sample the warm-up once, then SFT on gold + correct samples), nlft (Natural
+    Language Fine-Tuning: sample once, judge, then epochs of the token-weighted NLFT loss; docs/nlft.md)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where and how a run is stored."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -588,6 +640,8 @@ class Config:
     """DAPO's dynamic sampling and overlong shaping (algo=dapo)."""
     offline_st: OfflineSTConfig = field(default_factory=OfflineSTConfig)
     """Offline self-training (algo=offline_st, spec §12): how many samples to draw and keep."""
+    nlft: NLFTConfig = field(default_factory=NLFTConfig)
+    """Natural Language Fine-Tuning (algo=nlft, docs/nlft.md): sampling, judgments, saliency thresholds."""
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics and progress."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -660,9 +714,10 @@ def validate(cfg: Config, world_size: int = 1, command: str | None = None) -> No
                           f"compare.warmup_checkpoint) and at least compare.warmup_epochs={cfg.compare.warmup_epochs}")
     if cfg.cluster.backend == "ray" and command != "eval":
         _validate_cluster(cfg, command)
-    _validate_adapter(cfg.adapter)
-    if cfg.rollout.engine == "vllm" and cfg.adapter.kind != "full":
-        raise ConfigError(f"rollout.engine=vllm cannot run adapter.kind={cfg.adapter.kind} (hook-based adapters and "
+    _validate_adapter(adapter_config(cfg))
+    kind = algorithms.plan(cfg).adapter_kind
+    if cfg.rollout.engine == "vllm" and kind != "full":
+        raise ConfigError(f"rollout.engine=vllm cannot run adapter.kind={kind} (hook-based adapters and "
                           "unmerged LoRA need the HF engine); use rollout.engine=hf")
     _validate_log(cfg.log)
     _validate_compute(cfg)
@@ -699,6 +754,11 @@ def _validate_algorithm(cfg: Config) -> None:
     if not (row.dynamic_sampling or row.overlong_shaping) and cfg.dapo != DAPOConfig():
         raise ConfigError(f"dapo.* settings cannot take effect with algo={cfg.algo} (DAPO's phases run with algo=dapo); "
                           "remove them or use algo=dapo")
+    if row.loop != "nlft" and cfg.nlft != NLFTConfig():
+        raise ConfigError(f"nlft.* settings cannot take effect with algo={cfg.algo} (they configure algo=nlft); "
+                          "remove them or use algo=nlft")
+    if row.loop == "nlft":
+        _validate_nlft(cfg)
     if row.overlong_shaping and (cfg.dapo.max_sample_rounds < 1
                                  or not 0 < cfg.dapo.overlong_cache_tokens <= cfg.rollout.max_new_tokens):
         raise ConfigError(f"dapo.max_sample_rounds must be >= 1 (got {cfg.dapo.max_sample_rounds}) and "
@@ -730,6 +790,62 @@ def runs_rl(command: str | None) -> bool:
     return command in (None, "train", "compare")
 
 
+NLFT_TEMPLATE_FIELDS = {
+    "nlft.judgment_template": ("extracted", "gold", "step_note"),
+    "nlft.step_template": ("step", "wrong_step", "right_step"),
+    "nlft.judge_prompt": ("question", "judgment"),
+    "nlft.correct_prompt": ("question", "reference"),
+}
+# Keys only the built-in checker judge reads
+NLFT_CHECKER_KEYS = ("judgment_template", "step_template", "correct_score", "wrong_score")
+
+
+def _validate_nlft(cfg: Config) -> None:
+    """algo=nlft: its own keys, and the keys of other phases it has no use for."""
+    n, default = cfg.nlft, NLFTConfig()
+    changed = [f"reward.{f.name}" for f in dataclasses.fields(RewardConfig)
+               if getattr(cfg.reward, f.name) != getattr(RewardConfig(), f.name)]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} cannot take effect with algo=nlft: nlft.judge decides which responses "
+                          "are right and writes their judgments; remove them (or use a judge plug-in, nlft.judge=...)")
+    if cfg.rollout.engine == "vllm":
+        raise ConfigError("rollout.engine=vllm cannot take effect with algo=nlft: its responses are sampled once, with "
+                          "the HF engine on the starting model; use rollout.engine=hf")
+    if cfg.rollout.samples_per_prompt != 1:
+        raise ConfigError(f"rollout.samples_per_prompt={cfg.rollout.samples_per_prompt} cannot take effect with "
+                          "algo=nlft; set nlft.samples_per_question instead")
+    if n.judge != "checker":
+        unused = [f"nlft.{k}" for k in NLFT_CHECKER_KEYS if getattr(n, k) != getattr(default, k)]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)} configure the checker judge; nlft.judge={n.judge} writes its own "
+                              "judgments and scores: remove them or use nlft.judge=checker")
+    for key, names in NLFT_TEMPLATE_FIELDS.items():
+        template = _get(cfg, key)
+        try:
+            template.format(**{name: "" for name in names})
+        except (KeyError, IndexError) as e:
+            raise ConfigError(f"{key}: unknown field {{{e.args[0]}}}; the fields are "
+                              f"{', '.join('{' + name + '}' for name in names)}") from None
+        except ValueError as e:
+            raise ConfigError(f"{key}: not a format string ({e}); write a literal brace as {{{{ or }}}}") from None
+    if n.samples_per_question < 1:
+        raise ConfigError(f"nlft.samples_per_question must be >= 1, got {n.samples_per_question}")
+    for key, low, high in (("ratio_threshold", 0.0, None), ("loss_scale", 0.0, None), ("min_judge_prob", 0.0, 1.0),
+                           ("correct_threshold", 0.0, 1.0)):
+        value = getattr(n, key)
+        if value <= low or (high is not None and value >= high):
+            raise ConfigError(f"nlft.{key} must be > {low}{f' and < {high}' if high else ''}, got {value}")
+    if not 0.0 <= n.max_salient_frac <= 1.0:
+        raise ConfigError(f"nlft.max_salient_frac must be in [0, 1], got {n.max_salient_frac}")
+    if n.neighbour_distance is not None and not 0.0 <= n.neighbour_distance <= 2.0:
+        raise ConfigError(f"nlft.neighbour_distance is a cosine distance in [0, 2] (or null), got {n.neighbour_distance}")
+
+
+def adapter_config(cfg: Config) -> AdapterConfig:
+    """`cfg.adapter` with `kind: auto` resolved to the algorithm's (a copy: the config keeps `auto`)."""
+    return dataclasses.replace(cfg.adapter, kind=algorithms.plan(cfg).adapter_kind)
+
+
 def _validate_cluster(cfg: Config, command: str | None = None) -> None:
     c = cfg.cluster
     for key in ("cluster.learner_ranks", "cluster.rollout_workers", "cluster.reward_workers"):
@@ -738,8 +854,12 @@ def _validate_cluster(cfg: Config, command: str | None = None) -> None:
     if c.learner == "torch" and c.learner_ranks > 1:
         raise ConfigError(f"cluster.learner=torch runs one rank (got cluster.learner_ranks={c.learner_ranks}); "
                           "use cluster.learner=deepspeed for data parallelism")
-    if cfg.adapter.kind != "full":
-        raise ConfigError(f"adapter.kind={cfg.adapter.kind} runs with cluster.backend=local only (the Ray learners "
+    if runs_rl(command) and not algorithms.get(cfg.algo).ray:
+        raise ConfigError(f"algo={cfg.algo} runs with cluster.backend=local only (its extra phases need the "
+                          "policy module in the driver); use cluster.backend=local")
+    kind = algorithms.plan(cfg).adapter_kind
+    if kind != "full":
+        raise ConfigError(f"adapter.kind={kind} runs with cluster.backend=local only (the Ray learners "
                           "and engines train and serve full weights); use adapter.kind=full or cluster.backend=local")
     # the learner ranks' devices and precision: the SFT warm-up on Ray starts them too
     if cfg.run.device.startswith("cuda:"):
@@ -772,9 +892,6 @@ def _validate_cluster_rl(cfg: Config) -> None:
     if c.placement == "colocated" and c.rollout_workers != c.learner_ranks:
         raise ConfigError(f"cluster.placement=colocated pairs each learner rank with one rollout engine: set "
                           f"cluster.rollout_workers={c.learner_ranks} (got {c.rollout_workers}) or use placement=split")
-    if not algorithms.get(cfg.algo).ray:
-        raise ConfigError(f"algo={cfg.algo} runs with cluster.backend=local only (its extra phases need the "
-                          "policy module in the driver); use cluster.backend=local")
     if c.on_worker_failure == "restart" and c.weight_sync != "object_store":
         raise ConfigError("cluster.on_worker_failure=restart needs cluster.weight_sync=object_store (a new engine "
                           "cannot join a running broadcast group)")
@@ -804,7 +921,8 @@ COMMAND_KEYS = {
 }
 # `rlft train`: the SFT keys each loop of the algorithm table reads (offline self-training is an SFT run;
 # online self-training encodes its gold CoTs like SFT).
-SFT_KEYS_OF_LOOP = {"ppo": (), "online_st": ("sft.max_seq_tokens",), "offline_st": ("sft.", "eval.every_epoch")}
+SFT_KEYS_OF_LOOP = {"ppo": (), "online_st": ("sft.max_seq_tokens",), "offline_st": ("sft.", "eval.every_epoch"),
+                    "nlft": ("sft.", "eval.every_epoch")}
 # Cluster keys of the RL roles only: the SFT warm-up on Ray starts learner ranks and nothing else.
 RL_CLUSTER_KEYS = ("cluster.rollout_workers", "cluster.reward_workers", "cluster.placement", "cluster.weight_sync",
                    "cluster.on_worker_failure")
@@ -821,7 +939,7 @@ def ineffective_reason(cfg: Config, command: str, key: str) -> str | None:
             return "compare.* configure `rlft compare`"
         loop = algorithms.get(cfg.algo).loop
         if _matches(key, ("sft.", "eval.every_epoch")) and not _matches(key, SFT_KEYS_OF_LOOP[loop]):
-            return f"algo={cfg.algo} runs no SFT (sft.* are read by `rlft sft`, algo=offline_st and `rlft compare`)"
+            return f"algo={cfg.algo} runs no SFT (sft.* are read by `rlft sft`, algo=offline_st, algo=nlft and `rlft compare`)"
     elif command in COMMAND_KEYS and not _matches(key, COMMAND_KEYS[command]):
         return {"sft": "`rlft sft` trains on the annotated CoTs and evaluates held-out accuracy: sampling, reward and "
                        "RL settings are read by `rlft train` and `rlft compare`",
@@ -857,9 +975,9 @@ def _validate_compute(cfg: Config) -> None:
                           "model.attn_implementation=sdpa")
     if cfg.kl.reference_device != "same":
         run = algorithms.plan(cfg)
-        if not run.uses_reference or cfg.adapter.kind != "full":
+        if not run.uses_reference or run.adapter_kind != "full":
             why = (f"algo={cfg.algo} with kl.coef={run.kl_coef} has no reference" if not run.uses_reference else
-                   f"adapter.kind={cfg.adapter.kind}'s reference is the policy itself with the adapter off")
+                   f"adapter.kind={run.adapter_kind}'s reference is the policy itself with the adapter off")
             raise ConfigError(f"kl.reference_device={cfg.kl.reference_device} places a frozen reference copy, but {why}; "
                               "leave kl.reference_device=same")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlft import tasks
-from rlft.config import Config, ConfigError, save_config
+from rlft.config import Config, ConfigError, adapter_config, save_config
 from rlft.tasks.base import Record
 
 
@@ -61,7 +61,7 @@ def check_context(cfg: Config, model_path) -> None:
 def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = True, compute=None):
     """Return (model, tokenizer, model_path, adapter) for `model.path` (building the tiny model if asked).
 
-    The model has `cfg.adapter` attached (identity-initialised), or, when `model.path` is an adapter
+    The model has `cfg.adapter` attached (identity-initialised; `kind: auto` resolved by the algorithm), or, when `model.path` is an adapter
     checkpoint, the saved adapter on its base model. Call the returned model (peft's wrapper for LoRA).
     It trains, so it holds float32 master weights (pure bf16 weights are refused) and lives on `compute`'s
     device (default: the run's resolved `Compute`).
@@ -78,6 +78,6 @@ def prepare_model(cfg: Config, train_records: list[Record], with_model: bool = T
         return None, load_policy(path, with_model=False)[1], path, None
     compute = resolve_compute(cfg) if compute is None else compute
     model, tokenizer, adapter = load_policy_and_adapter(path, dtype=weights_dtype(cfg, compute, trains=True),
-                                                        adapter_cfg=cfg.adapter, seed=cfg.run.seed, device=compute.device,
+                                                        adapter_cfg=adapter_config(cfg), seed=cfg.run.seed, device=compute.device,
                                                         attn_implementation=cfg.model.attn_implementation)
     return model, tokenizer, path, adapter

@@ -33,6 +33,8 @@ __all__ = ["ADAPTER_FILE", "PolicyAdapter", "PositionMeta", "attach_adapter", "b
 
 def build_adapter(cfg: AdapterConfig, *, seed: int = 0, base_path: str | Path = "") -> PolicyAdapter:
     """A fresh, identity-initialised adapter of `cfg.kind` (not attached yet)."""
+    if cfg.kind == "auto":
+        raise ValueError("adapter.kind=auto must be resolved against the algorithm first (rlft.config.adapter_config)")
     config = dataclasses.asdict(cfg)
     if cfg.kind == "full":
         return FullFinetune(base_path)
@@ -68,7 +70,7 @@ def load_policy_and_adapter(path: str | Path, *, dtype: str = "float32", adapter
     if info is None:
         lm, tokenizer = load_policy(path, dtype=dtype, attn_implementation=attn_implementation)
         base_path = Path(path).resolve() if Path(path).exists() else path  # a local folder, or a hub name
-        lm, adapter = attach_adapter(lm, adapter_cfg or AdapterConfig(), seed=seed, base_path=base_path)
+        lm, adapter = attach_adapter(lm, adapter_cfg or AdapterConfig(kind="full"), seed=seed, base_path=base_path)
         return _moved(lm, adapter, device), tokenizer, adapter
     if adapter_cfg is not None and adapter_cfg.kind != info["kind"]:
         raise ConfigError(f"model.path {path} is a {info['kind']} adapter checkpoint but adapter.kind="

@@ -20,7 +20,7 @@ What it does, in `run.dir`:
 Finished runs are skipped on re-run (the command resumes); a method that fails is reported with its
 error in the results and the other methods still run.
 
-Methods are strings: `sft`, an algo name (`reft`, `carft`, `grpo`, ..., `offline_st`: sampling from the warm-up,
+Methods are strings: `sft`, an algo name (`reft`, `carft`, `grpo`, ..., `nlft`, `offline_st`: sampling from the warm-up,
 then SFT on the union), either with `+<adapter kind>`
 for a policy adapter (`sft+lora`, `reft+loreft`, `reft+brep`: `adapter.kind=...`, trained on top of the
 shared full-finetuned warm-up), or `label: key=value ...` with per-method overrides (e.g.
@@ -128,8 +128,9 @@ def _method_config(base: Config, config_path: str | None, cli_overrides: list[st
 
 def run_identity(cfg: Config) -> dict:
     """What makes a finished run reusable: its whole config except where it logs and how it reports, and
-    the compare section (which lists the other runs). Device, precision and weight dtypes count as what they
-    resolve to here, so `auto` and the explicit setting it means are the same run."""
+    the compare section (which lists the other runs). Device, precision, weight dtypes and the adapter kind
+    count as what they resolve to here, so `auto` and the explicit setting it means are the same run."""
+    from rlft.trainers.algorithms import plan
     from rlft.utils.device import resolve_compute, weights_dtype
 
     d = to_dict(cfg)
@@ -139,6 +140,7 @@ def run_identity(cfg: Config) -> dict:
     d["run"]["device"] = compute.device.type
     d["model"]["precision"] = compute.precision
     d["model"]["dtype"] = [weights_dtype(cfg, compute, trains=True), weights_dtype(cfg, compute, trains=False)]
+    d["adapter"]["kind"] = plan(cfg).adapter_kind
     return d
 
 
@@ -177,12 +179,16 @@ def check_same_run(run_dir: Path, cfg: Config) -> None:
 
 
 def _run_one(sft: bool, cfg: Config) -> dict:
+    from rlft.trainers.nlft import run_nlft
     from rlft.trainers.ppo import run_ppo
     from rlft.trainers.selftrain import run_offline_st
     from rlft.trainers.sft import run_sft
 
-    if sft or ALGORITHMS[cfg.algo].loop == "offline_st":  # offline self-training ends in an SFT run
-        summary = run_sft(cfg) if sft else run_offline_st(cfg)
+    # the trainers whose history is per epoch over a fixed set (SFT-like); the RL loop's is per iteration
+    epoch_trainers = {"offline_st": run_offline_st, "nlft": run_nlft}
+    loop = None if sft else ALGORITHMS[cfg.algo].loop
+    if sft or loop in epoch_trainers:
+        summary = run_sft(cfg) if sft else epoch_trainers[loop](cfg)
         history = [{"step": h["epoch"], "accuracy": h.get("accuracy"), "train_seconds": h["train_seconds"],
                     "samples": h["epoch"] * summary.get("n_train", 0)} for h in summary["history"]]
     else:

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 import rlft
-from rlft.config import Config
+from rlft.config import Config, adapter_config
 from rlft.trainers import algorithms
 
 CARD_FILE = "README.md"
@@ -26,7 +26,11 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what `model.path: smol
 METHODS = {
     "sft": "supervised fine-tuning (SFT) on the annotated chains of thought",
     "offline_st": "offline self-training: SFT on the annotated chains of thought plus the warm-up's own correct samples",
+    "nlft": "Natural Language Fine-Tuning (NLFT): token-weighted likelihood / unlikelihood on the starting model's own "
+            "judged responses",
 }
+# methods trained by `rlft train` though not RL (the others in METHODS are `rlft sft`)
+TRAIN_COMMAND = ("offline_st", "nlft")
 
 
 def base_model_id(model_path: str) -> str | None:
@@ -57,13 +61,13 @@ def model_card(cfg: Config, *, method: str, step: int, accuracy: float | None) -
 
     Args:
         cfg: the run's resolved config.
-        method: "sft", "offline_st" or the RL algo (`cfg.algo`).
+        method: "sft", "offline_st", "nlft" or the RL algo (`cfg.algo`).
         step: the checkpoint's step (SFT optimizer steps, RL iterations).
         accuracy: held-out greedy accuracy at this checkpoint in [0, 1], or None when it was not measured.
     Returns:
         the markdown text, YAML front matter first.
     """
-    kind = cfg.adapter.kind
+    kind = adapter_config(cfg).kind
     rl = method not in METHODS
     base = base_model_id(cfg.model.path)
     # adapter-only folders are rlft's own layout (peft's files sit in `lora/`): no library claims them
@@ -92,10 +96,10 @@ def model_card(cfg: Config, *, method: str, step: int, accuracy: float | None) -
              f"# {Path(cfg.run.dir).name} ({'iteration' if rl else 'step'} {step})", "",
              "Trained with rlft (RL fine-tuning of language models for math reasoning).", "",
              "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
-             "## Key settings", "", *(f"- `{k}`: {v}" for k, v in _key_settings(cfg, rl)), "",
+             "## Key settings", "", *(f"- `{k}`: {v}" for k, v in _key_settings(cfg, rl, method)), "",
              "## Prompt", "", _prompt_doc(cfg), "", "## Load it", "", load_doc(kind), "",
              "## How it was trained", "",
-             f"`rlft {'train' if rl or method == 'offline_st' else 'sft'}` with the config stored beside this folder "
+             f"`rlft {'train' if rl or method in TRAIN_COMMAND else 'sft'}` with the config stored beside this folder "
              "(`../trainer_state.pt`, key `config`) and in the run directory (`config.yaml`); run the same command "
              "with that file to train it again. rlft resumes an interrupted run exactly from its last checkpoint.", ""]
     return "\n".join(lines)
@@ -112,11 +116,14 @@ def _rl_summary(cfg: Config) -> str:
     return f"reward `{cfg.reward.fn}`, {kl}, loss aggregation `{run.loss_agg}`"
 
 
-def _key_settings(cfg: Config, rl: bool) -> list[tuple[str, object]]:
+def _key_settings(cfg: Config, rl: bool, method: str) -> list[tuple[str, object]]:
     if not rl:
         s = cfg.sft
         keys = [("sft.lr", s.lr), ("sft.epochs", s.epochs), ("sft.sequences_per_step", s.sequences_per_step),
                 ("sft.max_seq_tokens", s.max_seq_tokens)]
+        if method == "nlft":
+            keys += [("nlft.judge", cfg.nlft.judge), ("nlft.samples_per_question", cfg.nlft.samples_per_question),
+                     ("rollout.temperature", cfg.rollout.temperature)]
     else:
         p, r = cfg.ppo, cfg.rollout
         keys = [("ppo.lr", p.lr), ("ppo.iterations", p.iterations), ("rollout.prompts_per_step", r.prompts_per_step),

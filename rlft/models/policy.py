@@ -62,6 +62,7 @@ class PolicyOutput(NamedTuple):
     logits: torch.Tensor  # (B, S, V); (B, k, V) with logits_to_keep=k; (N, V) with logits_mask
     values: torch.Tensor | None  # (B, S); (B, T + 1) from the shared-prompt path; None without a value head
     embeddings: torch.Tensor | None = None  # (B, S, D) CARFT token embeddings, or None
+    hidden: torch.Tensor | None = None  # (B, S, H) the last hidden state ((B, T + 1, H) shared-prompt); keep_hidden only
 
 
 def value_head_kind(path: str | Path) -> str | None:
@@ -114,17 +115,20 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class PolicyModel(torch.nn.Module):
     """`value_head`: None (SFT, critic-free RL), "linear" (ReFT) or "carft" (64-d bottleneck head).
-    `adapter`: attached to `lm` already (`rlft.adapters.attach_adapter`); None means full finetuning."""
+    `adapter`: attached to `lm` already (`rlft.adapters.attach_adapter`); None means full finetuning.
+    `keep_hidden`: outputs carry the last hidden state (`PolicyOutput.hidden`)."""
 
     def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
                  init_seed: int = 0, adapter: PolicyAdapter | None = None, prefix_sharing: bool = True,
-                 value_head_init: str = "small", mixed_precision: bool = False, gradient_checkpointing: bool = False):
+                 value_head_init: str = "small", mixed_precision: bool = False, gradient_checkpointing: bool = False,
+                 keep_hidden: bool = False):
         """`mixed_precision`: every forward runs under bf16 autocast on the model's device (`model.precision=
         bf16-mixed`); the heads stay fp32. `gradient_checkpointing`: `model.gradient_checkpointing` (training
         forwards recompute each decoder layer in the backward pass). The heads are built on the CPU (their
         seeded initialisation is the same on every device) and moved to the LM's device."""
         super().__init__()
         self.lm = lm
+        self.keep_hidden = keep_hidden  # NLFT's neighbourhood rule reads the last hidden states
         self.prefix_sharing = prefix_sharing  # config: ppo.prefix_sharing
         self.mixed_precision = mixed_precision
         self.gradient_checkpointing = gradient_checkpointing
@@ -202,14 +206,15 @@ class PolicyModel(torch.nn.Module):
         with self.adapter.plan(positions), torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
             out = self.lm(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                output_hidden_states=self.value_head is not None, use_cache=False, **kwargs,
+                output_hidden_states=self.value_head is not None or self.keep_hidden, use_cache=False, **kwargs,
             )
-        return self._with_heads(out.logits, out.hidden_states[-1] if self.value_head is not None else None)
+        return self._with_heads(out.logits, out.hidden_states[-1] if out.hidden_states is not None else None)
 
     def _with_heads(self, logits: torch.Tensor, hidden: torch.Tensor | None) -> PolicyOutput:
         values = embeddings = None
         if self.value_head is None:
-            return PolicyOutput(logits=logits, values=values, embeddings=embeddings)
+            return PolicyOutput(logits=logits, values=values, embeddings=embeddings,
+                                hidden=hidden if self.keep_hidden else None)
         # The heads compute in their own dtype (fp32 master weights) even under bf16 autocast: they are small,
         # and the value loss and CARFT's cosines are sensitive to bf16's 3 significant digits.
         with autocast_off(hidden.device):
@@ -218,7 +223,8 @@ class PolicyModel(torch.nn.Module):
                 values, embeddings = self.value_head(hidden)  # (B, S), (B, S, D)
             else:
                 values = self.value_head(hidden).squeeze(-1).float()  # (B, S)
-        return PolicyOutput(logits=logits, values=values, embeddings=embeddings)
+        return PolicyOutput(logits=logits, values=values, embeddings=embeddings,
+                            hidden=hidden if self.keep_hidden else None)
 
     def _forward_selected_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                  positions: PositionMeta | None, logits_mask: torch.Tensor) -> PolicyOutput:

@@ -86,9 +86,10 @@ class Algorithm:
 
     name: str
     summary: str
-    loop: Literal["ppo", "online_st", "offline_st"] = "ppo"
+    loop: Literal["ppo", "online_st", "offline_st", "nlft"] = "ppo"
     """`ppo`: the RL loop of `ppo.py`; `online_st`: the same loop with a CE update on correct samples;
-    `offline_st`: sample once, then SFT (`selftrain.py`)."""
+    `offline_st`: sample once, then SFT (`selftrain.py`); `nlft`: sample and judge once, then epochs of the
+    NLFT loss (`nlft.py`)."""
     advantage: Estimator | None = None
     """Step 4; None for the self-training loops."""
     value_head: Literal["linear", "carft"] | None = None
@@ -113,8 +114,10 @@ class Algorithm:
     """DAPO: soft punishment of responses that run into the last `dapo.overlong_cache_tokens` of the budget."""
     ray: bool = True
     """Runs with cluster.backend=ray (else local only: an extra phase that needs the policy module in the driver).
-    Every row runs on Ray today: CARFT's anchor pass runs on the learner ranks, self-training's CE steps go
+    Every row but nlft runs on Ray today: CARFT's anchor pass runs on the learner ranks, self-training's CE steps go
     through the learner group."""
+    adapter: Literal["full", "lora"] = "full"
+    """What the policy trains when `adapter.kind=auto` (the default)."""
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
@@ -141,6 +144,9 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
               loop="online_st", reference=False),
     Algorithm("offline_st", "offline self-training: sample the warm-up once, then SFT on gold + correct samples",
               loop="offline_st", reference=False),
+    Algorithm("nlft", "NLFT: sample and judge once, then token-level likelihood / unlikelihood weighted by how the "
+              "judgment and the reference move each token (Liu et al. 2024, docs/nlft.md)",
+              loop="nlft", reference=False, ray=False, adapter="lora"),
 ]}
 
 
@@ -164,6 +170,8 @@ class Plan:
     value_head: str | None
     """The policy's head (None when a separate critic holds the value head)."""
     uses_reference: bool
+    adapter_kind: str
+    """`adapter.kind`, with `auto` resolved to the row's adapter."""
 
     @property
     def kl_in_reward(self) -> bool:
@@ -188,4 +196,5 @@ def plan(cfg: Config) -> Plan:
         clip_eps_high=row.clip_eps_high if cfg.ppo.clip_eps_high is None else cfg.ppo.clip_eps_high,
         value_head=None if separate else row.value_head,
         uses_reference=row.reference and kl_coef > 0,
+        adapter_kind=row.adapter if cfg.adapter.kind == "auto" else cfg.adapter.kind,
     )

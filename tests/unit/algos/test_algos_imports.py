@@ -15,7 +15,7 @@ FORBIDDEN = ("transformers", "ray", "deepspeed", "vllm", "rlft.config", "rlft.tr
 def test_import_pulls_in_nothing_heavy() -> None:
     code = (
         "import sys, rlft.algos\n"
-        "from rlft.algos import ppo, kl, advantages, contrastive, dapo, rerank, sft\n"
+        "from rlft.algos import ppo, kl, advantages, contrastive, dapo, nlft, rerank, sft\n"
         f"bad = [m for m in sys.modules if any(m == f or m.startswith(f + '.') for f in {FORBIDDEN!r})]\n"
         "assert not bad, bad\n"
     )
