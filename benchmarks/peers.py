@@ -391,19 +391,11 @@ class GemmDtypes:
         key = (self.phase(grad_enabled), op, "+".join(dtypes))
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def start(self) -> None:
+    def mode(self):
+        """The TorchDispatchMode that records every op run inside it (a context manager)."""
         import torch
-        import transformers.generation.utils as hf_generation
         from torch.utils._python_dispatch import TorchDispatchMode
 
-        hf_generation.GenerationMixin.generate = self._flagged("generate", hf_generation.GenerationMixin.generate)
-        try:  # not importable in a venv without rlft's engine (it is: `pip install -e .`)
-            from rlft.rollout.hf_engine import HFRolloutEngine
-
-            HFRolloutEngine.generate = self._flagged("generate", HFRolloutEngine.generate)
-        except ImportError:
-            pass
-        torch.autograd.backward = self._flagged("backward", torch.autograd.backward)
         probe = self
 
         class Mode(TorchDispatchMode):
@@ -413,7 +405,23 @@ class GemmDtypes:
                 probe.record(func.overloadpacket.__name__, tensors, torch.is_grad_enabled())
                 return func(*args, **kwargs)
 
-        Mode().__enter__()  # for the rest of the process
+        return Mode()
+
+    def start(self) -> None:
+        """Mark the generate and backward phases (patching those entry points) and record for the rest of the
+        process."""
+        import torch
+        import transformers.generation.utils as hf_generation
+
+        hf_generation.GenerationMixin.generate = self._flagged("generate", hf_generation.GenerationMixin.generate)
+        try:  # not importable in a venv without rlft's engine (it is: `pip install -e .`)
+            from rlft.rollout.hf_engine import HFRolloutEngine
+
+            HFRolloutEngine.generate = self._flagged("generate", HFRolloutEngine.generate)
+        except ImportError:
+            pass
+        torch.autograd.backward = self._flagged("backward", torch.autograd.backward)
+        self.mode().__enter__()  # never left: the child process ends with the run
 
     def summary(self) -> dict[str, dict[str, int]]:
         """{phase: {input dtypes: count}}, over every counted op."""

