@@ -106,7 +106,7 @@ def trl_precision_kwargs(precision: str) -> dict:
     """TRL's own option for `precision`, as TrainingArguments fields: bf16-mixed = `bf16=True`, i.e. accelerate's
     mixed_precision="bf16": torch.autocast(bfloat16) over the model's fp32 weights and fp32 AdamW state (on the CPU
     as on a GPU); fp32 = neither bf16 nor fp16. (TRL 1.12's PPOTrainer builds its own Accelerator, which reads
-    only the ACCELERATE_MIXED_PRECISION environment variable: `trl_ppo_trainer` sets that too.)"""
+    only the ACCELERATE_MIXED_PRECISION environment variable: `trl_ppo_config` sets that too.)"""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
     return {"bf16": precision == "bf16-mixed", "fp16": False}
