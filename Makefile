@@ -61,24 +61,29 @@ $(BENCH_VENV)/.installed: setup.cfg pyproject.toml
 
 bench-venv: $(BENCH_VENV)/.installed
 
-# Every benchmark of docs/benchmarks.md, by hand, on an otherwise idle machine (~11 min on 2 CPU cores, measured).
-# Each writes its markdown table (command, machine, date, ceilings) to docs/benchmarks_<name>.md; the curated
-# tables and what they mean are in docs/benchmarks.md. ReFT vs SFT (hours) is not in here: see its docstring.
+# Every benchmark of docs/benchmarks.md, by hand, on an otherwise idle machine (~11 min on 2 CPU cores in fp32 alone,
+# measured). Each writes its markdown table (command, machine, date, ceilings) to docs/benchmarks_<name>.md; the
+# curated tables and what they mean are in docs/benchmarks.md. ReFT vs SFT (hours) is not in here: see its docstring.
+# The rlft-vs-TRL throughput benchmarks (PPO, SFT) run each side in fp32 and in bf16-mixed (TRL: bf16=True) where
+# the CPU has AMX-BF16 / AVX512-BF16 (rlft's model.precision=auto probe), in fp32 alone elsewhere: about twice their
+# time there (estimated). BENCH_PRECISION=fp32|bf16-mixed|both overrides that choice.
+BENCH_PRECISION ?=
+BENCH_PRECISION_ARG := $(if $(BENCH_PRECISION),--precision $(BENCH_PRECISION))
 $(VENV)/.bench-installed: $(VENV)/.test-installed
 	$(PY) -m pip install -q -e ".[bench,plots]"
 	touch $@
 
 bench: $(VENV)/.bench-installed $(BENCH_VENV)/.installed
 	$(PY) benchmarks/ceilings.py
-	$(PY) benchmarks/ppo_throughput.py
+	$(PY) benchmarks/ppo_throughput.py $(BENCH_PRECISION_ARG)
 	$(PY) benchmarks/ppo_throughput.py --model-size smollm2 --prompts 4 --group 2 --max-new-tokens 32 --steps 4 \
-		--run-dir runs/bench_ppo_throughput_smollm2 --out docs/benchmarks_ppo_smollm2.md
+		--run-dir runs/bench_ppo_throughput_smollm2 --out docs/benchmarks_ppo_smollm2.md $(BENCH_PRECISION_ARG)
 	$(PY) benchmarks/generation.py --model tiny
 	$(PY) benchmarks/generation.py --model smollm2 --prompts 4 --samples 2 --max-new-tokens 32 --repeats 3 \
 		--run-dir runs/bench_generation_smollm2 --out docs/benchmarks_generation_smollm2.md
-	$(PY) benchmarks/sft_throughput.py --model tiny
+	$(PY) benchmarks/sft_throughput.py --model tiny $(BENCH_PRECISION_ARG)
 	$(PY) benchmarks/sft_throughput.py --model smollm2 --batch 8 --steps 6 --run-dir runs/bench_sft_smollm2 \
-		--out docs/benchmarks_sft_smollm2.md
+		--out docs/benchmarks_sft_smollm2.md $(BENCH_PRECISION_ARG)
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/checker_vs_math_verify.py
 

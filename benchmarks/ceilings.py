@@ -134,6 +134,15 @@ def measure_ceilings(threads: int | None = None) -> dict:
     }
 
 
+def matmul_ceiling(c: dict, precision: str) -> float:
+    """The matmul FLOP/s a run in `precision` ("fp32" or "bf16-mixed", rlft's `model.precision`) is measured
+    against: bf16-mixed runs its GEMMs in bf16 under autocast."""
+    keys = {"fp32": "matmul_fp32_flops", "bf16-mixed": "matmul_bf16_flops"}
+    if precision not in keys:
+        raise ValueError(f"precision {precision!r}: one of {', '.join(keys)}")
+    return c[keys[precision]]
+
+
 def ceilings_markdown(c: dict) -> str:
     sizes = lambda per: ", ".join(f"{n}: {f / 1e9:.0f}" for n, f in per.items())
     return "\n".join([

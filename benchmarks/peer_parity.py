@@ -34,7 +34,8 @@ rlft takes seq-mean-token-mean; the score one position after EOS; for trl-grpo: 
 
 What this benchmark adds, the same on both sides:
 - start: the warm-up (`--warmup`: an rlft checkpoint `RUN/checkpoints/ckpt-N` or its HF folder `.../model`), the
-  policy and the frozen reference; float32;
+  policy and the frozen reference; float32, in fp32 on both sides (`Setup.precision` left at its default: the
+  throughput benchmark's bf16-mixed runs are not used here);
 - training questions: a fixed set (`--n-train`, built-in arithmetic task, difficulty 0, as rlft's `data.*`
   loads it with `--n-test` held-out), cycled in epochs, each side shuffling each epoch with its own generator
   (rlft `epoch_order`, TRL's samplers). Not matched: TRL 1.12's PPO dataloader drops the last incomplete batch of

@@ -23,6 +23,7 @@ CLIP = 0.2
 PARTIAL_REWARD = 0.1
 TOKENIZER_CORPUS = 2000  # questions the tiny model's tokenizer is trained on
 RUNS = ("rlft-grpo", "trl-grpo", "rlft-reft", "trl-ppo")
+PRECISIONS = ("fp32", "bf16-mixed")  # rlft's `model.precision` values; TRL's side: `trl_precision_kwargs`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Setup:
     lr: float
     seed: int
     ppo_epochs: int = 1  # PPO passes over each batch (the PPO pair; GRPO runs take one, TRL's num_iterations=1)
+    precision: str = "fp32"  # "fp32" | "bf16-mixed": rlft's `model.precision`, TRL's `bf16` (`trl_precision_kwargs`)
 
     def geometry(self, name: str) -> tuple[int, int]:
         """(prompts per iteration, samples per prompt) of a run."""
@@ -72,6 +74,49 @@ def build_model(size: str, run_dir: Path, seed: int) -> Path:
     return out
 
 
+def default_precisions() -> tuple[str, ...]:
+    """What the benchmarks run when `--precision` is not given: both precisions where this CPU multiplies bf16
+    natively (rlft's own `model.precision=auto` probe, `rlft.utils.device.cpu_fast_bf16`; the benchmarks run on
+    the CPU), fp32 alone elsewhere (emulated bf16 is several times slower than fp32 there)."""
+    from rlft.utils.device import cpu_fast_bf16
+
+    return PRECISIONS if cpu_fast_bf16()[0] else ("fp32",)
+
+
+def precisions_of(choice: str | None) -> tuple[str, ...]:
+    """The precisions a `--precision` value asks for: fp32, bf16-mixed, both, or None for the default."""
+    if choice is None:
+        return default_precisions()
+    if choice == "both":
+        return PRECISIONS
+    if choice not in PRECISIONS:
+        raise ValueError(f"--precision {choice!r}: use one of {', '.join(PRECISIONS)}, both")
+    return (choice,)
+
+
+def add_precision_argument(parser) -> None:
+    """`--precision fp32|bf16-mixed|both` of the benchmarks that run rlft beside TRL (None: `default_precisions`)."""
+    parser.add_argument("--precision", choices=(*PRECISIONS, "both"), default=None,
+                        help="fp32, bf16-mixed or both, each run by rlft (model.precision) and TRL (its bf16 option); "
+                             "default: both where this CPU has AMX-BF16 / AVX512-BF16 (rlft's auto probe; "
+                             "RLFT_CPU_FAST_BF16=0|1 overrides it), else fp32")
+
+
+def trl_precision_kwargs(precision: str) -> dict:
+    """TRL's own option for `precision`, as TrainingArguments fields: bf16-mixed = `bf16=True`, i.e. accelerate's
+    mixed_precision="bf16": torch.autocast(bfloat16) over the model's fp32 weights and fp32 AdamW state (on the CPU
+    as on a GPU); fp32 = neither bf16 nor fp16. (TRL 1.12's PPOTrainer builds its own Accelerator, which reads
+    only the ACCELERATE_MIXED_PRECISION environment variable: `trl_ppo_config` sets that too.)"""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    return {"bf16": precision == "bf16-mixed", "fp16": False}
+
+
+def accelerate_mixed_precision(precision: str) -> str:
+    """accelerate's name for `precision` (`Accelerator.mixed_precision`)."""
+    return "bf16" if trl_precision_kwargs(precision)["bf16"] else "no"
+
+
 def no_checkpointing_kwargs(config_cls) -> dict:
     """TRL's configs default to gradient checkpointing (an extra forward per step); transformers >= 5.24
     renamed the flag, so turn it off under whichever name this TRL's config has."""
@@ -84,6 +129,15 @@ def no_checkpointing_kwargs(config_cls) -> dict:
 # rlft
 
 
+def rlft_dtype(precision: str) -> str:
+    """rlft's `model.dtype` for a precision: float32 under fp32; under bf16-mixed rlft's default (`auto`): fp32
+    master weights for what trains, bfloat16 weights for the frozen reference (TRL keeps its reference in the
+    dtype of `model_init_kwargs`, float32, under autocast)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    return "float32" if precision == "fp32" else "auto"
+
+
 def rlft_overrides(name: str, s: Setup, model_dir: Path, out_dir: Path) -> list[str]:
     """rlft's config for run `name` (rlft-grpo or rlft-reft); the caller appends its evaluation settings."""
     P, G = s.geometry(name)
@@ -91,7 +145,7 @@ def rlft_overrides(name: str, s: Setup, model_dir: Path, out_dir: Path) -> list[
     never = 10**9
     overrides = [
         f"algo={algo}", f"run.dir={out_dir}", "run.resume=false", f"run.seed={s.seed}",
-        f"model.path={model_dir}", "model.dtype=float32", "model.precision=fp32",
+        f"model.path={model_dir}", f"model.dtype={rlft_dtype(s.precision)}", f"model.precision={s.precision}",
         "data.train=arithmetic", "data.test=arithmetic", "data.difficulty=0", "data.seed=0",
         f"data.n_train={s.n_train}", f"data.n_test={s.n_test}",
         f"rollout.prompts_per_step={P}", f"rollout.samples_per_prompt={G}", "rollout.temperature=1.0",
@@ -113,25 +167,12 @@ def rlft_overrides(name: str, s: Setup, model_dir: Path, out_dir: Path) -> list[
 # TRL GRPOTrainer (main venv)
 
 
-def trl_grpo_trainer(s: Setup, model_dir: Path, out_dir: Path, callbacks: list):
-    """TRL's GRPOTrainer with the benchmark's settings, its printer callback removed; checks that TRL kept them.
-    Returns (trainer, config, setup facts)."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    import rewards
-    from rlft.tasks.prompts import prompt_text
+def trl_grpo_config(s: Setup, out_dir: Path):
+    """TRL's `GRPOConfig` with the benchmark's settings (precision: `trl_precision_kwargs(s.precision)`)."""
+    from trl import GRPOConfig
 
     P, G = s.geometry("trl-grpo")
-    dataset = Dataset.from_list([{"prompt": prompt_text(r, "nl"), "answer": r.answer, "dataset": r.dataset}
-                                 for r in records("train", s.n_train, s.n_test)])
-
-    def math_reward(prompts, completions, answer, dataset, **_):
-        return rewards.math_reward(completions, answer=answer, dataset=dataset, partial_reward=PARTIAL_REWARD)
-
-    config = GRPOConfig(
+    return GRPOConfig(
         output_dir=str(out_dir), seed=s.seed, data_seed=s.seed,
         per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_generations=G,
         max_completion_length=s.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, min_p=None,
@@ -139,10 +180,30 @@ def trl_grpo_trainer(s: Setup, model_dir: Path, out_dir: Path, callbacks: list):
         learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         max_steps=s.iterations, logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
-        use_cpu=True, bf16=False, fp16=False, use_vllm=False, **no_checkpointing_kwargs(GRPOConfig),
+        use_cpu=True, **trl_precision_kwargs(s.precision), use_vllm=False, **no_checkpointing_kwargs(GRPOConfig),
         model_init_kwargs={"dtype": "float32"}, remove_unused_columns=False, log_completions=False,
         dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
     )
+
+
+def trl_grpo_trainer(s: Setup, model_dir: Path, out_dir: Path, callbacks: list):
+    """TRL's GRPOTrainer with the benchmark's settings, its printer callback removed; checks that TRL kept them.
+    Returns (trainer, config, setup facts)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, PrinterCallback
+    from trl import GRPOTrainer
+
+    import rewards
+    from rlft.tasks.prompts import prompt_text
+
+    dataset = Dataset.from_list([{"prompt": prompt_text(r, "nl"), "answer": r.answer, "dataset": r.dataset}
+                                 for r in records("train", s.n_train, s.n_test)])
+
+    def math_reward(prompts, completions, answer, dataset, **_):
+        return rewards.math_reward(completions, answer=answer, dataset=dataset, partial_reward=PARTIAL_REWARD)
+
+    config = trl_grpo_config(s, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=math_reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=callbacks)
@@ -152,9 +213,11 @@ def trl_grpo_trainer(s: Setup, model_dir: Path, out_dir: Path, callbacks: list):
         else model.is_gradient_checkpointing
     setup = {"policy_dtype": str(model.dtype), "reference": trainer.ref_model is not None,
              "reference_dtype": str(trainer.ref_model.dtype) if trainer.ref_model is not None else None,
-             "checkpointing": bool(checkpointing)}
-    if setup["checkpointing"] or model.dtype != torch.float32 or trainer.ref_model is None:
-        raise SystemExit(f"trl-grpo: not the benchmark's setup: {setup}")
+             "checkpointing": bool(checkpointing), "mixed_precision": trainer.accelerator.mixed_precision}
+    # fp32 master weights either way; bf16-mixed is accelerate's autocast (its mixed_precision)
+    if setup["checkpointing"] or model.dtype != torch.float32 or trainer.ref_model is None \
+            or setup["mixed_precision"] != accelerate_mixed_precision(s.precision):
+        raise SystemExit(f"trl-grpo: not the benchmark's setup ({s.precision}): {setup}")
     return trainer, config, setup
 
 
@@ -232,11 +295,10 @@ def trl_ppo_trainer(s: Setup, model_dir: Path, out_dir: Path, callbacks: list, o
         PrinterCallback,
         set_seed,
     )
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import PPOTrainer
 
     from rlft.tasks.encoding import encode_prompts
 
-    P, G = s.geometry("trl-ppo")
     train = records("train", s.n_train, s.n_test)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     prompt_ids = encode_prompts(tokenizer, train, "nl")  # add_special_tokens=False, as rlft
@@ -246,19 +308,7 @@ def trl_ppo_trainer(s: Setup, model_dir: Path, out_dir: Path, callbacks: list, o
     set_seed(s.seed)  # the value model's score head is random-init
     policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     value_model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1, dtype=torch.float32)
-    config = PPOConfig(
-        output_dir=str(out_dir), seed=s.seed, data_seed=s.seed,
-        per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_mini_batches=1,
-        num_ppo_epochs=s.ppo_epochs, total_episodes=P * G * s.iterations, local_rollout_forward_batch_size=P * G,
-        response_length=s.max_new_tokens, stop_token="eos", temperature=1.0, missing_eos_penalty=None,
-        kl_coef=BETA, kl_estimator="k1", cliprange=CLIP, vf_coef=5.0, cliprange_value=0.2, gamma=1.0, lam=0.95,
-        whiten_rewards=False, num_sample_generations=0,
-        learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
-        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
-    )
+    config = trl_ppo_config(s, out_dir)
     trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None,
                          reward_model=reward_model, train_dataset=dataset, value_model=value_model,
                          callbacks=callbacks)
@@ -270,9 +320,126 @@ def trl_ppo_trainer(s: Setup, model_dir: Path, out_dir: Path, callbacks: list, o
              "mixed_precision": trainer.accelerator.mixed_precision,
              "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
     if setup["checkpointing"] or policy.dtype != torch.float32 or trainer.ref_model is None \
-            or setup["mixed_precision"] != "no" or setup["device"] != "cpu":
-        raise SystemExit(f"trl-ppo: not the benchmark's setup: {setup}")
+            or setup["mixed_precision"] != accelerate_mixed_precision(s.precision) or setup["device"] != "cpu":
+        raise SystemExit(f"trl-ppo: not the benchmark's setup ({s.precision}): {setup}")
     return trainer, config, setup
+
+
+def trl_ppo_config(s: Setup, out_dir: Path):
+    """TRL 1.12's `PPOConfig` with the benchmark's settings. PPOTrainer builds its own `Accelerator()`, which takes
+    its mixed precision from the ACCELERATE_MIXED_PRECISION environment variable only (what `accelerate launch
+    --mixed_precision bf16` sets), not from `bf16=True`: the variable is set here to match (this process runs
+    one trainer)."""
+    from trl.experimental.ppo import PPOConfig
+
+    os.environ["ACCELERATE_MIXED_PRECISION"] = accelerate_mixed_precision(s.precision)
+    P, G = s.geometry("trl-ppo")
+    return PPOConfig(
+        output_dir=str(out_dir), seed=s.seed, data_seed=s.seed,
+        per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_mini_batches=1,
+        num_ppo_epochs=s.ppo_epochs, total_episodes=P * G * s.iterations, local_rollout_forward_batch_size=P * G,
+        response_length=s.max_new_tokens, stop_token="eos", temperature=1.0, missing_eos_penalty=None,
+        kl_coef=BETA, kl_estimator="k1", cliprange=CLIP, vf_coef=5.0, cliprange_value=0.2, gamma=1.0, lam=0.95,
+        whiten_rewards=False, num_sample_generations=0,
+        learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
+        use_cpu=True, **trl_precision_kwargs(s.precision), gradient_checkpointing=False,
+        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Which dtype the matrix products ran in (`--gemm-dtypes`): what each side's precision option really does
+
+GEMM_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "linear", "matmul", "_mkl_linear", "scaled_dot_product_attention",
+                      "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_attention_math",
+                      "_scaled_dot_product_flash_attention_for_cpu_backward"})
+
+
+class GemmDtypes:
+    """Counts the matrix products (GEMMs and attention) a process runs, by phase and by the dtypes of their
+    floating-point inputs, as they reach the kernels: a TorchDispatchMode sits below autocast, so it sees the
+    inputs after autocast has cast them. Phases: `generate` (inside HF `generate` or rlft's rollout engine),
+    `backward` (inside `torch.autograd.backward`), else `forward (grad)` or `forward (no grad)` by grad mode.
+    Slows every op down: runs with it on are for reading dtypes, not timings. `start()` once per process."""
+
+    def __init__(self):
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.depth = {"generate": 0, "backward": 0}
+
+    def _flagged(self, key: str, fn):
+        def wrapper(*a, **kw):
+            self.depth[key] += 1
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.depth[key] -= 1
+        return wrapper
+
+    def phase(self, grad_enabled: bool) -> str:
+        if self.depth["generate"]:
+            return "generate"
+        if self.depth["backward"]:
+            return "backward"
+        return "forward (grad)" if grad_enabled else "forward (no grad)"
+
+    def record(self, op: str, tensors, grad_enabled: bool) -> None:
+        if op not in GEMM_OPS:
+            return
+        dtypes = sorted({str(x.dtype).removeprefix("torch.") for x in tensors if x.is_floating_point()})
+        key = (self.phase(grad_enabled), op, "+".join(dtypes))
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def mode(self):
+        """The TorchDispatchMode that records every op run inside it (a context manager)."""
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        probe = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                tensors = [x for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor)]
+                probe.record(func.overloadpacket.__name__, tensors, torch.is_grad_enabled())
+                return func(*args, **kwargs)
+
+        return Mode()
+
+    def start(self) -> None:
+        """Mark the generate and backward phases (patching those entry points) and record for the rest of the
+        process."""
+        import torch
+        import transformers.generation.utils as hf_generation
+
+        hf_generation.GenerationMixin.generate = self._flagged("generate", hf_generation.GenerationMixin.generate)
+        try:  # not importable in a venv without rlft's engine (it is: `pip install -e .`)
+            from rlft.rollout.hf_engine import HFRolloutEngine
+
+            HFRolloutEngine.generate = self._flagged("generate", HFRolloutEngine.generate)
+        except ImportError:
+            pass
+        torch.autograd.backward = self._flagged("backward", torch.autograd.backward)
+        self.mode().__enter__()  # never left: the child process ends with the run
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """{phase: {input dtypes: count}}, over every counted op."""
+        out: dict[str, dict[str, int]] = {}
+        for (phase, _, dtypes), n in self.counts.items():
+            out.setdefault(phase, {})
+            out[phase][dtypes] = out[phase].get(dtypes, 0) + n
+        return out
+
+
+GEMM_PHASES = ("generate", "forward (no grad)", "forward (grad)", "backward")
+
+
+def gemm_dtypes_cell(by_dtype: dict[str, int] | None) -> str:
+    """'bfloat16: 116, float32: 2' (ops counted per input dtypes, most first); '-' when none ran."""
+    if not by_dtype:
+        return "-"
+    return ", ".join(f"{d}: {n}" for d, n in sorted(by_dtype.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -4,13 +4,17 @@ TRL 1.12's PPOTrainer on CPU.
     python benchmarks/ppo_throughput.py                  # tiny model, 8 prompts x 4 samples, 64 tokens, 12 steps
     python benchmarks/ppo_throughput.py --steps 2 --prompts 2 --group 2 --max-new-tokens 8 --out /tmp/ppo.md  # smoke
     python benchmarks/ppo_throughput.py --runs rlft-grpo --rlft-set ppo.prefix_sharing=false --out /tmp/a.md  # ablation
+    python benchmarks/ppo_throughput.py --precision fp32  # one precision (default: both where bf16 is fast)
+    python benchmarks/ppo_throughput.py --steps 2 --prompts 2 --group 2 --max-new-tokens 8 --no-ceilings \
+        --gemm-dtypes --out /tmp/dtypes.md   # which dtype each side's matrix products run in, per phase
     make bench-venv   # once: .venv-bench with TRL 1.12 for the trl-ppo run (skipped, with a note, without it)
 
 Timings are only meaningful on an otherwise idle machine: with torch's intra-op threads competing for the
 cores, one slow thread stalls every parallel region (seen here: 100x slower iterations under load).
 
-Four runs, each in its own subprocess of this script (`--only NAME`), one after the other, so that peak
-RSS (`VmHWM` of that process, `ceilings.peak_rss_mib`) is per run and no run inherits another's caches or allocator state:
+Four runs per precision, each in its own subprocess of this script (`--only NAME --precision P`), one after the
+other, so that peak RSS (`VmHWM` of that process, `ceilings.peak_rss_mib`) is per run and no run inherits another's
+caches or allocator state:
 
 - `rlft-grpo`: `rlft.trainers.ppo.run_ppo` with algo=grpo, P prompts x G samples per iteration;
 - `trl-grpo`:  TRL's `GRPOTrainer`, P prompts x G completions per optimizer step;
@@ -21,10 +25,36 @@ RSS (`VmHWM` of that process, `ceilings.peak_rss_mib`) is per run and no run inh
   `.venv-bench/bin/python`, made by `make bench-venv`: TRL 1.12.0, transformers 5.12.1, the same torch); without
   it the run is skipped with a note. Its settings and how they differ from rlft-reft are listed below.
 
+Precisions (`--precision fp32|bf16-mixed|both`; default: both where the CPU has AMX-BF16 / AVX512-BF16, which is
+rlft's own `model.precision=auto` probe, `rlft.utils.device.cpu_fast_bf16`, else fp32). Each side runs its own
+option for the precision (`peers.rlft_overrides`, `peers.trl_precision_kwargs`); what each then computes in was
+read in the installed sources (transformers 5.25 / accelerate 1.16 / TRL 1.16; TRL 1.12 with transformers 5.12.1)
+and checked with `--gemm-dtypes`, which counts the input dtypes of every GEMM and attention op per phase:
+- fp32: rlft `model.precision=fp32 model.dtype=float32`, TRL `bf16=False, fp16=False`: every op in fp32.
+- bf16-mixed, rlft: `model.precision=bf16-mixed` with its default `model.dtype=auto`: torch.autocast(bfloat16)
+  around the rollout engine's sampling loop, the no-grad passes and the train step's forward (backward follows
+  the forward's dtypes), over fp32 policy weights, gradients and AdamW state; the frozen reference is loaded in
+  bf16 weights (half its memory; no cast per forward); the value head (rlft-reft) computes in fp32.
+- bf16-mixed, TRL GRPOTrainer: `bf16=True` = accelerate's mixed_precision="bf16": `prepare_model` wraps the
+  policy's and the reference's `forward` in torch.autocast(bfloat16) (on the CPU too: accelerate's `native_amp`),
+  and `_get_per_token_logps_and_entropies` runs under `accelerator.autocast()`; so generation (each `generate`
+  step calls the wrapped forward), the reference pass and the train step compute in bf16, over fp32 weights (policy
+  and reference loaded in float32 by `model_init_kwargs`; weights are cast again in every forward) and fp32 AdamW
+  state. Its chunked LM head multiplies in the autocast dtype and accumulates the log-softmax in fp32.
+- bf16-mixed, TRL 1.12 PPOTrainer: it builds its own `Accelerator()`, which takes the mixed precision from the
+  ACCELERATE_MIXED_PRECISION environment variable only (`bf16=True` alone leaves it at "no": checked), so the
+  child sets ACCELERATE_MIXED_PRECISION=bf16 as `accelerate launch --mixed_precision bf16` would
+  (`peers.trl_ppo_config`). Only the prepared policy + value wrapper's forward is autocast: the update runs in
+  bf16; generation (`policy.generate` on the unwrapped policy), the reference pass and the value pass stay fp32.
+The rows give each run's precision and weight dtypes; rlft / TRL ratios are given within each precision, then
+with each side in its best precision (the one with more samples/s), which is how issue 23 states its target.
+MFU is taken against the matmul ceiling of the run's precision, the rollout against the bandwidth bound of that
+precision's bytes (bf16 weights and KV cache for bf16-mixed).
+
 What is shared (the settings live in `benchmarks/peers.py`, which `peer_parity.py` uses too): one model folder
 built once, offline (`rlft.models.tiny.build_tiny_model` on the built-in arithmetic task's text, difficulty 0,
-random init; or SmolLM2-135M with `--model-size smollm2`), loaded in float32 by both sides (policy and a frozen
-reference copy each); the same training questions (`peers.records("train", n_train=P * steps, n_test=4)`: the
+random init; or SmolLM2-135M with `--model-size smollm2`), loaded by both sides (policy and a frozen reference copy
+each; float32, but rlft's reference in bf16 under bf16-mixed); the same training questions (`peers.records("train", n_train=P * steps, n_test=4)`: the
 built-in task at difficulty 0 as rlft's `data.*` loads it, where the training questions depend on the held-out
 count too; prompt text from `rlft.tasks.prompts.prompt_text`, so each run sees every question once, in its own
 shuffled order); G samples per question at temperature 1.0, top-p 1, top-k off, at most `--max-new-tokens` new
@@ -33,7 +63,7 @@ tokens, stopping at EOS; the same reward (`rewards.math_reward`, partial reward 
 with beta 0.04 (k3 estimator in the loss for GRPO on both sides); PPO clip 0.2; one optimizer step (fused AdamW:
 rlft's `TorchLearner` and TRL's default `optim="adamw_torch_fused"`; lr 1e-5 constant, grad-norm clip 1.0, no weight decay) on the whole P*G batch per iteration, in ONE forward
 / backward (rlft `ppo.micro_batch_size_per_device` = TRL `per_device_train_batch_size` = P*G), no gradient
-checkpointing, no mixed precision, no vLLM, torch's default thread count (or `--threads`) on both sides.
+checkpointing, the same precision (above), no vLLM, torch's default thread count (or `--threads`) on both sides.
 
 One iteration, per side (what is timed):
 
@@ -78,7 +108,8 @@ stopping at EOS (`stop_token="eos"`); `rewards.math_reward`, partial reward 0.1;
 0.04 (`kl_coef`); gamma 1, lambda 0.95, advantages whitened over the batch, no reward whitening, no missing-EOS
 penalty; clip 0.2, value clip 0.2, vf_coef 5.0 (TRL's defaults 0.1 and 0.2 changed to rlft's); one PPO epoch, one
 minibatch of all P*G sequences in one forward / backward; AdamW lr 1e-5 constant, betas (0.9, 0.999), eps 1e-8, no
-weight decay; float32, no gradient checkpointing, no mixed precision, torch threads as for the other runs. What
+weight decay; fp32 weights, the run's precision (above), no gradient checkpointing, torch threads as for the
+other runs. What
 still differs from rlft-reft (TRL offers no setting for these):
 - value model: TRL trains a separate one, `AutoModelForSequenceClassification(num_labels=1)` from the same
   folder (a second backbone plus a bias-free `score` Linear, HF's normal(0, 0.02) init), in the same AdamW:
@@ -127,14 +158,21 @@ from pathlib import Path
 from ceilings import (
     ceilings_markdown,
     decode_bound_tokens_per_s,
+    matmul_ceiling,
     measure_ceilings,
     peak_rss_mib,
 )
 from peers import (
+    GEMM_PHASES,
+    PRECISIONS,
     RUNS,
+    GemmDtypes,
     Setup,
+    add_precision_argument,
     build_model,
+    gemm_dtypes_cell,
     machine,
+    precisions_of,
     prompt_tokens_note,
     records,
     rlft_overrides,
@@ -148,12 +186,14 @@ sys.path.insert(0, str(ROOT))
 
 PHASES = ("rollout", "logprobs", "reward", "train", "other")
 EVAL_N = 4  # held-out questions rlft evaluates after its last iteration (outside the timing)
+PAIRS = (("rlft-grpo", "trl-grpo"), ("rlft-reft", "trl-ppo"))  # (rlft run, its TRL counterpart)
+TARGET = 2.0  # issue 23: rlft-grpo >= 2x trl-grpo samples/s, each in its best precision, at no more peak RSS
 
 
-def setup_of(args, name: str) -> Setup:
+def setup_of(args, name: str, precision: str = "fp32") -> Setup:
     """Run `name`'s settings: it sees every training question once (prompts per iteration x steps of them)."""
     s = Setup(prompts=args.prompts, group=args.group, iterations=args.steps, n_train=0, n_test=EVAL_N,
-              max_new_tokens=args.max_new_tokens, lr=args.lr, seed=args.seed)
+              max_new_tokens=args.max_new_tokens, lr=args.lr, seed=args.seed, precision=precision)
     return dataclasses.replace(s, n_train=s.geometry(name)[0] * args.steps)
 
 
@@ -164,15 +204,21 @@ def setup_of(args, name: str) -> Setup:
 def run_rlft(name: str, args, model_dir: Path, out_dir: Path) -> dict:
     from rlft.config import load_config
     from rlft.trainers.ppo import run_ppo
+    from rlft.utils.device import resolve_compute, weights_dtype
     from rlft.utils.logging import read_metrics
 
-    s = setup_of(args, name)
+    s = setup_of(args, name, args.precision)
     P, G = s.geometry(name)
     overrides = rlft_overrides(name, s, model_dir, out_dir) + [
         f"ppo.eval_every={10**9}", "eval.max_new_tokens=8", f"eval.batch_size={EVAL_N}",
     ]
     overrides += args.rlft_set  # ablations, e.g. ppo.prefix_sharing=false
     cfg = load_config(None, overrides)
+    compute = resolve_compute(cfg)
+    setup = {"precision": compute.precision, "policy_dtype": weights_dtype(cfg, compute, trains=True),
+             "reference_dtype": weights_dtype(cfg, compute, trains=False)}
+    if compute.precision != s.precision:
+        raise SystemExit(f"{name}: asked for {s.precision}, rlft resolved {compute.describe()}")
     run_ppo(cfg)
     rows = [r for r in read_metrics(out_dir) if "timing/iteration" in r]
     steps = []
@@ -185,7 +231,7 @@ def run_rlft(name: str, args, model_dir: Path, out_dir: Path) -> dict:
             "rollout": parts["rollout"], "reward": parts["reward"], "logprobs": parts["logprobs"],
             "train": parts["train"], "other": total - sum(parts.values()) + parts["sync"],
         })
-    return {"steps": steps, "overrides": overrides}
+    return {"steps": steps, "overrides": overrides, "setup": setup}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -196,7 +242,7 @@ def run_trl(name: str, args, model_dir: Path, out_dir: Path) -> dict:
     from transformers import TrainerCallback
     from trl.extras import profiling
 
-    s = setup_of(args, name)
+    s = setup_of(args, name, args.precision)
     P, G = s.geometry(name)
 
     # TRL times its phases with `profiling_context`, but only reports them to wandb/mlflow/trackio: record them.
@@ -261,7 +307,7 @@ def run_trl_ppo(name: str, args, model_dir: Path, out_dir: Path) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    s = setup_of(args, name)
+    s = setup_of(args, name, args.precision)
     P, G = s.geometry(name)
 
     # Phases: (name, start, end) of the TRL calls below; an iteration owns the events that start inside it.
@@ -345,15 +391,20 @@ def child(args) -> None:
     warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = Path(args.run_dir) / args.only
+    out_dir = Path(args.run_dir) / args.precision / args.only
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     model_dir = Path(args.model_dir) if args.model_dir else build_model(args.model_size, Path(args.run_dir), args.seed)
+    probe = GemmDtypes() if args.gemm_dtypes else None
+    if probe:
+        probe.start()
     start = time.perf_counter()
     run = {"trl-grpo": run_trl, "trl-ppo": run_trl_ppo}.get(args.only, run_rlft)
     result = run(args.only, args, model_dir, out_dir / "run")
-    result.update(name=args.only, wall_seconds=time.perf_counter() - start, peak_rss_mib=peak_rss_mib(),
+    if probe:
+        result["gemm_dtypes"] = probe.summary()
+    result.update(name=args.only, precision=args.precision, wall_seconds=time.perf_counter() - start, peak_rss_mib=peak_rss_mib(),
                   torch_threads=torch.get_num_threads(), python=sys.executable, versions=versions())
     (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
 
@@ -377,11 +428,73 @@ def summarize(result: dict) -> dict:
     return out
 
 
+def ratio(a: dict, b: dict) -> dict:
+    """a / b of two runs' summaries: samples/s, completion tokens/s, peak RSS and seconds per phase."""
+    return {"samples_per_s": a["samples_per_s"] / b["samples_per_s"], "tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
+            "peak_rss": a["peak_rss_mib"] / b["peak_rss_mib"],
+            "phases": {k: a[k] / b[k] for k in PHASES[:4] if b[k] > 0}}
+
+
+def best_precision(summaries: dict, name: str) -> str | None:
+    """The precision in which run `name` had the most samples/s, of those it ran in (None: it did not run).
+    `summaries`: {precision: {run: summary}}."""
+    ran = [(by_run[name]["samples_per_s"], p) for p, by_run in summaries.items() if name in by_run]
+    return max(ran)[1] if ran else None
+
+
+def comparisons(summaries: dict) -> list[dict]:
+    """rlft / TRL for each pair of PAIRS: one entry per precision both sides ran in (`best` False), then one with
+    each side in its best precision (`best` True; issue 23's target is stated this way). Each entry: `rlft` and
+    `trl` as (run, precision), and `ratio`'s fields."""
+    out = []
+    for a, b in PAIRS:
+        for p, by_run in summaries.items():
+            if a in by_run and b in by_run:
+                out.append({"rlft": (a, p), "trl": (b, p), "best": False, **ratio(by_run[a], by_run[b])})
+        pa, pb = best_precision(summaries, a), best_precision(summaries, b)
+        if pa and pb:
+            out.append({"rlft": (a, pa), "trl": (b, pb), "best": True, **ratio(summaries[pa][a], summaries[pb][b])})
+    return out
+
+
+def precision_speedups(summaries: dict) -> dict:
+    """Per run that ran in both precisions: samples/s under bf16-mixed / under fp32."""
+    fp32, bf16 = summaries.get("fp32", {}), summaries.get("bf16-mixed", {})
+    return {n: bf16[n]["samples_per_s"] / fp32[n]["samples_per_s"] for n in fp32 if n in bf16}
+
+
+def meets_target(c: dict) -> bool:
+    """Issue 23's target for a GRPO comparison: >= TARGET x the samples/s at no more peak RSS."""
+    return c["samples_per_s"] >= TARGET and c["peak_rss"] <= 1.0
+
+
+def weights_cell(result: dict) -> str:
+    """The dtypes a run keeps its weights in (policy, reference, and TRL PPO's value model)."""
+    s = result.get("setup", {})
+    short = lambda d: str(d).replace("torch.", "").replace("float32", "fp32").replace("bfloat16", "bf16")
+    cell = f"policy {short(s.get('policy_dtype', '?'))}, ref {short(s.get('reference_dtype', '?'))}"
+    return cell + (f", value {short(s['value_dtype'])}" if "value_dtype" in s else "")
+
+
+PRECISION_NOTE = (
+    "fp32: no autocast anywhere (rlft `model.precision=fp32 model.dtype=float32`; TRL `bf16=False, fp16=False`). "
+    "bf16-mixed: rlft `model.precision=bf16-mixed` with its default `model.dtype=auto`: torch.autocast(bfloat16) "
+    "around every forward (sampling, the no-grad passes, the train step) over fp32 policy weights and fp32 AdamW "
+    "state, the frozen reference in bf16 weights, the value head in fp32; TRL `bf16=True` (accelerate "
+    "mixed_precision=bf16): torch.autocast(bfloat16) over fp32 weights (policy and reference loaded in float32 by "
+    "`model_init_kwargs`) and fp32 AdamW state; GRPOTrainer autocasts generation, the reference pass and the train "
+    "step; TRL 1.12's PPOTrainer (with ACCELERATE_MIXED_PRECISION=bf16, see `peers.trl_ppo_config`) autocasts only "
+    "the update's policy + value forward: its generation, reference and value passes run in fp32")
+
+
 def report(args, results: dict, command: str, prompt_note: str, skipped: dict | None = None,
            ceilings: dict | None = None) -> str:
-    s = {name: summarize(r) for name, r in results.items()}
+    """The markdown report. `results`: {precision: {run: the child's result}}, in run order."""
+    summaries = {p: {n: summarize(r) for n, r in by_run.items()} for p, by_run in results.items()}
+    runs = [(p, n) for p, by_run in results.items() for n in by_run]
+    first = results[runs[0][0]][runs[0][1]]
+    has_ppo = any(n == "trl-ppo" for _, n in runs)
     P, G = args.prompts, args.group
-    threads = results[next(iter(results))]["torch_threads"]
     batch = (f"{P} prompts x {G} samples = {P * G} samples per iteration, at most {args.max_new_tokens} new tokens, "
              f"temperature 1.0; one optimizer step per iteration; {args.steps} iterations per run, the first "
              "excluded (warm-up); each run in its own process, one after the other (peak RSS per run)")
@@ -393,79 +506,86 @@ def report(args, results: dict, command: str, prompt_note: str, skipped: dict | 
               "response-scoring positions only (rlft: `logits_to_keep`; TRL's GRPO: its chunked LM head). rlft runs "
               "each prompt once for its G samples in the no-grad and train passes (`ppo.prefix_sharing`); TRL "
               "runs every row's prompt")
-    if "trl-ppo" in results:
+    if has_ppo:
         passes += (". trl-ppo (TRL 1.12's experimental PPOTrainer) takes old log-probs from the sampler's scores (no "
                    "old-policy pass), runs a separate value model (a second copy of the model with a score head) in "
                    "the no-grad pass and in the update, and scores with a rule-reward wrapper (no forward); no "
                    "gradient clipping")
-    title = "TRL GRPOTrainer and PPOTrainer" if "trl-ppo" in results else "TRL GRPOTrainer"
+    title = "TRL GRPOTrainer and PPOTrainer" if has_ppo else "TRL GRPOTrainer"
     lines = [
         f"## PPO iteration throughput: rlft vs {title} ({datetime.date.today().isoformat()})",
         "",
         f"- command: `{command}`",
-        f"- machine: {machine()}; torch threads {threads}",
+        f"- machine: {machine()}; torch threads {first['torch_threads']}",
         f"- versions: {versions()}",
     ]
-    if "trl-ppo" in results:
-        lines.append(f"- trl-ppo venv ({results['trl-ppo']['python']}): {results['trl-ppo']['versions']}")
+    ppo_result = next((results[p][n] for p, n in runs if n == "trl-ppo"), None)
+    if ppo_result:
+        lines.append(f"- trl-ppo venv ({ppo_result['python']}): {ppo_result['versions']}")
     lines += [
-        f"- model: {args.model_size} (float32, policy + frozen reference on both sides); {prompt_note}",
+        f"- model: {args.model_size}, policy + frozen reference on both sides, from one folder; {prompt_note}",
+        f"- precisions: {', '.join(results)}. {PRECISION_NOTE}",
         f"- batch: {batch}",
         f"- what each side does per iteration: {passes}",
         "",
-        ("| run | algo | prompts x samples | samples/s | completion tokens/s | s/iteration (stdev) "
-         "| mean completion tokens | peak RSS MiB |"),
-        "|---|---|---|---|---|---|---|---|",
+        ("| run | precision | weights | algo | prompts x samples | samples/s | completion tokens/s "
+         "| s/iteration (stdev) | mean completion tokens | peak RSS MiB |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     algo = {"rlft-grpo": "GRPO (KL k3 in loss)", "trl-grpo": "GRPO (KL k3 in loss)",
             "rlft-reft": "ReFT PPO (value head, KL k1 in reward)",
             "trl-ppo": "PPO (separate value model, KL k1 in reward)"}
-    for name in results:
-        p, g = setup_of(args, name).geometry(name)
-        x = s[name]
-        lines.append(f"| {name} | {algo[name]} | {p} x {g} | {x['samples_per_s']:.2f} | {x['tokens_per_s']:.1f} "
-                     f"| {x['s_per_step']:.3f} ({x['s_per_step_stdev']:.3f}) | {x['completion_len']:.1f} "
-                     f"| {x['peak_rss_mib']:.0f} |")
+    for p, name in runs:
+        g = setup_of(args, name).geometry(name)
+        x = summaries[p][name]
+        lines.append(f"| {name} | {p} | {weights_cell(results[p][name])} | {algo[name]} | {g[0]} x {g[1]} "
+                     f"| {x['samples_per_s']:.2f} | {x['tokens_per_s']:.1f} | {x['s_per_step']:.3f} "
+                     f"({x['s_per_step_stdev']:.3f}) | {x['completion_len']:.1f} | {x['peak_rss_mib']:.0f} |")
     lines += [
         "",
         "Where the time goes (seconds per timed iteration and share; `other` is the rest of the iteration):",
         "",
-        "| run | rollout (generate) | logprobs (no-grad forwards) | reward | train (fwd+bwd+step) | other | total |",
-        "|---|---|---|---|---|---|---|",
+        "| run | precision | rollout (generate) | logprobs (no-grad forwards) | reward | train (fwd+bwd+step) | other | total |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name in results:
-        x = s[name]
+    for p, name in runs:
+        x = summaries[p][name]
         cells = [f"{x[k]:.3f} ({x[k] / x['s_per_step'] * 100:.0f}%)" for k in PHASES]
-        lines.append(f"| {name} | {' | '.join(cells)} | {x['s_per_step']:.3f} |")
-    if "rlft-grpo" in s and "trl-grpo" in s:
-        a, b = s["rlft-grpo"], s["trl-grpo"]
-        met = a["samples_per_s"] >= 1.5 * b["samples_per_s"] and a["peak_rss_mib"] <= b["peak_rss_mib"]
-        verdict = "meets" if met else "misses"
-        ratio = (f"{a['samples_per_s'] / b['samples_per_s']:.2f}x samples/s, "
-                 f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x completion tokens/s, "
-                 f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x peak RSS")
-        per_phase = ", ".join(f"{k} {a[k] / b[k]:.2f}x" for k in PHASES[:4] if b[k] > 0)
-        lines += ["", f"**rlft-grpo / trl-grpo: {ratio}** ({verdict} issue 10's target: at least 1.5x the samples/s at no more peak RSS).",
-                  f"Per phase, rlft seconds / TRL seconds: {per_phase}."]
-    if "rlft-reft" in s and "trl-grpo" in s:
-        ratio = s["rlft-reft"]["samples_per_s"] / s["trl-grpo"]["samples_per_s"]
-        lines.append(f"rlft-reft / trl-grpo: {ratio:.2f}x samples/s (a different algorithm at the same samples per "
-                     "iteration, for scale).")
-    if "rlft-reft" in s and "trl-ppo" in s:
-        a, b = s["rlft-reft"], s["trl-ppo"]
-        per_phase = ", ".join(f"{k} {a[k] / b[k]:.2f}x" for k in PHASES[:4] if b[k] > 0)
-        ratio = (f"{a['samples_per_s'] / b['samples_per_s']:.2f}x samples/s, "
-                 f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x completion tokens/s, "
-                 f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x peak RSS")
-        lines += ["", f"**rlft-reft / trl-ppo: {ratio}** (PPO, KL in the reward; differences: the docstring).",
-                  f"Per phase, rlft seconds / TRL seconds: {per_phase}."]
-    if "trl-ppo" in s:
-        timed = results["trl-ppo"]["steps"][1:]
-        gc_s = sum(x["gc"] for x in timed) / len(timed)
-        lines.append(f"trl-ppo's `other` includes {gc_s:.3f} s per iteration in the two `gc.collect()` calls of TRL's "
-                     "loop.")
+        lines.append(f"| {name} | {p} | {' | '.join(cells)} | {x['s_per_step']:.3f} |")
+    lines.append("")
+    for c in comparisons(summaries):
+        (a, pa), (b, pb) = c["rlft"], c["trl"]
+        text = (f"{c['samples_per_s']:.2f}x samples/s, {c['tokens_per_s']:.2f}x completion tokens/s, "
+                f"{c['peak_rss']:.2f}x peak RSS")
+        per_phase = ", ".join(f"{k} {v:.2f}x" for k, v in c["phases"].items())
+        if c["best"]:
+            line = f"**Each in its best precision, {a} ({pa}) / {b} ({pb}): {text}**"
+            if a == "rlft-grpo":
+                line += (f" ({'meets' if meets_target(c) else 'misses'} issue 23's target: at least {TARGET:g}x the "
+                         "samples/s at no more peak RSS; best = the precision with more samples/s, of those run)")
+            lines += [line + ".", ""]
+        else:
+            lines.append(f"{pa}: {a} / {b}: {text}; per phase, rlft seconds / TRL seconds: {per_phase}.")
+    speedups = precision_speedups(summaries)
+    if speedups:
+        lines.append("bf16-mixed / fp32, samples/s of the same run: "
+                     + ", ".join(f"{n} {v:.2f}x" for n, v in speedups.items()) + ".")
+    for p, name in runs:
+        if name == "trl-ppo":
+            timed = results[p][name]["steps"][1:]
+            gc_s = sum(x["gc"] for x in timed) / len(timed)
+            lines.append(f"trl-ppo ({p})'s `other` includes {gc_s:.3f} s per iteration in the two `gc.collect()` "
+                         "calls of TRL's loop.")
+    if any("gemm_dtypes" in results[p][n] for p, n in runs):
+        lines += ["", ("Input dtypes of the matrix products as they reached the kernels (`--gemm-dtypes`: GEMMs and "
+                       "attention, counted over the whole run by a TorchDispatchMode below autocast; timings of "
+                       "these runs are slowed by it):"), "",
+                  f"| run | precision | {' | '.join(GEMM_PHASES)} |", "|---|---|" + "---|" * len(GEMM_PHASES)]
+        for p, name in runs:
+            probe = results[p][name].get("gemm_dtypes", {})
+            lines.append(f"| {name} | {p} | {' | '.join(gemm_dtypes_cell(probe.get(k)) for k in GEMM_PHASES)} |")
     if ceilings:
-        lines += ["", ceilings_fractions(args, s, ceilings)]
+        lines += ["", ceilings_fractions(args, summaries, ceilings)]
     for name, why in (skipped or {}).items():
         lines += ["", f"{name}: skipped, {why}."]
     lines.append("")
@@ -486,8 +606,9 @@ def model_facts(model_dir: Path, args) -> dict:
             "model": model}
 
 
-def ceilings_fractions(args, s: dict, ceilings: dict) -> str:
-    """Each run's train phase as model FLOPs utilisation, its rollout against the bandwidth bound."""
+def ceilings_fractions(args, summaries: dict, ceilings: dict) -> str:
+    """Each run's train phase as model FLOPs utilisation of its precision's matmul ceiling, its rollout against
+    the bandwidth bound of that precision's bytes."""
     from rlft.config import load_config
 
     facts = ceilings["facts"]
@@ -497,58 +618,70 @@ def ceilings_fractions(args, s: dict, ceilings: dict) -> str:
               f"N = {facts['params']:,} policy parameters, mean prompt {facts['prompt_len']:.0f} tokens, counting "
               "the tokens each side computes: rlft-grpo runs each prompt once for its G samples (shared prompts), "
               "so P x prompt + P x G x completion, the others every row's prompt; TRL's PPO "
-              "also trains a value model of the same size, not counted; rollout: completion tokens/s against the "
-              "memory-bandwidth bound of batched decoding, `ceilings.decode_bound_tokens_per_s`):"),
+              "also trains a value model of the same size, not counted; MFU against the matmul ceiling of the run's "
+              "precision (bf16 GEMMs for bf16-mixed); rollout: completion tokens/s against the memory-bandwidth bound "
+              "of batched decoding, `ceilings.decode_bound_tokens_per_s`, with fp32 weights and KV cache for fp32 runs "
+              "and bf16 ones (half the bytes, twice the bound) for bf16-mixed runs):"),
              "",
-             "| run | train GFLOP/s | MFU (fp32 matmul ceiling) | rollout tokens/s | bandwidth bound tokens/s | of the bound |",
-             "|---|---|---|---|---|---|"]
-    for name, x in s.items():
-        p, g = setup_of(args, name).geometry(name)
-        rows = p * g
-        shared = name.startswith("rlft") and g > 1 and sharing
-        tokens = (p if shared else rows) * facts["prompt_len"] + rows * x["completion_len"]
-        flops = 6 * facts["params"] * tokens / x["train"] if x["train"] else 0.0
-        rollout_tps = rows * x["completion_len"] / x["rollout"] if x["rollout"] else 0.0
-        bound = decode_bound_tokens_per_s(facts["model"], rows, facts["prompt_len"], x["completion_len"],
-                                          ceilings["read_bandwidth"])
-        lines.append(f"| {name} | {flops / 1e9:.1f} | {flops / ceilings['matmul_fp32_flops'] * 100:.0f}% | "
-                     f"{rollout_tps:,.0f} | {bound:,.0f} | {rollout_tps / bound * 100:.0f}% |")
+             ("| run | precision | train GFLOP/s | MFU (of the precision's matmul ceiling) | rollout tokens/s "
+              "| bandwidth bound tokens/s | of the bound |"),
+             "|---|---|---|---|---|---|---|"]
+    for p, by_run in summaries.items():
+        for name, x in by_run.items():
+            g = setup_of(args, name).geometry(name)
+            rows = g[0] * g[1]
+            shared = name.startswith("rlft") and g[1] > 1 and sharing
+            tokens = (g[0] if shared else rows) * facts["prompt_len"] + rows * x["completion_len"]
+            flops = 6 * facts["params"] * tokens / x["train"] if x["train"] else 0.0
+            rollout_tps = rows * x["completion_len"] / x["rollout"] if x["rollout"] else 0.0
+            # weights and KV cache both scale with the element size: bf16's bound is twice the fp32 one
+            bound = decode_bound_tokens_per_s(facts["model"], rows, facts["prompt_len"], x["completion_len"],
+                                              ceilings["read_bandwidth"]) * (2 if p == "bf16-mixed" else 1)
+            lines.append(f"| {name} | {p} | {flops / 1e9:.1f} | {flops / matmul_ceiling(ceilings, p) * 100:.0f}% | "
+                         f"{rollout_tps:,.0f} | {bound:,.0f} | {rollout_tps / bound * 100:.0f}% |")
     return "\n".join(lines)
 
 
 def parent(args) -> None:
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    precisions = precisions_of(args.precision)
     model_dir = build_model(args.model_size, run_dir, args.seed)
     note = prompt_tokens_note(model_dir)
     passthrough = ["--steps", str(args.steps), "--prompts", str(args.prompts), "--group", str(args.group),
                    "--max-new-tokens", str(args.max_new_tokens), "--model-size", args.model_size,
                    "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
                    "--run-dir", str(run_dir), "--model-dir", str(model_dir),
+                   *(["--gemm-dtypes"] if args.gemm_dtypes else []),
                    *[arg for item in args.rlft_set for arg in ("--rlft-set", item)]]
     ceilings = None
     if not args.no_ceilings:  # in the parent, before any run: its memory does not count in a run's peak RSS
         print("ppo_throughput: measuring the machine's ceilings ...", file=sys.stderr, flush=True)
         ceilings = {**measure_ceilings(args.threads or None), "facts": model_facts(model_dir, args)}
-    results, skipped = {}, {}
-    for name in args.runs:
-        python = sys.executable
-        if name == "trl-ppo":  # TRL 1.12 lives in its own venv (the main one has TRL 1.16, without PPOTrainer)
-            python = args.bench_python
-            if not Path(python).exists():
-                skipped[name] = f"no interpreter at {python}; run `make bench-venv` or pass --bench-python"
-                print(f"ppo_throughput: skipping {name}: {skipped[name]}", file=sys.stderr, flush=True)
-                continue
-        print(f"ppo_throughput: running {name} ...", file=sys.stderr, flush=True)
-        subprocess.run([python, str(Path(__file__).resolve()), "--only", name, *passthrough], check=True)
-        results[name] = json.loads((run_dir / name / "result.json").read_text())
+    results, skipped = {p: {} for p in precisions}, {}
+    for precision in precisions:
+        for name in args.runs:
+            python = sys.executable
+            if name == "trl-ppo":  # TRL 1.12 lives in its own venv (the main one has TRL 1.16, without PPOTrainer)
+                python = args.bench_python
+                if not Path(python).exists():
+                    skipped[name] = f"no interpreter at {python}; run `make bench-venv` or pass --bench-python"
+                    print(f"ppo_throughput: skipping {name}: {skipped[name]}", file=sys.stderr, flush=True)
+                    continue
+            print(f"ppo_throughput: running {name} ({precision}) ...", file=sys.stderr, flush=True)
+            subprocess.run([python, str(Path(__file__).resolve()), "--only", name, "--precision", precision,
+                            *passthrough], check=True)
+            results[precision][name] = json.loads((run_dir / precision / name / "result.json").read_text())
+    results = {p: by_run for p, by_run in results.items() if by_run}
     if not results:
         raise SystemExit("ppo_throughput: no run left to report")
     command = "python benchmarks/ppo_throughput.py " + " ".join(sys.argv[1:])
     text = report(args, results, command.strip(), note, skipped, ceilings)
     (run_dir / "results.json").write_text(json.dumps(
-        {"args": vars(args), "summary": {n: summarize(r) for n, r in results.items()}, "runs": results,
-         "skipped": skipped, "ceilings": {k: v for k, v in (ceilings or {}).items() if k != "facts"}},
+        {"args": vars(args), "precisions": list(results),
+         "summary": {p: {n: summarize(r) for n, r in by_run.items()} for p, by_run in results.items()},
+         "runs": results, "skipped": skipped,
+         "ceilings": {k: v for k, v in (ceilings or {}).items() if k != "facts"}},
         indent=2, default=str))
     print(text)
     out = Path(args.out)
@@ -574,9 +707,15 @@ def main() -> None:
     parser.add_argument("--rlft-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra rlft config override for the rlft runs (repeatable), e.g. ppo.prefix_sharing=false")
     parser.add_argument("--no-ceilings", action="store_true", help="skip measuring matmul FLOP/s and bandwidth")
+    add_precision_argument(parser)
+    parser.add_argument("--gemm-dtypes", action="store_true",
+                        help="count the dtypes every GEMM / attention op runs in, per phase (slows the runs: for "
+                             "checking what each precision does, not for timing)")
     parser.add_argument("--only", choices=RUNS, help=argparse.SUPPRESS)  # internal: one run in this process
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only and args.precision not in PRECISIONS:
+        parser.error("a child (--only) runs one precision: --precision fp32 or bf16-mixed")
     if args.steps < 2:
         parser.error("--steps must be >= 2 (the first iteration is a warm-up)")
     if args.group < 2:

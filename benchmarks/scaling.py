@@ -6,7 +6,8 @@
 Each point is one `benchmarks/ppo_throughput.py --runs rlft-grpo` run in its own process (so peak RSS,
 `VmHWM`, is that point's), GRPO with KL in the loss, a random-init model (almost every response runs to
 the length budget, so "response length" is the budget), `--steps` iterations of which the first is a
-warm-up. Axes, the others held at the middle value:
+warm-up, in one precision (`--precision`, default fp32, as the grids so far; rlft's `model.precision`). Axes, the
+others held at the middle value:
 - response length T (new tokens) at 8 prompts x 4 samples, tiny model;
 - batch (prompts x 4 samples) at T = 64, tiny model;
 - model: tiny (3.3M) and SmolLM2-135M at 4 prompts x 2 samples, T = 32.
@@ -23,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from peers import PRECISIONS
 from ppo_throughput import PHASES, machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,10 +53,10 @@ def run_point(point: dict, args, run_dir: Path, done: set[str]) -> dict:
         cmd = [sys.executable, str(ROOT / "benchmarks/ppo_throughput.py"), "--runs", "rlft-grpo", "--no-ceilings",
                "--steps", str(args.steps), "--prompts", str(point["prompts"]), "--group", str(point["group"]),
                "--max-new-tokens", str(point["tokens"]), "--model-size", point["model"], "--threads", str(args.threads),
-               "--run-dir", str(out_dir), "--out", str(out_dir / "report.md")]
+               "--precision", args.precision, "--run-dir", str(out_dir), "--out", str(out_dir / "report.md")]
         print(f"scaling: {name} ...", file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    summary = json.loads(results.read_text())["summary"]["rlft-grpo"]
+    summary = json.loads(results.read_text())["summary"][args.precision]["rlft-grpo"]
     return {**point, "name": name, **summary}
 
 
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="iterations per point; the first is a warm-up")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="two points per axis")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="rlft's model.precision at every point")
     parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_scaling"))
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks_scaling.md"))
     args = parser.parse_args()
@@ -104,8 +107,8 @@ def main() -> None:
         "",
         f"- command: `python benchmarks/scaling.py {' '.join(sys.argv[1:])}`",
         f"- machine: {machine()}; versions: {versions()}",
-        (f"- {args.steps} iterations per point, the first excluded; each point in its own process; plot: "
-         f"`{run_dir / 'scaling.png'}`"),
+        (f"- precision {args.precision}; {args.steps} iterations per point, the first excluded; each point in its own "
+         f"process; plot: `{run_dir / 'scaling.png'}`"),
         "",
         ("| axis | value | samples | s/iteration | rollout | logprobs | train | other | samples/s | completion tokens/s "
          "| peak RSS MiB |"),

