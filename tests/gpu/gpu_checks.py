@@ -421,6 +421,36 @@ def check_device_eval(work: Path, device: str) -> list[dict]:
     ]
 
 
+def check_compare(work: Path, device: str, iterations: int) -> list[dict]:
+    """A 2-method `rlft compare` (continued SFT and ReFT from one shared warm-up, 1 seed) on `device`: both
+    methods finish, the report is written, the wall time."""
+    import contextlib
+    import io
+
+    from rlft.cli import main as rlft_main
+
+    run_dir, printed = work / "compare", io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(printed):
+        code = rlft_main(["compare", *_task(device), f"run.dir={run_dir}", f"model.path={model_folder('tiny', work)}",
+                          "compare.methods=[sft,reft]", "compare.seeds=[1]", "compare.warmup_epochs=1", "sft.epochs=1",
+                          f"ppo.iterations={iterations}", f"ppo.eval_every={iterations}", f"ppo.save_every={iterations}",
+                          "rollout.prompts_per_step=32" if device == "cuda" else "rollout.prompts_per_step=4"])
+    seconds = time.perf_counter() - start
+    results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}
+    methods = results.get("methods", {})
+    rows = [row("compare", "tiny", "exit status", code, "0", code == 0),
+            row("compare", "tiny", "wall seconds", round(seconds, 1))]
+    for name in ("sft", "reft"):
+        m = methods.get(name, {})
+        ok = bool(m) and not m.get("failed")
+        final = (m.get("final_accuracy") or {}).get("mean")
+        rows.append(row("compare", f"tiny {name}", "final accuracy (finished)", final, "a run, not failed", ok))
+    report = (run_dir / "results.md").exists()
+    rows.append(row("compare", "tiny", "results.md written", report, "True", report))
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------
 # ppo-report and table
 
@@ -467,7 +497,7 @@ def table(path: Path) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["engine", "sync", "ppo-report", "device-sft", "device-reft", "device-eval",
+    p.add_argument("what", choices=["engine", "sync", "ppo-report", "device-sft", "device-reft", "device-eval", "compare",
                                      "table"])
     p.add_argument("path", nargs="?", type=Path, help="ppo-report: the run dir; table: the results file")
     p.add_argument("--out", type=Path, default=Path("runs/gpu-checks/results.jsonl"))
@@ -491,6 +521,8 @@ def main() -> int:
         append(args.out, check_device_reft(args.work, args.device, args.iterations))
     elif args.what == "device-eval":
         append(args.out, check_device_eval(args.work, args.device))
+    elif args.what == "compare":
+        append(args.out, check_compare(args.work, args.device, args.iterations))
     elif args.what == "engine":
         for name in args.models.split(","):
             append(args.out, check_engine(name, args.work, args.device))
