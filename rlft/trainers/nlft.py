@@ -1,6 +1,6 @@
 """Natural Language Fine-Tuning (`algo=nlft`; Liu et al. 2024, arXiv 2412.20382; spec `docs/nlft.md`).
 
-    rlft train configs/demo.yaml algo=nlft model.path=runs/warm/checkpoints/ckpt-282 run.dir=runs/nlft
+    rlft train configs/demo.yaml algo=nlft model.path=runs/warm/checkpoints/ckpt-96 run.dir=runs/nlft
 
 1. sample  `nlft.samples_per_question` responses per training question from the starting model (`model.path`,
            HF engine, `rollout.temperature` / `top_p` / `top_k` / `max_new_tokens`, seeded by `run.seed`);

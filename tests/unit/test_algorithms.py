@@ -60,11 +60,17 @@ def test_a_kl_coefficient_without_a_kl_term_is_an_error():
         load_config(None, ["algo=grpo", "rollout.samples_per_prompt=2", "kl.placement=loss"])  # row's k1 in the loss
 
 
-def test_every_row_runs_on_ray_and_a_local_only_row_would_be_refused(monkeypatch):
+def test_every_row_but_nlft_runs_on_ray_and_a_local_only_row_is_refused(monkeypatch):
     import dataclasses
 
+    # NLFT trains a LoRA by default, and adapters do not run on the Ray learners yet
+    assert [name for name, row in ALGORITHMS.items() if not row.ray] == ["nlft"]
+    with pytest.raises(ConfigError, match="algo=nlft runs with cluster.backend=local only"):
+        load_config(None, ["algo=nlft", "cluster.backend=ray"])
     for name, row in ALGORITHMS.items():  # CARFT and self-training included (their phases run on the learners)
-        load_config(None, [f"algo={name}", "cluster.backend=ray", *(["rollout.samples_per_prompt=2"] if row.group else [])])
+        if row.ray:
+            load_config(None, [f"algo={name}", "cluster.backend=ray",
+                               *(["rollout.samples_per_prompt=2"] if row.group else [])])
     monkeypatch.setitem(ALGORITHMS, "carft", dataclasses.replace(ALGORITHMS["carft"], ray=False))
     with pytest.raises(ConfigError, match="algo=carft runs with cluster.backend=local only"):
         load_config(None, ["algo=carft", "cluster.backend=ray"])
