@@ -34,8 +34,10 @@ any) a folder holds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -46,7 +48,9 @@ from safetensors.torch import load_file, save_file
 
 from rlft.adapters.base import FullFinetune, PolicyAdapter
 from rlft.adapters.positions import PositionMeta
+from rlft.models import packing as packed
 from rlft.models.loading import LLAMA_FAMILY, enable_gradient_checkpointing, uses_sliding_window
+from rlft.models.packing import AttentionPlan, PackedRows
 from rlft.rollout.decode import cache_keyword
 from rlft.utils.device import autocast_off, bf16_autocast, module_device
 
@@ -121,15 +125,23 @@ class PolicyModel(torch.nn.Module):
     def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
                  init_seed: int = 0, adapter: PolicyAdapter | None = None, prefix_sharing: bool = True,
                  value_head_init: str = "small", mixed_precision: bool = False, gradient_checkpointing: bool = False,
-                 keep_hidden: bool = False):
+                 keep_hidden: bool = False, packing: bool = False):
         """`mixed_precision`: every forward runs under bf16 autocast on the model's device (`model.precision=
         bf16-mixed`); the heads stay fp32. `gradient_checkpointing`: `model.gradient_checkpointing` (training
-        forwards recompute each decoder layer in the backward pass). The heads are built on the CPU (their
-        seeded initialisation is the same on every device) and moved to the LM's device."""
+        forwards recompute each decoder layer in the backward pass). `packing` (`sft.packing`, `ppo.packing`):
+        forwards run the batch's real tokens only (`rlft/models/packing.py`) where the model allows
+        (`packing_unsupported_reason`). The heads are built on the CPU (their seeded initialisation is the
+        same on every device) and moved to the LM's device."""
         super().__init__()
         self.lm = lm
         self.keep_hidden = keep_hidden  # NLFT's neighbourhood rule reads the last hidden states
         self.prefix_sharing = prefix_sharing  # config: ppo.prefix_sharing
+        reason = packed.unsupported_reason(lm) if packing else None
+        if reason is not None:
+            warnings.warn(f"sft.packing / ppo.packing: this model runs padded forwards ({reason})")
+        self.packing = packing and reason is None
+        if self.packing:
+            packed.enable(lm)
         self.mixed_precision = mixed_precision
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
@@ -193,6 +205,8 @@ class PolicyModel(torch.nn.Module):
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: PositionMeta | None,
                  logits_to_keep: int, prompt_len: int, logits_mask: torch.Tensor | None) -> PolicyOutput:
         if logits_mask is not None:
+            if self.packing:
+                return self._forward_packed(input_ids, attention_mask, positions, 0, logits_mask)
             return self._forward_selected_logits(input_ids, attention_mask, positions, logits_mask)
         if prompt_len and logits_to_keep == input_ids.shape[1] - prompt_len + 1 and self.prefix_sharing \
                 and self.prefix_sharing_unsupported_reason() is None:
@@ -201,7 +215,11 @@ class PolicyModel(torch.nn.Module):
                 rows = torch.arange(input_ids.shape[0], device=input_ids.device)
                 groups = (rows, rows)  # another rank shares: the same module calls here, each row its own prompt
             if groups is not None:
+                if self.packing and packed.shares_prefixes(self.lm):
+                    return self._forward_shared_packed(input_ids, attention_mask, positions, prompt_len, *groups)
                 return self._forward_shared_prompts(input_ids, attention_mask, positions, prompt_len, *groups)
+        if self.packing:
+            return self._forward_packed(input_ids, attention_mask, positions, logits_to_keep, None)
         kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         with self.adapter.plan(positions), torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
             out = self.lm(
@@ -239,6 +257,72 @@ class PolicyModel(torch.nn.Module):
             hidden = hidden.last_hidden_state
             logits = self.lm.get_output_embeddings()(hidden[logits_mask])
         return self._with_heads(logits, hidden)
+
+    def _forward_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: PositionMeta | None,
+                        logits_to_keep: int, logits_mask: torch.Tensor | None) -> PolicyOutput:
+        """The padded forward's output, computed on the real tokens only (`rlft/models/packing.py`): logits (N, V)
+        at `logits_mask`, else (B, k, V) for the last k = `logits_to_keep` positions (0: all), zeros at padding;
+        values, embeddings and hidden states over all (B, S), zeros (the heads' bias) at padding."""
+        B, S = attention_mask.shape
+        rows = PackedRows.of(attention_mask)
+        decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
+        with self.adapter.plan(packed_positions(positions, rows.index, S)), \
+                torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
+            hidden = decoder(input_ids=rows.pack(input_ids), attention_mask=None, position_ids=rows.rank.unsqueeze(0),
+                             use_cache=False, **packed.plan_keyword(self.lm, AttentionPlan.causal(rows)))
+            hidden = hidden.last_hidden_state  # (1, N, H)
+            if logits_mask is not None:  # the labelled positions are real tokens, in the same row-major order
+                logits = lm_head(hidden[0, logits_mask.reshape(-1)[rows.index]])  # (n, V)
+            else:
+                keep = logits_to_keep or S
+                column = rows.index % S
+                window = column >= S - keep  # (N,) the real tokens among the kept positions
+                logits = scatter_rows(lm_head(hidden[0, window]), rows.index[window] // S * keep + column[window] - (S - keep),
+                                      B * keep).view(B, keep, -1)  # (B, keep, V)
+        full = rows.unpack(hidden) if self.value_head is not None or self.keep_hidden else None  # (B, S, H)
+        return self._with_heads(logits, full)
+
+    def _forward_shared_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                               positions: PositionMeta | None, prompt_len: int, first: torch.Tensor,
+                               inverse: torch.Tensor) -> PolicyOutput:
+        """`_forward_shared_prompts` without padding: the U distinct prompts run as one packed row that keeps its
+        keys and values, the B responses as another that attends to its prompt's kept ones first
+        (`AttentionPlan.after_prefix`). Returns the T + 1 response-scoring positions, zeros at padding."""
+        decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
+        B, S = attention_mask.shape
+        P, T = prompt_len, S - prompt_len
+        prompts, responses = PackedRows.of(attention_mask[first, :P]), PackedRows.of(attention_mask[:, P:])
+        lengths = prompts.real.sum(1)  # (U,) real prompt tokens
+        row = responses.index // T  # (N_r,) each response token's row
+        kept: dict = {}
+        prompt_positions = response_positions = None
+        if positions is not None:
+            prompt_positions = packed_positions(PositionMeta(positions.pad_left[first], positions.prompt_len[first]),
+                                                prompts.index, P)
+            response_positions = packed_positions(positions, row * S + P + responses.index % T, S)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
+            with self.adapter.plan(prompt_positions):
+                prompt_hidden = decoder(input_ids=prompts.pack(input_ids[first, :P]), attention_mask=None,
+                                        position_ids=prompts.rank.unsqueeze(0), use_cache=False,
+                                        **packed.plan_keyword(self.lm, AttentionPlan.causal(prompts, capture=kept)))
+            with self.adapter.plan(response_positions):
+                response_hidden = decoder(
+                    input_ids=responses.pack(input_ids[:, P:]), attention_mask=None,
+                    position_ids=(lengths[inverse][row] + responses.rank).unsqueeze(0), use_cache=False,
+                    **packed.plan_keyword(self.lm, AttentionPlan.after_prefix(responses, kept, prompts, inverse)))
+            last = prompt_hidden.last_hidden_state[0, torch.cumsum(lengths, 0) - 1][inverse]  # (B, H) each row's last prompt token
+            response_hidden = response_hidden.last_hidden_state  # (1, N_r, H)
+            # position 0 of row b: its last prompt token (scores response token 0); position 1 + t: response token t
+            slots = torch.cat([torch.arange(B, device=row.device) * (T + 1), row * (T + 1) + 1 + responses.rank])
+            logits = scatter_rows(lm_head(torch.cat([last, response_hidden[0]])), slots, B * (T + 1)).view(B, T + 1, -1)
+        hidden = None
+        if self.value_head is not None or self.keep_hidden:
+            hidden = torch.cat([last.unsqueeze(1), responses.unpack(response_hidden)], dim=1)  # (B, T + 1, H)
+        return self._with_heads(logits, hidden)
+
+    def packing_unsupported_reason(self) -> str | None:
+        """Why this model's forwards cannot pack (`rlft.models.packing.unsupported_reason`), or None when they can."""
+        return packed.unsupported_reason(self.lm)
 
     def _is_decoder_plus_head(self) -> bool:
         """The causal LM is `lm_head(decoder(...).last_hidden_state)`: no logit scaling or soft-capping."""
@@ -325,6 +409,16 @@ class PolicyModel(torch.nn.Module):
             head = path / VALUE_HEAD_FILE
             if head.exists():
                 self.value_head.load_state_dict(load_file(str(head)))
+
+
+def packed_positions(positions: PositionMeta | None, index: torch.Tensor, width: int) -> PositionMeta | None:
+    """`positions` of a padded (B, width) layout, for a packed forward of its tokens at flat `index`."""
+    return None if positions is None else dataclasses.replace(positions, packed_index=index, packed_width=width)
+
+
+def scatter_rows(values: torch.Tensor, slots: torch.Tensor, n: int) -> torch.Tensor:
+    """(k, ...) values into rows `slots` of an (n, ...) tensor of zeros (differentiable in `values`)."""
+    return values.new_zeros(n, *values.shape[1:]).index_copy(0, slots, values)
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
