@@ -149,15 +149,17 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                                       **kwargs)
     if plan.capture is not None:
         plan.capture[module.layer_idx] = (key, value)
-    k_slot, k_width = plan.q_slot, plan.q_width
-    if plan.prefix is not None:
+    H, H_kv = query.shape[1], key.shape[1]
+    if plan.prefix is None:  # queries, keys and values share their slots: one scatter for the three
+        q, k, v = _to_rows(torch.cat([query, key, value], dim=1), plan.q_slot, plan.rows, plan.q_width).split(
+            [H, H_kv, H_kv], dim=1)  # (B, H, L, d), (B, H_kv, L, d) x 2
+    else:
         kept_key, kept_value = plan.prefix[module.layer_idx]
-        key = torch.cat([kept_key[:, :, plan.prefix_index], key], dim=2)  # (1, H_kv, sum p_b + N, d)
-        value = torch.cat([kept_value[:, :, plan.prefix_index], value], dim=2)
-        k_slot, k_width = plan.k_slot, plan.k_width
-    q = _to_rows(query, plan.q_slot, plan.rows, plan.q_width)  # (B, H, L_q, d)
-    k, v = (_to_rows(x, k_slot, plan.rows, k_width) for x in (key, value))  # (B, H_kv, L_k, d)
-    groups = query.shape[1] // key.shape[1]
+        kv = torch.cat([torch.cat([kept_key, kept_value], dim=1)[:, :, plan.prefix_index],
+                        torch.cat([key, value], dim=1)], dim=2)  # (1, 2 H_kv, sum p_b + N, d)
+        q = _to_rows(query, plan.q_slot, plan.rows, plan.q_width)  # (B, H, L_q, d)
+        k, v = _to_rows(kv, plan.k_slot, plan.rows, plan.k_width).split([H_kv, H_kv], dim=1)  # (B, H_kv, L_k, d)
+    groups = H // H_kv
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, is_causal=plan.mask is None,
