@@ -46,7 +46,9 @@ rlft (`timing/iteration` from `metrics.jsonl`; evaluation, checkpoints and metri
   logprobs  no-grad teacher-forced forwards over prompt+response: the reference's, plus the policy's old
             log-probs for ReFT (KL in the reward); GRPO with one PPO epoch skips that pass like TRL does
             (old = current log-probs, `rlft.trainers.ppo.needs_old_logprobs`); each distinct prompt runs
-            once and its KV cache is copied to its G rows (`ppo.prefix_sharing`, `PolicyModel.forward`);
+            once for its G rows (`ppo.prefix_sharing`, `PolicyModel.forward`), and only real tokens are
+            computed (`ppo.packing`: the distinct prompts as one packed row, the responses as another on top;
+            `--rlft-set ppo.packing=false` for padded forwards);
   (other)   decode, advantages, metrics;
   train     one forward + backward with grad over the P*G sequences (prompts shared the same way), clip,
             AdamW step.

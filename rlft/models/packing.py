@@ -2,8 +2,11 @@
 
 A padded batch (B, S) with its attention mask runs as ONE row of its N real tokens (1, N), row-major, with
 position ids restarting at every sequence (TRL's `padding_free`, OpenRLHF's `--packing_samples`, verl's
-`use_remove_padding`). Embeddings, projections, MLPs, norms and the LM head then see N tokens instead of B x S;
-`PolicyModel` scatters what it returns back to (B, S) (zeros at padding), so the losses are unchanged.
+`use_remove_padding`). Embeddings, projections, MLPs and norms then see N tokens instead of B x S; `PolicyModel`
+scatters the last hidden states back to (B, S) (zeros at padding) and runs the heads there, so the losses are
+unchanged. The LM head runs where the padded forward runs it (SFT: the labelled positions, all real tokens; RL:
+the (B, T + 1) response-scoring window, padding included): scattering packed (N, V) logits instead costs a
+copy of the largest activation each way and a second buffer of its size.
 
 Attention must stay within each sequence. transformers' own answer for a packed row (no attention mask,
 restarting position ids) is a block-diagonal (N, N) mask under sdpa / eager: attention over all N x N pairs,
@@ -84,27 +87,30 @@ class PackedRows:
 class AttentionPlan:
     """What `packed_sdpa` needs for one packed forward (passed as the `rlft_packing` keyword).
 
-    Queries (and keys, without a prefix) of the packed row go to slots `q_slot` of a (rows, q_width) layout.
-    With `prefix`, each row's keys and values are first the kept ones of its prefix (`prefix_index` into the
-    prefix pass's packed tokens, row-major), then its own: `k_slot` places those (sum of prefix lengths + N) in a
-    (rows, k_width) layout, and `mask` (rows, 1, q_width, k_width) says which keys each query sees. `capture`,
-    when set, receives every layer's (key, value) of this pass: {layer index: ((1, H_kv, N, d), (1, H_kv, N, d))}.
+    Queries (and keys, without a prefix) of the packed row go to slots `q_slot` of a (rows, q_width) layout (None:
+    every row is full, so the packed row already is that layout). With `prefix`, each row's keys and values are
+    first the kept ones of its prefix (`prefix_index` into the prefix pass's packed tokens, row-major, to slots
+    `prefix_slot`), then its own (to `own_slot`), in a (rows, k_width) layout; `mask` (rows, 1, q_width, k_width)
+    says which keys each query sees. `capture`, when set, receives every layer's (key, value) of this pass:
+    {layer index: ((1, H_kv, N, d), (1, H_kv, N, d))}.
     """
 
     rows: int
-    q_slot: torch.Tensor
+    q_slot: torch.Tensor | None
     q_width: int
     capture: dict | None = None
     prefix: dict | None = None
     prefix_index: torch.Tensor | None = None
-    k_slot: torch.Tensor | None = None
+    prefix_slot: torch.Tensor | None = None
+    own_slot: torch.Tensor | None = None
     k_width: int = 0
     mask: torch.Tensor | None = None
 
     @classmethod
     def causal(cls, packed: PackedRows, capture: dict | None = None) -> AttentionPlan:
         """Each row attends causally to itself."""
-        return cls(packed.rows, packed.slot, packed.width, capture=capture)
+        full = packed.index.numel() == packed.rows * packed.width
+        return cls(packed.rows, None if full else packed.slot, packed.width, capture=capture)
 
     @classmethod
     def after_prefix(cls, packed: PackedRows, prefix: dict, prefix_rows: PackedRows, row_prefix: torch.Tensor) -> AttentionPlan:
@@ -118,22 +124,35 @@ class AttentionPlan:
         prefix_row = torch.repeat_interleave(rows, lengths)  # (sum p_b,) the row each kept key goes to
         prefix_rank = torch.arange(int(lengths.sum()), device=device) - torch.repeat_interleave(
             torch.cumsum(lengths, 0) - lengths, lengths)  # (sum p_b,) 0..p_b-1 within its row
-        prefix_index = starts[row_prefix][prefix_row] + prefix_rank
         k_width = int(lengths.max()) + packed.width if packed.rows else 1
         own_row = packed.index // packed.real.shape[1]  # (N,)
-        k_slot = torch.cat([prefix_row * k_width + prefix_rank, own_row * k_width + lengths[own_row] + packed.rank])
         key_col = torch.arange(k_width, device=device)  # (k_width,)
         query = torch.arange(packed.width, device=device)  # (q_width,)
         mask = key_col.view(1, 1, -1) <= (lengths.view(-1, 1, 1) + query.view(1, -1, 1))  # (B, q_width, k_width)
-        return cls(packed.rows, packed.slot, packed.width, prefix=prefix, prefix_index=prefix_index,
-                   k_slot=k_slot, k_width=k_width, mask=mask.unsqueeze(1))
+        full = packed.index.numel() == packed.rows * packed.width
+        return cls(packed.rows, None if full else packed.slot, packed.width, prefix=prefix,
+                   prefix_index=starts[row_prefix][prefix_row] + prefix_rank, prefix_slot=prefix_row * k_width + prefix_rank,
+                   own_slot=own_row * k_width + lengths[own_row] + packed.rank, k_width=k_width, mask=mask.unsqueeze(1))
 
 
-def _to_rows(x: torch.Tensor, slot: torch.Tensor, rows: int, width: int) -> torch.Tensor:
-    """(1, H, N, d) packed -> (rows, H, width, d), each token at its slot, zeros elsewhere."""
+def _to_rows(x: torch.Tensor, slot: torch.Tensor | None, rows: int, width: int) -> torch.Tensor:
+    """(1, H, N, d) packed -> (rows, H, width, d), each token at its slot, zeros elsewhere (slot None: N = rows x
+    width tokens already in that order)."""
     _, H, N, d = x.shape
-    out = x.new_zeros(rows * width, H, d).index_copy(0, slot, x[0].transpose(0, 1))
+    if slot is None:
+        return x[0].reshape(H, rows, width, d).transpose(0, 1)
+    out = x.new_zeros(rows * width, H, d)  # zeros: padded keys must not be NaN even where no query reads them
+    out.index_copy_(0, slot, x[0].transpose(0, 1))
     return out.view(rows, width, H, d).transpose(1, 2)
+
+
+def _prefixed_rows(kept: torch.Tensor, own: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+    """Keys (or values) (rows, H_kv, k_width, d): each row's kept prefix ones, then its own (`AttentionPlan`)."""
+    _, H_kv, _, d = own.shape
+    out = own.new_zeros(plan.rows * plan.k_width, H_kv, d)
+    out.index_copy_(0, plan.prefix_slot, kept[0, :, plan.prefix_index].transpose(0, 1))
+    out.index_copy_(0, plan.own_slot, own[0].transpose(0, 1))
+    return out.view(plan.rows, plan.k_width, H_kv, d).transpose(1, 2)
 
 
 def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -149,23 +168,21 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                                       **kwargs)
     if plan.capture is not None:
         plan.capture[module.layer_idx] = (key, value)
-    H, H_kv = query.shape[1], key.shape[1]
-    if plan.prefix is None:  # queries, keys and values share their slots: one scatter for the three
-        q, k, v = _to_rows(torch.cat([query, key, value], dim=1), plan.q_slot, plan.rows, plan.q_width).split(
-            [H, H_kv, H_kv], dim=1)  # (B, H, L, d), (B, H_kv, L, d) x 2
+    H, H_kv, d = query.shape[1], key.shape[1], query.shape[3]
+    q = _to_rows(query, plan.q_slot, plan.rows, plan.q_width)  # (B, H, L_q, d)
+    if plan.prefix is None:
+        k, v = (_to_rows(x, plan.q_slot, plan.rows, plan.q_width) for x in (key, value))  # (B, H_kv, L, d)
+        gqa = {"enable_gqa": H != H_kv}  # no mask: torch's kernels take grouped heads as they are
     else:
         kept_key, kept_value = plan.prefix[module.layer_idx]
-        kv = torch.cat([torch.cat([kept_key, kept_value], dim=1)[:, :, plan.prefix_index],
-                        torch.cat([key, value], dim=1)], dim=2)  # (1, 2 H_kv, sum p_b + N, d)
-        q = _to_rows(query, plan.q_slot, plan.rows, plan.q_width)  # (B, H, L_q, d)
-        k, v = _to_rows(kv, plan.k_slot, plan.rows, plan.k_width).split([H_kv, H_kv], dim=1)  # (B, H_kv, L_k, d)
-    groups = H // H_kv
-    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        k, v = _prefixed_rows(kept_key, key, plan), _prefixed_rows(kept_value, value, plan)  # (B, H_kv, L_k, d)
+        if H != H_kv:  # with a mask, grouped heads would send CPU and CUDA SDPA to the math kernel: repeat them
+            k, v = k.repeat_interleave(H // H_kv, dim=1), v.repeat_interleave(H // H_kv, dim=1)
+        gqa = {}
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, is_causal=plan.mask is None,
-                                                           dropout_p=dropout, scale=scaling)  # (B, H, L_q, d)
-    B, H, L, d = out.shape
-    return out.transpose(1, 2).reshape(B * L, H, d)[plan.q_slot].unsqueeze(0), None  # (1, N, H, d)
+                                                           dropout_p=dropout, scale=scaling, **gqa)  # (B, H, L_q, d)
+    out = out.transpose(1, 2).reshape(plan.rows * plan.q_width, H, d)
+    return (out if plan.q_slot is None else out[plan.q_slot]).unsqueeze(0), None  # (1, N, H, d)
 
 
 def _packed_sdpa_mask(*args, attention_mask: torch.Tensor | None = None, q_length: int | None = None,

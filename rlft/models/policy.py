@@ -260,34 +260,34 @@ class PolicyModel(torch.nn.Module):
 
     def _forward_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: PositionMeta | None,
                         logits_to_keep: int, logits_mask: torch.Tensor | None) -> PolicyOutput:
-        """The padded forward's output, computed on the real tokens only (`rlft/models/packing.py`): logits (N, V)
-        at `logits_mask`, else (B, k, V) for the last k = `logits_to_keep` positions (0: all), zeros at padding;
-        values, embeddings and hidden states over all (B, S), zeros (the heads' bias) at padding."""
+        """The padded forward's output, the decoder run on the real tokens only (`rlft/models/packing.py`): logits
+        (N, V) at `logits_mask`, else (B, k, V) for the last k = `logits_to_keep` positions (0: all); values,
+        embeddings and hidden states over all (B, S). Padding positions hold the heads' output for a zero hidden
+        state. The LM head runs on the (B, k) window as in the padded forward: scattering (N, V) logits into it
+        would cost a copy of the largest activation each way (measured slower on SmolLM2's 49k vocabulary)."""
         B, S = attention_mask.shape
         rows = PackedRows.of(attention_mask)
         decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
         with self.adapter.plan(packed_positions(positions, rows.index, S)), \
                 torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
-            hidden = decoder(input_ids=rows.pack(input_ids), attention_mask=None, position_ids=rows.rank.unsqueeze(0),
-                             use_cache=False, **packed.plan_keyword(self.lm, AttentionPlan.causal(rows)))
-            hidden = hidden.last_hidden_state  # (1, N, H)
+            packed_hidden = decoder(input_ids=rows.pack(input_ids), attention_mask=None, position_ids=rows.rank.unsqueeze(0),
+                                    use_cache=False, **packed.plan_keyword(self.lm, AttentionPlan.causal(rows)))
+            packed_hidden = packed_hidden.last_hidden_state  # (1, N, H)
+            hidden = None
+            if logits_mask is None or self.value_head is not None or self.keep_hidden:
+                hidden = rows.unpack(packed_hidden)  # (B, S, H)
             if logits_mask is not None:  # the labelled positions are real tokens, in the same row-major order
-                logits = lm_head(hidden[0, logits_mask.reshape(-1)[rows.index]])  # (n, V)
+                logits = lm_head(packed_hidden[0, logits_mask.reshape(-1)[rows.index]])  # (n, V)
             else:
-                keep = logits_to_keep or S
-                column = rows.index % S
-                window = column >= S - keep  # (N,) the real tokens among the kept positions
-                logits = scatter_rows(lm_head(hidden[0, window]), rows.index[window] // S * keep + column[window] - (S - keep),
-                                      B * keep).view(B, keep, -1)  # (B, keep, V)
-        full = rows.unpack(hidden) if self.value_head is not None or self.keep_hidden else None  # (B, S, H)
-        return self._with_heads(logits, full)
+                logits = lm_head(hidden[:, S - (logits_to_keep or S):])  # (B, k, V)
+        return self._with_heads(logits, hidden)
 
     def _forward_shared_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                positions: PositionMeta | None, prompt_len: int, first: torch.Tensor,
                                inverse: torch.Tensor) -> PolicyOutput:
         """`_forward_shared_prompts` without padding: the U distinct prompts run as one packed row that keeps its
         keys and values, the B responses as another that attends to its prompt's kept ones first
-        (`AttentionPlan.after_prefix`). Returns the T + 1 response-scoring positions, zeros at padding."""
+        (`AttentionPlan.after_prefix`). Returns the T + 1 response-scoring positions (hidden states zero at padding)."""
         decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
         B, S = attention_mask.shape
         P, T = prompt_len, S - prompt_len
@@ -311,14 +311,10 @@ class PolicyModel(torch.nn.Module):
                     position_ids=(lengths[inverse][row] + responses.rank).unsqueeze(0), use_cache=False,
                     **packed.plan_keyword(self.lm, AttentionPlan.after_prefix(responses, kept, prompts, inverse)))
             last = prompt_hidden.last_hidden_state[0, torch.cumsum(lengths, 0) - 1][inverse]  # (B, H) each row's last prompt token
-            response_hidden = response_hidden.last_hidden_state  # (1, N_r, H)
             # position 0 of row b: its last prompt token (scores response token 0); position 1 + t: response token t
-            slots = torch.cat([torch.arange(B, device=row.device) * (T + 1), row * (T + 1) + 1 + responses.rank])
-            logits = scatter_rows(lm_head(torch.cat([last, response_hidden[0]])), slots, B * (T + 1)).view(B, T + 1, -1)
-        hidden = None
-        if self.value_head is not None or self.keep_hidden:
-            hidden = torch.cat([last.unsqueeze(1), responses.unpack(response_hidden)], dim=1)  # (B, T + 1, H)
-        return self._with_heads(logits, hidden)
+            hidden = torch.cat([last.unsqueeze(1), responses.unpack(response_hidden.last_hidden_state)], dim=1)  # (B, T + 1, H)
+            logits = lm_head(hidden)
+        return self._with_heads(logits, hidden)  # the heads train even in value-only warm-up
 
     def packing_unsupported_reason(self) -> str | None:
         """Why this model's forwards cannot pack (`rlft.models.packing.unsupported_reason`), or None when they can."""
@@ -414,11 +410,6 @@ class PolicyModel(torch.nn.Module):
 def packed_positions(positions: PositionMeta | None, index: torch.Tensor, width: int) -> PositionMeta | None:
     """`positions` of a padded (B, width) layout, for a packed forward of its tokens at flat `index`."""
     return None if positions is None else dataclasses.replace(positions, packed_index=index, packed_width=width)
-
-
-def scatter_rows(values: torch.Tensor, slots: torch.Tensor, n: int) -> torch.Tensor:
-    """(k, ...) values into rows `slots` of an (n, ...) tensor of zeros (differentiable in `values`)."""
-    return values.new_zeros(n, *values.shape[1:]).index_copy(0, slots, values)
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

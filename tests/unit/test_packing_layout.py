@@ -17,6 +17,8 @@ def test_packed_rows_of_a_left_and_right_padded_batch():
     assert rows.rank.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]  # = the padded forward's position ids
     assert rows.width == 5
     assert rows.slot.tolist() == [0, 1, 2, 5, 6, 10, 11, 12, 13, 14]  # left-aligned in (3, 5)
+    assert AttentionPlan.causal(rows).q_slot.tolist() == rows.slot.tolist()
+    assert AttentionPlan.causal(PackedRows.of(torch.ones(2, 3))).q_slot is None  # no padding: no scatter
     x = torch.arange(15.0).view(3, 5, 1)
     packed = rows.pack(x)
     assert packed.shape == (1, 10, 1) and packed.flatten().tolist() == [1, 2, 3, 5, 6, 10, 11, 12, 13, 14]
@@ -29,8 +31,10 @@ def test_after_prefix_places_each_rows_prefix_then_its_own_tokens():
     plan = AttentionPlan.after_prefix(responses, {}, prompts, torch.tensor([1, 0, 1]))
     assert plan.prefix_index.tolist() == [2, 3, 4, 0, 1, 2, 3, 4]  # row 0: prefix 1; row 1: prefix 0; row 2: prefix 1
     assert plan.k_width == 3 + 2
-    # keys: the 8 kept prefix keys, then the 5 response tokens' own, each in its row after its prefix
-    assert plan.k_slot.tolist() == [0, 1, 2, 5, 6, 10, 11, 12, 3, 4, 7, 13, 14]
+    # the 8 kept prefix keys, then the 5 response tokens' own, each in its row after its prefix
+    assert plan.prefix_slot.tolist() == [0, 1, 2, 5, 6, 10, 11, 12]
+    assert plan.own_slot.tolist() == [3, 4, 7, 13, 14]
+    assert plan.q_slot.tolist() == [0, 1, 2, 4, 5]  # row 1's second query slot is padding
     # response token q of row b sees columns < p_b + q + 1
     assert plan.mask[0, 0].int().tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
     assert plan.mask[1, 0].int().tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]]
@@ -69,4 +73,15 @@ def test_packed_attention_equals_attention_per_sequence():
         p_len = prefix[p].stop - prefix[p].start
         allowed = torch.arange(p_len + n).view(1, -1) <= p_len + torch.arange(n).view(-1, 1)
         want = F.scaled_dot_product_attention(q[:, :, seq], keys, values, attn_mask=allowed, scale=0.3)
+        torch.testing.assert_close(out[0, seq], want[0].transpose(0, 1))
+
+
+def test_packed_attention_of_rows_without_padding_needs_no_scatter():
+    gen = torch.Generator().manual_seed(1)
+    rows = PackedRows.of(torch.ones(2, 4, dtype=torch.long))
+    q, k, v = (torch.randn(1, 8, 4, 2, generator=gen).transpose(1, 2) for _ in range(3))  # transformers' layout
+    out, _ = packed_sdpa(_Attention(), q, k, v, None, rlft_packing=AttentionPlan.causal(rows))
+    for start in (0, 4):
+        seq = slice(start, start + 4)
+        want = F.scaled_dot_product_attention(q[:, :, seq], k[:, :, seq], v[:, :, seq], is_causal=True)
         torch.testing.assert_close(out[0, seq], want[0].transpose(0, 1))
