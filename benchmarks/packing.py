@@ -16,7 +16,8 @@ mostly samples to the token budget):
 - sft: two SFT learners (`build_sft_learner`, one with `sft.packing=false`, one with true) over copies of the
   model; `--sft-steps` optimizer steps of `sft.sequences_per_step` examples in epoch-0 order, each step's
   micro-batches (`step_micro_batches`) through both learners; timed: `train_step`;
-- rl, per `--algos` (default reft and grpo; grpo with `rollout.samples_per_prompt=4`, so prompts are shared):
+- rl, per `--algos` (default reft and grpo; grpo with `rollout.samples_per_prompt=4` and a quarter of the
+  prompts, so prompts are shared and an iteration has as many samples):
   every iteration samples one rollout batch from a frozen copy of the model (HF engine, the config's sampling) and
   scores it; both sides then run the loop's own phases on copies of it: step 3 `evaluate_batch` (the policy's
   log-prob and value pass, the reference's log-probs) and step 5 `ppo_update` (`ppo.ppo_epochs` x minibatches of
@@ -238,8 +239,10 @@ def main() -> None:
         torch.manual_seed(cfg.run.seed)
         results["sft"] = bench_sft(cfg, args.sft_steps)
     for algo in args.algos:
-        extra = ["rollout.samples_per_prompt=4", "rollout.prompts_per_step=8"] if algo == "grpo" else []
-        cfg = load_config(args.config, [*common, f"algo={algo}", *extra])
+        cfg = load_config(args.config, [*common, f"algo={algo}"])
+        if algo == "grpo":  # groups of 4 (prompts shared), as many samples per iteration as the config's prompts
+            cfg = load_config(args.config, [*common, f"algo={algo}", "rollout.samples_per_prompt=4",
+                                            f"rollout.prompts_per_step={max(1, cfg.rollout.prompts_per_step // 4)}"])
         torch.manual_seed(cfg.run.seed)
         results[algo] = bench_rl(cfg, args.iterations)
     text = report(args, cfg, results)

@@ -20,6 +20,12 @@ every rank must make the same module calls (ZeRO gathers parameters per call): a
 `agree_across_ranks`, and when any rank shares, all take the two-pass path. (With dropout on, a prompt's
 copies share one dropout mask; rlft's RL forwards run in eval mode.)
 
+Packing (`packing=True`: `sft.packing`, `ppo.packing`): every forward runs the batch's real tokens as one packed
+row (`rlft/models/packing.py`) and returns the padded forward's outputs (hidden states scattered back, the heads
+and the LM head run where the padded forward runs them); with shared prompts, the distinct prompts and then the
+responses run as packed rows, the responses attending to their prompt's kept keys and values. The same
+computation as the padded forward up to float rounding (tested: logits, values, CARFT embeddings, gradients).
+
 The policy trains through an adapter (`rlft/adapters/`, `adapter.kind`): `full` (every weight, the
 default), LoRA, or hook-based hidden-state interventions. The value head always trains beside it.
 `forward(..., positions=PositionMeta)` runs under the adapter's position plan, so hook-based adapters

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # GPU checks: rlft's roles on `run.device` (issue 19), CARFT and the SFT warm-up on Ray learner ranks, and the
 # vLLM rollout engine (issue 7). One prepared script (each step has its own time limit; the sum of the limits is
-# 24 minutes, the steps before this merge took about 6 minutes together with about 3 more for the Ray steps).
+# 26 minutes, the steps before this merge took about 6 minutes together with about 3 more for the Ray steps).
 #
 #   bash tests/gpu/run_gpu_checks.sh          # a CUDA GPU and a CUDA torch; vllm for the vLLM steps
 #   PY=/opt/venv/bin/python bash tests/gpu/run_gpu_checks.sh
 #
 # lean-step    pytest: the HF engine's lean decoding step against the HF forward (fp32, bf16) and the roles on
 #              CUDA in both precisions (tests/integration/test_precision.py -m gpu)
+# packing      pytest: packed learner forwards against padded ones on CUDA (fp32, bf16 autocast; flash_attention_2
+#              when flash-attn is installed)
 # device-sft   `rlft sft` of the tiny model on the GPU, one short epoch per precision (fp32, bf16-mixed): the
 #              learner's parameters on cuda, tokens/s, peak GPU memory
 # device-reft  ReFT with the HF engine for 3 iterations from that checkpoint (model.precision=auto): policy,
@@ -70,6 +72,12 @@ check_lean_step() {  # CUDA only: pytest's GPU tests of the lean decoding step a
     -k "gpu or cuda"
 }
 
+check_packing() {  # CUDA only: packed forwards (sft.packing, ppo.packing) against padded ones on the GPU, fp32 and
+  # bf16 autocast; under flash_attention_2 too when flash-attn is installed (else that test says SKIP)
+  [ "$DEVICE" = cuda ] || return 0
+  step packing 120 "$PY" -m pytest -q -rs tests/integration/test_packing.py -k "gpu or flash"
+}
+
 check_device_sft() { checks device-sft 120; }
 check_device_reft() { checks device-reft 150 --iterations 3; }
 check_device_eval() { checks device-eval 90; }
@@ -130,6 +138,7 @@ main() {
   fi
   rm -rf "$DIR" && mkdir -p "$DIR"
   check_lean_step
+  check_packing
   check_device_sft && check_device_reft && check_device_eval  # each starts from the previous one's checkpoint
   if has_ray_deepspeed; then
     check_carft_ray

@@ -203,6 +203,28 @@ def test_packing_under_bf16_autocast_stays_close_to_the_padded_forward():
     torch.testing.assert_close(out[1] * m, out[0] * m, atol=3e-2, rtol=3e-2)
 
 
+def test_enabling_packing_leaves_the_models_padded_and_cached_forwards_as_they_were():
+    """The HF engine and every unpacked forward share the module with a packing policy: its attention name then
+    routes to rlft's function, which must run them exactly as sdpa does (left-padded prefill, cached decoding)."""
+    from rlft.models import packing
+
+    batch = grouped_batch(97)
+    ids, mask, P, T = sequences(batch)
+    outputs = []
+    for enabled in (False, True):
+        lm = build("llama")
+        if enabled:
+            packing.enable(lm)
+            assert lm.config._attn_implementation == packing.ATTENTION_NAME
+        with torch.no_grad():
+            prefill = lm(input_ids=ids[:, :P], attention_mask=mask[:, :P], use_cache=True)
+            step = lm(input_ids=ids[:, P:P + 1], attention_mask=mask[:, :P + 1], cache=prefill.cache, use_cache=True)
+            whole = lm(input_ids=ids[:1, :P]).logits  # one unpadded row, no mask
+        outputs.append((prefill.logits, step.logits, whole))
+    for a, b in zip(*outputs):
+        assert torch.equal(a, b)
+
+
 def test_models_that_cannot_pack_run_padded_with_a_warning():
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -267,3 +289,42 @@ def test_grpo_runs_the_same_packed_and_padded(tmp_path, warm_model):
     for a, b in zip(*runs):
         for key in ("reward/mean", "rollout/response_len_mean", "policy/loss", "kl/mean", "policy/entropy"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+def _rl_outputs(model: PolicyModel, batch: dict, device: str):
+    """Masked response logits and every parameter's gradient of one RL forward + backward on `device`."""
+    ids, mask, P, T = (x.to(device) if torch.is_tensor(x) else x for x in sequences(batch))
+    response_mask = batch["response_mask"].to(device)
+    out = model(ids, mask, None, T + 1, P)
+    logits = response_slice(out.logits, P, T).float() * response_mask[..., None]
+    (logits.log_softmax(-1) * response_mask[..., None]).sum().backward()
+    return logits.detach().cpu(), {k: v.float().cpu() for k, v in grads_of(model).items()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mixed", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
+def test_packed_forward_on_gpu_equals_the_padded_one(mixed, shared):
+    """On CUDA (SDPA's CUDA kernels in the per-sequence layout), fp32 and bf16 autocast."""
+    batch = grouped_batch(97)
+    tol = {"atol": 5e-2, "rtol": 5e-2} if mixed else {"atol": 1e-4, "rtol": 1e-3}
+    outs = [_rl_outputs(PolicyModel(build("qwen2").cuda(), packing=p, prefix_sharing=shared, mixed_precision=mixed),
+                        batch, "cuda") for p in (False, True)]
+    torch.testing.assert_close(outs[1][0], outs[0][0], **tol)
+    for key in outs[0][1]:
+        torch.testing.assert_close(outs[1][1][key], outs[0][1][key], **tol, msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_packed_forward_under_flash_attention_2_equals_the_padded_sdpa_one():
+    """flash_attention_2: transformers' varlen kernels find the packed sequences from the position ids."""
+    pytest.importorskip("flash_attn")
+    batch = grouped_batch(97)
+    outs = []
+    for packing, attention in ((False, "sdpa"), (True, "flash_attention_2")):
+        lm = build("llama").to("cuda", torch.bfloat16)
+        lm.config._attn_implementation = attention
+        model = PolicyModel(lm, packing=packing, prefix_sharing=False)
+        assert model.packing is packing
+        outs.append(_rl_outputs(model, batch, "cuda"))
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=5e-2, rtol=5e-2)
