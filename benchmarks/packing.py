@@ -171,15 +171,61 @@ def bench_rl(cfg, iterations: int) -> dict:
     return {"iterations": iterations, "tokens": tokens, "batch_positions": positions,
             "decoder_positions": phase_positions, "seconds": times, "losses": losses,
             "geometry": (f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.samples_per_prompt} samples, "
-                         f"<= {cfg.rollout.max_new_tokens} new tokens, micro-batches of {cfg.ppo.micro_batch_size_per_device}, "
+                         f"<= {cfg.rollout.max_new_tokens} new tokens, "
+                         f"micro-batches of {cfg.ppo.micro_batch_size_per_device}, "
                          f"{cfg.ppo.ppo_epochs} PPO epochs")}
+
+
+def sweep(cfg, fractions: list[float], repeats: int = 8) -> list[dict]:
+    """Synthetic micro-batches of 4 prompts x 4 samples (48 prompt tokens, 64 response positions), the responses
+    cut short at random so that `fraction` of the response positions are padding: one RL forward + backward
+    (T + 1 logits, a value head), padded vs packed, with and without shared prompts, on copies of the model."""
+    import torch
+
+    from rlft.models.policy import PolicyModel, response_slice
+    from rlft.utils.device import resolve_compute
+    from rlft.workspace import load_split, prepare_model
+
+    train = load_split(cfg, "train")
+    compute = resolve_compute(cfg)
+    B, U, P, T = 16, 4, 48, 64
+    models = {}
+    for packing in (False, True):
+        lm = prepare_model(cfg, train, compute=compute)[0]
+        for shared in (False, True):
+            models[packing, shared] = PolicyModel(lm, value_head="linear", packing=packing, prefix_sharing=shared)
+    gen = torch.Generator().manual_seed(0)
+    vocab = lm.config.vocab_size
+    ids = torch.cat([torch.randint(3, vocab, (U, P), generator=gen).repeat_interleave(B // U, 0),
+                     torch.randint(3, vocab, (B, T), generator=gen)], 1)
+    out = []
+    for fraction in fractions:
+        mask = torch.ones_like(ids)
+        lengths = (T * (1 - 2 * fraction * torch.rand(B, generator=gen))).long().clamp(1, T)
+        for b in range(B):
+            mask[b, P + int(lengths[b]):] = 0
+        row = {"response_padding": 1 - float(mask[:, P:].float().mean())}
+        for shared in (False, True):
+            times = {side: [] for side in SIDES}
+            for rep in range(repeats):
+                for side in order_of(rep):
+                    model = models[side == "packed", shared]
+                    start = time.perf_counter()
+                    output = model(ids, mask, None, T + 1, P)
+                    loss = (response_slice(output.logits, P, T).log_softmax(-1)[..., 0] * mask[:, P:]).sum()
+                    (loss + output.values.sum()).backward()
+                    model.zero_grad(set_to_none=True)
+                    times[side].append(time.perf_counter() - start)
+            row["shared" if shared else "unshared"] = median_after_warmup(times["packed"]) / median_after_warmup(times["padded"])
+        out.append(row)
+    return out
 
 
 def median_after_warmup(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
-def report(args, cfg, results: dict) -> str:
+def report(args, results: dict) -> str:
     from peers import machine, versions
 
     import torch
@@ -192,6 +238,8 @@ def report(args, cfg, results: dict) -> str:
              "| s/step padded | s/step packed | packed / padded time |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
+        if name == "sweep":
+            continue
         batch_pad = 1 - r["tokens"] / r["batch_positions"]
         phases = ["train_step"] if name == "sft" else ["evaluate", "update"]
         for phase in phases:
@@ -199,12 +247,21 @@ def report(args, cfg, results: dict) -> str:
                  for side in SIDES}
             padded, packed = (r["decoder_positions"][side] if name == "sft" else r["decoder_positions"][side][phase]
                               for side in SIDES)
-            label = name if name == "sft" else f"{name}: {'step 3 (log-probs, values, reference)' if phase == 'evaluate' else 'step 5 (PPO update)'}"
+            step = "step 3 (log-probs, values, reference)" if phase == "evaluate" else "step 5 (PPO update)"
+            label = name if name == "sft" else f"{name}: {step}"
             lines.append(f"| {label} | {r['geometry']} | {batch_pad * 100:.1f}% | {padded:,} -> {packed:,} | "
                          f"{(1 - packed / padded) * 100:.1f}% | {t['padded']:.3f} | {t['packed']:.3f} | "
                          f"{t['packed'] / t['padded']:.2f} |")
     lines.append("")
+    if "sweep" in results:
+        lines += ["Synthetic micro-batches (16 rows: 4 prompts x 4 samples, 48 + 64 positions), RL forward + backward, "
+                  "packed / padded time:", "",
+                  "| padding of the response positions | without shared prompts | with shared prompts |", "|---|---|---|"]
+        lines += [f"| {r['response_padding'] * 100:.0f}% | {r['unshared']:.2f} | {r['shared']:.2f} |" for r in results["sweep"]]
+        lines.append("")
     for name, r in results.items():
+        if name == "sweep":
+            continue
         gap = max(abs(a - b) for a, b in zip(r["losses"]["padded"], r["losses"]["packed"]))
         lines.append(f"- {name}: largest loss difference padded vs packed over the run {gap:.2e}")
     return "\n".join(lines) + "\n"
@@ -217,6 +274,8 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=12, help="SFT optimizer steps (the first is a warm-up)")
     parser.add_argument("--iterations", type=int, default=6, help="RL iterations per algorithm (the first is a warm-up)")
     parser.add_argument("--algos", nargs="*", default=["reft", "grpo"], help="RL algorithms (none: SFT only)")
+    parser.add_argument("--sweep", default="", help="response padding fractions of a synthetic sweep, e.g. 0,0.1,0.2")
+    parser.add_argument("--sweep-repeats", type=int, default=8, help="forward + backward pairs per sweep point")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_packing"))
@@ -238,14 +297,20 @@ def main() -> None:
         cfg = load_config(args.config, common)
         torch.manual_seed(cfg.run.seed)
         results["sft"] = bench_sft(cfg, args.sft_steps)
+    if args.sweep:
+        results["sweep"] = sweep(load_config(args.config, common), [float(x) for x in args.sweep.split(",")],
+                                 args.sweep_repeats)
     for algo in args.algos:
-        cfg = load_config(args.config, [*common, f"algo={algo}"])
+        extra = []
         if algo == "grpo":  # groups of 4 (prompts shared), as many samples per iteration as the config's prompts
-            cfg = load_config(args.config, [*common, f"algo={algo}", "rollout.samples_per_prompt=4",
-                                            f"rollout.prompts_per_step={max(1, cfg.rollout.prompts_per_step // 4)}"])
+            prompts = load_config(args.config, [*common, "algo=reft"]).rollout.prompts_per_step
+            extra = ["rollout.samples_per_prompt=4", f"rollout.prompts_per_step={max(1, prompts // 4)}"]
+        cfg = load_config(args.config, [*common, f"algo={algo}", *extra])
         torch.manual_seed(cfg.run.seed)
         results[algo] = bench_rl(cfg, args.iterations)
-    text = report(args, cfg, results)
+        if args.out:  # what is measured so far, in case a later part fails
+            Path(args.out).write_text(report(args, results))
+    text = report(args, results)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

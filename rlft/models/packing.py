@@ -113,7 +113,8 @@ class AttentionPlan:
         return cls(packed.rows, None if full else packed.slot, packed.width, capture=capture)
 
     @classmethod
-    def after_prefix(cls, packed: PackedRows, prefix: dict, prefix_rows: PackedRows, row_prefix: torch.Tensor) -> AttentionPlan:
+    def after_prefix(cls, packed: PackedRows, prefix: dict, prefix_rows: PackedRows,
+                     row_prefix: torch.Tensor) -> AttentionPlan:
         """Row b's tokens (`packed`) continue row `row_prefix[b]` of the prefix pass (`prefix_rows`, whose keys
         and values `prefix` holds): query q of row b (q = its rank) sees that prefix's p_b keys and its own
         first q + 1."""

@@ -316,9 +316,10 @@ class PolicyModel(torch.nn.Module):
                     input_ids=responses.pack(input_ids[:, P:]), attention_mask=None,
                     position_ids=(lengths[inverse][row] + responses.rank).unsqueeze(0), use_cache=False,
                     **packed.plan_keyword(self.lm, AttentionPlan.after_prefix(responses, kept, prompts, inverse)))
-            last = prompt_hidden.last_hidden_state[0, torch.cumsum(lengths, 0) - 1][inverse]  # (B, H) each row's last prompt token
+            last = prompt_hidden.last_hidden_state[0, torch.cumsum(lengths, 0) - 1][inverse]  # (B, H) last prompt token
             # position 0 of row b: its last prompt token (scores response token 0); position 1 + t: response token t
-            hidden = torch.cat([last.unsqueeze(1), responses.unpack(response_hidden.last_hidden_state)], dim=1)  # (B, T + 1, H)
+            response_hidden = responses.unpack(response_hidden.last_hidden_state)  # (B, T, H)
+            hidden = torch.cat([last.unsqueeze(1), response_hidden], dim=1)  # (B, T + 1, H)
             logits = lm_head(hidden)
         return self._with_heads(logits, hidden)  # the heads train even in value-only warm-up
 

@@ -168,7 +168,8 @@ def test_packed_learner_passes_and_ppo_step_equal_the_padded_ones(shared):
         loss_fn = make_loss_fn(cfg, plan(cfg), num_seqs=len(batch), kl_coef=0.05, part="both",
                                num_tokens=float(batch.response_mask.sum()), has_old_logprobs=True)
         metrics = learner.train_step(batch.micro_batches(torch.arange(len(batch)), 4), loss_fn)
-        results.append((logprobs, values, ref_logprobs, metrics, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        results.append((logprobs, values, ref_logprobs, metrics, weights))
     (lp_a, v_a, ref_a, m_a, w_a), (lp_b, v_b, ref_b, m_b, w_b) = results
     for a, b in ((lp_a, lp_b), (v_a, v_b), (ref_a, ref_b)):
         torch.testing.assert_close(b, a, **TOL)
