@@ -393,8 +393,8 @@ def report(args, results: dict, command: str, prompt_note: str, skipped: dict | 
               "the old-log-prob pass (old = current, TRL's num_iterations=1 shortcut; rlft's `needs_old_logprobs`); "
               "rlft-reft needs it (KL in the reward) and adds the value head. Both sides compute logits for the "
               "response-scoring positions only (rlft: `logits_to_keep`; TRL's GRPO: its chunked LM head). rlft runs "
-              "each prompt once for its G samples in the no-grad and train passes (`ppo.prefix_sharing`); TRL "
-              "runs every row's prompt")
+              "each prompt once for its G samples in the no-grad and train passes (`ppo.prefix_sharing`) and "
+              "computes the real tokens only (`ppo.packing`); TRL runs every row's prompt, padded")
     if "trl-ppo" in results:
         passes += (". trl-ppo (TRL 1.12's experimental PPOTrainer) takes old log-probs from the sampler's scores (no "
                    "old-policy pass), runs a separate value model (a second copy of the model with a score head) in "
