@@ -226,9 +226,8 @@ def median_after_warmup(values: list[float]) -> float:
 
 
 def report(args, results: dict) -> str:
-    from peers import machine, versions
-
     import torch
+    from peers import machine, versions
 
     lines = [f"## Packed vs padded learner forwards ({datetime.date.today().isoformat()})", "",
              f"- command: `python benchmarks/packing.py {' '.join(sys.argv[1:])}`",

@@ -119,8 +119,9 @@ class AttentionPlan:
         and values `prefix` holds): query q of row b (q = its rank) sees that prefix's p_b keys and its own
         first q + 1."""
         device = packed.index.device
-        lengths = prefix_rows.real.sum(1)[row_prefix]  # (B,) p_b
-        starts = torch.cumsum(prefix_rows.real.sum(1), 0) - prefix_rows.real.sum(1)  # first packed token of each prefix
+        prefix_lengths = prefix_rows.real.sum(1)  # (U,)
+        lengths = prefix_lengths[row_prefix]  # (B,) p_b
+        starts = torch.cumsum(prefix_lengths, 0) - prefix_lengths  # (U,) each prefix's first packed token
         rows = torch.arange(packed.rows, device=device)
         prefix_row = torch.repeat_interleave(rows, lengths)  # (sum p_b,) the row each kept key goes to
         prefix_rank = torch.arange(int(lengths.sum()), device=device) - torch.repeat_interleave(
@@ -132,14 +133,16 @@ class AttentionPlan:
         mask = key_col.view(1, 1, -1) <= (lengths.view(-1, 1, 1) + query.view(1, -1, 1))  # (B, q_width, k_width)
         full = packed.index.numel() == packed.rows * packed.width
         return cls(packed.rows, None if full else packed.slot, packed.width, prefix=prefix,
-                   prefix_index=starts[row_prefix][prefix_row] + prefix_rank, prefix_slot=prefix_row * k_width + prefix_rank,
-                   own_slot=own_row * k_width + lengths[own_row] + packed.rank, k_width=k_width, mask=mask.unsqueeze(1))
+                   prefix_index=starts[row_prefix][prefix_row] + prefix_rank,
+                   prefix_slot=prefix_row * k_width + prefix_rank,
+                   own_slot=own_row * k_width + lengths[own_row] + packed.rank, k_width=k_width,
+                   mask=mask.unsqueeze(1))
 
 
 def _to_rows(x: torch.Tensor, slot: torch.Tensor | None, rows: int, width: int) -> torch.Tensor:
     """(1, H, N, d) packed -> (rows, H, width, d), each token at its slot, zeros elsewhere (slot None: N = rows x
     width tokens already in that order)."""
-    _, H, N, d = x.shape
+    _, H, _, d = x.shape
     if slot is None:
         return x[0].reshape(H, rows, width, d).transpose(0, 1)
     out = x.new_zeros(rows * width, H, d)  # zeros: padded keys must not be NaN even where no query reads them
@@ -177,7 +180,7 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     else:
         kept_key, kept_value = plan.prefix[module.layer_idx]
         k, v = _prefixed_rows(kept_key, key, plan), _prefixed_rows(kept_value, value, plan)  # (B, H_kv, L_k, d)
-        if H != H_kv:  # with a mask, grouped heads would send CPU and CUDA SDPA to the math kernel: repeat them
+        if H != H_kv:  # with a mask torch's fused kernels take no grouped heads (transformers repeats them too)
             k, v = k.repeat_interleave(H // H_kv, dim=1), v.repeat_interleave(H // H_kv, dim=1)
         gqa = {}
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, is_causal=plan.mask is None,

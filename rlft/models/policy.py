@@ -271,7 +271,7 @@ class PolicyModel(torch.nn.Module):
         embeddings and hidden states over all (B, S). Padding positions hold the heads' output for a zero hidden
         state. The LM head runs on the (B, k) window as in the padded forward: scattering (N, V) logits into it
         would cost a copy of the largest activation each way (measured slower on SmolLM2's 49k vocabulary)."""
-        B, S = attention_mask.shape
+        S = attention_mask.shape[1]
         rows = PackedRows.of(attention_mask)
         decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
         with self.adapter.plan(packed_positions(positions, rows.index, S)), \
@@ -295,9 +295,13 @@ class PolicyModel(torch.nn.Module):
         keys and values, the B responses as another that attends to its prompt's kept ones first
         (`AttentionPlan.after_prefix`). Returns the T + 1 response-scoring positions (hidden states zero at padding)."""
         decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
-        B, S = attention_mask.shape
+        S = attention_mask.shape[1]
         P, T = prompt_len, S - prompt_len
-        prompts, responses = PackedRows.of(attention_mask[first, :P]), PackedRows.of(attention_mask[:, P:])
+        response_mask = attention_mask[:, P:]
+        if not bool(response_mask.any()):  # every response masked out (DAPO's overlong filter): run one position per
+            response_mask = torch.zeros_like(response_mask)  # row, so the response pass (a module call ZeRO-3 ranks
+            response_mask[:, 0] = 1  # must all make) has tokens; the loss reads none of them
+        prompts, responses = PackedRows.of(attention_mask[first, :P]), PackedRows.of(response_mask)
         lengths = prompts.real.sum(1)  # (U,) real prompt tokens
         row = responses.index // T  # (N_r,) each response token's row
         kept: dict = {}

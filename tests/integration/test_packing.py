@@ -13,7 +13,6 @@ from test_policy_shortcuts import grouped_batch
 
 from rlft.adapters.positions import PositionMeta
 from rlft.algos import sft
-from rlft.algos.ppo import logprobs_from_logits
 from rlft.config import ConfigError, check_command_line, load_config
 from rlft.learner.reference import FrozenReference
 from rlft.learner.torch_learner import TorchLearner
@@ -57,8 +56,8 @@ def grads_of(model: torch.nn.Module) -> dict:
 
 def assert_same_grads(a: dict, b: dict, n_params: int) -> None:
     assert a.keys() == b.keys() and len(a) == n_params
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], **GRAD_TOL, msg=key)
+    for key, grad in a.items():
+        torch.testing.assert_close(b[key], grad, **GRAD_TOL, msg=key)
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
@@ -210,7 +209,7 @@ def test_enabling_packing_leaves_the_models_padded_and_cached_forwards_as_they_w
     from rlft.models import packing
 
     batch = grouped_batch(97)
-    ids, mask, P, T = sequences(batch)
+    ids, mask, P, _ = sequences(batch)
     outputs = []
     for enabled in (False, True):
         lm = build("llama")
@@ -329,3 +328,14 @@ def test_packed_forward_under_flash_attention_2_equals_the_padded_sdpa_one():
         assert model.packing is packing
         outs.append(_rl_outputs(model, batch, "cuda"))
     torch.testing.assert_close(outs[1][0], outs[0][0], atol=5e-2, rtol=5e-2)
+
+
+def test_a_micro_batch_whose_responses_are_all_masked_still_runs():
+    """DAPO's overlong filter can mask every response of a micro-batch: the packed shared-prompt forward still runs
+    its response pass and scores the first response token from the prompt as the padded forward does."""
+    batch = grouped_batch(97)
+    batch["response_mask"] = torch.zeros_like(batch["response_mask"])
+    ids, mask, P, T = sequences(batch)
+    first = [response_slice(policy("llama", p, prefix_sharing=True)(ids, mask, None, T + 1, P).logits, P, T)[:, 0]
+             for p in (False, True)]
+    torch.testing.assert_close(first[1], first[0], **TOL)
