@@ -76,7 +76,9 @@ rlft (`timing/iteration` from `metrics.jsonl`; evaluation, checkpoints and metri
   logprobs  no-grad teacher-forced forwards over prompt+response: the reference's, plus the policy's old
             log-probs for ReFT (KL in the reward); GRPO with one PPO epoch skips that pass like TRL does
             (old = current log-probs, `rlft.trainers.ppo.needs_old_logprobs`); each distinct prompt runs
-            once and its KV cache is copied to its G rows (`ppo.prefix_sharing`, `PolicyModel.forward`);
+            once for its G rows (`ppo.prefix_sharing`, `PolicyModel.forward`), and only real tokens are
+            computed (`ppo.packing`: the distinct prompts as one packed row, the responses as another on top;
+            `--rlft-set ppo.packing=false` for padded forwards);
   (other)   decode, advantages, metrics;
   train     one forward + backward with grad over the P*G sequences (prompts shared the same way), clip,
             AdamW step.
@@ -504,8 +506,8 @@ def report(args, results: dict, command: str, prompt_note: str, skipped: dict | 
               "the old-log-prob pass (old = current, TRL's num_iterations=1 shortcut; rlft's `needs_old_logprobs`); "
               "rlft-reft needs it (KL in the reward) and adds the value head. Both sides compute logits for the "
               "response-scoring positions only (rlft: `logits_to_keep`; TRL's GRPO: its chunked LM head). rlft runs "
-              "each prompt once for its G samples in the no-grad and train passes (`ppo.prefix_sharing`); TRL "
-              "runs every row's prompt")
+              "each prompt once for its G samples in the no-grad and train passes (`ppo.prefix_sharing`) and "
+              "computes the real tokens only (`ppo.packing`); TRL runs every row's prompt, padded")
     if has_ppo:
         passes += (". trl-ppo (TRL 1.12's experimental PPOTrainer) takes old log-probs from the sampler's scores (no "
                    "old-policy pass), runs a separate value model (a second copy of the model with a score head) in "

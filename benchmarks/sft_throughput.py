@@ -25,8 +25,11 @@ TRL gets exactly those token ids, pre-tokenized, in that order (`input_ids` + `c
 `completion_only_loss=True`, `train_sampling_strategy="sequential"`), so both sides train on the same
 sequences in the same order, one epoch, no example twice; the child checks that TRL's first collated batch
 equals rlft's (`input_ids`, `labels`, `attention_mask`). Both right-pad each micro-batch to its longest
-sequence (no padding to a multiple), no packing, no padding-free batches. `--batch` sequences per optimizer
-step in micro-batches of `--micro-batch` (default: the whole batch, one forward/backward), rlft
+sequence (no padding to a multiple); rlft then computes on the real tokens only (`sft.packing`, its default:
+one packed row per micro-batch), TRL on the padded batch (its `padding_free` is off by default and needs
+flash-attention to skip the padding's attention); `--rlft-set sft.packing=false` gives rlft padded forwards too.
+`--batch` sequences per optimizer step in micro-batches of `--micro-batch` (default: the whole batch, one
+forward/backward), rlft
 `sft.sequences_per_step`/`sft.micro_batch_size_per_device` = TRL `per_device_train_batch_size` x
 `gradient_accumulation_steps`; the loss is the token mean over the whole step's label tokens on both sides.
 AdamW (torch.optim.AdamW, fused, on both sides: rlft's `TorchLearner` and TRL's default
@@ -126,7 +129,7 @@ def rlft_config(args, model_dir: Path, out_dir: Path):
         f"sft.sequences_per_step={args.batch}", f"sft.micro_batch_size_per_device={args.micro_batch}",
         "sft.max_grad_norm=1.0", f"sft.max_seq_tokens={MAX_SEQ_TOKENS}", "sft.save_every_epoch=false",
         "eval.every_epoch=false", "eval.max_new_tokens=1", "eval.batch_size=1",
-        "log.every_steps=1", "log.tensorboard=false", "log.progress=false",
+        "log.every_steps=1", "log.tensorboard=false", "log.progress=false", *args.rlft_set,
     ]
     return load_config(None, overrides), overrides
 
@@ -378,7 +381,9 @@ def report(args, results: dict, ceilings: dict, command: str) -> str:
         (f"- batch: {args.batch} sequences per optimizer step ({args.micro_batch} per forward/backward x {accum}), "
          f"{args.steps} steps per run, the first {args.warmup} excluded (warm-up); built-in arithmetic task "
          "(difficulty 0) encoded once by rlft, same token ids and order on both sides, prompt masked from the loss, "
-         "right-padded per micro-batch, no packing; fp32 weights, fused AdamW, constant lr, clip 1.0, no "
+         "right-padded per micro-batch (rlft: "
+         f"{'packed, real tokens only' if not any(x == 'sft.packing=false' for x in args.rlft_set) else 'padded'}; "
+         "TRL: padded); fp32 weights, fused AdamW, constant lr, clip 1.0, no "
          "gradient checkpointing; each run in its own process (peak RSS per run)"),
         (f"- precisions: {', '.join(precisions)}. fp32: no autocast (rlft `model.precision=fp32`, TRL `bf16=False`). "
          "bf16-mixed: torch.autocast(bfloat16) around the forward over fp32 weights, gradients and AdamW state on both "
@@ -421,8 +426,8 @@ def report(args, results: dict, ceilings: dict, command: str) -> str:
             lines.append(f"{m}, {p}: rlft / TRL = {c['tokens_per_s']:.2f}x tokens/s, {c['peak_rss']:.2f}x peak RSS (MFU "
                          f"{a['mfu'] * 100:.1f}% vs {by_precision[p]['trl']['mfu'] * 100:.1f}%; rlft's own logged step "
                          f"time, which also covers `collate`: {a.get('tokens_per_s_logged', float('nan')):,.0f} "
-                         f"tokens/s; padding {a.get('pad_fraction', float('nan')) * 100:.0f}% of the positions "
-                         f"computed; loss at the last step {losses[0]:.4f} vs {losses[1]:.4f}).")
+                         f"tokens/s; padding {a.get('pad_fraction', float('nan')) * 100:.0f}% of the batches' "
+                         f"positions; loss at the last step {losses[0]:.4f} vs {losses[1]:.4f}).")
     lines.append("")
     return "\n".join(lines)
 
@@ -440,7 +445,7 @@ def parent(args) -> None:
         passthrough = ["--model", m, "--model-dir", str(model_dir), "--steps", str(args.steps),
                        "--batch", str(args.batch), "--micro-batch", str(args.micro_batch), "--warmup", str(args.warmup),
                        "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
-                       "--run-dir", str(run_dir)]
+                       "--run-dir", str(run_dir), *[arg for item in args.rlft_set for arg in ("--rlft-set", item)]]
         results[m] = {p: {} for p in precisions}
         for p in precisions:
             for side in SIDES:
@@ -472,6 +477,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: torch's default)")
+    parser.add_argument("--rlft-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra rlft config override for the rlft run (repeatable), e.g. sft.packing=false")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks_sft.md"), help="markdown report")
     parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_sft_throughput"), help="scratch folder")
     add_precision_argument(parser)

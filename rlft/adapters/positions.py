@@ -9,7 +9,9 @@ per-call counters or "is this the prefill?" guesses: those are what made pyvene'
 decoded token in sampling but not in recomputation (§4).
 
 Layout: a left-padded prompt followed by the response (rollout, PPO), or an unpadded prompt followed by a
-right-padded target (SFT); both are described by `PositionMeta`.
+right-padded target (SFT); both are described by `PositionMeta`. A packed forward (`rlft/models/packing.py`)
+runs the real tokens of such a layout as one row: `PositionMeta.packed_index` says where each came from, and
+the edits are those of the padded layout at those tokens.
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ class PositionMeta:
         pad_left: (B,) pads before the first real token, counted from the prompt's *attention mask*, never
             from `token == pad_id` (pad is often EOS).
         prompt_len: (B,) real prompt tokens.
+        packed_index: (N,) for a packed forward (one row of N tokens): each token's flat index b * packed_width
+            + column in the padded (B, packed_width) layout above; None for a padded forward.
+        packed_width: the padded layout's width when packed.
     """
 
     pad_left: torch.Tensor
     prompt_len: torch.Tensor
+    packed_index: torch.Tensor | None = None
+    packed_width: int = 0
 
     @classmethod
     def from_prompt_mask(cls, prompt_mask: torch.Tensor) -> PositionMeta:

@@ -143,6 +143,13 @@ class RepFTAdapter(AdapterBase):
             tokens = kwargs.get("inputs_embeds")
         if tokens is None and args:
             tokens = args[0]
+        meta = self._meta
+        if meta.packed_index is not None:  # one packed row: the padded layout's edits, at the packed tokens
+            width = meta.packed_width
+            masks = self._edit_masks(width, width, meta.pad_left.shape[0], tokens.device)
+            index = meta.packed_index.to(tokens.device)
+            packed = {rule: mask.reshape(-1)[index].unsqueeze(0) for rule, mask in masks.items()}
+            return args, {**kwargs, EDIT_MASKS_KWARG: packed}
         chunk_len = tokens.shape[1]
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is not None:

@@ -115,21 +115,23 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, a
     compute = resolve_compute(cfg) if compute is None else compute
     learner = TorchLearner(PolicyModel(lm, value_head=run.value_head, head_dropout=cfg.carft.head_dropout,
                                        adapter=adapter, init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
-                                       value_head_init=cfg.ppo.value_head_init, **policy_model_options(cfg, compute)),
+                                       value_head_init=cfg.ppo.value_head_init,
+                                       **policy_model_options(cfg, compute, packing=cfg.ppo.packing)),
                            **rl_learner_options(cfg, total_steps))
     base_path = adapter.base_path or model_path  # the HF folder under an adapter checkpoint
     critic = None
     if cfg.ppo.critic == "separate":  # spec §5's ablation: a second learner with a value head, not a new role
         critic = TorchLearner(PolicyModel(load_for_run(base_path, cfg, compute, trains=True)[0], value_head="linear",
                                           init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
-                                          value_head_init=cfg.ppo.value_head_init, **policy_model_options(cfg, compute)),
+                                          value_head_init=cfg.ppo.value_head_init,
+                                          **policy_model_options(cfg, compute, packing=cfg.ppo.packing)),
                               **rl_learner_options(cfg, total_steps))
     reference = None
     if run.uses_reference:
         if adapter.kind == "full":
             where = reference_compute(cfg, compute)  # kl.reference_device
             reference = FrozenReference(load_for_run(model_path, cfg, where, trains=False)[0], cfg.ppo.prefix_sharing,
-                                        mixed_precision=where.mixed)
+                                        mixed_precision=where.mixed, packing=cfg.ppo.packing)
         else:  # continuing an adapter checkpoint: the reference is that checkpoint, not the bare base
             start = adapter.adapter_state_dict() if read_adapter_json(model_path) is not None else None
             reference = AdapterReference(learner.model, start)
@@ -150,7 +152,8 @@ def build_sft_learner(cfg: Config, lm: torch.nn.Module, model_path, adapter, *, 
 
         return build_ray_learner(cfg, model_path, options=options)
     compute = resolve_compute(cfg) if compute is None else compute
-    return TorchLearner(PolicyModel(lm, adapter=adapter, **policy_model_options(cfg, compute)), **options), lambda: None
+    return TorchLearner(PolicyModel(lm, adapter=adapter, **policy_model_options(cfg, compute, packing=cfg.sft.packing)),
+                        **options), lambda: None
 
 
 def sft_learner_options(cfg: Config, total_steps: int) -> dict:
@@ -161,10 +164,11 @@ def sft_learner_options(cfg: Config, total_steps: int) -> dict:
                 schedule=cfg.sft.schedule, train_mode=True)
 
 
-def policy_model_options(cfg: Config, compute: Compute) -> dict:
+def policy_model_options(cfg: Config, compute: Compute, *, packing: bool) -> dict:
     """`PolicyModel` settings of a learner's model, the same for every learner (SFT, RL policy, separate critic,
-    Ray ranks): bf16 autocast under bf16-mixed, and `model.gradient_checkpointing`."""
-    return dict(mixed_precision=compute.mixed, gradient_checkpointing=cfg.model.gradient_checkpointing)
+    Ray ranks): bf16 autocast under bf16-mixed, `model.gradient_checkpointing`, and `packing` (the phase's key:
+    `sft.packing` or `ppo.packing`)."""
+    return dict(mixed_precision=compute.mixed, gradient_checkpointing=cfg.model.gradient_checkpointing, packing=packing)
 
 
 def rl_learner_options(cfg: Config, total_steps: int) -> dict:

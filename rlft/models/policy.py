@@ -20,6 +20,12 @@ every rank must make the same module calls (ZeRO gathers parameters per call): a
 `agree_across_ranks`, and when any rank shares, all take the two-pass path. (With dropout on, a prompt's
 copies share one dropout mask; rlft's RL forwards run in eval mode.)
 
+Packing (`packing=True`: `sft.packing`, `ppo.packing`): every forward runs the batch's real tokens as one packed
+row (`rlft/models/packing.py`) and returns the padded forward's outputs (hidden states scattered back, the heads
+and the LM head run where the padded forward runs them); with shared prompts, the distinct prompts and then the
+responses run as packed rows, the responses attending to their prompt's kept keys and values. The same
+computation as the padded forward up to float rounding (tested: logits, values, CARFT embeddings, gradients).
+
 The policy trains through an adapter (`rlft/adapters/`, `adapter.kind`): `full` (every weight, the
 default), LoRA, or hook-based hidden-state interventions. The value head always trains beside it.
 `forward(..., positions=PositionMeta)` runs under the adapter's position plan, so hook-based adapters
@@ -34,8 +40,10 @@ any) a folder holds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -46,7 +54,9 @@ from safetensors.torch import load_file, save_file
 
 from rlft.adapters.base import FullFinetune, PolicyAdapter
 from rlft.adapters.positions import PositionMeta
+from rlft.models import packing as packed
 from rlft.models.loading import LLAMA_FAMILY, enable_gradient_checkpointing, uses_sliding_window
+from rlft.models.packing import AttentionPlan, PackedRows
 from rlft.rollout.decode import cache_keyword
 from rlft.utils.device import autocast_off, bf16_autocast, module_device
 
@@ -121,15 +131,23 @@ class PolicyModel(torch.nn.Module):
     def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
                  init_seed: int = 0, adapter: PolicyAdapter | None = None, prefix_sharing: bool = True,
                  value_head_init: str = "small", mixed_precision: bool = False, gradient_checkpointing: bool = False,
-                 keep_hidden: bool = False):
+                 keep_hidden: bool = False, packing: bool = False):
         """`mixed_precision`: every forward runs under bf16 autocast on the model's device (`model.precision=
         bf16-mixed`); the heads stay fp32. `gradient_checkpointing`: `model.gradient_checkpointing` (training
-        forwards recompute each decoder layer in the backward pass). The heads are built on the CPU (their
-        seeded initialisation is the same on every device) and moved to the LM's device."""
+        forwards recompute each decoder layer in the backward pass). `packing` (`sft.packing`, `ppo.packing`):
+        forwards run the batch's real tokens only (`rlft/models/packing.py`) where the model allows
+        (`packing_unsupported_reason`). The heads are built on the CPU (their seeded initialisation is the
+        same on every device) and moved to the LM's device."""
         super().__init__()
         self.lm = lm
         self.keep_hidden = keep_hidden  # NLFT's neighbourhood rule reads the last hidden states
         self.prefix_sharing = prefix_sharing  # config: ppo.prefix_sharing
+        reason = packed.unsupported_reason(lm) if packing else None
+        if reason is not None:
+            warnings.warn(f"sft.packing / ppo.packing: this model runs padded forwards ({reason})")
+        self.packing = packing and reason is None
+        if self.packing:
+            packed.enable(lm)
         self.mixed_precision = mixed_precision
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
@@ -193,6 +211,8 @@ class PolicyModel(torch.nn.Module):
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: PositionMeta | None,
                  logits_to_keep: int, prompt_len: int, logits_mask: torch.Tensor | None) -> PolicyOutput:
         if logits_mask is not None:
+            if self.packing:
+                return self._forward_packed(input_ids, attention_mask, positions, 0, logits_mask)
             return self._forward_selected_logits(input_ids, attention_mask, positions, logits_mask)
         if prompt_len and logits_to_keep == input_ids.shape[1] - prompt_len + 1 and self.prefix_sharing \
                 and self.prefix_sharing_unsupported_reason() is None:
@@ -201,7 +221,11 @@ class PolicyModel(torch.nn.Module):
                 rows = torch.arange(input_ids.shape[0], device=input_ids.device)
                 groups = (rows, rows)  # another rank shares: the same module calls here, each row its own prompt
             if groups is not None:
+                if self.packing and packed.shares_prefixes(self.lm):
+                    return self._forward_shared_packed(input_ids, attention_mask, positions, prompt_len, *groups)
                 return self._forward_shared_prompts(input_ids, attention_mask, positions, prompt_len, *groups)
+        if self.packing:
+            return self._forward_packed(input_ids, attention_mask, positions, logits_to_keep, None)
         kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         with self.adapter.plan(positions), torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
             out = self.lm(
@@ -239,6 +263,73 @@ class PolicyModel(torch.nn.Module):
             hidden = hidden.last_hidden_state
             logits = self.lm.get_output_embeddings()(hidden[logits_mask])
         return self._with_heads(logits, hidden)
+
+    def _forward_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: PositionMeta | None,
+                        logits_to_keep: int, logits_mask: torch.Tensor | None) -> PolicyOutput:
+        """The padded forward's output, the decoder run on the real tokens only (`rlft/models/packing.py`): logits
+        (N, V) at `logits_mask`, else (B, k, V) for the last k = `logits_to_keep` positions (0: all); values,
+        embeddings and hidden states over all (B, S). Padding positions hold the heads' output for a zero hidden
+        state. The LM head runs on the (B, k) window as in the padded forward: scattering (N, V) logits into it
+        would cost a copy of the largest activation each way (measured slower on SmolLM2's 49k vocabulary)."""
+        S = attention_mask.shape[1]
+        rows = PackedRows.of(attention_mask)
+        decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
+        with self.adapter.plan(packed_positions(positions, rows.index, S)), \
+                torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
+            packed_hidden = decoder(input_ids=rows.pack(input_ids), attention_mask=None, position_ids=rows.rank.unsqueeze(0),
+                                    use_cache=False, **packed.plan_keyword(self.lm, AttentionPlan.causal(rows)))
+            packed_hidden = packed_hidden.last_hidden_state  # (1, N, H)
+            hidden = None
+            if logits_mask is None or self.value_head is not None or self.keep_hidden:
+                hidden = rows.unpack(packed_hidden)  # (B, S, H)
+            if logits_mask is not None:  # the labelled positions are real tokens, in the same row-major order
+                logits = lm_head(packed_hidden[0, logits_mask.reshape(-1)[rows.index]])  # (n, V)
+            else:
+                logits = lm_head(hidden[:, S - (logits_to_keep or S):])  # (B, k, V)
+        return self._with_heads(logits, hidden)
+
+    def _forward_shared_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                               positions: PositionMeta | None, prompt_len: int, first: torch.Tensor,
+                               inverse: torch.Tensor) -> PolicyOutput:
+        """`_forward_shared_prompts` without padding: the U distinct prompts run as one packed row that keeps its
+        keys and values, the B responses as another that attends to its prompt's kept ones first
+        (`AttentionPlan.after_prefix`). Returns the T + 1 response-scoring positions (hidden states zero at padding)."""
+        decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
+        S = attention_mask.shape[1]
+        P, T = prompt_len, S - prompt_len
+        response_mask = attention_mask[:, P:]
+        if not bool(response_mask.any()):  # every response masked out (DAPO's overlong filter): run one position per
+            response_mask = torch.zeros_like(response_mask)  # row, so the response pass (a module call ZeRO-3 ranks
+            response_mask[:, 0] = 1  # must all make) has tokens; the loss reads none of them
+        prompts, responses = PackedRows.of(attention_mask[first, :P]), PackedRows.of(response_mask)
+        lengths = prompts.real.sum(1)  # (U,) real prompt tokens
+        row = responses.index // T  # (N_r,) each response token's row
+        kept: dict = {}
+        prompt_positions = response_positions = None
+        if positions is not None:
+            prompt_positions = packed_positions(PositionMeta(positions.pad_left[first], positions.prompt_len[first]),
+                                                prompts.index, P)
+            response_positions = packed_positions(positions, row * S + P + responses.index % T, S)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
+            with self.adapter.plan(prompt_positions):
+                prompt_hidden = decoder(input_ids=prompts.pack(input_ids[first, :P]), attention_mask=None,
+                                        position_ids=prompts.rank.unsqueeze(0), use_cache=False,
+                                        **packed.plan_keyword(self.lm, AttentionPlan.causal(prompts, capture=kept)))
+            with self.adapter.plan(response_positions):
+                response_hidden = decoder(
+                    input_ids=responses.pack(input_ids[:, P:]), attention_mask=None,
+                    position_ids=(lengths[inverse][row] + responses.rank).unsqueeze(0), use_cache=False,
+                    **packed.plan_keyword(self.lm, AttentionPlan.after_prefix(responses, kept, prompts, inverse)))
+            last = prompt_hidden.last_hidden_state[0, torch.cumsum(lengths, 0) - 1][inverse]  # (B, H) last prompt token
+            # position 0 of row b: its last prompt token (scores response token 0); position 1 + t: response token t
+            response_hidden = responses.unpack(response_hidden.last_hidden_state)  # (B, T, H)
+            hidden = torch.cat([last.unsqueeze(1), response_hidden], dim=1)  # (B, T + 1, H)
+            logits = lm_head(hidden)
+        return self._with_heads(logits, hidden)  # the heads train even in value-only warm-up
+
+    def packing_unsupported_reason(self) -> str | None:
+        """Why this model's forwards cannot pack (`rlft.models.packing.unsupported_reason`), or None when they can."""
+        return packed.unsupported_reason(self.lm)
 
     def _is_decoder_plus_head(self) -> bool:
         """The causal LM is `lm_head(decoder(...).last_hidden_state)`: no logit scaling or soft-capping."""
@@ -325,6 +416,11 @@ class PolicyModel(torch.nn.Module):
             head = path / VALUE_HEAD_FILE
             if head.exists():
                 self.value_head.load_state_dict(load_file(str(head)))
+
+
+def packed_positions(positions: PositionMeta | None, index: torch.Tensor, width: int) -> PositionMeta | None:
+    """`positions` of a padded (B, width) layout, for a packed forward of its tokens at flat `index`."""
+    return None if positions is None else dataclasses.replace(positions, packed_index=index, packed_width=width)
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -9,6 +9,9 @@ gradients by ~1e-7 relative. Adam's first update is lr * g / (|g| + eps): for th
 gradient is of the order of eps, that becomes a visible change of that entry's update (measured up to
 2e-5 absolute with lr 1e-3), so entries are not compared one by one; the update as a whole agrees to
 ~1e-4 relative.
+
+With `packing` the DeepSpeed ranks run packed forwards (`ppo.packing`: one row of real tokens per forward, the
+shared prompt packed too) and still match the padded torch learner.
 """
 
 from __future__ import annotations
@@ -65,20 +68,22 @@ def loss_fn(output, mb):
     return loss, {"loss": loss.detach()}
 
 
-def build_model(path):
+def build_model(path, packing: bool = False):
     from rlft.models.loading import load_policy
     from rlft.models.policy import PolicyModel
 
-    return PolicyModel(load_policy(path)[0], value_head="linear", init_seed=3)
+    model = PolicyModel(load_policy(path)[0], value_head="linear", init_seed=3, packing=packing)
+    assert model.packing is packing
+    return model
 
 
-def _rank_main(rank: int, world: int, port: int, stage: int, model_path: str, out: str) -> None:
+def _rank_main(rank: int, world: int, port: int, stage: int, model_path: str, out: str, packing: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     from rlft.learner.deepspeed_learner import DeepSpeedLearner
 
-    model = build_model(model_path)
+    model = build_model(model_path, packing)
     # persistence threshold 0: ZeRO-3 gathers every parameter at each module call (the tiny model's are all
     # below the default 1e5 elements, which would keep them gathered and hide a mismatch in calls)
     zero = {"stage": stage, **({"stage3_param_persistence_threshold": 0} if stage == 3 else {})}
@@ -99,8 +104,8 @@ def _rank_main(rank: int, world: int, port: int, stage: int, model_path: str, ou
     os._exit(0)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_first_step_matches_torch_learner(warm_model, tmp_path, stage):
+@pytest.mark.parametrize("stage,packing", [(2, False), (3, False), (2, True), (3, True)])
+def test_first_step_matches_torch_learner(warm_model, tmp_path, stage, packing):
     from rlft.learner.torch_learner import TorchLearner
 
     model_path = str(warm_model)
@@ -110,7 +115,7 @@ def test_first_step_matches_torch_learner(warm_model, tmp_path, stage):
     expected = reference.train_step(make_batch(model.config.vocab_size), loss_fn)
 
     out = str(tmp_path / "rank0.pt")
-    ranks = mp.start_processes(_rank_main, args=(2, free_port(), stage, model_path, out), nprocs=2,
+    ranks = mp.start_processes(_rank_main, args=(2, free_port(), stage, model_path, out, packing), nprocs=2,
                                start_method="spawn", join=False)
     deadline = time.monotonic() + 240  # ~20 s when it works; ranks whose collectives do not match hang
     while not ranks.join(timeout=5):

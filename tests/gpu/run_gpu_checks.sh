@@ -11,6 +11,8 @@
 #
 # lean-step    pytest: the HF engine's lean decoding step against the HF forward (fp32, bf16) and the roles on
 #              CUDA in both precisions (tests/integration/test_precision.py -m gpu)
+# packing      pytest: packed learner forwards against padded ones on CUDA (fp32, bf16 autocast; flash_attention_2
+#              when flash-attn is installed)
 # device-sft   `rlft sft` of the tiny model on the GPU, one short epoch per precision (fp32, bf16-mixed): the
 #              learner's parameters on cuda, tokens/s, peak GPU memory
 # device-reft  ReFT with the HF engine for 3 iterations from that checkpoint (model.precision=auto): policy,
@@ -83,6 +85,12 @@ check_lean_step() {  # CUDA only: pytest's GPU tests of the lean decoding step a
   [ "$DEVICE" = cuda ] || return 0
   step lean-step 75 "$PY" -m pytest -q tests/integration/test_llama_step.py tests/integration/test_precision.py \
     -k "gpu or cuda"
+}
+
+check_packing() {  # CUDA only: packed forwards (sft.packing, ppo.packing) against padded ones on the GPU, fp32 and
+  # bf16 autocast; under flash_attention_2 too when flash-attn is installed (else that test says SKIP)
+  [ "$DEVICE" = cuda ] || return 0
+  step packing 60 "$PY" -m pytest -q -rs tests/integration/test_packing.py -k "gpu or flash"
 }
 
 check_device_sft() { checks device-sft 60; }
@@ -160,6 +168,7 @@ main() {
   $ray && check_sft_ray
   check_device_eval
   check_lean_step
+  check_packing
   if $vllm; then
     check_vllm_engine
     check_vllm_sync

@@ -338,18 +338,21 @@ def test_grpo_shares_each_prompt_pass_among_its_samples(tmp_path, warm_model, mo
     (micro-batches follow rollout order within the shuffled minibatch), and the first iteration's metrics
     equal those of a run with `ppo.prefix_sharing=false`."""
     calls = []
-    original_forward, original_shared = PolicyModel.forward, PolicyModel._forward_shared_prompts
+    original_forward = PolicyModel.forward
 
     def forward(self, *args, **kwargs):
         calls.append("full")
         return original_forward(self, *args, **kwargs)
 
-    def shared(self, *args):
-        calls[-1] = "shared"
-        return original_shared(self, *args)
+    def spy(original):  # the padded and the packed (`ppo.packing`) shared-prompt forwards
+        def shared(self, *args):
+            calls[-1] = "shared"
+            return original(self, *args)
+        return shared
 
     monkeypatch.setattr(PolicyModel, "forward", forward)
-    monkeypatch.setattr(PolicyModel, "_forward_shared_prompts", shared)
+    for name in ("_forward_shared_prompts", "_forward_shared_packed"):
+        monkeypatch.setattr(PolicyModel, name, spy(getattr(PolicyModel, name)))
     first_rows = []
     for flag in ("true", "false"):
         calls.clear()

@@ -365,3 +365,50 @@ def test_sft_logits_at_labelled_positions_equal_the_full_forward(kind, attached)
     assert full_grads.keys() == sel_grads.keys() and full_grads
     for name in full_grads:
         torch.testing.assert_close(sel_grads[name], full_grads[name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("kind,rule", [(k, "prefix_suffix(2,2),untied") for k in ALL_KINDS]
+                         + [("loreft", r) for r in RULES if r != "prefix_suffix(2,2),untied"])
+def test_packed_forwards_edit_the_same_tokens_as_padded_ones(kind, rule, attached):
+    """A packed forward (`sft.packing`, `ppo.packing`) runs the real tokens as one row; the hooks place their
+    edits by the padded layout (`PositionMeta.packed_index`), so the RL forward (prompts shared or not) and the
+    SFT forward give the padded forward's logits and adapter gradients."""
+    from rlft.algos import sft
+
+    lm, adapter = attached(kind, *RULES[rule])
+    ids, mask = left_pad(PROMPTS, PAD)
+    ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)  # each prompt twice, copies not adjacent
+    T = 6
+    response = torch.randint(3, 24, (ids.shape[0], T), generator=torch.Generator().manual_seed(0))
+    response_mask = torch.ones_like(response)
+    response_mask[1, 4:] = 0
+    response_mask[3, 1:] = 0
+    full_ids, full_mask = torch.cat([ids, response], 1), torch.cat([mask, response_mask], 1)
+    sft_ids, sft_mask = torch.cat([ids[:3], response[:3]], 1), torch.ones(3, ids.shape[1] + T, dtype=torch.long)
+    sft_mask[1, -3:] = 0
+    prompt_len = torch.tensor([8, 3, 5])
+    labels = sft.build_labels(sft_ids, prompt_len, sft_mask)
+
+    def run(model, shared: bool | None):
+        if shared is None:  # SFT: unpadded prompt, right-padded target
+            out = model(sft_ids, sft_mask, PositionMeta.unpadded_prompt(prompt_len), logits_mask=sft.labelled_positions(labels))
+            loss, logits = sft.sft_loss(out.logits, labels)[0], out.logits
+        else:
+            model.prefix_sharing = shared
+            logits = model(full_ids, full_mask, PositionMeta.from_prompt_mask(mask), T + 1, ids.shape[1]).logits
+            logits = logits * torch.cat([torch.ones_like(response_mask[:, :1]), response_mask], 1).unsqueeze(-1)
+            loss = logits.float().logsumexp(-1).mean()
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in adapter.trainable_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return logits.detach(), grads
+
+    for shared in (None, False, True):
+        padded = run(PolicyModel(lm, adapter=adapter).train(), shared)
+        model = PolicyModel(lm, adapter=adapter, packing=True).train()
+        assert model.packing  # peft's wrapper too
+        packed = run(model, shared)
+        torch.testing.assert_close(packed[0], padded[0], atol=2e-5, rtol=1e-4)
+        assert padded[1].keys() == packed[1].keys() and padded[1]
+        for name in padded[1]:
+            torch.testing.assert_close(packed[1][name], padded[1][name], atol=1e-5, rtol=1e-3, msg=name)
