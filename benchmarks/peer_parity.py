@@ -93,6 +93,7 @@ from peers import (
     prompt_tokens_note,
     records,
     rlft_overrides,
+    side_python,
     trl_grpo_trainer,
     trl_ppo_trainer,
     versions,
@@ -405,13 +406,11 @@ def collect(args, names: list[str]) -> tuple[dict[str, list[dict]], dict[str, st
     runs: dict[str, list[dict]] = {}
     skipped: dict[str, str] = {}
     for name in names:
-        python = sys.executable
-        if name == "trl-ppo":  # TRL 1.12 lives in its own venv (the main one has TRL 1.16, without PPOTrainer)
-            python = args.bench_python
-            if not Path(python).exists():
-                skipped[name] = f"no interpreter at {python}; run `make bench-venv` or pass --bench-python"
-                print(f"peer_parity: skipping {name}: {skipped[name]}", file=sys.stderr, flush=True)
-                continue
+        python, why = side_python(name, args.bench_python)
+        if python is None:
+            skipped[name] = why
+            print(f"peer_parity: skipping {name}: {why}", file=sys.stderr, flush=True)
+            continue
         for seed in args.seeds:
             saved = run_dir_of(args, name, seed) / "result.json"
             if saved.exists() and json.loads(saved.read_text()).get("key") == run_key(args, name, seed):

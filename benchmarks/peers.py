@@ -15,6 +15,7 @@ import dataclasses
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -489,3 +490,13 @@ def versions() -> str:
         except PackageNotFoundError:
             out.append(f"{pkg} (not installed)")
     return ", ".join(out)
+
+
+def side_python(name: str, bench_python: str) -> tuple[str | None, str | None]:
+    """The interpreter that runs side `name` and, when it is missing, why: TRL 1.12 lives in its own venv
+    (`--bench-python`, made by `make bench-venv`; the main one has TRL 1.16, without PPOTrainer)."""
+    if name != "trl-ppo":
+        return sys.executable, None
+    if not Path(bench_python).exists():
+        return None, f"no interpreter at {bench_python}; run `make bench-venv` or pass --bench-python"
+    return bench_python, None

@@ -178,6 +178,7 @@ from peers import (
     prompt_tokens_note,
     records,
     rlft_overrides,
+    side_python,
     trl_grpo_trainer,
     trl_ppo_trainer,
     versions,
@@ -663,13 +664,11 @@ def parent(args) -> None:
     results, skipped = {p: {} for p in precisions}, {}
     for precision in precisions:
         for name in args.runs:
-            python = sys.executable
-            if name == "trl-ppo":  # TRL 1.12 lives in its own venv (the main one has TRL 1.16, without PPOTrainer)
-                python = args.bench_python
-                if not Path(python).exists():
-                    skipped[name] = f"no interpreter at {python}; run `make bench-venv` or pass --bench-python"
-                    print(f"ppo_throughput: skipping {name}: {skipped[name]}", file=sys.stderr, flush=True)
-                    continue
+            python, why = side_python(name, args.bench_python)
+            if python is None:
+                skipped[name] = why
+                print(f"ppo_throughput: skipping {name}: {why}", file=sys.stderr, flush=True)
+                continue
             print(f"ppo_throughput: running {name} ({precision}) ...", file=sys.stderr, flush=True)
             subprocess.run([python, str(Path(__file__).resolve()), "--only", name, "--precision", precision,
                             *passthrough], check=True)

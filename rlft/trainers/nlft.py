@@ -53,11 +53,11 @@ from rlft.tasks.base import Record
 from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import encode_prompts, epoch_order
 from rlft.tasks.prompts import target_text
+from rlft.trainers.sft import resume_epochs
 from rlft.utils import checkpoint
 from rlft.utils.device import resolve_compute
-from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
-from rlft.utils.seeding import rng_state, seed_everything, set_rng_state
-from rlft.utils.trackers import open_trackers
+from rlft.utils.logging import print0, progress, write_jsonl
+from rlft.utils.seeding import rng_state, seed_everything
 from rlft.workspace import load_split, open_run_dir, prepare_model
 
 SAMPLES_FILE = "nlft_samples.jsonl"
@@ -266,15 +266,7 @@ def run_nlft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_checkpoint": None, "history": [],
              "train_seconds": counts.get("sampling_seconds", 0.0) + counts.get("judging_seconds", 0.0), "train_tokens": 0}
     ckpt_root = run_dir / "checkpoints"
-    latest = checkpoint.latest_checkpoint(ckpt_root) if cfg.run.resume else None
-    if latest is not None:
-        learner.load(latest)
-        saved = torch.load(latest / "trainer_state.pt", weights_only=False)
-        state = saved["state"]
-        set_rng_state(saved["rng"])
-        print0(f"  resumed from {latest} (epoch {state['epoch']}, step {state['step']})")
-    logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["step"] if latest else None,
-                          trackers=open_trackers(cfg, run_dir, resume=latest is not None))
+    state, logger = resume_epochs(cfg, learner, run_dir, state)
     pad, micro = tokenizer.pad_token_id, geo.micro_batch_size_per_device
     for epoch in range(state["epoch"], cfg.sft.epochs):
         order = epoch_order(len(items), cfg.run.seed, epoch)

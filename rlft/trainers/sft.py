@@ -50,7 +50,13 @@ from rlft.learner.base import Learner
 from rlft.models.card import write_model_card
 from rlft.rollout.factory import hf_engine
 from rlft.tasks.chat import PromptFormat
-from rlft.tasks.encoding import IGNORE, collate, encode_examples, epoch_order, truncate_targets
+from rlft.tasks.encoding import (
+    IGNORE,
+    collate,
+    encode_examples,
+    epoch_order,
+    truncate_targets,
+)
 from rlft.utils import checkpoint
 from rlft.utils.device import driver_compute, resolve_compute
 from rlft.utils.logging import MetricLogger, print0, progress, write_jsonl
@@ -132,15 +138,10 @@ def run_sft(cfg: Config, *, stop_after_epoch: int | None = None, extra_examples:
         close()
 
 
-def _train_epochs(cfg: Config, learner: Learner, *, engine, tokenizer, adapter, examples: list[dict], test: list,
-                  geo: SFTGeometry, run_dir: Path, model_path, stop_after_epoch: int | None) -> dict:
-    """The epochs (after resuming from the latest checkpoint): training steps, then per epoch the held-out
-    evaluation (on `engine`, given the learner's weights first) and a checkpoint."""
-    steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
-    state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_checkpoint": None, "history": [],
-             "train_seconds": 0.0, "train_tokens": 0}
-    ckpt_root = run_dir / "checkpoints"
-    latest = checkpoint.latest_checkpoint(ckpt_root) if cfg.run.resume else None
+def resume_epochs(cfg: Config, learner, run_dir: Path, state: dict) -> tuple[dict, MetricLogger]:
+    """An epoch-based trainer's start (SFT, NLFT): with `run.resume`, the learner, `state` and the RNG from the
+    latest checkpoint under `run_dir/checkpoints`; and the metric logger, continuing the resumed run's steps."""
+    latest = checkpoint.latest_checkpoint(run_dir / "checkpoints") if cfg.run.resume else None
     if latest is not None:
         learner.load(latest)
         saved = torch.load(latest / "trainer_state.pt", weights_only=False)
@@ -149,6 +150,18 @@ def _train_epochs(cfg: Config, learner: Learner, *, engine, tokenizer, adapter, 
         print0(f"  resumed from {latest} (epoch {state['epoch']}, step {state['step']})")
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=state["step"] if latest else None,
                           trackers=open_trackers(cfg, run_dir, resume=latest is not None))
+    return state, logger
+
+
+def _train_epochs(cfg: Config, learner: Learner, *, engine, tokenizer, adapter, examples: list[dict], test: list,
+                  geo: SFTGeometry, run_dir: Path, model_path, stop_after_epoch: int | None) -> dict:
+    """The epochs (after resuming from the latest checkpoint): training steps, then per epoch the held-out
+    evaluation (on `engine`, given the learner's weights first) and a checkpoint."""
+    steps_per_epoch = math.ceil(len(examples) / geo.sequences_per_step)
+    state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_checkpoint": None, "history": [],
+             "train_seconds": 0.0, "train_tokens": 0}
+    ckpt_root = run_dir / "checkpoints"
+    state, logger = resume_epochs(cfg, learner, run_dir, state)
 
     last_epoch = cfg.sft.epochs if stop_after_epoch is None else min(cfg.sft.epochs, stop_after_epoch)
     for epoch in range(state["epoch"], last_epoch):  # a resumed stopped run has nothing left to do
