@@ -312,6 +312,14 @@ def _task(device: str) -> list[str]:
             f"run.device={device}"]
 
 
+def _eval_task(device: str) -> list[str]:
+    """`_task` without the keys `rlft eval` does not read (its command-line audit refuses them)."""
+    from rlft.config import ineffective_reason, load_config
+
+    cfg = load_config(None, [])
+    return [item for item in _task(device) if ineffective_reason(cfg, "eval", item.partition("=")[0]) is None]
+
+
 def _devices(*modules) -> str:
     return ",".join(sorted({p.device.type for m in modules if m is not None for p in m.parameters()}))
 
@@ -406,7 +414,7 @@ def check_device_eval(work: Path, device: str) -> list[dict]:
     out, printed = work / "eval", io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(printed):
-        code = rlft_main(["eval", *_task(device), f"run.dir={work}", "--model", str(ckpt), "--samples", "4",
+        code = rlft_main(["eval", *_eval_task(device), f"run.dir={work}", "--model", str(ckpt), "--samples", "4",
                           "--rerank", "value", "--out", str(out)])
     seconds = time.perf_counter() - start
     line = next((ln for ln in printed.getvalue().splitlines() if ln.startswith("rlft eval: device")), "")

@@ -58,7 +58,7 @@ fail_row() {  # fail_row NAME METRIC VALUE
 step() {  # step NAME SECONDS COMMAND...: run with a time limit (cut to the budget left), log to $DIR/NAME.log
   local name=$1 limit=$(($2 * SCALE)) left=$((BUDGET * SCALE - SECONDS)); shift 2
   if [ "$left" -lt 20 ]; then
-    echo "== $name: not started, ${left}s of the ${BUDGET}s budget left"; status=1
+    echo "== $name: not started, ${left}s of the $((BUDGET * SCALE))s budget left"; status=1
     fail_row "$name" "not started: out of budget" "${left}s left"
     return 1
   fi
