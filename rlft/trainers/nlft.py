@@ -40,11 +40,10 @@ import torch
 
 from rlft.algos import nlft as nlft_algo
 from rlft.algos import ppo
-from rlft.config import Config, derive_sft_geometry, to_dict
+from rlft.config import Config, derive_sft_geometry
 from rlft.dist.local import policy_model_options, sft_learner_options
 from rlft.evaluate import evaluate_held_out
 from rlft.learner.torch_learner import TorchLearner
-from rlft.models.card import write_model_card
 from rlft.models.policy import PolicyModel, response_slice
 from rlft.reward.judgment import Judgment, checker_judgments, plugin_judgments
 from rlft.rollout.base import SamplingParams
@@ -53,11 +52,11 @@ from rlft.tasks.base import Record
 from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import encode_prompts, epoch_order
 from rlft.tasks.prompts import target_text
-from rlft.trainers.sft import resume_epochs
+from rlft.trainers.sft import resume_epochs, save_epoch_checkpoint
 from rlft.utils import checkpoint
 from rlft.utils.device import resolve_compute
 from rlft.utils.logging import print0, progress, write_jsonl
-from rlft.utils.seeding import rng_state, seed_everything
+from rlft.utils.seeding import seed_everything
 from rlft.workspace import load_split, open_run_dir, prepare_model
 
 SAMPLES_FILE = "nlft_samples.jsonl"
@@ -303,7 +302,8 @@ def run_nlft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
             print0(f"epoch {epoch + 1}: held-out accuracy {summary['eval/accuracy']:.3f}, train {state['train_seconds']:.0f}s")
         state["history"].append(record)
         if cfg.sft.save_every_epoch or last:
-            record["checkpoint"] = str(_save(learner, tokenizer, state, ckpt_root, record, cfg))
+            record["checkpoint"] = str(save_epoch_checkpoint(learner, tokenizer, state, ckpt_root, record, cfg,
+                                                             method="nlft"))
         if (stop_after_epoch is not None and epoch + 1 >= stop_after_epoch) or over_budget:
             break
     logger.close()
@@ -316,20 +316,6 @@ def run_nlft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _save(learner: TorchLearner, tokenizer, state: dict, root: Path, record: dict, cfg: Config) -> Path:
-    final = root / f"ckpt-{state['step']}"
-    accuracy = record.get("accuracy", -1.0)
-    if accuracy > state["best_accuracy"]:
-        state["best_accuracy"], state["best_checkpoint"] = accuracy, str(final)
-    tmp = checkpoint.begin(root, state["step"])
-    learner.save(tmp)
-    tokenizer.save_pretrained(tmp / "model")
-    write_model_card(tmp / "model", cfg, method="nlft", step=state["step"], accuracy=record.get("accuracy"))
-    torch.save({"state": state, "rng": rng_state(), "config": to_dict(cfg)}, tmp / "trainer_state.pt")
-    best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()
-    return checkpoint.commit(tmp, keep_last=cfg.sft.keep_last_checkpoints, protect=best)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -201,7 +201,8 @@ def _train_epochs(cfg: Config, learner: Learner, *, engine, tokenizer, adapter, 
                    f"train {state['train_seconds']:.0f}s, {state['train_tokens'] / max(state['train_seconds'], 1e-9):.0f} tok/s)")
         state["history"].append(record)
         if cfg.sft.save_every_epoch or last:
-            path = _save(learner, tokenizer, state, ckpt_root, record, cfg)
+            path = save_epoch_checkpoint(learner, tokenizer, state, ckpt_root, record, cfg,
+                                         method="offline_st" if cfg.algo == "offline_st" else "sft")
             record["checkpoint"] = str(path)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
@@ -227,7 +228,10 @@ def _train_epochs(cfg: Config, learner: Learner, *, engine, tokenizer, adapter, 
     return summary
 
 
-def _save(learner: Learner, tokenizer, state: dict, root: Path, record: dict, cfg: Config) -> Path:
+def save_epoch_checkpoint(learner: Learner, tokenizer, state: dict, root: Path, record: dict, cfg: Config,
+                          method: str) -> Path:
+    """An epoch trainer's checkpoint `root/ckpt-<step>` (SFT, offline self-training, NLFT): the learner, the
+    tokenizer and a model card (`method`) in `model/`, the trainer state and RNG; the best one so far is kept."""
     final = root / f"ckpt-{state['step']}"
     accuracy = record.get("accuracy", -1.0)
     if accuracy > state["best_accuracy"]:
@@ -235,8 +239,7 @@ def _save(learner: Learner, tokenizer, state: dict, root: Path, record: dict, cf
     tmp = checkpoint.begin(root, state["step"])
     learner.save(tmp)  # model/ (HF format) and the optimizer state (on Ray: every rank's DeepSpeed shards)
     tokenizer.save_pretrained(tmp / "model")  # each checkpoint's model/ is a complete HF folder, with its card
-    write_model_card(tmp / "model", cfg, method="offline_st" if cfg.algo == "offline_st" else "sft", step=state["step"],
-                     accuracy=record.get("accuracy"))
+    write_model_card(tmp / "model", cfg, method=method, step=state["step"], accuracy=record.get("accuracy"))
     torch.save({"state": state, "rng": rng_state(), "config": to_dict(cfg)}, tmp / "trainer_state.pt")
     best = (Path(state["best_checkpoint"]),) if state["best_checkpoint"] else ()
     return checkpoint.commit(tmp, keep_last=cfg.sft.keep_last_checkpoints, protect=best)
