@@ -139,8 +139,8 @@ def sampled_and_judged(cfg: Config, run_dir: Path, model, tokenizer, adapter, tr
     rows = judge_rows(cfg, rows, by_id)
     counts["judging_seconds"] = time.perf_counter() - start
     counts["correct"] = sum(row["status"] == "correct" for row in rows)
-    _write_atomic(samples_path, "".join(json.dumps(row) + "\n" for row in rows))
-    _write_atomic(summary_path, json.dumps({"counts": counts, "sampling": sampling, "judging": judging}, indent=2))
+    checkpoint.write_atomic(samples_path, "".join(json.dumps(row) + "\n" for row in rows))
+    checkpoint.write_atomic(summary_path, json.dumps({"counts": counts, "sampling": sampling, "judging": judging}, indent=2))
     return rows, counts
 
 
@@ -317,8 +317,3 @@ def run_nlft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

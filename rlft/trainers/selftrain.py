@@ -29,7 +29,6 @@ import functools
 import json
 import random
 import time
-from pathlib import Path
 
 import torch
 
@@ -43,6 +42,7 @@ from rlft.tasks.chat import PromptFormat
 from rlft.tasks.encoding import IGNORE, collate, encode_examples, encode_prompts
 from rlft.trainers.sft import run_sft
 from rlft.types import RolloutBatch, TrainBatch
+from rlft.utils import checkpoint
 from rlft.utils.logging import print0, progress
 from rlft.workspace import load_split, open_run_dir, prepare_model
 
@@ -172,8 +172,8 @@ def run_offline_st(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
             rows, counts = sample_correct(cfg, sampler, tokenizer, train)
         finally:
             sampler.close()  # Ray: the engines' GPUs are free before SFT starts
-        _write_atomic(samples_path, "".join(json.dumps(row) + "\n" for row in rows))
-        _write_atomic(summary_path, json.dumps({"counts": counts, "settings": settings}, indent=2))
+        checkpoint.write_atomic(samples_path, "".join(json.dumps(row) + "\n" for row in rows))
+        checkpoint.write_atomic(summary_path, json.dumps({"counts": counts, "settings": settings}, indent=2))
     del model, adapter  # run_sft loads the warm-up afresh as its initial policy
     by_id = {record.id: record for record in train}
     extra, n_truncated = [], 0
@@ -190,8 +190,3 @@ def run_offline_st(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

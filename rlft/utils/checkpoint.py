@@ -47,3 +47,10 @@ def commit(tmp: Path, *, keep_last: int, protect: tuple[Path, ...] = ()) -> Path
         if path.resolve() not in keep:
             shutil.rmtree(path)
     return final
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
