@@ -89,8 +89,8 @@ bench: $(VENV)/.bench-installed $(BENCH_VENV)/.installed
 
 # Peer parity (benchmarks/peer_parity.py, issues 18 and 23): rlft's GRPO and ReFT against TRL's GRPOTrainer and
 # TRL 1.12's PPOTrainer from one SFT warm-up, 3 seeds x 200 iterations, held-out accuracy every 10; by hand, on an
-# otherwise idle machine (~1.5 h on 2 cores, estimated; not yet run). The warm-up (~10 min) is made once: epoch 11
-# of the ReFT-vs-SFT protocol's 20-epoch SFT schedule (seed 42).
+# otherwise idle machine (58 min on 2 cores, measured 2026-12-05: docs/benchmarks_parity.md). The warm-up (~10 min)
+# is made once: epoch 11 of the ReFT-vs-SFT protocol's 20-epoch SFT schedule (seed 42).
 PARITY_WARMUP ?= runs/parity_warmup
 
 $(PARITY_WARMUP)/summary.json: $(VENV)/.installed

@@ -3,7 +3,8 @@ GRPOTrainer and rlft's ReFT against TRL 1.12's PPOTrainer, learning curves and w
 
     make parity   # = the three commands below
     # once: the warm-up, SFT of the tiny Llama on the same 1,000 questions: the 20-epoch schedule of the ReFT-vs-SFT
-    # protocol, seed 42, whose epoch 11 (ckpt-352) held 44.0 % in docs/benchmarks.md; and TRL 1.12 for the PPO pair
+    # protocol, seed 42, whose epoch 11 (ckpt-352) held 36.0 % at 1 torch thread (44.0 % in an earlier 2-thread run
+    # of docs/benchmarks.md); and TRL 1.12 for the PPO pair
     rlft sft configs/bench_reft_vs_sft.yaml run.dir=runs/parity_warmup sft.epochs=20 sft.keep_last_checkpoints=10
     make bench-venv
     # the benchmark: 2 pairs x 3 seeds x 200 iterations, held-out accuracy on 300 questions every 10 iterations
@@ -12,13 +13,10 @@ GRPOTrainer and rlft's ReFT against TRL 1.12's PPOTrainer, learning curves and w
     # smoke (what has been run so far)
     python benchmarks/peer_parity.py --warmup W --iterations 4 --eval-every 2 --seeds 1 --n-test 16 --run-dir /tmp/pp
 
-Wall time of the full command (not run yet), estimated: about 1.5 h on an otherwise idle 2-core machine. From
-the idle per-iteration times in docs/benchmarks.md ("Side by side": 0.7 / 1.1 / 1.0 / 2.1 s for rlft-grpo /
-trl-grpo / rlft-reft / trl-ppo at 64 tokens), scaled to the ~46-token responses the smoke run's warm-up wrote
-and to two PPO epochs for the PPO pair: ~6 s per iteration of all four sides, x 200 x 3 seeds = ~1 h, plus
-21 evaluations of 300 questions per run (~3 s each idle, 12 runs: ~15 min) and start-up. Two smoke runs on this
-machine under a load average of ~10 took 32-38 / 39-44 / 14-44 / 53-93 s per iteration (the same four; 12-18 min
-per smoke run), i.e. the full run would take 20-40 h under that load: run it on an idle machine.
+Wall time of the full command, measured (2026-12-05, 2 idle cores, 2 torch threads): 58 min (GRPO pair 18 min:
+0.51 / 0.81 s per rlft / TRL iteration; PPO pair 40 min: 1.10 / 2.43 s), evaluations and start-up included.
+Results: docs/benchmarks_parity.md. Under a load average of ~10 the smoke runs were 30-90x slower per
+iteration: run it on an idle machine.
 
 Pairs (`--pairs`), each side in its own subprocess of this script, one after the other (`--only NAME`):
 - `grpo`: `rlft-grpo` (algo=grpo) vs `trl-grpo` (TRL's GRPOTrainer, main venv): P prompts x G samples per
