@@ -156,12 +156,13 @@ class SFTConfig:
     """Global batch: sequences per optimizer step."""
     micro_batch_size_per_device: int = 16
     """Sequences per forward/backward; gradients are accumulated up to `sequences_per_step`."""
-    packing: bool = True
+    packing: bool | Literal["auto"] = "auto"
     """Run each micro-batch's real tokens only: one packed row, position ids restarting at every sequence,
     attention kept within each (TRL's `padding_free`; `rlft/models/packing.py`). No compute on padding; the same
     loss and gradients to float rounding. Llama-family models (Llama, Mistral, Qwen2, Qwen3) without a sliding
-    window, under `model.attn_implementation` sdpa or flash_attention_2; other models run padded micro-batches
-    (with a warning). false: padded micro-batches."""
+    window, under `model.attn_implementation` sdpa or flash_attention_2. auto: pack where the model allows,
+    padded micro-batches elsewhere; true: pack, and refuse to start with a model that cannot; false: padded
+    micro-batches."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
     max_seq_tokens: int = 512
@@ -242,8 +243,8 @@ class PPOConfig:
     """Sequences per optimizer step; None: the whole rollout batch (ReFT)."""
     micro_batch_size_per_device: int = 16
     """Sequences per forward/backward; gradients are accumulated to the minibatch."""
-    packing: bool = True
-    """The RL learner's forwards on real tokens only, as `sft.packing` does for SFT: the policy's log-prob and
+    packing: bool | Literal["auto"] = "auto"
+    """The RL learner's forwards on real tokens only, as `sft.packing` does for SFT (auto / true / false alike): the policy's log-prob and
     value pass, the reference's log-probs, CARFT's anchor pass and the train step (left-padded prompts and
     right-padded responses become one packed row). With `ppo.prefix_sharing` the distinct prompts run as one
     packed row and the responses as another on top of their prompts' keys and values. false: padded forwards."""

@@ -23,7 +23,7 @@ Every model lives on the run's resolved device (`rlft/utils/device.py`), the ref
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 
@@ -116,7 +116,7 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, a
     learner = TorchLearner(PolicyModel(lm, value_head=run.value_head, head_dropout=cfg.carft.head_dropout,
                                        adapter=adapter, init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
                                        value_head_init=cfg.ppo.value_head_init,
-                                       **policy_model_options(cfg, compute, packing=cfg.ppo.packing)),
+                                       **policy_model_options(cfg, compute, phase="ppo")),
                            **rl_learner_options(cfg, total_steps))
     base_path = adapter.base_path or model_path  # the HF folder under an adapter checkpoint
     critic = None
@@ -124,7 +124,7 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, a
         critic = TorchLearner(PolicyModel(load_for_run(base_path, cfg, compute, trains=True)[0], value_head="linear",
                                           init_seed=cfg.run.seed, prefix_sharing=cfg.ppo.prefix_sharing,
                                           value_head_init=cfg.ppo.value_head_init,
-                                          **policy_model_options(cfg, compute, packing=cfg.ppo.packing)),
+                                          **policy_model_options(cfg, compute, phase="ppo")),
                               **rl_learner_options(cfg, total_steps))
     reference = None
     if run.uses_reference:
@@ -152,7 +152,7 @@ def build_sft_learner(cfg: Config, lm: torch.nn.Module, model_path, adapter, *, 
 
         return build_ray_learner(cfg, model_path, options=options)
     compute = resolve_compute(cfg) if compute is None else compute
-    return TorchLearner(PolicyModel(lm, adapter=adapter, **policy_model_options(cfg, compute, packing=cfg.sft.packing)),
+    return TorchLearner(PolicyModel(lm, adapter=adapter, **policy_model_options(cfg, compute, phase="sft")),
                         **options), lambda: None
 
 
@@ -164,11 +164,12 @@ def sft_learner_options(cfg: Config, total_steps: int) -> dict:
                 schedule=cfg.sft.schedule, train_mode=True)
 
 
-def policy_model_options(cfg: Config, compute: Compute, *, packing: bool) -> dict:
+def policy_model_options(cfg: Config, compute: Compute, *, phase: Literal["sft", "ppo"]) -> dict:
     """`PolicyModel` settings of a learner's model, the same for every learner (SFT, RL policy, separate critic,
-    Ray ranks): bf16 autocast under bf16-mixed, `model.gradient_checkpointing`, and `packing` (the phase's key:
-    `sft.packing` or `ppo.packing`)."""
-    return dict(mixed_precision=compute.mixed, gradient_checkpointing=cfg.model.gradient_checkpointing, packing=packing)
+    Ray ranks): bf16 autocast under bf16-mixed, `model.gradient_checkpointing`, and the phase's packing key
+    (`sft.packing` or `ppo.packing`)."""
+    return dict(mixed_precision=compute.mixed, gradient_checkpointing=cfg.model.gradient_checkpointing,
+                packing=getattr(cfg, phase).packing, packing_key=f"{phase}.packing")
 
 
 def rl_learner_options(cfg: Config, total_steps: int) -> dict:

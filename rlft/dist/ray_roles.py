@@ -108,12 +108,12 @@ class RolloutWorker(_Actor):
 class LearnerWorker(_Actor):
     """One data-parallel rank. `setup` joins the learners' torch.distributed group, then builds the model.
     `options`: the optimizer and schedule (`rl_learner_options` or `sft_learner_options` of `dist/local.py`);
-    `packing`: the phase's `sft.packing` or `ppo.packing`."""
+    `phase`: "sft" or "ppo", whose `packing` key applies."""
 
     def __init__(self, cfg: dict, model_path: str, rank: int, world_size: int, value_head: str | None,
-                 options: dict, packing: bool):
+                 options: dict, phase: str):
         self.cfg, self.model_path, self.rank, self.world_size = config_from_dict(cfg), model_path, rank, world_size
-        self.value_head, self.options, self.packing = value_head, options, packing
+        self.value_head, self.options, self.phase = value_head, options, phase
         self.sync_group = None
 
     def address(self) -> tuple[str, int]:
@@ -137,7 +137,7 @@ class LearnerWorker(_Actor):
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         seed_everything(cfg.run.seed)
         compute = resolve_compute(cfg)  # this actor's bundle: its GPU, or the CPU
-        options = policy_model_options(cfg, compute, packing=self.packing)
+        options = policy_model_options(cfg, compute, phase=self.phase)
         deepspeed = cfg.cluster.learner == "deepspeed"
         if deepspeed:  # DeepSpeed's own bf16 mode instead of autocast
             options["mixed_precision"] = False
@@ -596,11 +596,11 @@ def _placer(cfg: Config, pg) -> Callable:
 
 
 def _start_learners(cfg: Config, place: Callable, assignment: list[tuple[int, float]], model_path, *,
-                    value_head: str | None, options: dict, micro_batch_size: int, packing: bool) -> RayLearnerGroup:
+                    value_head: str | None, options: dict, micro_batch_size: int, phase: str) -> RayLearnerGroup:
     """`cluster.learner_ranks` `LearnerWorker`s, rank i in bundle assignment[i], joined into one group."""
     c = cfg.cluster
     actors = [place(LearnerWorker, b, g).remote(to_dict(cfg), str(model_path), rank, c.learner_ranks, value_head, options,
-                                                packing)
+                                                phase)
               for rank, (b, g) in enumerate(assignment)]
     try:
         return RayLearnerGroup(actors, backend="nccl" if c.gpus_per_worker > 0 else "gloo",
@@ -632,7 +632,7 @@ def build_ray_learner(cfg: Config, model_path, *, options: dict) -> tuple[RayLea
     try:
         learners = _start_learners(cfg, _placer(cfg, pg), [(i, c.gpus_per_worker) for i in range(c.learner_ranks)],
                                    model_path, value_head=None, options=options,
-                                   micro_batch_size=cfg.sft.micro_batch_size_per_device, packing=cfg.sft.packing)
+                                   micro_batch_size=cfg.sft.micro_batch_size_per_device, phase="sft")
     except BaseException:
         close()
         raise
@@ -652,7 +652,7 @@ def build_ray_roles(cfg: Config, tokenizer, model_path, *, total_steps: int):
     run = plan(cfg)
     learners = _start_learners(cfg, place, assignment["learner"], path, value_head=run.value_head,
                                options=rl_learner_options(cfg, total_steps),
-                               micro_batch_size=cfg.ppo.micro_batch_size_per_device, packing=cfg.ppo.packing)
+                               micro_batch_size=cfg.ppo.micro_batch_size_per_device, phase="ppo")
     restart = c.on_worker_failure == "restart"
 
     def new_engine(i: int, restart_count: int = 0):

@@ -129,7 +129,8 @@ def _method_config(base: Config, config_path: str | None, cli_overrides: list[st
 def run_identity(cfg: Config) -> dict:
     """What makes a finished run reusable: its whole config except where it logs and how it reports, and
     the compare section (which lists the other runs). Device, precision, weight dtypes and the adapter kind
-    count as what they resolve to here, so `auto` and the explicit setting it means are the same run."""
+    count as what they resolve to here, so `auto` and the explicit setting it means are the same run; packing
+    `true` (a run that packed) is the same run as `auto`."""
     from rlft.trainers.algorithms import plan
     from rlft.utils.device import resolve_compute, weights_dtype
 
@@ -141,6 +142,9 @@ def run_identity(cfg: Config) -> dict:
     d["model"]["precision"] = compute.precision
     d["model"]["dtype"] = [weights_dtype(cfg, compute, trains=True), weights_dtype(cfg, compute, trains=False)]
     d["adapter"]["kind"] = plan(cfg).adapter_kind
+    for phase in ("sft", "ppo"):  # packing=true ran where auto packs: the same computation
+        if d[phase].get("packing") is True:
+            d[phase]["packing"] = "auto"
     return d
 
 

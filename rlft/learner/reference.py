@@ -19,11 +19,11 @@ class FrozenReference:
     """The warm-up policy, frozen: teacher-forced log-probs only."""
 
     def __init__(self, lm: torch.nn.Module, prefix_sharing: bool = True, mixed_precision: bool = False,
-                 packing: bool = False):
+                 packing: bool | str = False):
         """`lm` on its device, in its weight dtype (`model.dtype`: a bf16 copy under bf16-mixed by default);
         `mixed_precision`: its forwards autocast to bf16, as the policy's do; `packing`: `ppo.packing`."""
         self.model = PolicyModel(lm, prefix_sharing=prefix_sharing, mixed_precision=mixed_precision,
-                                 packing=packing).eval()
+                                 packing=packing, packing_key="ppo.packing").eval()
         self.model.requires_grad_(False)
 
     @torch.inference_mode()

@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -131,21 +130,25 @@ class PolicyModel(torch.nn.Module):
     def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
                  init_seed: int = 0, adapter: PolicyAdapter | None = None, prefix_sharing: bool = True,
                  value_head_init: str = "small", mixed_precision: bool = False, gradient_checkpointing: bool = False,
-                 keep_hidden: bool = False, packing: bool = False):
+                 keep_hidden: bool = False, packing: bool | str = False, packing_key: str = "packing"):
         """`mixed_precision`: every forward runs under bf16 autocast on the model's device (`model.precision=
         bf16-mixed`); the heads stay fp32. `gradient_checkpointing`: `model.gradient_checkpointing` (training
         forwards recompute each decoder layer in the backward pass). `packing` (`sft.packing`, `ppo.packing`):
-        forwards run the batch's real tokens only (`rlft/models/packing.py`) where the model allows
-        (`packing_unsupported_reason`). The heads are built on the CPU (their seeded initialisation is the
+        forwards run the batch's real tokens only (`rlft/models/packing.py`): "auto" where the model allows
+        (`packing_unsupported_reason`), padded elsewhere; True: a model that cannot pack is a ValueError naming
+        `packing_key` (the config key that asked for it). The heads are built on the CPU (their seeded initialisation is the
         same on every device) and moved to the LM's device."""
         super().__init__()
         self.lm = lm
         self.keep_hidden = keep_hidden  # NLFT's neighbourhood rule reads the last hidden states
         self.prefix_sharing = prefix_sharing  # config: ppo.prefix_sharing
+        if packing not in (True, False, "auto"):
+            raise ValueError(f"{packing_key} = {packing!r}: expected true, false or auto")
         reason = packed.unsupported_reason(lm) if packing else None
-        if reason is not None:
-            warnings.warn(f"sft.packing / ppo.packing: this model runs padded forwards ({reason})")
-        self.packing = packing and reason is None
+        if reason is not None and packing is True:  # asked for explicitly: a setting that cannot take effect
+            raise ValueError(f"{packing_key} = true, but this model cannot run packed forwards: {reason}. "
+                             f"Set {packing_key}=auto (pack where the model allows) or false.")
+        self.packing = bool(packing) and reason is None
         if self.packing:
             packed.enable(lm)
         self.mixed_precision = mixed_precision

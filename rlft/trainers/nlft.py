@@ -254,7 +254,7 @@ def run_nlft(cfg: Config, *, stop_after_epoch: int | None = None) -> dict:
     steps_per_epoch = math.ceil(len(items) / geo.sequences_per_step)
     total_steps = steps_per_epoch * cfg.sft.epochs
     learner = TorchLearner(PolicyModel(model, adapter=adapter, keep_hidden=cfg.nlft.neighbour_distance is not None,
-                                       **policy_model_options(cfg, compute, packing=cfg.sft.packing)),
+                                       **policy_model_options(cfg, compute, phase="sft")),
                            **sft_learner_options(cfg, total_steps))
     engine = hf_engine(cfg, model, tokenizer, adapter, batch_size=cfg.eval.batch_size, compute=compute)
     print0(f"rlft nlft: {counts['positive']} positive + {counts['negative']} negative responses to {len(train)} questions "

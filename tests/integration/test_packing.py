@@ -225,27 +225,53 @@ def test_enabling_packing_leaves_the_models_padded_and_cached_forwards_as_they_w
         assert torch.equal(a, b)
 
 
-def test_models_that_cannot_pack_run_padded_with_a_warning():
+def test_models_that_cannot_pack_run_padded_under_auto_and_are_refused_when_packing_is_asked_for():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    sliding = build("mistral")
-    sliding.config.sliding_window = 4
-    eager = build("llama")
-    eager.config._attn_implementation = "eager"
-    cases = [(GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2)), "gpt2"),
-             (sliding, "sliding"), (eager, "eager")]
-    for lm, why in cases:
-        with pytest.warns(UserWarning, match=why):
-            model = PolicyModel(lm, packing=True)
+    def cases():
+        sliding = build("mistral")
+        sliding.config.sliding_window = 4
+        eager = build("llama")
+        eager.config._attn_implementation = "eager"
+        return [(GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2)), "gpt2"),
+                (sliding, "sliding"), (eager, "eager")]
+
+    for lm, why in cases():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # auto: the documented fallback, silent
+            model = PolicyModel(lm, packing="auto")
         assert not model.packing and why in model.packing_unsupported_reason()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert PolicyModel(build("llama"), packing=True).packing
+    for lm, why in cases():  # true: a setting that cannot take effect is an error naming its key
+        with pytest.raises(ValueError, match=rf"sft\.packing = true, but .*{why}.*sft\.packing=auto"):
+            PolicyModel(lm, packing=True, packing_key="sft.packing")
+    with pytest.raises(ValueError, match="ppo.packing = 'yes'"):
+        PolicyModel(build("llama"), packing="yes", packing_key="ppo.packing")
+    assert PolicyModel(build("llama"), packing=True).packing
+    assert PolicyModel(build("llama"), packing="auto").packing
+    assert not PolicyModel(build("llama"), packing=False).packing
+
+
+def test_packing_true_with_a_model_that_cannot_pack_stops_rlft_train_before_training(tmp_path, warm_model, capsys):
+    """`rlft train ppo.packing=true` with eager attention exits 2 naming the key, before any iteration; the default
+    (auto) trains the same model padded."""
+    from rlft.cli import main
+
+    common = [f"model.path={warm_model}", "model.attn_implementation=eager", "algo=grpo", "data.difficulty=0",
+              "data.n_train=8", "data.n_test=2", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
+              "rollout.max_new_tokens=6", "eval.max_new_tokens=6", "ppo.iterations=1", "log.progress=false",
+              "log.tensorboard=false"]
+    refused = tmp_path / "refused"
+    assert main(["train", f"run.dir={refused}", "ppo.packing=true", *common]) == 2
+    err = capsys.readouterr().err
+    assert "ppo.packing = true, but this model cannot run packed forwards: attention 'eager'" in err
+    assert not (refused / "checkpoints").exists()
+    assert main(["train", f"run.dir={tmp_path / 'auto'}", *common]) == 0
+    assert (tmp_path / "auto" / "checkpoints" / "ckpt-1").exists()
 
 
 def test_packing_keys_default_on_and_are_checked_per_command():
     cfg = load_config(None, [])
-    assert cfg.sft.packing and cfg.ppo.packing
+    assert cfg.sft.packing == cfg.ppo.packing == "auto"
     with pytest.raises(ConfigError, match="ppo.packing cannot take effect with `rlft sft`"):
         check_command_line(cfg, "sft", ["ppo.packing"])
     with pytest.raises(ConfigError, match="sft.packing cannot take effect with `rlft train`"):

@@ -232,3 +232,18 @@ def test_compare_reuses_runs_saved_before_device_and_precision_existed(tmp_path)
     check_same_run(tmp_path, load_config(None, ["model.precision=fp32", "model.dtype=float32", "run.device=cpu"]))
     with pytest.raises(StaleRunError, match="model.precision: 'fp32' -> 'bf16-mixed'"):
         check_same_run(tmp_path, load_config(None, ["model.precision=bf16-mixed"]))
+
+
+def test_compare_reuses_runs_saved_when_packing_was_true(tmp_path):
+    """Runs saved while `sft.packing` / `ppo.packing` were booleans defaulting to true packed: the same run as the
+    `auto` default now; a padded run (false) is not."""
+    import yaml
+
+    from rlft.config import to_dict
+    from rlft.experiments.compare import StaleRunError, check_same_run
+
+    old = to_dict(load_config(None, ["sft.packing=true", "ppo.packing=true"]))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    check_same_run(tmp_path, load_config(None, []))
+    with pytest.raises(StaleRunError, match="ppo.packing: 'auto' -> False"):
+        check_same_run(tmp_path, load_config(None, ["ppo.packing=false"]))
