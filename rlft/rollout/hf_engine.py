@@ -15,7 +15,8 @@ learner does when it recomputes the sequence. This engine is the one that can ru
 Device and precision: prompts are padded on the CPU and moved to the model's device once per chunk; the
 returned batch is on the CPU (the loop's bookkeeping). Under bf16-mixed it samples under bf16 autocast on the
 model's own fp32 weights (the policy's module: no copy to keep in sync, and the numerics of the learner's
-forwards, which autocast alike); the lean step then skips MKL's packed fp32 weights.
+forwards, which autocast alike); on a CPU the lean step then multiplies by oneDNN-packed bf16 copies of the
+weights, made once per call (`llama_step.packs_bf16`).
 """
 
 from __future__ import annotations

@@ -58,6 +58,27 @@ def test_step_logits_match_the_hf_forward_on_gpu(name, dtype):
     compare_steps(model, 6, 2, **tol)
 
 
+BF16_CPU = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.skipif(not BF16_CPU, reason="this CPU's oneDNN has no bf16 GEMM")
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("rows,leave", [(6, 2), (40, 0)])
+def test_step_under_bf16_autocast_multiplies_packed_bf16_weights_like_the_autocast_forward(name, rows, leave):
+    """`model.precision=bf16-mixed` on a CPU: the step packs bf16 copies of the fp32 weights (any row count) and its
+    logits equal the autocast HF forward's to bf16 rounding; outside autocast it keeps fp32."""
+    model = build(name)
+    assert not llama_step.LlamaStep(model, rows).packed_bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step = llama_step.LlamaStep(model, rows)
+        assert step.packed and step.packed_bf16 and not llama_step.LlamaStep(model, rows, pack=False).packed
+        compare_steps(model, rows, leave, atol=1e-2, rtol=1e-2)  # bit-equal on this AMX CPU
+    assert model.lm_head.weight.dtype == torch.float32  # the master weights are untouched
+    pure = build(name).to(torch.bfloat16)  # bf16 weights (model.dtype=bfloat16, inference) pack alike
+    assert llama_step.LlamaStep(pure, rows).packed_bf16
+    compare_steps(pure, rows, leave, atol=1e-2, rtol=1e-2)
+
+
 def compare_steps(model, rows: int, leave: int, *, atol: float, rtol: float) -> None:
     assert llama_step.unsupported_reason(model) is None
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
