@@ -26,9 +26,9 @@ import torch
 
 from rewards import math_verdicts
 from rlft.config import load_config
-from rlft.tasks.prompts import ANSWER_TRIGGER, prompt_text
+from rlft.reward.judgment import reasoning_steps
+from rlft.tasks.prompts import prompt_text
 from rlft.workspace import load_split
-
 
 _STEP = re.compile(r"(-?\d+(?:\.\d+)?) ([-+*/]) (-?\d+(?:\.\d+)?) = (-?\d+(?:\.\d+)?)")
 
@@ -42,8 +42,8 @@ def steps_hold(reasoning: str) -> bool:
 
 
 def reasoning_of(text: str) -> str:
-    """The reasoning lines of a response: what comes before the answer line, whitespace-normalised."""
-    return " ".join(text.split(ANSWER_TRIGGER.strip())[0].split())
+    """The reasoning of a response (`reasoning_steps`: its lines without the answer line), whitespace-normalised."""
+    return " ".join(word for step in reasoning_steps(text) for word in step.split())
 
 
 @torch.inference_mode()
@@ -106,17 +106,20 @@ def main() -> None:
             q_other += any(p != annotated for p in paths)
             distinct += len(paths)
         total = len(flat)
-        rows.append((ckpt, correct / total, same / max(correct, 1), other / max(correct, 1), valid_other / max(correct, 1), q_any / len(records),
-                     q_other / len(records), distinct / max(q_any, 1), time.perf_counter() - start))
+        share = max(correct, 1)
+        rows.append((ckpt, correct / total, same / share, other / share, valid_other / share, q_any / len(records),
+                     q_other / len(records), distinct / max(q_any, 1)))
         print(f"{ckpt}: {correct}/{total} correct, {time.perf_counter() - start:.0f} s", flush=True)
 
-    lines = [f"{len(records)} training questions x {n} samples at temperature {cfg.rollout.temperature}, "
-             f"at most {cfg.rollout.max_new_tokens} new tokens (`{args.config}`).", "",
-             "| checkpoint | samples correct | of those: the annotated CoT | another path | another path, every step right | questions with a correct "
-             "sample | with a correct non-annotated path | distinct correct paths per solved question |",
+    lines = [(f"{len(records)} training questions x {n} samples at temperature {cfg.rollout.temperature}, "
+              f"at most {cfg.rollout.max_new_tokens} new tokens (`{args.config}`)."), "",
+             ("| checkpoint | samples correct | of those: the annotated CoT | another path | another path, every step "
+              "right | questions with a correct sample | with a correct non-annotated path | distinct correct paths "
+              "per solved question |"),
              "|---|---|---|---|---|---|---|---|"]
-    for ckpt, acc, same, other, valid, q_any, q_other, distinct, _ in rows:
-        lines.append(f"| `{ckpt}` | {acc:.1%} | {same:.1%} | {other:.1%} | {valid:.1%} | {q_any:.1%} | {q_other:.1%} | {distinct:.2f} |")
+    for ckpt, acc, same, other, valid, q_any, q_other, distinct in rows:
+        lines.append(f"| `{ckpt}` | {acc:.1%} | {same:.1%} | {other:.1%} | {valid:.1%} | {q_any:.1%} | {q_other:.1%} "
+                     f"| {distinct:.2f} |")
     text = "\n".join(lines)
     print(text)
     if args.out:
