@@ -473,9 +473,10 @@ def _last_number(text: str) -> Extraction:
     if not (tail[-1].isdigit() or tail[-1] in _TERMINAL_CHARS):
         # No final punctuation. GSM8K-style lines often end "... = 3 bolts of fabric": accept a
         # number followed by a few unit words, but not text cut mid-sentence ("... $2 each for").
+        # No words at all: the text ends on the number's glued unit ("... = 12kg", "came 3rd"), a unit as above.
         words = after.split()
         if (len(words) > 4 or any(c.isdigit() or c in ",;:(" for c in after)
-                or words[-1].lower() in _FUNCTION_WORDS):
+                or (words and words[-1].lower() in _FUNCTION_WORDS)):
             return Extraction(None, "last_number", "truncated (no final sentence)")
     sentence_start = max(window.rfind(". ", 0, last.start()), window.rfind("\n", 0, last.start()))
     if _HEDGE_RE.search(window[sentence_start + 1:]):
