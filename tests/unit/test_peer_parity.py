@@ -41,6 +41,20 @@ def test_first_crossing_is_the_first_evaluation_at_or_above_the_level(pp):
     assert pp.first_crossing(shuffled, 0.44)["iteration"] == 20  # iteration order, not list order
 
 
+def test_mean_curve_crossing_averages_the_seeds_then_interpolates(pp):
+    # two seeds: mean accuracy 0.40, 0.43, 0.45 at iterations 0, 10, 20; mean clock 0, 30, 60 s
+    seeds = [run((0, 0.40, 0.0), (10, 0.46, 29.0), (20, 0.44, 59.0)),
+             run((0, 0.40, 0.0), (10, 0.40, 31.0), (20, 0.46, 61.0))]
+    hit = pp.mean_curve_crossing(seeds, 0.44)  # between 0.43 (10) and 0.45 (20): halfway
+    assert hit["iteration"] == pytest.approx(15.0) and hit["seconds"] == pytest.approx(45.0)
+    assert pp.mean_curve_crossing(seeds, 0.43)["seconds"] == pytest.approx(30.0)  # exactly at an evaluation
+    assert pp.mean_curve_crossing(seeds, 0.40)["seconds"] == 0.0  # the warm-up itself
+    assert pp.mean_curve_crossing(seeds, 0.46) is None  # one seed got there, the mean did not
+    # only iterations evaluated on every seed count: seed 2 missing iteration 10 leaves 0 -> 20
+    gappy = [seeds[0], run((0, 0.40, 0.0), (20, 0.46, 61.0))]
+    assert pp.mean_curve_crossing(gappy, 0.425)["iteration"] == pytest.approx(10.0)
+
+
 def test_time_to_accuracy_and_ratio(pp):
     rlft = [CURVE, run((0, 0.40, 0.0), (10, 0.46, 29.0), (20, 0.44, 59.0))]
     trl = [run((0, 0.40, 0.0), (10, 0.42, 60.0), (20, 0.45, 120.0)),
@@ -86,10 +100,12 @@ def test_pair_markdown(pp):
     text, summary = pp.pair_markdown(("rlft-grpo", "trl-grpo"), runs, [("44 %", 0.44), ("46 %", 0.46)], 0.67)
     lines = text.splitlines()
     assert "| 10 | 44.0 ± 0.0 | 42.0 ± 0.0 | +2.0 ± 0.0 |" in lines
-    assert "| 44 % | 30 ± 0 s (it. 10) | 120 ± 0 s (it. 20) | 0.25x (meets) |" in lines
-    assert "| 46 % | 60 ± 0 s (it. 20) | not reached (0/2) | — |" in lines
+    assert ("| 44 % | 30 ± 0 s (it. 10) | 120 ± 0 s (it. 20) | 0.25x (meets) "
+            "| 30.0 (10) / 120.0 (20) = 0.250x (meets) |") in lines
+    assert "| 46 % | 60 ± 0 s (it. 20) | not reached (0/2) | — | — |" in lines
     assert summary["seconds_per_iteration"]["trl-grpo"] == (6.0, 0.0)
     assert [row["ratio"] for row in summary["time_to_accuracy"]] == [0.25, None]
+    assert [row["mean_curve"]["ratio"] for row in summary["time_to_accuracy"]] == [0.25, None]
 
 
 def test_trl_callback_keeps_evaluation_out_of_the_clock(pp, monkeypatch):
