@@ -76,6 +76,8 @@ to `--run-dir`/results.json. Needs `pip install -e '.[bench]'` (TRL, for its `pa
 
 from __future__ import annotations
 
+import rlft  # noqa: F401  # isort: skip  (first: its host-memory policy acts before torch is imported)
+
 import argparse
 import datetime
 import json

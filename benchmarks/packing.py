@@ -30,6 +30,8 @@ timing (warm-up); times are medians.
 
 from __future__ import annotations
 
+import rlft  # noqa: F401  # isort: skip  (first: its host-memory policy acts before torch is imported)
+
 import argparse
 import copy
 import datetime

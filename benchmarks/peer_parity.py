@@ -73,6 +73,8 @@ Targets: issue 18, curves within seed noise and time no worse than TRL's (ratio 
 
 from __future__ import annotations
 
+import rlft  # noqa: F401  # isort: skip  (first: its host-memory policy acts before torch is imported)
+
 import argparse
 import dataclasses
 import datetime
@@ -93,6 +95,7 @@ from peers import (
     prompt_tokens_note,
     records,
     rlft_overrides,
+    side_env,
     side_python,
     trl_grpo_trainer,
     trl_ppo_trainer,
@@ -447,7 +450,7 @@ def collect(args, names: list[str]) -> tuple[dict[str, list[dict]], dict[str, st
             else:
                 print(f"peer_parity: running {name} seed {seed} ...", file=sys.stderr, flush=True)
                 subprocess.run([python, str(Path(__file__).resolve()), *sys.argv[1:], "--only", name,
-                                "--only-seed", str(seed)], check=True)
+                                "--only-seed", str(seed)], check=True, env=side_env(name))
             runs.setdefault(name, []).append(json.loads(saved.read_text()))
     return runs, skipped
 

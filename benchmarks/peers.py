@@ -492,6 +492,18 @@ def versions() -> str:
     return ", ".join(out)
 
 
+def side_env(name: str) -> dict[str, str]:
+    """The environment of side `name`'s process: TRL's sides run with the C library's allocator defaults
+    (RLFT_KEEP_FREED_MEMORY=0: they import rlft for the reward and the task, which would otherwise apply rlft's
+    host-memory policy to them, `rlft/utils/memory.py`); rlft's sides with rlft's default (keep freed memory)."""
+    import os
+
+    env = dict(os.environ)
+    if name.startswith("trl"):
+        env["RLFT_KEEP_FREED_MEMORY"] = "0"
+    return env
+
+
 def side_python(name: str, bench_python: str) -> tuple[str | None, str | None]:
     """The interpreter that runs side `name` and, when it is missing, why: TRL 1.12 lives in its own venv
     (`--bench-python`, made by `make bench-venv`; the main one has TRL 1.16, without PPOTrainer)."""

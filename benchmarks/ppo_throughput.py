@@ -145,6 +145,8 @@ Writes the markdown report to stdout and `--out` (default docs/benchmarks_ppo.md
 
 from __future__ import annotations
 
+import rlft  # noqa: F401  # isort: skip  (first: its host-memory policy acts before torch is imported)
+
 import argparse
 import dataclasses
 import datetime
@@ -178,6 +180,7 @@ from peers import (
     prompt_tokens_note,
     records,
     rlft_overrides,
+    side_env,
     side_python,
     trl_grpo_trainer,
     trl_ppo_trainer,
@@ -671,7 +674,7 @@ def parent(args) -> None:
                 continue
             print(f"ppo_throughput: running {name} ({precision}) ...", file=sys.stderr, flush=True)
             subprocess.run([python, str(Path(__file__).resolve()), "--only", name, "--precision", precision,
-                            *passthrough], check=True)
+                            *passthrough], check=True, env=side_env(name))
             results[precision][name] = json.loads((run_dir / precision / name / "result.json").read_text())
     results = {p: by_run for p, by_run in results.items() if by_run}
     if not results:

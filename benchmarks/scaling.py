@@ -17,6 +17,8 @@ Writes a markdown table (seconds per iteration by phase, samples/s, peak RSS) to
 
 from __future__ import annotations
 
+import rlft  # noqa: F401  # isort: skip  (first: its host-memory policy acts before torch is imported)
+
 import argparse
 import datetime
 import json

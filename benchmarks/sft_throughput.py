@@ -79,6 +79,8 @@ package (see `rlft/models/smollm.py`).
 
 from __future__ import annotations
 
+import rlft  # noqa: F401  # isort: skip  (first: its host-memory policy acts before torch is imported)
+
 import argparse
 import datetime
 import json
@@ -99,6 +101,7 @@ from peers import (
     machine,
     no_checkpointing_kwargs,
     precisions_of,
+    side_env,
     trl_precision_kwargs,
     versions,
 )
@@ -451,7 +454,7 @@ def parent(args) -> None:
             for side in SIDES:
                 print(f"sft_throughput: running {m} / {p} / {side} ...", file=sys.stderr, flush=True)
                 subprocess.run([sys.executable, str(Path(__file__).resolve()), "--only", side, "--precision", p,
-                                *passthrough], check=True)
+                                *passthrough], check=True, env=side_env(side))
                 results[m][p][side] = json.loads((run_dir / m / p / side / "result.json").read_text())
     command = "python benchmarks/sft_throughput.py " + " ".join(sys.argv[1:])
     text = report(args, results, ceilings, command.strip())

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from rlft.models.loading import LLAMA_FAMILY as ARCHITECTURES
 from rlft.models.loading import uses_sliding_window
+from rlft.utils import memory
 
 PACK_MAX_ROWS = 32  # measured: packing pays at 8-32 rows; at 64 rows (compute-bound) F.linear is as fast
 
@@ -130,16 +131,6 @@ def should_pack(model: torch.nn.Module, rows: int) -> bool:
     return _can_pack(model.lm_head.weight, rows) and weight_bytes > last_level_cache_bytes()
 
 
-def _malloc_trim() -> None:
-    """glibc's `malloc_trim(0)`: return free heap memory to the OS (no-op where there is no glibc)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """HF's Llama RMSNorm: normalise in float32, scale in the input dtype."""
     h = x.float()
@@ -176,7 +167,7 @@ class LlamaStep:
             pack = should_pack(model, rows)
         pack = rows if bf16 or (pack and _can_pack(model.lm_head.weight, rows)) else None
         if pack is not None:
-            _malloc_trim()  # the packed copies go where a train step's freed activations were, not on top
+            memory.trim()  # the packed copies go where a train step's freed activations were, not on top
         self.packed = pack is not None
         self.packed_bf16 = bf16
         self.layers = []
@@ -194,10 +185,11 @@ class LlamaStep:
         """Free the packed weights and hand the freed pages back to the OS. Why the second part (and the trim
         before packing): measured on SmolLM2-135M (GRPO, 8 rows), glibc kept freed memory mapped, so the packed
         copies landed on top of the train step's freed activations and the next train step on top of the freed
-        packed copies: peak RSS +5 %, above TRL's."""
+        packed copies: peak RSS +5 %, above TRL's. A process that keeps freed memory (`RLFT_KEEP_FREED_MEMORY`)
+        skips both trims (`memory.trim`): there every free chunk is reused, large ones included."""
         packed, self.layers, self.lm_head, self.packed, self.packed_bf16 = self.packed, [], None, False, False
         if packed:
-            _malloc_trim()
+            memory.trim()
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache, mask_bias: torch.Tensor) -> torch.Tensor:
         rows, heads, kv_heads, dim = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
