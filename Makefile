@@ -61,7 +61,7 @@ $(BENCH_VENV)/.installed: setup.cfg pyproject.toml
 
 bench-venv: $(BENCH_VENV)/.installed
 
-# Every benchmark of docs/benchmarks.md, by hand, on an otherwise idle machine (~11 min on 2 CPU cores in fp32 alone,
+# Every benchmark of docs/benchmarks.md, by hand, on an otherwise idle machine (~11 min on 2 CPU cores in fp32 alone, 18 min in both precisions,
 # measured). Each writes its markdown table (command, machine, date, ceilings) to docs/benchmarks_<name>.md; the
 # curated tables and what they mean are in docs/benchmarks.md. ReFT vs SFT (hours) is not in here: see its docstring.
 # The rlft-vs-TRL throughput benchmarks (PPO, SFT) run each side in fp32 and in bf16-mixed (TRL: bf16=True) where
