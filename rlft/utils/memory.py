@@ -6,16 +6,18 @@ gradients are fresh pages again, faulted in and zeroed by the kernel one page at
 2-core development VM (Firecracker, free-page reporting on): SmolLM2-135M SFT, 8 sequences per step, spent
 more time in the kernel than in user code (2.25 M page faults, 30-36 s system time in a 45 s run) and its
 step time swung between 2.7 and 5.5 s from run to run; keeping freed memory halved the faults and gave
-2.0-2.9 s steps, at +4-6 % peak RSS. The usual answer on CPU is an allocator that retains memory (the PyTorch
+2.0-2.9 s steps, at +5-20 % peak RSS (+25 % for GRPO on SmolLM2 in fp32: freed blocks in the middle of the heap
+serve only requests that fit, so the heap grows where mmap would have handed out a fresh block). The usual answer on CPU is an allocator that retains memory (the PyTorch
 CPU performance guide preloads jemalloc or tcmalloc with long decay times); glibc can do the same through
 `mallopt`: no `mmap` for allocations (M_MMAP_MAX = 0) and no trimming of the heap (M_TRIM_THRESHOLD), so freed
 memory stays mapped and is reused by the next step.
 
 It must be set before the process's big imports: applied after torch was imported, the same two calls measured
 no faster than the defaults and +20 % peak RSS (49 s for the same run, 36 s system time). So `import rlft`
-applies it (`rlft/__init__.py` imports nothing heavy first), and the CLI, the Ray actors and the DeepSpeed ranks
-all import rlft before torch; it is an environment variable rather than a config key because it has to act
-before any config is read. RLFT_KEEP_FREED_MEMORY=0 leaves the allocator alone; =1 insists (an error where the
+applies it (`rlft/__init__.py` imports nothing heavy first). The `rlft` command imports it first; other processes
+(Ray actors, DeepSpeed ranks, benchmark children) apply it when their first rlft module is imported, which is
+before torch unless the process imported torch itself. It is an environment variable rather than a config key
+because it has to act before any config is read. RLFT_KEEP_FREED_MEMORY=0 leaves the allocator alone; =1 insists (an error where the
 C library is not glibc); unset or `auto`: on where it is glibc (Linux).
 """
 
