@@ -5,6 +5,7 @@ TRL 1.12's PPOTrainer on CPU.
     python benchmarks/ppo_throughput.py --steps 2 --prompts 2 --group 2 --max-new-tokens 8 --out /tmp/ppo.md  # smoke
     python benchmarks/ppo_throughput.py --runs rlft-grpo --rlft-set ppo.prefix_sharing=false --out /tmp/a.md  # ablation
     python benchmarks/ppo_throughput.py --precision fp32  # one precision (default: both where bf16 is fast)
+    python benchmarks/ppo_throughput.py --peer-allocator same  # TRL under rlft's host-memory policy too
     python benchmarks/ppo_throughput.py --steps 2 --prompts 2 --group 2 --max-new-tokens 8 --no-ceilings \
         --gemm-dtypes --out /tmp/dtypes.md   # which dtype each side's matrix products run in, per phase
     make bench-venv   # once: .venv-bench with TRL 1.12 for the trl-ppo run (skipped, with a note, without it)
@@ -172,10 +173,12 @@ from peers import (
     RUNS,
     GemmDtypes,
     Setup,
+    add_peer_allocator_argument,
     add_precision_argument,
     build_model,
     gemm_dtypes_cell,
     machine,
+    peer_allocator_note,
     precisions_of,
     prompt_tokens_note,
     records,
@@ -524,6 +527,7 @@ def report(args, results: dict, command: str, prompt_note: str, skipped: dict | 
         f"- command: `{command}`",
         f"- machine: {machine()}; torch threads {first['torch_threads']}",
         f"- versions: {versions()}",
+        peer_allocator_note(getattr(args, "peer_allocator", "default")),
     ]
     ppo_result = next((results[p][n] for p, n in runs if n == "trl-ppo"), None)
     if ppo_result:
@@ -674,7 +678,7 @@ def parent(args) -> None:
                 continue
             print(f"ppo_throughput: running {name} ({precision}) ...", file=sys.stderr, flush=True)
             subprocess.run([python, str(Path(__file__).resolve()), "--only", name, "--precision", precision,
-                            *passthrough], check=True, env=side_env(name))
+                            *passthrough], check=True, env=side_env(name, args.peer_allocator))
             results[precision][name] = json.loads((run_dir / precision / name / "result.json").read_text())
     results = {p: by_run for p, by_run in results.items() if by_run}
     if not results:
@@ -712,6 +716,7 @@ def main() -> None:
                         help="extra rlft config override for the rlft runs (repeatable), e.g. ppo.prefix_sharing=false")
     parser.add_argument("--no-ceilings", action="store_true", help="skip measuring matmul FLOP/s and bandwidth")
     add_precision_argument(parser)
+    add_peer_allocator_argument(parser)
     parser.add_argument("--gemm-dtypes", action="store_true",
                         help="count the dtypes every GEMM / attention op runs in, per phase (slows the runs: for "
                              "checking what each precision does, not for timing)")

@@ -3,6 +3,7 @@
     python benchmarks/sft_throughput.py --model both --threads 2          # tiny + SmolLM2-135M, 12 steps of 32
     python benchmarks/sft_throughput.py --model tiny --steps 3 --batch 4 --warmup 1 --out /tmp/sft.md   # smoke
     python benchmarks/sft_throughput.py --precision fp32   # one precision (default: both where bf16 is fast)
+    python benchmarks/sft_throughput.py --peer-allocator same   # TRL under rlft's host-memory policy too
 
 Timings are only meaningful on an otherwise idle machine (see `benchmarks/ppo_throughput.py`).
 
@@ -96,10 +97,12 @@ from ceilings import ceilings_markdown, matmul_ceiling, measure_ceilings, peak_r
 from peers import (
     PRECISIONS,
     accelerate_mixed_precision,
+    add_peer_allocator_argument,
     add_precision_argument,
     build_model,
     machine,
     no_checkpointing_kwargs,
+    peer_allocator_note,
     precisions_of,
     side_env,
     trl_precision_kwargs,
@@ -381,6 +384,7 @@ def report(args, results: dict, ceilings: dict, command: str) -> str:
         f"- command: `{command}`",
         f"- machine: {machine()}; torch threads {first['torch_threads']}",
         f"- versions: {versions()}",
+        peer_allocator_note(getattr(args, "peer_allocator", "default")),
         (f"- batch: {args.batch} sequences per optimizer step ({args.micro_batch} per forward/backward x {accum}), "
          f"{args.steps} steps per run, the first {args.warmup} excluded (warm-up); built-in arithmetic task "
          "(difficulty 0) encoded once by rlft, same token ids and order on both sides, prompt masked from the loss, "
@@ -454,7 +458,7 @@ def parent(args) -> None:
             for side in SIDES:
                 print(f"sft_throughput: running {m} / {p} / {side} ...", file=sys.stderr, flush=True)
                 subprocess.run([sys.executable, str(Path(__file__).resolve()), "--only", side, "--precision", p,
-                                *passthrough], check=True, env=side_env(side))
+                                *passthrough], check=True, env=side_env(side, args.peer_allocator))
                 results[m][p][side] = json.loads((run_dir / m / p / side / "result.json").read_text())
     command = "python benchmarks/sft_throughput.py " + " ".join(sys.argv[1:])
     text = report(args, results, ceilings, command.strip())
@@ -485,6 +489,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks_sft.md"), help="markdown report")
     parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_sft_throughput"), help="scratch folder")
     add_precision_argument(parser)
+    add_peer_allocator_argument(parser)
     parser.add_argument("--only", choices=SIDES, help=argparse.SUPPRESS)  # internal: one run in this process
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()

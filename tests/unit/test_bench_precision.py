@@ -243,3 +243,24 @@ def test_gemm_probe_sees_the_dtypes_autocast_gives_the_kernels(bench):
     assert set(got["backward"]) == {"bfloat16"}  # the backward of a bf16 product runs in bf16
     assert peers.gemm_dtypes_cell({"float32": 2, "bfloat16": 116}) == "bfloat16: 116, float32: 2"
     assert peers.gemm_dtypes_cell(None) == "-"
+
+
+# ----------------------------------------------------------------------------------------------------
+# host memory of each side (--peer-allocator)
+
+
+def test_peer_allocator_sets_trl_sides_only(bench, monkeypatch):
+    peers = bench["peers"]
+    monkeypatch.delenv("RLFT_KEEP_FREED_MEMORY", raising=False)
+    assert "RLFT_KEEP_FREED_MEMORY" not in peers.side_env("rlft-grpo")  # rlft: its own default (keep)
+    assert peers.side_env("trl-grpo")["RLFT_KEEP_FREED_MEMORY"] == "0"  # TRL as its users run it
+    assert peers.side_env("trl-ppo", "same")["RLFT_KEEP_FREED_MEMORY"] == "1"  # one allocator for both
+    assert peers.side_env("trl", "same")["RLFT_KEEP_FREED_MEMORY"] == "1"  # sft_throughput's side name
+    assert "RLFT_KEEP_FREED_MEMORY" not in peers.side_env("rlft", "same")
+    with pytest.raises(ValueError, match="peer_allocator"):
+        peers.side_env("trl-grpo", "jemalloc")
+    parser = argparse.ArgumentParser()
+    peers.add_peer_allocator_argument(parser)
+    assert parser.parse_args([]).peer_allocator == "default"
+    assert parser.parse_args(["--peer-allocator", "same"]).peer_allocator == "same"
+    assert "RLFT_KEEP_FREED_MEMORY=1" in peers.peer_allocator_note("same")
