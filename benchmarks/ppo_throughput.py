@@ -527,7 +527,7 @@ def report(args, results: dict, command: str, prompt_note: str, skipped: dict | 
         f"- command: `{command}`",
         f"- machine: {machine()}; torch threads {first['torch_threads']}",
         f"- versions: {versions()}",
-        peer_allocator_note(getattr(args, "peer_allocator", "default")),
+        peer_allocator_note(args.peer_allocator),
     ]
     ppo_result = next((results[p][n] for p, n in runs if n == "trl-ppo"), None)
     if ppo_result:

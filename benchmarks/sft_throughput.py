@@ -384,7 +384,7 @@ def report(args, results: dict, ceilings: dict, command: str) -> str:
         f"- command: `{command}`",
         f"- machine: {machine()}; torch threads {first['torch_threads']}",
         f"- versions: {versions()}",
-        peer_allocator_note(getattr(args, "peer_allocator", "default")),
+        peer_allocator_note(args.peer_allocator),
         (f"- batch: {args.batch} sequences per optimizer step ({args.micro_batch} per forward/backward x {accum}), "
          f"{args.steps} steps per run, the first {args.warmup} excluded (warm-up); built-in arithmetic task "
          "(difficulty 0) encoded once by rlft, same token ids and order on both sides, prompt masked from the loss, "

@@ -186,7 +186,7 @@ class LlamaStep:
         before packing): measured on SmolLM2-135M (GRPO, 8 rows), glibc kept freed memory mapped, so the packed
         copies landed on top of the train step's freed activations and the next train step on top of the freed
         packed copies: peak RSS +5 %, above TRL's. A process that keeps freed memory (`RLFT_KEEP_FREED_MEMORY`)
-        skips both trims (`memory.trim`): there every free chunk is reused, large ones included."""
+        skips both trims (`memory.trim`): its freed pages stay mapped for the next allocations that fit them."""
         packed, self.layers, self.lm_head, self.packed, self.packed_bf16 = self.packed, [], None, False, False
         if packed:
             memory.trim()

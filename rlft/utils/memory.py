@@ -24,7 +24,6 @@ C library is not glibc); unset or `auto`: on where it is glibc (Linux).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
@@ -35,12 +34,13 @@ _state = {"keeping": False}
 
 @functools.cache
 def _glibc():
-    """glibc's handle, or None where the C library is not glibc (macOS, musl)."""
+    """glibc's handle, or None where the C library is not glibc (macOS, musl). The process's own symbols
+    (`CDLL(None)`): no library search (`ctypes.util.find_library` runs a subprocess) at every `import rlft`."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version.restype = ctypes.c_char_p
-        libc.gnu_get_libc_version()
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
         return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int

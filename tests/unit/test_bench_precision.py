@@ -186,7 +186,7 @@ def test_report_names_each_sides_precision_and_the_best_ratio(bench):
                    "trl-grpo": fake_run("trl-grpo", 20.0 if p == "bf16-mixed" else 15.0, 900, p)}
                for p in ("fp32", "bf16-mixed")}
     args = argparse.Namespace(prompts=2, group=2, max_new_tokens=8, steps=3, lr=1e-5, seed=1, rlft_set=[],
-                              model_size="tiny")
+                              model_size="tiny", peer_allocator="default")
     text = pt.report(args, results, "cmd", "same prompt token ids on both sides")
     assert "| rlft-grpo | bf16-mixed | policy fp32, ref bf16 | GRPO" in text
     assert "| trl-grpo | bf16-mixed | policy fp32, ref fp32 | GRPO" in text
