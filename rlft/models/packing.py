@@ -25,6 +25,9 @@ packed row whose queries attend to their own prompt's kept keys and values, then
 (`AttentionPlan.prefix`, with an explicit (B, 1, L_q, L_k) mask). That is what the KV-cache copy of the
 padded shared-prompt forward computes, without its padding.
 
+On CPU, a forward that trains under bf16 runs this attention in fp32 (`_fp32_island`: torch's bf16 CPU
+flash-attention backward is the slow one); that covers every forward through rlft's attention, packed or not.
+
 Covered: the Llama family (`LLAMA_FAMILY`) without sliding-window attention, under sdpa or flash_attention_2
 (`unsupported_reason`); other models run their padded forward.
 """
@@ -159,6 +162,21 @@ def _prefixed_rows(kept: torch.Tensor, own: torch.Tensor, plan: AttentionPlan) -
     return out.view(plan.rows, plan.k_width, H_kv, d).transpose(1, 2)
 
 
+def _fp32_island(query: torch.Tensor) -> torch.dtype | None:
+    """bfloat16 when a CPU forward that trains would run this attention in bf16 (bf16 autocast, or bf16 inputs),
+    else None. Why run it in fp32 there: torch's CPU flash-attention backward is 1.4-3.3x slower in bf16 than in
+    fp32 (measured with AMX, torch 2.13: (8, 9, 75, 75, 64) causal fwd+bwd 9.5 vs 2.9 ms; forward alone equal),
+    which made bf16-mixed training no faster than fp32 (`docs/benchmarks.md`). The attention's FLOPs are a
+    small share of a step; its inputs are upcast, and the output goes back to bf16 as bf16 compute would give
+    it. No-grad forwards (sampling, log-probs) keep bf16 (forward speed is equal); GPUs keep bf16."""
+    if query.device.type != "cpu" or not (torch.is_grad_enabled() and query.requires_grad):
+        return None
+    if query.dtype == torch.bfloat16 or (
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return torch.bfloat16
+    return None
+
+
 def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                 rlft_packing: AttentionPlan | None = None, **kwargs):
@@ -166,6 +184,14 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     ((B, q, H, d), None). With a plan: the packed row (B = 1) per sequence (module docstring); without: `sdpa`."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    out_dtype = _fp32_island(query)
+    if out_dtype is not None:  # the same attention in fp32, its output back in the dtype bf16 compute gives
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.float()
+        with torch.autocast("cpu", enabled=False):
+            out, weights = packed_sdpa(module, query.float(), key.float(), value.float(), attention_mask,
+                                       dropout=dropout, scaling=scaling, rlft_packing=rlft_packing, **kwargs)
+        return out.to(out_dtype), weights
     plan = rlft_packing
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

@@ -85,3 +85,32 @@ def test_packed_attention_of_rows_without_padding_needs_no_scatter():
         seq = slice(start, start + 4)
         want = F.scaled_dot_product_attention(q[:, :, seq], k[:, :, seq], v[:, :, seq], is_causal=True)
         torch.testing.assert_close(out[0, seq], want[0].transpose(0, 1))
+
+
+def test_cpu_training_attention_runs_in_fp32_under_bf16_autocast():
+    """A CPU forward that trains under bf16 autocast runs the attention in fp32 (torch's bf16 CPU backward is the
+    slower one) and returns bf16, as bf16 compute would; a no-grad forward keeps the bf16 kernel."""
+    gen = torch.Generator().manual_seed(2)
+    rows = PackedRows.of(torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+    q, k, v = (torch.randn(1, 2, 7, 16, generator=gen) for _ in range(3))
+    plan = AttentionPlan.causal(rows)
+
+    def per_sequence(q, k, v):  # what packed attention must compute, in the inputs' dtype
+        return torch.cat([F.scaled_dot_product_attention(q[:, :, s], k[:, :, s], v[:, :, s], is_causal=True)[0]
+                          .transpose(0, 1) for s in (slice(0, 3), slice(3, 7))])
+
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = packed_sdpa(_Attention(), *leaves, None, rlft_packing=plan)
+    assert out.dtype == torch.bfloat16
+    want = [x.clone().requires_grad_() for x in (q, k, v)]
+    expected = per_sequence(*want)
+    assert torch.equal(out[0], expected.to(torch.bfloat16))  # fp32 attention, rounded once at the end
+    assert not torch.equal(out[0], per_sequence(q.bfloat16(), k.bfloat16(), v.bfloat16()))  # not the bf16 kernel
+    out.float().sum().backward()
+    expected.to(torch.bfloat16).float().sum().backward()
+    for got, ref in zip(leaves, want):
+        torch.testing.assert_close(got.grad, ref.grad)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # sampling / log-prob passes: bf16 kernel
+        out, _ = packed_sdpa(_Attention(), q, k, v, None, rlft_packing=plan)
+    assert torch.equal(out[0], per_sequence(q.bfloat16(), k.bfloat16(), v.bfloat16()))
