@@ -50,20 +50,24 @@ except ImportError:  # a transformers without layered caches: the model's defaul
 if DynamicLayer is not None:
 
     class PreallocatedLayer(DynamicLayer):
-        """One layer's keys and values in buffers of `capacity` positions, allocated at the first update;
-        each update writes its positions in place and `keys` / `values` are views of the filled part."""
+        """One layer's keys and values in buffers of `capacity` positions, allocated at the first update (in
+        `dtype`, None: the first keys' dtype); each update writes its positions in place and `keys` / `values`
+        are views of the filled part."""
 
-        def __init__(self, capacity: int):
+        def __init__(self, capacity: int, dtype: torch.dtype | None = None):
             super().__init__()
             self.capacity = capacity
+            self.storage_dtype = dtype
             self.length = 0
 
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-                self.key_buffer = key_states.new_empty((*key_states.shape[:2], self.capacity, key_states.shape[-1]))
+                dtype = self.storage_dtype or key_states.dtype
+                self.key_buffer = key_states.new_empty((*key_states.shape[:2], self.capacity, key_states.shape[-1]),
+                                                       dtype=dtype)
                 self.value_buffer = value_states.new_empty((*value_states.shape[:2], self.capacity,
-                                                            value_states.shape[-1]))
+                                                            value_states.shape[-1]), dtype=dtype)
             end = self.length + key_states.shape[-2]
             if end > self.capacity:
                 raise ValueError(f"KV cache of {self.capacity} positions cannot hold {end}")
@@ -80,8 +84,9 @@ if DynamicLayer is not None:
                 self.values = self.value_buffer[:, :, :self.length]
 
 
-def preallocated_cache(capacity: int):
-    """A KV cache whose layers are `PreallocatedLayer`s of `capacity` positions.
+def preallocated_cache(capacity: int, dtype: torch.dtype | None = None):
+    """A KV cache whose layers are `PreallocatedLayer`s of `capacity` positions, keys and values stored in `dtype`
+    (None: the dtype the model gives them).
 
     Why not HF's DynamicCache: it `torch.cat`s every layer's keys and values with the new token at every
     step, copying the whole cache each time (O(L^2) bytes over a response); profiled, that was the largest
@@ -93,8 +98,21 @@ def preallocated_cache(capacity: int):
     cache = DynamicCache()
     if not hasattr(cache, "layer_class_to_replicate"):
         return None
-    cache.layer_class_to_replicate = functools.partial(PreallocatedLayer, capacity)
+    cache.layer_class_to_replicate = functools.partial(PreallocatedLayer, capacity, dtype)
     return cache
+
+
+def cache_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 under bf16 autocast on `device`'s type, else None (the model's own dtype).
+
+    Why: under autocast an fp32 model's keys and values come out of the rotary embedding in fp32 (its cos/sin
+    follow the fp32 hidden states), and every attention call casts the layer's whole cache to bf16 again (a
+    copy of the cache per layer per step, O(L^2) over a response). Stored in bf16, each token is cast once when
+    written; attention sees the same bf16 values autocast would give it, and the cache takes half the memory."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type) \
+            and torch.get_autocast_dtype(device.type) == torch.bfloat16:
+        return torch.bfloat16
+    return None
 
 
 def process_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float,
@@ -162,7 +180,7 @@ def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.
     active = torch.arange(rows, device=device)  # original row of each row still in the batch
     width = prompt_ids.shape[1]
     cache_kw = cache_keyword(model)
-    cache = preallocated_cache(width + max_new_tokens)
+    cache = preallocated_cache(width + max_new_tokens, cache_dtype(device))
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
                 position_ids=(prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0),
                 use_cache=True, logits_to_keep=1, **({} if cache is None else {cache_kw: cache}))

@@ -181,3 +181,34 @@ def test_n_samples_share_one_prefill_and_equal_repeated_prompts(lm_and_batch):
     shared = sample(lm, ids, mask, n=3, **kw)
     assert torch.equal(shared[0], repeated[0]) and torch.allclose(shared[1], repeated[1], atol=1e-5)
     assert len({tuple(r.tolist()) for r in shared[0]}) > 3  # samples of one prompt differ
+
+
+@pytest.mark.parametrize("lean_step", [True, False])
+def test_bf16_autocast_keeps_the_cache_in_bf16_and_samples_what_an_fp32_cache_gives(lm_and_batch, monkeypatch,
+                                                                                       lean_step):
+    """Under bf16 autocast (`model.precision=bf16-mixed`) the cache stores keys and values in bf16, each token cast
+    once when written, where autocast would cast the whole fp32 cache again at every attention call: the same
+    values reach the attention, so the same tokens and log-probs come out, with either step function."""
+    from rlft.rollout import decode
+
+    lm, tok, ids, mask = lm_and_batch
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert decode.cache_dtype(ids.device) == torch.bfloat16
+        cache, fp32_cache = preallocated_cache(ids.shape[1] + 2, torch.bfloat16), preallocated_cache(ids.shape[1] + 2)
+        for c in (cache, fp32_cache):
+            lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_keyword(lm): c})
+    assert decode.cache_dtype(ids.device) is None  # outside autocast: the model's dtype
+    assert cache.layers[0].key_buffer.dtype == cache.layers[0].value_buffer.dtype == torch.bfloat16
+    assert fp32_cache.layers[0].keys.dtype == torch.float32
+    assert torch.equal(cache.layers[0].keys, fp32_cache.layers[0].keys.to(torch.bfloat16))
+    kw = dict(max_new_tokens=12, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, n=2, lean_step=lean_step)
+    runs = []
+    for dtype_fn in (decode.cache_dtype, lambda device: None):
+        monkeypatch.setattr(decode, "cache_dtype", dtype_fn)
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs.append(sample(lm, ids, mask, **kw))
+    (got, got_lp), (ref, ref_lp) = runs
+    assert torch.equal(got, ref)
+    assert torch.equal(got_lp, ref_lp)
