@@ -195,9 +195,11 @@ class LlamaStep:
         rows, heads, kv_heads, dim = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
         h = self.inner.embed_tokens(tokens)  # (rows, hidden)
         cos, sin = self.inner.rotary_emb(h, positions[:, None])  # (rows, 1, head_dim)
+        # bf16 weights take bf16 inputs: cast each normed activation once for the projections that share it
+        narrow = (lambda x: x.to(torch.bfloat16)) if self.packed_bf16 else (lambda x: x)
         for index, (norm1, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, norm2, gate, up, down) in \
                 enumerate(self.layers):
-            x = _rms_norm(h, norm1)
+            x = narrow(_rms_norm(h, norm1))
             q = q_proj(x).view(rows, heads, dim)
             k = k_proj(x).view(rows, kv_heads, dim)
             if q_norm is not None:  # Qwen3: per-head norm before the rotation
@@ -209,6 +211,6 @@ class LlamaStep:
             # GEMM gave a resumed run other float rounding than an uninterrupted one: tests/faults/test_resume_kill)
             att = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask_bias, enable_gqa=True)
             h = h + o_proj(att.reshape(rows, heads * dim))
-            x = _rms_norm(h, norm2)
+            x = narrow(_rms_norm(h, norm2))
             h = h + down(self.act(gate(x)) * up(x))
         return self.lm_head(_rms_norm(h, self.inner.norm))
