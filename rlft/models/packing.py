@@ -77,7 +77,7 @@ class PackedRows:
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S, ...) -> (1, N, ...): the real tokens' entries as one row."""
-        return x.reshape(-1, *x.shape[2:])[self.index].unsqueeze(0)
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.index).unsqueeze(0)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(1, N, ...) -> (B, S, ...), zeros at padding (differentiable: the gradient flows to x)."""
@@ -157,7 +157,7 @@ def _prefixed_rows(kept: torch.Tensor, own: torch.Tensor, plan: AttentionPlan) -
     """Keys (or values) (rows, H_kv, k_width, d): each row's kept prefix ones, then its own (`AttentionPlan`)."""
     _, H_kv, _, d = own.shape
     out = own.new_zeros(plan.rows * plan.k_width, H_kv, d)
-    out.index_copy_(0, plan.prefix_slot, kept[0, :, plan.prefix_index].transpose(0, 1))
+    out.index_copy_(0, plan.prefix_slot, kept[0].index_select(1, plan.prefix_index).transpose(0, 1))
     out.index_copy_(0, plan.own_slot, own[0].transpose(0, 1))
     return out.view(plan.rows, plan.k_width, H_kv, d).transpose(1, 2)
 
@@ -212,7 +212,8 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, is_causal=plan.mask is None,
                                                            dropout_p=dropout, scale=scaling, **gqa)  # (B, H, L_q, d)
     out = out.transpose(1, 2).reshape(plan.rows * plan.q_width, H, d)
-    return (out if plan.q_slot is None else out[plan.q_slot]).unsqueeze(0), None  # (1, N, H, d)
+    # index_select, not out[q_slot]: its backward (index_add) measured 2-5x faster than advanced indexing's
+    return (out if plan.q_slot is None else out.index_select(0, plan.q_slot)).unsqueeze(0), None  # (1, N, H, d)
 
 
 def _packed_sdpa_mask(*args, attention_mask: torch.Tensor | None = None, q_length: int | None = None,

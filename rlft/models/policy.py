@@ -286,7 +286,8 @@ class PolicyModel(torch.nn.Module):
             if logits_mask is None or self.value_head is not None or self.keep_hidden:
                 hidden = rows.unpack(packed_hidden)  # (B, S, H)
             if logits_mask is not None:  # the labelled positions are real tokens, in the same row-major order
-                logits = lm_head(packed_hidden[0, logits_mask.reshape(-1)[rows.index]])  # (n, V)
+                labelled = logits_mask.reshape(-1)[rows.index].nonzero().squeeze(1)  # their places in the packed row
+                logits = lm_head(packed_hidden[0].index_select(0, labelled))  # (n, V)
             else:
                 logits = lm_head(hidden[:, S - (logits_to_keep or S):])  # (B, k, V)
         return self._with_heads(logits, hidden)
@@ -323,7 +324,7 @@ class PolicyModel(torch.nn.Module):
                     input_ids=responses.pack(input_ids[:, P:]), attention_mask=None,
                     position_ids=(lengths[inverse][row] + responses.rank).unsqueeze(0), use_cache=False,
                     **packed.plan_keyword(self.lm, AttentionPlan.after_prefix(responses, kept, prompts, inverse)))
-            last = prompt_hidden.last_hidden_state[0, torch.cumsum(lengths, 0) - 1][inverse]  # (B, H) last prompt token
+            last = prompt_hidden.last_hidden_state[0].index_select(0, (torch.cumsum(lengths, 0) - 1)[inverse])  # (B, H)
             # position 0 of row b: its last prompt token (scores response token 0); position 1 + t: response token t
             response_hidden = responses.unpack(response_hidden.last_hidden_state)  # (B, T, H)
             hidden = torch.cat([last.unsqueeze(1), response_hidden], dim=1)  # (B, T + 1, H)
