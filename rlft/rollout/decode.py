@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rlft.rollout import llama_step
+from rlft.utils.device import autocast_dtype
 
 
 def cache_keyword(model: torch.nn.Module) -> str:
@@ -109,10 +110,7 @@ def cache_dtype(device: torch.device) -> torch.dtype | None:
     follow the fp32 hidden states), and every attention call casts the layer's whole cache to bf16 again (a
     copy of the cache per layer per step, O(L^2) over a response). Stored in bf16, each token is cast once when
     written; attention sees the same bf16 values autocast would give it, and the cache takes half the memory."""
-    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type) \
-            and torch.get_autocast_dtype(device.type) == torch.bfloat16:
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if autocast_dtype(device) == torch.bfloat16 else None
 
 
 def process_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float,

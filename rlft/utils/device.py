@@ -71,6 +71,13 @@ def bf16_autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype an enclosing autocast computes in on `device`'s type; None when none is on there."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
 def autocast_off(device: torch.device):
     """Step out of an enclosing autocast (fp32 islands: value heads, hook-adapter edits); nothing when none is on."""
     if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
