@@ -10,7 +10,8 @@
 #   PY=/opt/venv/bin/python bash tests/gpu/run_gpu_checks.sh
 #
 # lean-step    pytest: the HF engine's lean decoding step against the HF forward (fp32, bf16) and the roles on
-#              CUDA in both precisions (tests/integration/test_precision.py -m gpu)
+#              CUDA in both precisions (tests/integration/test_precision.py -m gpu); sampling under bf16 autocast
+#              keeps its KV cache in bf16 and samples what an fp32 cache gives (tests/integration/test_decode.py)
 # packing      pytest: packed learner forwards against padded ones on CUDA (fp32, bf16 autocast; flash_attention_2
 #              when flash-attn is installed)
 # device-sft   `rlft sft` of the tiny model on the GPU, one short epoch per precision (fp32, bf16-mixed): the
@@ -84,7 +85,7 @@ checks() {  # checks WHAT SECONDS [ARGS...]: a step that runs `gpu_checks.py WHA
 check_lean_step() {  # CUDA only: pytest's GPU tests of the lean decoding step and of the roles on cuda
   [ "$DEVICE" = cuda ] || return 0
   step lean-step 75 "$PY" -m pytest -q tests/integration/test_llama_step.py tests/integration/test_precision.py \
-    -k "gpu or cuda"
+    tests/integration/test_decode.py -k "gpu or cuda"
 }
 
 check_packing() {  # CUDA only: packed forwards (sft.packing, ppo.packing) against padded ones on the GPU, fp32 and

@@ -189,11 +189,21 @@ def test_bf16_autocast_keeps_the_cache_in_bf16_and_samples_what_an_fp32_cache_gi
     """Under bf16 autocast (`model.precision=bf16-mixed`) the cache stores keys and values in bf16, each token cast
     once when written, where autocast would cast the whole fp32 cache again at every attention call: the same
     values reach the attention, so the same tokens and log-probs come out, with either step function."""
+    _check_bf16_cache(*lm_and_batch, monkeypatch, lean_step, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU (tests/gpu/run_gpu_checks.sh runs this where one is)")
+def test_bf16_autocast_cache_on_cuda(lm_and_batch, monkeypatch):
+    lm, tok, ids, mask = lm_and_batch
+    _check_bf16_cache(lm.to("cuda"), tok, ids.to("cuda"), mask.to("cuda"), monkeypatch, True, "cuda")
+    lm.to("cpu")
+
+
+def _check_bf16_cache(lm, tok, ids, mask, monkeypatch, lean_step, device_type):
     from rlft.rollout import decode
 
-    lm, tok, ids, mask = lm_and_batch
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16):
         assert decode.cache_dtype(ids.device) == torch.bfloat16
         cache, fp32_cache = preallocated_cache(ids.shape[1] + 2, torch.bfloat16), preallocated_cache(ids.shape[1] + 2)
         for c in (cache, fp32_cache):
@@ -207,7 +217,7 @@ def test_bf16_autocast_keeps_the_cache_in_bf16_and_samples_what_an_fp32_cache_gi
     for dtype_fn in (decode.cache_dtype, lambda device: None):
         monkeypatch.setattr(decode, "cache_dtype", dtype_fn)
         torch.manual_seed(3)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
             runs.append(sample(lm, ids, mask, **kw))
     (got, got_lp), (ref, ref_lp) = runs
     assert torch.equal(got, ref)
