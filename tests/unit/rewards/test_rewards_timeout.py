@@ -122,7 +122,9 @@ INJECTIONS = [
 def test_injection_strings_never_execute(tmp_path: Path, dataset: str) -> None:
     marker = tmp_path / "pwned"
     texts = [t.replace("{m}", str(marker)) for t in INJECTIONS]
-    vs = check_batch(texts, ["1"] * len(texts), datasets=dataset)
+    # a gold answer no marker path can spell: the path's digits (pytest-1/...) land in the boxed junk, and a GSM8K
+    # box is read for the number in it, so gold "1" was judged correct under /tmp/pytest-of-root/pytest-1
+    vs = check_batch(texts, ["424242"] * len(texts), datasets=dataset)
     assert not any(v.correct for v in vs)
     assert not marker.exists()
 
