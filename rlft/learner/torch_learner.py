@@ -157,9 +157,10 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
     about 40 ms on a 2-core CPU, from its measured bandwidth; the benchmark runs clipped every step)."""
     grads = [p.grad for p in params if p.grad is not None]
     total = torch.nn.utils.get_total_norm(grads)
-    if max_norm > 0 and float(total) + 1e-6 > max_norm:  # torch's scale max_norm / (norm + 1e-6), capped at 1
+    norm = float(total)  # one host sync
+    if max_norm > 0 and norm + 1e-6 > max_norm:  # torch's scale max_norm / (norm + 1e-6), capped at 1
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return float(total)
+    return norm
 
 
 def fused_adamw_supported(groups: list[dict]) -> bool:

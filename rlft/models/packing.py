@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from rlft.models.loading import LLAMA_FAMILY, uses_sliding_window
+from rlft.utils.device import autocast_dtype
 
 ATTENTION_NAME = "rlft_packed_sdpa"
 PLAN_KEYWORD = "rlft_packing"  # the forward keyword that carries an `AttentionPlan` to the attention function
@@ -171,8 +172,7 @@ def _fp32_island(query: torch.Tensor) -> torch.dtype | None:
     it. No-grad forwards (sampling, log-probs) keep bf16 (forward speed is equal); GPUs keep bf16."""
     if query.device.type != "cpu" or not (torch.is_grad_enabled() and query.requires_grad):
         return None
-    if query.dtype == torch.bfloat16 or (
-            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+    if query.dtype == torch.bfloat16 or autocast_dtype(query.device) == torch.bfloat16:
         return torch.bfloat16
     return None
 
