@@ -32,8 +32,10 @@ rlft takes seq-mean-token-mean; the score one position after EOS; for trl-grpo: 
 
 What this benchmark adds, the same on both sides:
 - start: the warm-up (`--warmup`: an rlft checkpoint `RUN/checkpoints/ckpt-N` or its HF folder `.../model`), the
-  policy and the frozen reference; float32, in fp32 on both sides (`Setup.precision` left at its default: the
-  throughput benchmark's bf16-mixed runs are not used here);
+  policy and the frozen reference, float32 weights;
+- precision (`--precision`, default fp32): fp32 on both sides, or bf16-mixed on both (rlft `model.precision=
+  bf16-mixed`, TRL's `bf16=True`: autocast over fp32 master weights and optimizer state, as in
+  `benchmarks/ppo_throughput.py`); the held-out evaluation then samples under bf16 autocast on both sides too;
 - training questions: a fixed set (`--n-train`, built-in arithmetic task, difficulty 0, as rlft's `data.*`
   loads it with `--n-test` held-out), cycled in epochs, each side shuffling each epoch with its own generator
   (rlft `epoch_order`, TRL's samplers). Not matched: TRL 1.12's PPO dataloader drops the last incomplete batch of
@@ -90,6 +92,7 @@ from pathlib import Path
 from ceilings import peak_rss_mib
 from peers import (
     PARTIAL_REWARD,
+    PRECISIONS,
     Setup,
     machine,
     prompt_tokens_note,
@@ -112,7 +115,7 @@ SMOOTH = 10  # iterations in the plotted moving average of the training reward
 def setup_of(args, name: str, seed: int) -> Setup:
     return Setup(prompts=args.prompts, group=args.group, iterations=args.iterations, n_train=args.n_train,
                  n_test=args.n_test, max_new_tokens=args.max_new_tokens, lr=args.lr, seed=seed,
-                 ppo_epochs=args.ppo_epochs if name in PAIRS["ppo"] else 1)
+                 ppo_epochs=args.ppo_epochs if name in PAIRS["ppo"] else 1, precision=args.precision)
 
 
 def warmup_folder(path: str) -> Path:
@@ -135,7 +138,7 @@ def held_out(model, tokenizer, test, s: Setup, name: str) -> dict:
     from rlft.rollout.hf_engine import HFRolloutEngine
 
     engine = HFRolloutEngine(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                             batch_size=s.generate_batch(name))
+                             batch_size=s.generate_batch(name), mixed_precision=s.precision == "bf16-mixed")
     summary, _ = evaluate(engine, tokenizer, test, style="nl", max_new_tokens=s.max_new_tokens,
                           partial_reward=PARTIAL_REWARD, seed=s.seed)
     return {"accuracy": summary["eval/accuracy"], "mean_score": summary["eval/mean_score"],
@@ -483,7 +486,8 @@ def parent(args) -> None:
         f"{prompt_tokens_note(warmup)}",
         f"- each run: {s.iterations} iterations, lr {s.lr:g}, GRPO {s.prompts} prompts x {s.group} samples, PPO "
         f"{s.prompts * s.group} prompts x 1 sample with {args.ppo_epochs} PPO epochs; seeds "
-        f"{' '.join(map(str, args.seeds))}; what is matched and what is not: `benchmarks/peer_parity.py`",
+        f"{' '.join(map(str, args.seeds))}; precision {s.precision} on both sides (training and evaluation); "
+        "what is matched and what is not: `benchmarks/peer_parity.py`",
         "", "Accuracy: mean ± std over seeds; time: the training clock (evaluation excluded) at each seed's first "
         "evaluation at or above the level, mean ± std over the seeds that reached it.",
     ]
@@ -529,6 +533,8 @@ def main() -> None:
                         help="accuracy levels as points above the warm-up")
     parser.add_argument("--levels", nargs="+", type=float, help="absolute accuracy levels (0-1) instead of --gains")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: torch's default)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="both sides' precision: fp32, or bf16-mixed (rlft model.precision, TRL's bf16=True)")
     parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_peer_parity"))
     parser.add_argument("--out", help="markdown report (default RUN_DIR/peer_parity.md)")
     parser.add_argument("--plot", help="plot PNG (default RUN_DIR/peer_parity.png)")

@@ -128,3 +128,34 @@ def test_trl_callback_keeps_evaluation_out_of_the_clock(pp, monkeypatch):
     assert callback.clock == {1: 10.0, 2: 20.0, 3: 30.0}
     assert [(e["iteration"], e["train_seconds"]) for e in callback.evals] == [(2, 20.0), (3, 30.0)]  # and the last
     assert callback.logs[3] == {"reward": 0.3}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_precision_reaches_both_sides_and_the_evaluation(pp, precision, monkeypatch, tmp_path):
+    """`--precision` sets both sides' Setup (rlft's model.precision, TRL's bf16), is part of the key that decides
+    whether a saved run is reused, and makes the held-out evaluation sample under the same precision."""
+    import argparse
+
+    import torch
+
+    args = argparse.Namespace(prompts=2, group=2, iterations=2, n_train=4, n_test=4, max_new_tokens=8, lr=1e-5,
+                              ppo_epochs=2, precision=precision, warmup=str(tmp_path), eval_every=1, threads=0)
+    (tmp_path / "config.json").write_text("{}")
+    for name in ("rlft-grpo", "trl-grpo", "rlft-reft", "trl-ppo"):
+        assert pp.setup_of(args, name, 1).precision == precision
+    other = argparse.Namespace(**{**vars(args), "precision": "fp32" if precision != "fp32" else "bf16-mixed"})
+    assert pp.run_key(args, "rlft-grpo", 1) != pp.run_key(other, "rlft-grpo", 1)
+    assert f"model.precision={precision}" in pp.rlft_overrides("rlft-grpo", pp.setup_of(args, "rlft-grpo", 1),
+                                                               tmp_path, tmp_path)
+    seen = {}
+
+    def fake_evaluate(engine, *a, **k):
+        seen["mixed"] = engine.mixed_precision
+        return {"eval/accuracy": 0.5, "eval/mean_score": 0.5, "eval/response_len_mean": 3.0, "eval/seconds": 0.1}, []
+
+    import rlft.evaluate
+
+    monkeypatch.setattr(rlft.evaluate, "evaluate", fake_evaluate)
+    tokenizer = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1})()
+    pp.held_out(torch.nn.Linear(1, 1), tokenizer, [], pp.setup_of(args, "trl-grpo", 1), "trl-grpo")
+    assert seen["mixed"] is (precision == "bf16-mixed")
