@@ -75,7 +75,7 @@ def sft_loss(
         logprobs = ppo.logprobs_from_logits(shift_logits, safe_labels, chunk_size=chunk_size)  # (B, S-1)
         nll_sum = torch.where(valid, -logprobs, 0.0).sum()
         with torch.no_grad():
-            correct = (shift_logits.argmax(dim=-1) == shift_labels).float()
+            correct = (_first_argmax(shift_logits) == shift_labels).float()
             token_acc = ppo.masked_mean(correct, valid)
     else:  # the N labelled positions only, in row-major order
         targets = shift_labels[valid]  # (N,)
@@ -83,9 +83,16 @@ def sft_loss(
             raise ValueError(f"sft_loss: {logits.shape[0]} logit rows for {targets.shape[0]} labelled positions")
         nll_sum = -ppo.logprobs_from_logits(logits, targets, chunk_size=chunk_size).sum()
         with torch.no_grad():
-            token_acc = (logits.argmax(dim=-1) == targets).float().sum() / max(1, targets.numel())
+            token_acc = (_first_argmax(logits) == targets).float().sum() / max(1, targets.numel())
     loss = nll_sum / (n.clamp(min=1).to(nll_sum.dtype) if num_tokens is None else num_tokens)
     return loss, {"sft/n_tokens": n.float(), "sft/token_acc": token_acc}
+
+
+def _first_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(dim=-1)`: the first maximal index of each row, through `max`, which documents the same
+    tie rule. Why: torch 2.13's CPU argmax over a 49k vocabulary is 2-3x slower than max (350 x 49,152 bf16
+    logits: 28.8 ms against 10.3; fp32 23.2 against 12.1), ~2 % of a SmolLM2 SFT step for a metric."""
+    return logits.max(dim=-1).indices
 
 
 def labelled_positions(labels: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:

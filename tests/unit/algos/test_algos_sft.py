@@ -55,6 +55,20 @@ def test_sft_loss_matches_torch_cross_entropy() -> None:
     close(m["sft/token_acc"], acc)
 
 
+def test_token_accuracy_counts_ties_as_argmax_does() -> None:
+    # argmax's rule on ties is the first maximal index: a label tied for the max at a later index is wrong
+    # (bf16 logits tie often); both logits layouts
+    logits = torch.tensor([[[0.0, 2.0, 2.0, 1.0], [3.0, 0.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0]]])  # (1, 3, 4)
+    labels = torch.tensor([[-100, 2, 0]])  # position 0 scores label 2 (tied with 1: wrong); 1 scores 0 (right)
+    for dtype in (torch.float32, torch.bfloat16):
+        _, m = sft.sft_loss(logits.to(dtype), labels)
+        close(m["sft/token_acc"], 0.5)
+        _, m = sft.sft_loss(logits[0, :2].to(dtype), labels)  # the (N, V) labelled-positions layout
+        close(m["sft/token_acc"], 0.5)
+    big = torch.randn(5, 40_000).to(torch.bfloat16)  # many exact ties in bf16
+    assert torch.equal(sft._first_argmax(big), big.argmax(dim=-1))
+
+
 def test_sft_loss_nothing_labelled_is_zero() -> None:
     loss, m = sft.sft_loss(torch.randn(2, 3, 5), torch.full((2, 3), -100))
     close(loss, 0.0)
