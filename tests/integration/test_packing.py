@@ -16,6 +16,7 @@ from rlft.algos import sft
 from rlft.config import ConfigError, check_command_line, load_config
 from rlft.learner.reference import FrozenReference
 from rlft.learner.torch_learner import TorchLearner
+from rlft.models import packing as packed
 from rlft.models.policy import PolicyModel, response_slice
 from rlft.trainers.algorithms import plan
 from rlft.trainers.ppo import make_loss_fn
@@ -201,6 +202,58 @@ def test_packing_under_bf16_autocast_stays_close_to_the_padded_forward():
            for p in (False, True)]
     m = batch["response_mask"][..., None]
     torch.testing.assert_close(out[1] * m, out[0] * m, atol=3e-2, rtol=3e-2)
+
+
+BF16_CPU = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.skipif(not BF16_CPU, reason="this CPU's oneDNN has no bf16 GEMM")
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_bf16_packed_rows_get_a_kernel_tail_that_changes_no_output_or_gradient(name, shared, monkeypatch):
+    """Under bf16 on a CPU every packed decoder call runs `kernel_rows(N)` tokens (a dummy tail after the N real
+    ones, so that oneDNN reuses its bf16 GEMM kernels across batches); logits, values and gradients are those of
+    the same forward without the tail to bf16 rounding (oneDNN picks its GEMM kernel by shape: 1 bf16 ulp on ~7 %
+    of these logits)."""
+    batch = grouped_batch(97, prompts=3, n=3, P=13, T=11)
+    ids, mask, P, T = sequences(batch)
+    meta = PositionMeta.from_prompt_mask(batch["prompt_mask"])
+    results = []
+    for tail in (False, True):
+        if not tail:
+            monkeypatch.setattr(packed, "kernel_rows", lambda n: n)
+        model = policy(name, True, value_head="linear", prefix_sharing=shared, mixed_precision=True)
+        with decoder_inputs(model) as shapes:
+            out = model(ids, mask, meta, T + 1, P)
+        logits = response_slice(out.logits, P, T).float() * batch["response_mask"][..., None]
+        values = response_slice(out.values, P, T).float() * batch["response_mask"]
+        (logits.log_softmax(-1).sum() + values.pow(2).sum()).backward()
+        results.append((logits, values, grads_of(model), [s[1] for s in shapes]))
+        monkeypatch.undo()
+    (lg_a, v_a, g_a, n_a), (lg_b, v_b, g_b, n_b) = results
+    assert all(packed.kernel_rows(n) == m for n, m in zip(n_a, n_b)) and n_b != n_a  # a tail was run
+    torch.testing.assert_close(lg_b, lg_a, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(v_b, v_a, atol=2e-2, rtol=2e-2)
+    for key, grad in g_a.items():  # bf16 weight gradients: to one bf16 ulp (2^-7) of each tensor's largest entry
+        torch.testing.assert_close(g_b[key], grad, atol=float(grad.abs().max()) / 128, rtol=2e-2,
+                                   msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_kernel_rows_and_where_the_tail_applies():
+    assert [packed.kernel_rows(n) for n in (1, 32, 33, 40, 87, 1901, 2000, 2048)] == [1, 32, 34, 40, 88, 1920, 2048, 2048]
+    for n in range(1, 5000):
+        rows = packed.kernel_rows(n)
+        assert n <= rows <= n * 1.0625 and packed.kernel_rows(rows) == rows
+    assert len({packed.kernel_rows(n) for n in range(1024, 2049)}) == 17  # 16 sizes per octave (and 2048)
+    lm = build("llama")
+    ids, positions = torch.arange(3, 90).unsqueeze(0), torch.arange(87).unsqueeze(0)
+    same = packed.pad_for_kernels(lm, ids, positions)  # fp32: MKL's GEMMs have no per-shape cost
+    assert same[0] is ids and same[1] is positions
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        padded_ids, padded_positions = packed.pad_for_kernels(lm, ids, positions)
+    assert padded_ids.shape == padded_positions.shape == (1, 88)
+    assert torch.equal(padded_ids[:, :87], ids) and torch.equal(padded_positions[0, 87:], torch.tensor([0]))
+    assert packed.pad_for_kernels(lm.to(torch.bfloat16), ids, positions)[0].shape == (1, 88)  # bf16 weights
 
 
 def test_enabling_packing_leaves_the_models_padded_and_cached_forwards_as_they_were():
