@@ -234,7 +234,7 @@ def kernel_rows(n: int) -> int:
 
 def pad_for_kernels(lm: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[
         torch.Tensor, torch.Tensor]:
-    """A packed row (1, N) of token and position ids, with a tail of dummy tokens up to `kernel_rows(N)` where the
+    """A packed row (1, N) of token and position ids, with a tail of dummy tokens up to `kernel_rows(N + 1)` where the
     forward multiplies in bf16 on a CPU (bf16 autocast, or bf16 weights); else as it is. The attention leaves the
     tail out (`packed_sdpa`, the plan's `tokens`); callers keep the first N outputs, so outputs and gradients are
     those of the N tokens.
@@ -245,12 +245,14 @@ def pad_for_kernels(lm: torch.nn.Module, input_ids: torch.Tensor, position_ids: 
     iteration measured 0.470 s with changing counts against 0.431 s with a constant one. fp32 GEMMs (MKL) and GPUs
     have no per-shape cost, and get no tail."""
     n = input_ids.shape[1]
-    rows = kernel_rows(n)
-    if rows == n or input_ids.device.type != "cpu" or not (
+    if input_ids.device.type != "cpu" or not (
             autocast_dtype(input_ids.device) == torch.bfloat16
             or lm.get_input_embeddings().weight.dtype == torch.bfloat16):
         return input_ids, position_ids
-    tail = torch.arange(rows - n, device=input_ids.device).unsqueeze(0)  # one dummy sequence, token id 0
+    # At least one dummy token, even where N is a kernel size already: the autograd graph must not depend on the
+    # batch (measured: DeepSpeed ZeRO-3 ranks deadlocked when one rank's row had a tail and the other's had none,
+    # their backward hooks then gathering parameters in different orders)
+    tail = torch.arange(kernel_rows(n + 1) - n, device=input_ids.device).unsqueeze(0)  # one sequence, token id 0
     return torch.cat([input_ids, torch.zeros_like(tail)], dim=1), torch.cat([position_ids, tail], dim=1)
 
 
