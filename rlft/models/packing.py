@@ -198,7 +198,7 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    tail = query.shape[2] - (query.shape[2] if plan.tokens is None else plan.tokens)
+    tail = 0 if plan.tokens is None else query.shape[2] - plan.tokens
     if tail:  # `pad_for_kernels`'s tail tokens attend to nothing and nothing attends to them: output 0
         query, key, value = (x.narrow(2, 0, plan.tokens) for x in (query, key, value))
         out, weights = packed_sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

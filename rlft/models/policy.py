@@ -279,7 +279,7 @@ class PolicyModel(torch.nn.Module):
         decoder, lm_head = self.lm.get_decoder(), self.lm.get_output_embeddings()
         with self.adapter.plan(packed_positions(positions, rows.index, S)), \
                 torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
-            packed_ids, packed_position_ids = self._kernel_rows(positions, rows.pack(input_ids), rows.rank.unsqueeze(0))
+            packed_ids, packed_position_ids = self._kernel_rows(rows.pack(input_ids), rows.rank.unsqueeze(0))
             packed_hidden = decoder(input_ids=packed_ids, attention_mask=None, position_ids=packed_position_ids,
                                     use_cache=False, **packed.plan_keyword(self.lm, AttentionPlan.causal(rows)))
             packed_hidden = packed_hidden.last_hidden_state[:, :rows.index.numel()]  # (1, N, H)
@@ -317,14 +317,14 @@ class PolicyModel(torch.nn.Module):
             response_positions = packed_positions(positions, row * S + P + responses.index % T, S)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.value_only):
             with self.adapter.plan(prompt_positions):
-                prompt_ids, prompt_position_ids = self._kernel_rows(positions, prompts.pack(input_ids[first, :P]),
+                prompt_ids, prompt_position_ids = self._kernel_rows(prompts.pack(input_ids[first, :P]),
                                                                     prompts.rank.unsqueeze(0))
                 prompt_hidden = decoder(input_ids=prompt_ids, attention_mask=None,
                                         position_ids=prompt_position_ids, use_cache=False,
                                         **packed.plan_keyword(self.lm, AttentionPlan.causal(prompts, capture=kept)))
             with self.adapter.plan(response_positions):
                 response_ids, response_position_ids = self._kernel_rows(
-                    positions, responses.pack(input_ids[:, P:]), (lengths[inverse][row] + responses.rank).unsqueeze(0))
+                    responses.pack(input_ids[:, P:]), (lengths[inverse][row] + responses.rank).unsqueeze(0))
                 response_hidden = decoder(
                     input_ids=response_ids, attention_mask=None, position_ids=response_position_ids, use_cache=False,
                     **packed.plan_keyword(self.lm, AttentionPlan.after_prefix(responses, kept, prompts, inverse)))
@@ -336,11 +336,10 @@ class PolicyModel(torch.nn.Module):
             logits = lm_head(hidden)
         return self._with_heads(logits, hidden)  # the heads train even in value-only warm-up
 
-    def _kernel_rows(self, positions: PositionMeta | None, input_ids: torch.Tensor,
-                     position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kernel_rows(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A packed row's ids with `packing.pad_for_kernels`'s tail where it applies; not under a position-planned
         adapter (hook interventions, `own_modules`), whose hooks expect exactly the packed tokens."""
-        if positions is not None and self.adapter.own_modules() is not None:
+        if self.adapter.own_modules() is not None:
             return input_ids, position_ids
         return packed.pad_for_kernels(self.lm, input_ids, position_ids)
 
