@@ -252,36 +252,91 @@ def value_loss(
     return loss, metrics
 
 
+# Rows of logits one chunk of the per-token helpers below covers: ~16 MB of float32 whatever the vocabulary, so
+# their float32 working copies stay small (SmolLM2's (32, 64, 49152) response logits are 400 MB in float32).
+LOGIT_CHUNK_ELEMENTS = 1 << 22
+
+
+def _chunks(logits: torch.Tensor, chunk_size: int | None) -> list[tuple[int, int]]:
+    """[start, end) rows of dim 0 per chunk: `chunk_size` rows, or as many as fit `LOGIT_CHUNK_ELEMENTS`."""
+    rows = logits.shape[0]
+    per_row = max(1, logits[:1].numel())
+    size = chunk_size or max(1, LOGIT_CHUNK_ELEMENTS // per_row)
+    return [(s, min(rows, s + size)) for s in range(0, rows, size)]
+
+
 def entropy_from_logits(logits: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
     """Entropy of the softmax at each position: H = logsumexp(z) − Σ_v softmax(z)_v z_v.
 
     Args:
-        logits: (B, T, V). chunk_size: rows of B per chunk (bounds the float32 copy).
+        logits: (B, T, V) or (N, V), any float dtype. chunk_size: rows of dim 0 per chunk (default: ~16 MB of
+            float32 each), which bounds the float32 working copy.
     Returns:
-        (B, T) entropy in float32.
+        (B, T) or (N,) entropy in float32.
     """
-    chunks = [z.float() for z in logits.split(chunk_size or logits.shape[0] or 1, dim=0)]
-    return torch.cat([torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1) for z in chunks], dim=0)
+    out = []
+    for start, end in _chunks(logits, chunk_size):
+        z = logits[start:end].float()
+        out.append(torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1))
+    return torch.cat(out, dim=0)
 
 
 def logprobs_from_logits(
     logits: torch.Tensor, labels: torch.Tensor, *, chunk_size: int | None = None
 ) -> torch.Tensor:
-    """log softmax(z)[y] = z_y − logsumexp(z), without materialising the (B, T, V) log-softmax.
+    """log softmax(z)[y] = z_y − logsumexp(z) in float32, for logits of any float dtype, without building any
+    (B, T, V) tensor beside the logits themselves, forward or backward.
+
+    Why not `z.float().gather(...) - z.float().logsumexp(-1)`: autograd then keeps the float32 copy of the logits
+    for the backward pass and builds four more logits-sized tensors there (softmax, its product with the
+    gradient, the gather's zero-filled scatter, their sum) plus the cast back: for SmolLM2's 49k vocabulary, 68 MB
+    each at 350 SFT positions and 400 MB each for a GRPO micro-batch of 32 x 64 responses, most of a CPU step's
+    time outside the matrix products (freshly allocated pages fault in one by one). `_TokenLogProbs` computes the
+    same numbers chunk by chunk (`LOGIT_CHUNK_ELEMENTS`) and writes the gradient once, in the logits' dtype.
 
     Args:
-        logits: (B, T, V), already aligned with `labels` (logits of position p score token p + 1).
-        labels: (B, T) token ids; every entry must be a valid id (mask afterwards, not before).
-        chunk_size: rows of B per chunk, bounding the float32 working copy to chunk_size·T·V.
+        logits: (B, T, V) or (N, V), already aligned with `labels` (logits of position p score token p + 1).
+        labels: (B, T) or (N,) token ids; every entry must be a valid id (mask afterwards, not before).
+        chunk_size: rows of dim 0 per chunk (default: ~16 MB of float32 each).
     Returns:
-        (B, T) log-probs in float32.
+        log-probs shaped like `labels`, in float32.
     """
-    size = chunk_size or logits.shape[0] or 1
-    out = []
-    for z, y in zip(logits.split(size, dim=0), labels.split(size, dim=0)):
-        z = z.float()  # a no-op for float32 logits; bounded by the chunk for bf16
-        out.append(z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1))
-    return torch.cat(out, dim=0)
+    return _TokenLogProbs.apply(logits, labels, chunk_size)
+
+
+class _TokenLogProbs(torch.autograd.Function):
+    """z_y − logsumexp(z) with the gradient g·(onehot(y) − softmax(z)), both computed in float32 per chunk."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+        chunks = _chunks(logits, chunk_size)
+        lse = torch.empty(labels.shape, dtype=torch.float32, device=logits.device)
+        for start, end in chunks:
+            lse[start:end] = _logsumexp_float32(logits[start:end])
+        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.chunks = chunks
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, labels, lse = ctx.saved_tensors
+        grad = grad.float()
+        out = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        for start, end in ctx.chunks:
+            g = grad[start:end].unsqueeze(-1)
+            softmax = (logits[start:end] - lse[start:end].unsqueeze(-1)).exp_()  # float32 (lse is)
+            softmax.mul_(-g).scatter_add_(-1, labels[start:end].unsqueeze(-1), g)  # g·(onehot − softmax)
+            out[start:end] = softmax
+        return out, None, None
+
+
+def _logsumexp_float32(z: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim in float32 for `z` of any float dtype, with one float32 working tensor (the
+    max is taken in z's own dtype, where it is exact). Rows that are all -inf give -inf, as torch.logsumexp."""
+    top = z.amax(-1, keepdim=True).float()
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    return (z - top).exp_().sum(-1).log_().add_(top.squeeze(-1))
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

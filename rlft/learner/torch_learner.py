@@ -221,7 +221,7 @@ def response_logprobs_and_values(model, batch: MicroBatch, micro_batch_size: int
     for start in range(0, n, micro_batch_size):
         mb = to_device({k: v[start:start + micro_batch_size] for k, v in batch.items()}, device)
         logits, vals = response_forward(model, mb)
-        logprobs.append(ppo.logprobs_from_logits(logits.float(), mb["response_ids"]))
+        logprobs.append(ppo.logprobs_from_logits(logits, mb["response_ids"]))
         values.append(vals)
     mask = batch["response_mask"].to(device)
     lp = torch.cat(logprobs) * mask

@@ -223,7 +223,7 @@ def make_loss_fn(cfg: Config, num_seqs: int):
 
     def loss_fn(output, mb):
         b, P, T = mb["negative"].shape[0], mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
-        logprobs = ppo.logprobs_from_logits(output.logits.float(), mb["response_ids"])  # (rows, T)
+        logprobs = ppo.logprobs_from_logits(output.logits, mb["response_ids"])  # (rows, T)
         hidden = output.sequence.hidden
         hidden = None if hidden is None else response_slice(hidden, P, T)[:b]  # (b, T, H) base sequences
         losses, metrics = nlft_algo.sequence_losses(logprobs[:b], logprobs[mb["judge_row"]], mb["logp_correct"], hidden,

@@ -129,7 +129,7 @@ def make_loss_fn(cfg: Config, run: Plan, *, num_seqs: int, kl_coef: float, part:
         share = mask.shape[0] / num_seqs
         loss, means, shares = 0.0, {}, {}  # means: of this micro-batch; shares: already minibatch-normalised
         if part != "value":
-            logprobs = ppo.logprobs_from_logits(output.logits.float(), mb["response_ids"])  # (b, T)
+            logprobs = ppo.logprobs_from_logits(output.logits, mb["response_ids"])  # (b, T)
             old = mb["old_logprobs"] if has_old_logprobs else logprobs.detach()
             loss, means = ppo.policy_loss(logprobs, old, mb["advantages"], mask,
                                           clip_eps=cfg.ppo.clip_eps, clip_eps_high=run.clip_eps_high, **agg)
@@ -148,7 +148,7 @@ def make_loss_fn(cfg: Config, run: Plan, *, num_seqs: int, kl_coef: float, part:
                     with torch.no_grad():
                         means.update(kl_metrics(logprobs, mb["ref_logprobs"], mask, run.kl_estimator)[1])
             with torch.no_grad():
-                means["policy/entropy"] = ppo.masked_mean(ppo.entropy_from_logits(output.logits.float()), mask)
+                means["policy/entropy"] = ppo.masked_mean(ppo.entropy_from_logits(output.logits), mask)
         if part != "policy" and output.values is not None:
             v_loss, v_metrics = ppo.value_loss(output.values, mb["old_values"], mb["returns"], mask,
                                                clip_eps=cfg.ppo.value_clip_eps, **agg)

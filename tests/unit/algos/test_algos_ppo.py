@@ -422,6 +422,53 @@ def test_logprobs_from_logits_gradient() -> None:
     close(logits.grad, [[[-0.25, -0.25, 0.75, -0.25]]], atol=1e-6)
 
 
+def _reference_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 17), (9, 17)])
+@pytest.mark.parametrize("chunk_size", [None, 1, 4])
+def test_logprobs_from_logits_gradient_matches_autograd(shape, chunk_size) -> None:
+    """The chunked function's values and gradient equal autograd through log_softmax, fp32 and bf16 logits,
+    for (B, T, V) and (N, V) inputs and a non-contiguous view (SFT's shifted logits)."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(*shape[:-1], shape[-1] + 3, generator=g) * 3
+    labels = torch.randint(0, shape[-1], shape[:-1], generator=g)
+    weights = torch.randn(shape[:-1], generator=g)  # a non-uniform upstream gradient
+    for dtype in (torch.float32, torch.bfloat16):
+        mine = base.to(dtype).clone().requires_grad_()
+        ref = base.to(dtype).clone().requires_grad_()
+        view = mine[..., : shape[-1]]  # non-contiguous
+        out = ppo.logprobs_from_logits(view, labels, chunk_size=chunk_size)
+        expected = _reference_logprobs(ref[..., : shape[-1]], labels)
+        assert out.dtype == torch.float32 and out.shape == labels.shape
+        close(out, expected, atol=1e-5)
+        (out * weights).sum().backward()
+        (expected * weights).sum().backward()
+        assert mine.grad.dtype == dtype
+        tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: both round the same float32 gradient once
+        close(mine.grad.float(), ref.grad.float(), atol=tol)
+
+
+def test_logprobs_from_logits_masked_vocabulary_and_inference_mode() -> None:
+    """-inf logits (a masked vocabulary entry) get probability 0 and gradient 0; no autograd state is needed."""
+    logits = torch.tensor([[0.0, float("-inf"), 0.0, 0.0]], requires_grad=True)
+    out = ppo.logprobs_from_logits(logits, torch.tensor([0]))
+    close(out, [-math.log(3)], atol=1e-6)
+    out.sum().backward()
+    close(logits.grad, [[2 / 3, 0.0, -1 / 3, -1 / 3]], atol=1e-6)
+    with torch.inference_mode():
+        close(ppo.logprobs_from_logits(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long)),
+              torch.full((2, 3), -math.log(4)), atol=1e-6)
+
+
+def test_entropy_from_logits_bf16_and_flat() -> None:
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(7, 11, generator=g) * 2
+    expected = torch.distributions.Categorical(logits=logits.bfloat16().float()).entropy()
+    close(ppo.entropy_from_logits(logits.bfloat16()), expected, atol=1e-5)
+
+
 def test_explained_variance() -> None:
     returns = torch.tensor([[1.0, 2.0, 3.0, 50.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
