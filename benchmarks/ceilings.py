@@ -59,6 +59,38 @@ def memory_bandwidth(read_mib: int = 512, repeats: int = 5) -> dict:
     return {"read": read, "copy": copy}
 
 
+def decoder_linear_shapes(config) -> list[tuple[int, int]]:
+    """(out, in) features of the linear layers of one Llama-family decoder layer: q, k, v, o, gate, up, down."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    q = config.num_attention_heads * head_dim
+    kv = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
+    h, i = config.hidden_size, config.intermediate_size
+    return [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
+
+
+def gemm_only_seconds(config, tokens: int, head_rows: int, dtype: torch.dtype, repeats: int = 3) -> float:
+    """Seconds of the matrix products alone of one forward + backward of a Llama-family decoder over `tokens`
+    packed tokens, its LM head over `head_rows` of them: per linear layer X W^T, dY W and dY^T X at the model's
+    own shapes, in `dtype`, best of `repeats` after a warm-up. Everything else a training step does (attention,
+    norms, activations, the loss, casts, the optimizer) is left out, so 6 x N x tokens / this time is the highest
+    MFU a step of that shape can reach on this machine: the matmul ceiling (square GEMMs of up to 2048) is not
+    reachable at a small model's widths and a short step's row counts."""
+    layer = decoder_linear_shapes(config)
+    shapes = [(s, tokens) for s in layer] * config.num_hidden_layers + [((config.vocab_size, config.hidden_size),
+                                                                         head_rows)]
+    weights = [torch.randn(out_features, in_features).to(dtype) for (out_features, in_features), _ in shapes]
+    # activations per distinct shape (a step reads the ones it has just written); weights per layer, as in a step
+    activations = {(o, i, rows): (torch.randn(rows, i).to(dtype), torch.randn(rows, o).to(dtype))
+                   for (o, i), rows in shapes}
+
+    def step():
+        for w, ((o, i), rows) in zip(weights, shapes):
+            x, dy = activations[(o, i, rows)]
+            torch.mm(x, w.t()), torch.mm(dy, w), torch.mm(dy.t(), x)
+
+    return _best_seconds(step, repeats)
+
+
 def peak_rss_mib() -> float:
     """This process's peak RSS since it started (`VmHWM`). Not `ru_maxrss`: Linux carries the parent's peak
     across fork + exec into the child, and a benchmark's parent has just filled ~1 GiB measuring bandwidth."""

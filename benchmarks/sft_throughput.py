@@ -93,7 +93,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ceilings import ceilings_markdown, matmul_ceiling, measure_ceilings, peak_rss_mib
+from ceilings import ceilings_markdown, gemm_only_seconds, matmul_ceiling, measure_ceilings, peak_rss_mib
 from peers import (
     PRECISIONS,
     accelerate_mixed_precision,
@@ -180,6 +180,7 @@ def run_rlft(args, model_dir: Path, out_dir: Path) -> dict:
         steps.append({"seconds": seconds, "tokens": sum(int(mb["attention_mask"].sum()) for mb in micro_batches),
                       "padded_tokens": sum(mb["attention_mask"].numel() for mb in micro_batches),
                       "sequences": sum(mb["input_ids"].shape[0] for mb in micro_batches),
+                      "labels": sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro_batches),
                       "micro_batches": len(micro_batches)})
         if not setup:
             setup.update(trainable_params=self.num_trainable(), optimizer=type(self.optimizer).__name__,
@@ -344,11 +345,27 @@ def summarize(result: dict, warmup: int, ceilings: dict, precision: str) -> dict
         "mfu": 6 * n_params * tokens / seconds / matmul_ceiling(ceilings, precision),
         "peak_rss_mib": result["peak_rss_mib"],
     }
+    if "gemm_only_step_seconds" in result:  # measured by the parent at this run's mean step shape
+        out["gemm_only_mfu"] = 6 * n_params * (tokens / len(timed)) / result["gemm_only_step_seconds"] \
+            / matmul_ceiling(ceilings, precision)
     if all(s.get("padded_tokens") for s in timed):
         out["pad_fraction"] = 1 - tokens / sum(s["padded_tokens"] for s in timed)
     if all("logged_seconds" in s for s in timed):
         out["tokens_per_s_logged"] = tokens / sum(s["logged_seconds"] for s in timed)
     return out
+
+
+def gemm_only_step_seconds(result: dict, warmup: int, model_dir: Path, precision: str) -> float:
+    """The matrix products alone of one of rlft's timed steps at its mean shape (`ceilings.gemm_only_seconds`:
+    mean packed tokens and labelled positions per micro-batch, times the micro-batches per step)."""
+    import torch
+    from transformers import AutoConfig
+
+    timed = result["steps"][warmup:]
+    micro = sum(s["micro_batches"] for s in timed)
+    tokens, labels = (round(sum(s[k] for s in timed) / micro) for k in ("tokens", "labels"))
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+    return gemm_only_seconds(AutoConfig.from_pretrained(model_dir), tokens, labels, dtype) * micro / len(timed)
 
 
 def best_precision(by_precision: dict, side: str) -> str | None:
@@ -371,6 +388,10 @@ def comparisons(by_precision: dict) -> list[dict]:
     if pa and pb:
         out.append(entry(pa, pb, True))
     return out
+
+
+def bound_cell(summary: dict) -> str:
+    return f"{summary['gemm_only_mfu'] * 100:.1f}%" if "gemm_only_mfu" in summary else "-"
 
 
 def report(args, results: dict, ceilings: dict, command: str) -> str:
@@ -403,11 +424,15 @@ def report(args, results: dict, ceilings: dict, command: str) -> str:
         ("- tokens = non-pad tokens (attention-mask sum); MFU = 6 x N x tokens/s / the matmul FLOP/s of the run's "
          "precision below (fp32 GEMMs for fp32, bf16 GEMMs for bf16-mixed), N = trainable parameters including the "
          "(tied) embeddings"),
+        ("- MFU bound of the step's shape (rlft): the MFU the run would show if its steps took only the time of their "
+         "matrix products (`ceilings.gemm_only_seconds`: every linear layer's forward and backward GEMMs at the "
+         "model's widths and rlft's mean packed tokens per micro-batch, the LM head at its labelled positions, "
+         "nothing else); the square-GEMM ceiling is out of reach at a small model's widths and a short step's rows"),
         "",
         ceilings_markdown(ceilings),
         ("| model | precision | side | N params | s/step (stdev) | sequences/s | tokens/s | MFU (of the precision's "
-         "ceiling) | peak RSS MiB |"),
-        "|---|---|---|---|---|---|---|---|---|",
+         "ceiling) | MFU bound of the step's shape | peak RSS MiB |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     summaries = {m: {p: {side: summarize(r, args.warmup, ceilings, p) for side, r in by_side.items()}
                      for p, by_side in by_precision.items()} for m, by_precision in results.items()}
@@ -416,7 +441,7 @@ def report(args, results: dict, ceilings: dict, command: str) -> str:
             for side, x in by_side.items():
                 lines.append(f"| {m} | {p} | {side} | {x['trainable_params'] / 1e6:.2f}M | {x['s_per_step']:.3f} "
                              f"({x['s_per_step_stdev']:.3f}) | {x['sequences_per_s']:.2f} | {x['tokens_per_s']:,.0f} "
-                             f"| {x['mfu'] * 100:.1f}% | {x['peak_rss_mib']:.0f} |")
+                             f"| {x['mfu'] * 100:.1f}% | {bound_cell(x)} | {x['peak_rss_mib']:.0f} |")
     lines.append("")
     for m, by_precision in summaries.items():
         for c in comparisons(by_precision):
@@ -431,7 +456,8 @@ def report(args, results: dict, ceilings: dict, command: str) -> str:
             a = by_precision[p]["rlft"]
             losses = [results[m][p][side]["steps"][-1]["loss"] for side in SIDES]
             lines.append(f"{m}, {p}: rlft / TRL = {c['tokens_per_s']:.2f}x tokens/s, {c['peak_rss']:.2f}x peak RSS (MFU "
-                         f"{a['mfu'] * 100:.1f}% vs {by_precision[p]['trl']['mfu'] * 100:.1f}%; rlft's own logged step "
+                         f"{a['mfu'] * 100:.1f}% vs {by_precision[p]['trl']['mfu'] * 100:.1f}%; rlft's step shape bounds its MFU at "
+                         f"{bound_cell(a)}; rlft's own logged step "
                          f"time, which also covers `collate`: {a.get('tokens_per_s_logged', float('nan')):,.0f} "
                          f"tokens/s; padding {a.get('pad_fraction', float('nan')) * 100:.0f}% of the batches' "
                          f"positions; loss at the last step {losses[0]:.4f} vs {losses[1]:.4f}).")
@@ -460,6 +486,9 @@ def parent(args) -> None:
                 subprocess.run([sys.executable, str(Path(__file__).resolve()), "--only", side, "--precision", p,
                                 *passthrough], check=True, env=side_env(side, args.peer_allocator))
                 results[m][p][side] = json.loads((run_dir / m / p / side / "result.json").read_text())
+            print(f"sft_throughput: timing {m} / {p}'s matrix products alone ...", file=sys.stderr, flush=True)
+            results[m][p]["rlft"]["gemm_only_step_seconds"] = gemm_only_step_seconds(
+                results[m][p]["rlft"], args.warmup, model_dir, p)
     command = "python benchmarks/sft_throughput.py " + " ".join(sys.argv[1:])
     text = report(args, results, ceilings, command.strip())
     (run_dir / "results.json").write_text(json.dumps(

@@ -213,6 +213,33 @@ def test_sft_comparisons(bench):
     # MFU against the ceiling of the precision the run ran in: 6 x 1e6 x 1000 tokens/s = 6 GFLOP/s
     assert sft.summarize(result, 1, ceilings, "fp32")["mfu"] == pytest.approx(0.06)
     assert sft.summarize(result, 1, ceilings, "bf16-mixed")["mfu"] == pytest.approx(0.015)
+    assert "gemm_only_mfu" not in sft.summarize(result, 1, ceilings, "fp32")
+    # the step's shape bound: 6 x 1e6 x 1000 tokens per step in 0.5 s of matrix products = 12 GFLOP/s
+    bounded = sft.summarize({**result, "gemm_only_step_seconds": 0.5}, 1, ceilings, "fp32")
+    assert bounded["gemm_only_mfu"] == pytest.approx(0.12) and sft.bound_cell(bounded) == "12.0%"
+
+
+def test_gemm_only_seconds_covers_the_decoders_linear_layers(bench, monkeypatch):
+    """Every linear layer's three products per layer at the model's own (GQA) widths, the LM head at its rows."""
+    ceilings = bench["ceilings"]
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
+                             head_dim=None, num_hidden_layers=3, vocab_size=300)
+    assert ceilings.decoder_linear_shapes(config) == [(64, 64), (32, 64), (32, 64), (64, 64), (160, 64), (160, 64),
+                                                      (64, 160)]
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(ceilings.torch, "mm", lambda a, b: calls.append((tuple(a.shape), tuple(b.shape), a.dtype))
+                        or real_mm(a, b))
+    seconds = ceilings.gemm_only_seconds(config, tokens=10, head_rows=4, dtype=torch.bfloat16, repeats=1)
+    assert seconds > 0
+    per_call = 3 * (7 * 3 + 1)  # forward, input gradient, weight gradient; 7 linears x 3 layers + the LM head
+    assert len(calls) == 2 * per_call  # warm-up + one timed repeat
+    assert calls[:3] == [((10, 64), (64, 64), torch.bfloat16), ((10, 64), (64, 64), torch.bfloat16),
+                         ((64, 10), (10, 64), torch.bfloat16)]
+    assert calls[per_call - 3:per_call] == [((4, 64), (64, 300), torch.bfloat16), ((4, 300), (300, 64), torch.bfloat16),
+                                            ((300, 4), (4, 64), torch.bfloat16)]
 
 
 # ----------------------------------------------------------------------------------------------------
