@@ -60,7 +60,11 @@ attention mask: prompt + target + EOS), counted by rlft from its micro-batches a
 `num_tokens` metric (the child checks both counts against the encoded examples). sequences/s = batch / step
 time. MFU = 6 * N * tokens/s / the machine's matmul FLOP/s in the run's precision (fp32 GEMMs for fp32, bf16
 GEMMs for bf16-mixed), N = trainable parameters including the embeddings (tied input/output embeddings counted
-once), i.e. model FLOPs of forward + backward with attention and padding ignored.
+once), i.e. model FLOPs of forward + backward with attention and padding ignored. Beside it, for rlft's runs, the
+MFU bound of the step's shape: the same MFU with the step's time replaced by that of its matrix products alone
+(`ceilings.gemm_only_seconds`, timed by the parent after the runs at rlft's mean packed tokens and labelled
+positions per micro-batch): square 2048 GEMMs set the ceiling, and a small model's widths and a short step's rows
+cannot reach it, so the bound tells what the step's shape allows and MFU / bound what the rest of the step costs.
 
 Precisions (`--precision fp32|bf16-mixed|both`; default: both where the CPU has AMX-BF16 / AVX512-BF16, rlft's own
 `model.precision=auto` probe, else fp32), each side with its own option (`peers.trl_precision_kwargs`):
