@@ -290,9 +290,10 @@ def logprobs_from_logits(
     Why not `z.float().gather(...) - z.float().logsumexp(-1)`: autograd then keeps the float32 copy of the logits
     for the backward pass and builds four more logits-sized tensors there (softmax, its product with the
     gradient, the gather's zero-filled scatter, their sum) plus the cast back: for SmolLM2's 49k vocabulary, 68 MB
-    each at 350 SFT positions and 400 MB each for a GRPO micro-batch of 32 x 64 responses, most of a CPU step's
-    time outside the matrix products (freshly allocated pages fault in one by one). `_TokenLogProbs` computes the
-    same numbers chunk by chunk (`LOGIT_CHUNK_ELEMENTS`) and writes the gradient once, in the logits' dtype.
+    each at 350 SFT positions and 400 MB each for a GRPO micro-batch of 32 x 64 responses (on a CPU, freshly
+    allocated pages also fault in one by one). `_TokenLogProbs` computes the same numbers chunk by chunk
+    (`LOGIT_CHUNK_ELEMENTS`) and writes the gradient once, in the logits' dtype. Measured (SmolLM2, bf16-mixed, GRPO
+    8 x 4 x 64, 2 CPU threads): train phase 5.89 -> 4.76 s per iteration, peak RSS 9.2 -> 7.0 GB.
 
     Args:
         logits: (B, T, V) or (N, V), already aligned with `labels` (logits of position p score token p + 1).
