@@ -156,7 +156,7 @@ def run_rlft(name: str, s: Setup, args, warmup: Path, tokenizer, test, out_dir: 
     del model
     overrides = rlft_overrides(name, s, warmup, out_dir) + [
         f"ppo.eval_every={args.eval_every}", f"eval.max_new_tokens={s.max_new_tokens}", "eval.samples=1",
-        f"eval.partial_reward={PARTIAL_REWARD}"]
+        f"eval.partial_reward={PARTIAL_REWARD}", *rlft_set(args)]
     run_ppo(load_config(None, overrides))
     rows = read_metrics(out_dir)
     grpo = name == "rlft-grpo"
@@ -245,9 +245,16 @@ def run_dir_of(args, name: str, seed: int) -> Path:
 
 
 def run_key(args, name: str, seed: int) -> dict:
-    """What decides a run's result: a saved run with the same key is reused."""
+    """What decides a run's result: a saved run with the same key is reused. `--rlft-set` is part of rlft's runs'
+    keys only (TRL's runs are reused across it), and only when given (keys of runs made without it stay valid)."""
+    extra = {"rlft_set": rlft_set(args)} if name.startswith("rlft") and rlft_set(args) else {}
     return {**dataclasses.asdict(setup_of(args, name, seed)), "warmup": str(warmup_folder(args.warmup).resolve()),
-            "eval_every": args.eval_every, "threads": args.threads}
+            "eval_every": args.eval_every, "threads": args.threads, **extra}
+
+
+def rlft_set(args) -> list[str]:
+    """`--rlft-set KEY=VALUE` overrides for rlft's side (after the matched settings, so they win)."""
+    return list(getattr(args, "rlft_set", None) or [])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -487,7 +494,8 @@ def parent(args) -> None:
         f"- each run: {s.iterations} iterations, lr {s.lr:g}, GRPO {s.prompts} prompts x {s.group} samples, PPO "
         f"{s.prompts * s.group} prompts x 1 sample with {args.ppo_epochs} PPO epochs; seeds "
         f"{' '.join(map(str, args.seeds))}; precision {s.precision} on both sides (training and evaluation); "
-        "what is matched and what is not: `benchmarks/peer_parity.py`",
+        "what is matched and what is not: `benchmarks/peer_parity.py`"
+        + (f"; rlft's side with `{' '.join(rlft_set(args))}`" if rlft_set(args) else ""),
         "", "Accuracy: mean ± std over seeds; time: the training clock (evaluation excluded) at each seed's first "
         "evaluation at or above the level, mean ± std over the seeds that reached it.",
     ]
@@ -538,6 +546,9 @@ def main() -> None:
     parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_peer_parity"))
     parser.add_argument("--out", help="markdown report (default RUN_DIR/peer_parity.md)")
     parser.add_argument("--plot", help="plot PNG (default RUN_DIR/peer_parity.png)")
+    parser.add_argument("--rlft-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an rlft config override for rlft's runs (repeatable), e.g. model.dtype=float32: a "
+                             "variant of rlft's side against the same TRL runs")
     parser.add_argument("--bench-python", default=str(ROOT / ".venv-bench/bin/python"),
                         help="interpreter with TRL 1.12 for trl-ppo (`make bench-venv`); missing: skipped")
     parser.add_argument("--only", choices=[n for p in PAIRS.values() for n in p], help=argparse.SUPPRESS)

@@ -145,6 +145,11 @@ def test_precision_reaches_both_sides_and_the_evaluation(pp, precision, monkeypa
         assert pp.setup_of(args, name, 1).precision == precision
     other = argparse.Namespace(**{**vars(args), "precision": "fp32" if precision != "fp32" else "bf16-mixed"})
     assert pp.run_key(args, "rlft-grpo", 1) != pp.run_key(other, "rlft-grpo", 1)
+    # --rlft-set: a variant of rlft's side against the same TRL runs (reused), keys without it unchanged
+    variant = argparse.Namespace(**{**vars(args), "rlft_set": ["model.dtype=float32"]})
+    assert pp.run_key(variant, "rlft-grpo", 1) == {**pp.run_key(args, "rlft-grpo", 1), "rlft_set": ["model.dtype=float32"]}
+    assert pp.run_key(variant, "trl-grpo", 1) == pp.run_key(args, "trl-grpo", 1)
+    assert pp.rlft_set(args) == [] and pp.rlft_set(variant) == ["model.dtype=float32"]
     assert f"model.precision={precision}" in pp.rlft_overrides("rlft-grpo", pp.setup_of(args, "rlft-grpo", 1),
                                                                tmp_path, tmp_path)
     seen = {}
