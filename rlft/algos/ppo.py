@@ -284,8 +284,8 @@ def entropy_from_logits(logits: torch.Tensor, *, chunk_size: int | None = None) 
 def logprobs_from_logits(
     logits: torch.Tensor, labels: torch.Tensor, *, chunk_size: int | None = None
 ) -> torch.Tensor:
-    """log softmax(z)[y] = z_y − logsumexp(z) in float32, for logits of any float dtype, without building any
-    (B, T, V) tensor beside the logits themselves, forward or backward.
+    """log softmax(z)[y] = z_y − logsumexp(z) in float32, for logits of any float dtype, with no (B, T, V) tensor
+    besides the logits and, in the backward pass, their gradient.
 
     Why not `z.float().gather(...) - z.float().logsumexp(-1)`: autograd then keeps the float32 copy of the logits
     for the backward pass and builds four more logits-sized tensors there (softmax, its product with the
@@ -313,7 +313,7 @@ class _TokenLogProbs(torch.autograd.Function):
         chunks = _chunks(logits, chunk_size)
         lse = torch.empty(labels.shape, dtype=torch.float32, device=logits.device)
         for start, end in chunks:
-            lse[start:end] = _logsumexp_float32(logits[start:end])
+            lse[start:end] = torch.logsumexp(logits[start:end].float(), dim=-1)  # a chunk-sized float32 copy
         picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
         ctx.save_for_backward(logits, labels, lse)
         ctx.chunks = chunks
@@ -330,14 +330,6 @@ class _TokenLogProbs(torch.autograd.Function):
             softmax.mul_(-g).scatter_add_(-1, labels[start:end].unsqueeze(-1), g)  # g·(onehot − softmax)
             out[start:end] = softmax
         return out, None, None
-
-
-def _logsumexp_float32(z: torch.Tensor) -> torch.Tensor:
-    """logsumexp over the last dim in float32 for `z` of any float dtype, with one float32 working tensor (the
-    max is taken in z's own dtype, where it is exact). Rows that are all -inf give -inf, as torch.logsumexp."""
-    top = z.amax(-1, keepdim=True).float()
-    top = torch.where(torch.isfinite(top), top, 0.0)
-    return (z - top).exp_().sum(-1).log_().add_(top.squeeze(-1))
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
