@@ -10,8 +10,10 @@ GRPOTrainer and rlft's ReFT against TRL 1.12's PPOTrainer, learning curves and w
     # the benchmark: 2 pairs x 3 seeds x 200 iterations, held-out accuracy on 300 questions every 10 iterations
     python benchmarks/peer_parity.py --warmup runs/parity_warmup/checkpoints/ckpt-352 --threads 2 \\
         --out docs/benchmarks_parity.md --plot docs/img/peer_parity.png
-    # a variant of rlft's side against the same TRL runs (TRL's are reused; rlft's runs are keyed by the overrides)
-    python benchmarks/peer_parity.py --warmup W --pairs grpo --rlft-set model.dtype=float32 --run-dir R
+    # a variant of rlft's side against the same TRL runs: a NEW run dir R2 with the TRL runs copied in (they are
+    # reused by key; in R itself the variant's rlft runs would replace the plain ones, which share their folders)
+    mkdir -p R2 && cp -r R/trl-grpo R2/
+    python benchmarks/peer_parity.py --warmup W --pairs grpo --rlft-set model.dtype=float32 --run-dir R2
     # smoke (what has been run so far)
     python benchmarks/peer_parity.py --warmup W --iterations 4 --eval-every 2 --seeds 1 --n-test 16 --run-dir /tmp/pp
 
