@@ -10,10 +10,9 @@ GRPOTrainer and rlft's ReFT against TRL 1.12's PPOTrainer, learning curves and w
     # the benchmark: 2 pairs x 3 seeds x 200 iterations, held-out accuracy on 300 questions every 10 iterations
     python benchmarks/peer_parity.py --warmup runs/parity_warmup/checkpoints/ckpt-352 --threads 2 \\
         --out docs/benchmarks_parity.md --plot docs/img/peer_parity.png
-    # a variant of rlft's side against the same TRL runs: a NEW run dir R2 with the TRL runs copied in (they are
-    # reused by key; in R itself the variant's rlft runs would replace the plain ones, which share their folders)
-    mkdir -p R2 && cp -r R/trl-grpo R2/
-    python benchmarks/peer_parity.py --warmup W --pairs grpo --rlft-set model.dtype=float32 --run-dir R2
+    # a variant of rlft's side against the same TRL runs (reused): in the same run dir R, rlft's runs go to
+    # R/rlft-grpo+<overrides>-<hash>/ and the report to R/peer_parity+<overrides>-<hash>.md (and .png)
+    python benchmarks/peer_parity.py --warmup W --pairs grpo --rlft-set model.dtype=float32 --run-dir R
     # smoke (what has been run so far)
     python benchmarks/peer_parity.py --warmup W --iterations 4 --eval-every 2 --seeds 1 --n-test 16 --run-dir /tmp/pp
 
@@ -61,7 +60,7 @@ What this benchmark adds, the same on both sides:
   warm-up of this task, ReFT at 5e-5 gained 4 points in 100 iterations and barely moved at 1e-5
   (docs/benchmarks.md, "Why ReFT did not move").
 
-Outputs (in `--run-dir`): `results.json` (every run's per-iteration rows and evaluations, the summaries), the
+Outputs (in `--run-dir`; under `--rlft-set` their names carry the variant's tag, `variant_tag`): `results.json` (every run's per-iteration rows and evaluations, the summaries), the
 markdown report (also `--out` and stdout) and the plot (`--plot`): training reward (moving average over
 `SMOOTH` iterations) and held-out accuracy vs iteration, and accuracy vs training wall time; mean over seeds with
 a min-max band. A finished run whose settings match is reused on a rerun (its `result.json`).
@@ -245,7 +244,24 @@ def child(args) -> None:
 
 
 def run_dir_of(args, name: str, seed: int) -> Path:
-    return Path(args.run_dir) / name / f"seed{seed}"
+    return Path(args.run_dir) / side_folder(args, name) / f"seed{seed}"
+
+
+def side_folder(args, name: str) -> str:
+    """A side's folder in the run dir: its name, and for rlft's side under `--rlft-set` the name plus
+    `variant_tag`, so that a variant's runs sit beside the plain ones (and TRL's, which every variant reuses)."""
+    return f"{name}+{variant_tag(args)}" if name.startswith("rlft") and rlft_set(args) else name
+
+
+def variant_tag(args) -> str:
+    """Readable and unique for the `--rlft-set` overrides (in their order): the overrides with characters other
+    than letters, digits and `._=-` replaced (cut to 60 characters), and 8 hex digits of their hash."""
+    import hashlib
+    import re
+
+    overrides = rlft_set(args)
+    readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", ",".join(overrides))[:60]
+    return f"{readable}-{hashlib.sha256(json.dumps(overrides).encode()).hexdigest()[:8]}"
 
 
 def run_key(args, name: str, seed: int) -> dict:
@@ -515,14 +531,15 @@ def parent(args) -> None:
     for name, why in skipped.items():
         lines += ["", f"{name}: skipped, {why}."]
     text = "\n".join(lines) + "\n"
-    plot = Path(args.plot) if args.plot else run_dir / "peer_parity.png"
+    stem = "peer_parity" + (f"+{variant_tag(args)}" if rlft_set(args) else "")  # a variant's beside the plain one's
+    plot = Path(args.plot) if args.plot else run_dir / f"{stem}.png"
     write_plot(plot, [p for p in args.pairs if p in summary], runs, warm[0][0])
     text += f"\n![training reward and held-out accuracy]({plot})\n"
-    (run_dir / "results.json").write_text(json.dumps(
+    (run_dir / f"{stem.replace('peer_parity', 'results')}.json").write_text(json.dumps(
         {"args": vars(args), "warmup_accuracy": warm, "levels": levels, "summary": summary, "runs": runs,
          "skipped": skipped}, indent=2, default=str))
     print(text)
-    out = Path(args.out) if args.out else run_dir / "peer_parity.md"
+    out = Path(args.out) if args.out else run_dir / f"{stem}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("# Peer parity: rlft vs TRL\n\n" + text)
 

@@ -3,6 +3,7 @@ interpolation), time to accuracy over seeds and its rlft/TRL ratio, the differen
 No training runs here."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -150,6 +151,27 @@ def test_precision_reaches_both_sides_and_the_evaluation(pp, precision, monkeypa
     assert pp.run_key(variant, "rlft-grpo", 1) == {**pp.run_key(args, "rlft-grpo", 1), "rlft_set": ["model.dtype=float32"]}
     assert pp.run_key(variant, "trl-grpo", 1) == pp.run_key(args, "trl-grpo", 1)
     assert pp.rlft_set(args) == [] and pp.rlft_set(variant) == ["model.dtype=float32"]
+    # ... in its own folders beside the plain rlft runs, which it must not replace; TRL's folders are shared
+    args.run_dir = variant.run_dir = str(tmp_path / "R")
+    assert pp.run_dir_of(args, "rlft-grpo", 1) == tmp_path / "R" / "rlft-grpo" / "seed1"
+    tag = pp.variant_tag(variant)
+    assert pp.run_dir_of(variant, "rlft-grpo", 1) == tmp_path / "R" / f"rlft-grpo+{tag}" / "seed1"
+    assert tag.startswith("model.dtype=float32-") and len(tag) == len("model.dtype=float32-") + 8
+    assert pp.run_dir_of(variant, "trl-grpo", 1) == pp.run_dir_of(args, "trl-grpo", 1)
+    paths = argparse.Namespace(**{**vars(variant), "rlft_set": ["run.dir=/a b/c", "x=1"]})
+    assert "/" not in pp.variant_tag(paths) and " " not in pp.variant_tag(paths)
+    assert pp.variant_tag(paths) != pp.variant_tag(argparse.Namespace(**{**vars(paths), "rlft_set": ["x=1"]}))
+    # a rerun of the variant reuses its own rlft runs and the plain TRL runs, and never reads the plain rlft runs
+    for run_args, name in ((args, "rlft-grpo"), (variant, "rlft-grpo"), (args, "trl-grpo")):
+        folder = pp.run_dir_of(run_args, name, 1)
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({"key": pp.run_key(run_args, name, 1), "which": str(folder)}))
+    monkeypatch.setattr(pp, "side_python", lambda name, bench_python: ("python", None))
+    monkeypatch.setattr(pp.subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a} instead of reusing"))
+    variant.seeds, variant.bench_python = [1], None
+    runs, skipped = pp.collect(variant, ["rlft-grpo", "trl-grpo"])
+    assert not skipped and runs["rlft-grpo"][0]["which"] == str(pp.run_dir_of(variant, "rlft-grpo", 1))
+    assert runs["trl-grpo"][0]["which"] == str(pp.run_dir_of(args, "trl-grpo", 1))
     assert f"model.precision={precision}" in pp.rlft_overrides("rlft-grpo", pp.setup_of(args, "rlft-grpo", 1),
                                                                tmp_path, tmp_path)
     seen = {}
