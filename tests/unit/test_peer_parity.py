@@ -73,6 +73,28 @@ def test_time_to_accuracy_and_ratio(pp):
     assert pp.seconds_cell(a) == "45 ± 23 s (it. 15)"  # std of (61, 29) = 22.6
 
 
+def test_ratio_intervals_resample_each_sides_seeds(pp):
+    rlft = [CURVE, run((0, 0.40, 0.0), (10, 0.46, 29.0), (20, 0.44, 59.0))]  # first at 0.44: 61 s, 29 s
+    trl = [run((0, 0.40, 0.0), (10, 0.42, 60.0), (20, 0.45, 120.0)),        # 120 s
+           run((0, 0.40, 0.0), (10, 0.44, 62.0), (20, 0.42, 124.0))]        # 62 s
+    got = pp.ratio_intervals(rlft, trl, 0.44)
+    # two seeds a side: a resample's mean is one seed's time (1/4), or both's (1/2); the extremes, min(rlft) /
+    # max(trl) and max(rlft) / min(trl), each come up in 1/16 of the resamples, so they are the 2.5 / 97.5 %
+    assert got["per_seed"] == (pytest.approx(29 / 120), pytest.approx(61 / 62))
+    # TRL's mean curve misses 0.44 when a resample holds both its seeds (0.435 at best): ratio 0 there
+    assert got["mean_curve"][0] == 0.0 and got["mean_curve"][1] < float("inf")
+    # mean curves at 0.43: rlft's resamples cross at 45.5 s (CURVE twice: halfway from 0.41 at 30 s to 0.45 at
+    # 61 s), 14.5 s (the other seed twice: half of 0 -> 29 s) or 25.3 s (both); TRL's at 80 s (a third of 60 ->
+    # 120 s), 46.5 s (three quarters of 0 -> 62 s) or 61 s (both): extremes 14.5 / 80 and 45.5 / 46.5
+    assert pp.ratio_intervals(rlft, trl, 0.43)["mean_curve"] == (pytest.approx(14.5 / 80), pytest.approx(45.5 / 46.5))
+    assert pp.ratio_intervals(rlft, trl, 0.44) == got  # seeded: the same report on a rerun
+    assert pp.ratio_intervals(rlft[:1], trl, 0.44) == {"per_seed": None, "mean_curve": None}
+    # a TRL seed that never reaches 0.45 makes some resamples' ratio 0, an rlft seed that never does +inf
+    assert pp.ratio_intervals(rlft, trl, 0.45)["per_seed"][0] == 0.0
+    assert pp.ratio_intervals(trl, rlft, 0.45)["per_seed"][1] == float("inf")
+    assert pp.interval_cell((0.0, float("inf"))) == " [0.00, ∞]" and pp.interval_cell(None) == ""
+
+
 def test_difference_interval(pp):
     d, half = pp.difference_interval([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])
     assert d == pytest.approx(0.1)
@@ -101,8 +123,9 @@ def test_pair_markdown(pp):
     text, summary = pp.pair_markdown(("rlft-grpo", "trl-grpo"), runs, [("44 %", 0.44), ("46 %", 0.46)], 0.67)
     lines = text.splitlines()
     assert "| 10 | 44.0 ± 0.0 | 42.0 ± 0.0 | +2.0 ± 0.0 |" in lines
-    assert ("| 44 % | 30 ± 0 s (it. 10) | 120 ± 0 s (it. 20) | 0.25x (meets) "
-            "| 30.0 (10) / 120.0 (20) = 0.250x (meets) |") in lines
+    # identical seeds: every bootstrap resample is the same, so the intervals are the point
+    assert ("| 44 % | 30 ± 0 s (it. 10) | 120 ± 0 s (it. 20) | 0.25x [0.25, 0.25] (meets) "
+            "| 30.0 (10) / 120.0 (20) = 0.250x [0.25, 0.25] (meets) |") in lines
     assert "| 46 % | 60 ± 0 s (it. 20) | not reached (0/2) | — | — |" in lines
     assert summary["seconds_per_iteration"]["trl-grpo"] == (6.0, 0.0)
     assert [row["ratio"] for row in summary["time_to_accuracy"]] == [0.25, None]
