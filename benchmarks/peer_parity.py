@@ -60,10 +60,11 @@ What this benchmark adds, the same on both sides:
   warm-up of this task, ReFT at 5e-5 gained 4 points in 100 iterations and barely moved at 1e-5
   (docs/benchmarks.md, "Why ReFT did not move").
 
-Outputs (in `--run-dir`; under `--rlft-set` their names carry the variant's tag, `variant_tag`): `results.json` (every run's per-iteration rows and evaluations, the summaries), the
-markdown report (also `--out` and stdout) and the plot (`--plot`): training reward (moving average over
-`SMOOTH` iterations) and held-out accuracy vs iteration, and accuracy vs training wall time; mean over seeds with
-a min-max band. A finished run whose settings match is reused on a rerun (its `result.json`).
+Outputs (in `--run-dir`; under `--rlft-set` their names carry the variant's tag, `variant_tag`): `results.json`
+(every run's per-iteration rows and evaluations, the summaries), the markdown report (also `--out` and stdout)
+and the plot (`--plot`): training reward (moving average over `SMOOTH` iterations) and held-out accuracy vs
+iteration, and accuracy vs training wall time; mean over seeds with a min-max band. A finished run whose settings
+match is reused on a rerun (its `result.json`).
 
 Report, per pair: accuracy at a few iterations (mean +- std over seeds, and the difference rlft - TRL with a 95 %
 t-interval from the two sides' seed spread, which says whether the curves are within seed noise); time to
@@ -370,7 +371,7 @@ def ratio_intervals(a: list[dict], b: list[dict], level: float, resamples: int =
             return math.inf
         if tb is None or math.isnan(tb):
             return 0.0
-        return ta / tb if tb > 0 else math.inf
+        return ta / tb if tb > 0 else (1.0 if ta <= 0 else math.inf)  # both at the warm-up: the same time
 
     per_seed, mean_curve = [], []
     for _ in range(resamples):

@@ -86,7 +86,8 @@ def test_ratio_intervals_resample_each_sides_seeds(pp):
     # mean curves at 0.43: rlft's resamples cross at 45.5 s (CURVE twice: halfway from 0.41 at 30 s to 0.45 at
     # 61 s), 14.5 s (the other seed twice: half of 0 -> 29 s) or 25.3 s (both); TRL's at 80 s (a third of 60 ->
     # 120 s), 46.5 s (three quarters of 0 -> 62 s) or 61 s (both): extremes 14.5 / 80 and 45.5 / 46.5
-    assert pp.ratio_intervals(rlft, trl, 0.43)["mean_curve"] == (pytest.approx(14.5 / 80), pytest.approx(45.5 / 46.5))
+    extremes = (pytest.approx(14.5 / 80), pytest.approx(45.5 / 46.5))
+    assert pp.ratio_intervals(rlft, trl, 0.43)["mean_curve"] == extremes
     assert pp.ratio_intervals(rlft, trl, 0.44) == got  # seeded: the same report on a rerun
     assert pp.ratio_intervals(rlft[:1], trl, 0.44) == {"per_seed": None, "mean_curve": None}
     # a TRL seed that never reaches 0.45 makes some resamples' ratio 0, an rlft seed that never does +inf
