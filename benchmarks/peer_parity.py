@@ -229,7 +229,9 @@ def child(args) -> None:
         torch.set_num_threads(args.threads)
     name, s = args.only, setup_of(args, args.only, args.only_seed)
     out_dir = run_dir_of(args, name, s.seed)
-    if out_dir.exists():
+    if out_dir.is_symlink():  # a run dir assembled from links to other run dirs' runs: replace the link only
+        out_dir.unlink()
+    elif out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     warmup = warmup_folder(args.warmup)
@@ -327,7 +329,7 @@ def mean_curve_crossing(runs: list[dict], level: float) -> dict | None:
 def curve_table(runs: list[dict]) -> tuple[list[int], list[list[float]], list[list[float]]]:
     """The iterations evaluated on every run, and each run's accuracy and training clock there (a row per run)."""
     common = sorted(set.intersection(*({e["iteration"] for e in r["evals"]} for r in runs))) if runs else []
-    at = [{e["iteration"]: e for e in r["evals"]} for r in runs]
+    at = [{e["iteration"]: e for e in reversed(r["evals"])} for r in runs]  # an iteration's first evaluation
     return (common, [[a[it]["accuracy"] for it in common] for a in at],
             [[a[it]["train_seconds"] for it in common] for a in at])
 
@@ -353,10 +355,11 @@ def ratio_intervals(a: list[dict], b: list[dict], level: float, resamples: int =
     """95 % percentile-bootstrap intervals of both time ratios (a over b) at `level`: `per_seed` (`time_ratio` of
     the first crossings) and `mean_curve` (`mean_curve_crossing`). Each resample draws each side's seeds with
     replacement, independently (the sides share no randomness). A resample where a side does not reach the level
-    (a seed, or the mean curve) counts as ratio +inf where `a` misses and 0 where only `b` misses, so the interval
-    says how often that happens instead of hiding it. None with fewer than 2 seeds on a side. Why: the levels
-    nearest the warm-up are crossed within one or two evaluations, and whether a ratio there is below a target
-    is a question about seed noise."""
+    (a seed, or the mean curve) counts as ratio +inf where `a` misses (both missing included) and 0 where only `b`
+    misses, so the interval says how often that happens instead of hiding it. None with fewer than 2 seeds on a
+    side. Why: the levels nearest the warm-up are crossed within one or two evaluations, and whether a ratio there
+    is below a target is a question about seed noise. With ~10 seeds a side a percentile interval of a skewed
+    ratio tends to be somewhat narrow: read it as a lower bound on the uncertainty."""
     import numpy as np
 
     if len(a) < 2 or len(b) < 2:
@@ -371,7 +374,9 @@ def ratio_intervals(a: list[dict], b: list[dict], level: float, resamples: int =
             return math.inf
         if tb is None or math.isnan(tb):
             return 0.0
-        return ta / tb if tb > 0 else (1.0 if ta <= 0 else math.inf)  # both at the warm-up: the same time
+        if tb <= 0:  # TRL's time 0 (the level at the warm-up): the same time if rlft's is 0 too
+            return 1.0 if ta <= 0 else math.inf
+        return ta / tb
 
     per_seed, mean_curve = [], []
     for _ in range(resamples):
@@ -387,7 +392,8 @@ def ratio_intervals(a: list[dict], b: list[dict], level: float, resamples: int =
 def interval_cell(interval: tuple[float, float] | None) -> str:
     if interval is None:
         return ""
-    return " [" + ", ".join("∞" if math.isinf(x) else f"{x:.2f}" for x in interval) + "]"
+    # 3 digits: an upper end of 0.6706 must not read as the 0.67 target
+    return " [" + ", ".join("∞" if math.isinf(x) else f"{x:.3f}" for x in interval) + "]"
 
 
 def accuracy_at(runs: list[dict], iteration: int) -> list[float]:
@@ -594,15 +600,15 @@ def parent(args) -> None:
     for name, why in skipped.items():
         lines += ["", f"{name}: skipped, {why}."]
     text = "\n".join(lines) + "\n"
-    stem = "peer_parity" + (f"+{variant_tag(args)}" if rlft_set(args) else "")  # a variant's beside the plain one's
-    plot = Path(args.plot) if args.plot else run_dir / f"{stem}.png"
+    suffix = f"+{variant_tag(args)}" if rlft_set(args) else ""  # a variant's files beside the plain ones'
+    plot = Path(args.plot) if args.plot else run_dir / f"peer_parity{suffix}.png"
     write_plot(plot, [p for p in args.pairs if p in summary], runs, warm[0][0])
     text += f"\n![training reward and held-out accuracy]({plot})\n"
-    (run_dir / f"{stem.replace('peer_parity', 'results')}.json").write_text(json.dumps(
+    (run_dir / f"results{suffix}.json").write_text(json.dumps(
         {"args": vars(args), "warmup_accuracy": warm, "levels": levels, "summary": summary, "runs": runs,
          "skipped": skipped}, indent=2, default=str))
     print(text)
-    out = Path(args.out) if args.out else run_dir / f"{stem}.md"
+    out = Path(args.out) if args.out else run_dir / f"peer_parity{suffix}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("# Peer parity: rlft vs TRL\n\n" + text)
 
@@ -628,8 +634,10 @@ def main() -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="both sides' precision: fp32, or bf16-mixed (rlft model.precision, TRL's bf16=True)")
     parser.add_argument("--run-dir", default=str(ROOT / "runs/bench_peer_parity"))
-    parser.add_argument("--out", help="markdown report (default RUN_DIR/peer_parity.md)")
-    parser.add_argument("--plot", help="plot PNG (default RUN_DIR/peer_parity.png)")
+    parser.add_argument("--out", help="markdown report (default RUN_DIR/peer_parity.md; a variant's: "
+                                      "RUN_DIR/peer_parity+TAG.md, see `variant_tag`)")
+    parser.add_argument("--plot", help="plot PNG (default RUN_DIR/peer_parity.png; a variant's: "
+                                       "RUN_DIR/peer_parity+TAG.png)")
     parser.add_argument("--rlft-set", action="append", default=[], metavar="KEY=VALUE",
                         help="an rlft config override for rlft's runs (repeatable), e.g. model.dtype=float32: a "
                              "variant of rlft's side against the same TRL runs")
