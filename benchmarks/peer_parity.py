@@ -84,8 +84,10 @@ import rlft  # noqa: F401  # isort: skip  (first: its host-memory policy acts be
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -259,9 +261,6 @@ def side_folder(args, name: str) -> str:
 def variant_tag(args) -> str:
     """Readable and unique for the `--rlft-set` overrides (in their order): the overrides with characters other
     than letters, digits and `._=-` replaced (cut to 60 characters), and 8 hex digits of their hash."""
-    import hashlib
-    import re
-
     overrides = rlft_set(args)
     readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", ",".join(overrides))[:60]
     return f"{readable}-{hashlib.sha256(json.dumps(overrides).encode()).hexdigest()[:8]}"
