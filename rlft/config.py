@@ -91,6 +91,14 @@ class ModelConfig:
     """Recompute each decoder layer's activations in the backward pass instead of storing them (SFT and RL
     learners): less activation memory for about one more forward of compute; turns off shared prompts in training
     forwards (`ppo.prefix_sharing`)."""
+    compile: bool = False
+    """Compile each decoder layer with `torch.compile` (inductor, dynamic shapes; `rlft/models/compiling.py`) for
+    the forwards without a KV cache: SFT, the RL learner's train and log-prob passes, the critic, the frozen
+    reference. One graph serves every layer; it compiles on the first forward (seconds to a minute, once per
+    process). Measured on CPU: bf16-mixed SFT steps 1.17-1.55x faster, fp32 1.07x. Decoding (rollout,
+    evaluation) keeps the eager layers, and so do RL forwards that share prompts: RL needs
+    `ppo.prefix_sharing=false`. Torch learners only (local, or `cluster.learner=torch`), full finetuning or LoRA,
+    without `model.gradient_checkpointing`."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """Attention kernel of the HF model (transformers' `attn_implementation`): `sdpa` (torch's fused attention),
     `eager`, or `flash_attention_2` (CUDA, needs the flash-attn package). The HF engine's lean decoding step uses
@@ -731,6 +739,8 @@ def validate(cfg: Config, world_size: int = 1, command: str | None = None) -> No
     if cfg.rollout.engine == "vllm" and kind != "full":
         raise ConfigError(f"rollout.engine=vllm cannot run adapter.kind={kind} (hook-based adapters and "
                           "unmerged LoRA need the HF engine); use rollout.engine=hf")
+    if cfg.model.compile and command != "eval":
+        _validate_compile(cfg, kind, command)
     _validate_log(cfg.log)
     _validate_compute(cfg)
     if cfg.model.tiny.hidden_size % cfg.model.tiny.head_dim:
@@ -957,6 +967,8 @@ def ineffective_reason(cfg: Config, command: str, key: str) -> str | None:
                        "RL settings are read by `rlft train` and `rlft compare`",
                 "eval": "`rlft eval` generates with --model and scores, in this process: training and cluster "
                         "settings are read by `rlft sft`, `train` and `compare`"}[command]
+    if command == "eval" and key == "model.compile":
+        return "`rlft eval` only decodes, and decoding keeps the eager layers (model.compile compiles cache-free forwards)"
     if key.startswith("cluster.") and key != "cluster.backend":
         if cfg.cluster.backend == "local":
             return "cluster.backend=local runs every role in this process; add cluster.backend=ray"
@@ -992,6 +1004,31 @@ def _validate_compute(cfg: Config) -> None:
                    f"adapter.kind={run.adapter_kind}'s reference is the policy itself with the adapter off")
             raise ConfigError(f"kl.reference_device={cfg.kl.reference_device} places a frozen reference copy, but {why}; "
                               "leave kl.reference_device=same")
+
+
+COMPILE_WITH_SHARED_PROMPTS = (
+    "model.compile=true, but ppo.prefix_sharing=true: RL forwards that share prompts hand each layer's keys and "
+    "values between passes, and those layers run eager, so nothing of the RL loop would run compiled; set "
+    "ppo.prefix_sharing=false (measured on the tiny model's GRPO: 0.400 s per iteration compiled without sharing, "
+    "0.417 eager with it) or model.compile=false")
+
+
+def _validate_compile(cfg: Config, adapter_kind: str, command: str | None) -> None:
+    """`model.compile` compiles the cache-free forwards of torch learners' decoder layers: what it cannot reach is
+    an error. (RL learners built without a command check prefix sharing when they are built:
+    `rlft.dist.local.policy_model_options`.)"""
+    if cfg.model.gradient_checkpointing:
+        raise ConfigError("model.compile=true cannot compile layers under model.gradient_checkpointing=true (the "
+                          "checkpointed layer breaks the graph, and it runs eager); choose one of them")
+    if command == "train" and algorithms.get(cfg.algo).loop == "ppo" and cfg.ppo.prefix_sharing:
+        raise ConfigError(COMPILE_WITH_SHARED_PROMPTS)
+    if adapter_kind not in ("full", "lora"):
+        raise ConfigError(f"model.compile=true compiles the decoder layers of full finetuning or LoRA, but "
+                          f"adapter.kind={adapter_kind} edits activations with hooks inside them; set model.compile=false")
+    if cfg.cluster.backend == "ray" and cfg.cluster.learner == "deepspeed":
+        raise ConfigError("model.compile=true compiles the layers of torch learners, but cluster.learner=deepspeed "
+                          "(its ZeRO hooks gather parameters inside the layers); set cluster.learner=torch or "
+                          "model.compile=false")
 
 
 def _validate_log(log: LogConfig) -> None:

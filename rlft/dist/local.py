@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import torch
 
 from rlft.adapters import read_adapter_json
-from rlft.config import Config
+from rlft.config import COMPILE_WITH_SHARED_PROMPTS, Config, ConfigError
 from rlft.learner.base import Learner, Reference
 from rlft.learner.reference import AdapterReference, FrozenReference
 from rlft.learner.torch_learner import TorchLearner
@@ -131,7 +131,8 @@ def build_local_roles(cfg: Config, lm: torch.nn.Module, tokenizer, model_path, a
         if adapter.kind == "full":
             where = reference_compute(cfg, compute)  # kl.reference_device
             reference = FrozenReference(load_for_run(model_path, cfg, where, trains=False)[0], cfg.ppo.prefix_sharing,
-                                        mixed_precision=where.mixed, packing=cfg.ppo.packing)
+                                        mixed_precision=where.mixed, packing=cfg.ppo.packing,
+                                        compile=cfg.model.compile)
         else:  # continuing an adapter checkpoint: the reference is that checkpoint, not the bare base
             start = adapter.adapter_state_dict() if read_adapter_json(model_path) is not None else None
             reference = AdapterReference(learner.model, start)
@@ -167,9 +168,12 @@ def sft_learner_options(cfg: Config, total_steps: int) -> dict:
 def policy_model_options(cfg: Config, compute: Compute, *, phase: Literal["sft", "ppo"]) -> dict:
     """`PolicyModel` settings of a learner's model, the same for every learner (SFT, RL policy, separate critic,
     Ray ranks): bf16 autocast under bf16-mixed, `model.gradient_checkpointing`, and the phase's packing key
-    (`sft.packing` or `ppo.packing`)."""
+    (`sft.packing` or `ppo.packing`), `model.compile` (RL learners: not with shared prompts, whose layers run
+    eager)."""
+    if phase == "ppo" and cfg.model.compile and cfg.ppo.prefix_sharing:
+        raise ConfigError(COMPILE_WITH_SHARED_PROMPTS)
     return dict(mixed_precision=compute.mixed, gradient_checkpointing=cfg.model.gradient_checkpointing,
-                packing=getattr(cfg, phase).packing, packing_key=f"{phase}.packing")
+                packing=getattr(cfg, phase).packing, packing_key=f"{phase}.packing", compile=cfg.model.compile)
 
 
 def rl_learner_options(cfg: Config, total_steps: int) -> dict:

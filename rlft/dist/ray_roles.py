@@ -219,7 +219,8 @@ class ReferenceWorker(_Actor):
         # kl.reference_device=cpu: placed without a GPU share, on the CPU
         where = resolve_compute(cfg, torch.device("cpu") if cfg.kl.reference_device == "cpu" else None)
         self.reference = FrozenReference(load_for_run(model_path, cfg, where, trains=False)[0], cfg.ppo.prefix_sharing,
-                                         mixed_precision=where.mixed, packing=cfg.ppo.packing)
+                                         mixed_precision=where.mixed, packing=cfg.ppo.packing,
+                                         compile=cfg.model.compile)
 
     def logprobs(self, batch, micro_batch_size: int):
         return self.reference.logprobs(batch, micro_batch_size)

@@ -19,11 +19,12 @@ class FrozenReference:
     """The warm-up policy, frozen: teacher-forced log-probs only."""
 
     def __init__(self, lm: torch.nn.Module, prefix_sharing: bool = True, mixed_precision: bool = False,
-                 packing: bool | str = False):
+                 packing: bool | str = False, compile: bool = False):
         """`lm` on its device, in its weight dtype (`model.dtype`: a bf16 copy under bf16-mixed by default);
-        `mixed_precision`: its forwards autocast to bf16, as the policy's do; `packing`: `ppo.packing`."""
+        `mixed_precision`: its forwards autocast to bf16, as the policy's do; `packing`: `ppo.packing`;
+        `compile`: `model.compile`."""
         self.model = PolicyModel(lm, prefix_sharing=prefix_sharing, mixed_precision=mixed_precision,
-                                 packing=packing, packing_key="ppo.packing").eval()
+                                 packing=packing, packing_key="ppo.packing", compile=compile).eval()
         self.model.requires_grad_(False)
 
     @torch.inference_mode()

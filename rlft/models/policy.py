@@ -54,6 +54,7 @@ from safetensors.torch import load_file, save_file
 from rlft.adapters.base import FullFinetune, PolicyAdapter
 from rlft.adapters.positions import PositionMeta
 from rlft.models import packing as packed
+from rlft.models import compiling
 from rlft.models.loading import LLAMA_FAMILY, enable_gradient_checkpointing, uses_sliding_window
 from rlft.models.packing import AttentionPlan, PackedRows
 from rlft.rollout.decode import cache_keyword
@@ -130,14 +131,16 @@ class PolicyModel(torch.nn.Module):
     def __init__(self, lm: torch.nn.Module, *, value_head: str | None = None, head_dropout: float = 0.0,
                  init_seed: int = 0, adapter: PolicyAdapter | None = None, prefix_sharing: bool = True,
                  value_head_init: str = "small", mixed_precision: bool = False, gradient_checkpointing: bool = False,
-                 keep_hidden: bool = False, packing: bool | str = False, packing_key: str = "packing"):
+                 keep_hidden: bool = False, packing: bool | str = False, packing_key: str = "packing",
+                 compile: bool = False):
         """`mixed_precision`: every forward runs under bf16 autocast on the model's device (`model.precision=
         bf16-mixed`); the heads stay fp32. `gradient_checkpointing`: `model.gradient_checkpointing` (training
         forwards recompute each decoder layer in the backward pass). `packing` (`sft.packing`, `ppo.packing`):
         forwards run the batch's real tokens only (`rlft/models/packing.py`): "auto" where the model allows
         (`packing_unsupported_reason`), padded elsewhere; True: a model that cannot pack is a ValueError naming
         `packing_key` (the config key that asked for it). The heads are built on the CPU (their seeded initialisation is the
-        same on every device) and moved to the LM's device."""
+        same on every device) and moved to the LM's device. `compile` (`model.compile`): the decoder layers'
+        cache-free forwards run compiled (`rlft.models.compiling`)."""
         super().__init__()
         self.lm = lm
         self.keep_hidden = keep_hidden  # NLFT's neighbourhood rule reads the last hidden states
@@ -155,6 +158,8 @@ class PolicyModel(torch.nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
             enable_gradient_checkpointing(lm)
+        if compile and not compiling.is_compiled(lm):  # a model shared by two PolicyModels is routed once
+            compiling.compile_decoder_layers(lm)
         # Set by sharded learners (DeepSpeed): (this rank shares?) -> (does any rank share?), a collective.
         self.agree_across_ranks: Callable[[bool], bool] | None = None
         if adapter is None:

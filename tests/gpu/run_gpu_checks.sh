@@ -14,7 +14,8 @@
 #              keeps its KV cache in bf16 and samples what an fp32 cache gives (tests/integration/test_decode.py)
 # packing      pytest: packed learner forwards against padded ones on CUDA (fp32, bf16 autocast; flash_attention_2
 #              when flash-attn is installed)
-# device-sft   `rlft sft` of the tiny model on the GPU, one short epoch per precision (fp32, bf16-mixed): the
+# device-sft   `rlft sft` of the tiny model on the GPU, one short epoch per precision (fp32, bf16-mixed, and
+#              bf16-mixed with model.compile=true: its last loss against the eager run's): the
 #              learner's parameters on cuda, tokens/s, peak GPU memory
 # device-reft  ReFT with the HF engine for 3 iterations from that checkpoint (model.precision=auto): policy,
 #              reference and engine on cuda, finite metrics, sampler vs learner log-probs, rollout tokens/s
@@ -94,7 +95,7 @@ check_packing() {  # CUDA only: packed forwards (sft.packing, ppo.packing) again
   step packing 60 "$PY" -m pytest -q -rs tests/integration/test_packing.py -k "gpu or flash"
 }
 
-check_device_sft() { checks device-sft 60; }
+check_device_sft() { checks device-sft 120; }
 check_device_reft() { checks device-reft 75 --iterations 3; }
 check_device_eval() { checks device-eval 45; }
 check_compare() { checks compare 90 --iterations 3; }

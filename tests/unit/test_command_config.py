@@ -45,6 +45,7 @@ RAY = ["cluster.backend=ray", "cluster.learner_ranks=2"]
     ("eval", ["adapter.kind=lora"], "adapter.kind"),  # the checkpoint folder decides
     ("eval", ["run.resume=false"], "run.resume"),
     ("eval", ["kl.reference_device=cpu"], "kl.reference_device"),
+    ("eval", ["model.compile=true"], "model.compile"),  # decoding keeps the eager layers
 ])
 def test_command_line_key_that_cannot_take_effect_is_an_error(command, overrides, key):
     load_config(None, overrides)  # a valid config as such: only the command makes the key ineffective
@@ -62,6 +63,10 @@ def test_command_line_key_that_cannot_take_effect_is_an_error(command, overrides
              "run.device=cuda", "cluster.gpus_per_worker=1", "cluster.cpus_per_worker=2", "cluster.num_cpus=8", "cluster.address=auto",
              "cluster.startup_timeout=60"]),
     ("sft", ["cluster.backend=local"]),
+    ("sft", ["model.compile=true", "adapter.kind=lora"]),
+    ("sft", ["model.compile=true", *RAY[:1], "cluster.learner=torch"]),
+    ("train", ["model.compile=true", "ppo.prefix_sharing=false"]),
+    ("train", ["model.compile=true", "algo=offline_st"]),  # an SFT loop: no shared prompts
     ("train", ["ppo.lr=1e-4", "rollout.temperature=0.7", "kl.coef=0.1", "eval.max_new_tokens=8", *RAY,
                "cluster.rollout_workers=2"]),
     ("train", ["algo=offline_st", "sft.lr=1e-4", "sft.epochs=2", "eval.every_epoch=false"]),
@@ -154,3 +159,14 @@ def test_launch_submits_the_command_checked_for_it():
         submit_command(None, ["cluster.rollout_workers=2"], address="http://127.0.0.1:1", command="sft")
     argv = submit_command(None, ["cluster.rollout_workers=2"], address="http://127.0.0.1:1")
     assert argv[argv.index("--") + 1:][2:4] == ["rlft.cli", "train"]
+
+
+@pytest.mark.parametrize("command, overrides, message", [
+    ("train", [], "ppo.prefix_sharing=true: RL forwards that share prompts"),
+    ("sft", ["model.gradient_checkpointing=true"], "under model.gradient_checkpointing=true"),
+    ("sft", ["adapter.kind=loreft"], "adapter.kind=loreft edits activations with hooks"),
+    ("sft", [*RAY, "cluster.learner=deepspeed"], "cluster.learner=deepspeed"),
+])
+def test_compile_where_it_cannot_take_effect_is_an_error(command, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.compile=true", *overrides], command=command)
