@@ -94,11 +94,11 @@ class ModelConfig:
     compile: bool = False
     """Compile each decoder layer with `torch.compile` (inductor, dynamic shapes; `rlft/models/compiling.py`) for
     the forwards without a KV cache: SFT, the RL learner's train and log-prob passes, the critic, the frozen
-    reference. One graph serves every layer; it compiles on the first forward (seconds to a minute, once per
-    process). Measured on CPU: bf16-mixed SFT steps 1.17-1.55x faster, fp32 1.07x. Decoding (rollout,
-    evaluation) keeps the eager layers, and so do RL forwards that share prompts: RL needs
-    `ppo.prefix_sharing=false`. Torch learners only (local, or `cluster.learner=torch`), full finetuning or LoRA,
-    without `model.gradient_checkpointing`."""
+    reference. One graph per kind of forward serves every layer; it compiles on the first forward (seconds to a
+    minute, once per process). Measured on CPU at `make bench`'s SFT geometry: bf16-mixed steps 1.17-1.39x faster,
+    fp32 1.07x. Decoding (rollout, evaluation) keeps the eager layers, and so do RL forwards that share prompts: RL
+    with `rollout.samples_per_prompt` >= 2 needs `ppo.prefix_sharing=false`. Torch learners only (local, or
+    `cluster.learner=torch`), full finetuning or LoRA, without `model.gradient_checkpointing`."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """Attention kernel of the HF model (transformers' `attn_implementation`): `sdpa` (torch's fused attention),
     `eager`, or `flash_attention_2` (CUDA, needs the flash-attn package). The HF engine's lean decoding step uses
@@ -1006,29 +1006,38 @@ def _validate_compute(cfg: Config) -> None:
                               "leave kl.reference_device=same")
 
 
-COMPILE_WITH_SHARED_PROMPTS = (
-    "model.compile=true, but ppo.prefix_sharing=true: RL forwards that share prompts hand each layer's keys and "
-    "values between passes, and those layers run eager, so nothing of the RL loop would run compiled; set "
-    "ppo.prefix_sharing=false (measured on the tiny model's GRPO: 0.400 s per iteration compiled without sharing, "
-    "0.417 eager with it) or model.compile=false")
+def compile_conflict(cfg: Config) -> str | None:
+    """Why `model.compile` cannot take effect in `cfg`'s RL loop, or None. Rows share a prompt's forward
+    (`ppo.prefix_sharing`) when several samples of one prompt sit in a micro-batch; those forwards hand each layer's
+    keys and values between passes and run the eager layers, and they are all of the policy's forwards. CARFT's
+    policy never shares (its head embeds the prompt too); RL-free loops run no such forwards."""
+    algorithm = algorithms.get(cfg.algo)
+    if not cfg.model.compile or not cfg.ppo.prefix_sharing or algorithm.loop != "ppo" or algorithm.anchor_phase \
+            or cfg.rollout.samples_per_prompt < 2:
+        return None
+    return (f"model.compile=true, but with ppo.prefix_sharing=true and rollout.samples_per_prompt="
+            f"{cfg.rollout.samples_per_prompt} every forward of algo={cfg.algo}'s learner shares prompts: those hand "
+            "each layer's keys and values between passes and run the eager layers, so nothing would run compiled; set "
+            "ppo.prefix_sharing=false (measured on the tiny model's GRPO: 0.400 s per iteration compiled without "
+            "sharing, 0.417 eager with it) or model.compile=false")
 
 
 def _validate_compile(cfg: Config, adapter_kind: str, command: str | None) -> None:
     """`model.compile` compiles the cache-free forwards of torch learners' decoder layers: what it cannot reach is
-    an error. (RL learners built without a command check prefix sharing when they are built:
-    `rlft.dist.local.policy_model_options`.)"""
+    an error. (Prefix sharing is checked here for `rlft train`, per method by `rlft compare`, and by every RL
+    learner when it is built: `rlft.dist.local.policy_model_options`.)"""
     if cfg.model.gradient_checkpointing:
         raise ConfigError("model.compile=true cannot compile layers under model.gradient_checkpointing=true (the "
                           "checkpointed layer breaks the graph, and it runs eager); choose one of them")
-    if command == "train" and algorithms.get(cfg.algo).loop == "ppo" and cfg.ppo.prefix_sharing:
-        raise ConfigError(COMPILE_WITH_SHARED_PROMPTS)
+    if command == "train" and (conflict := compile_conflict(cfg)) is not None:
+        raise ConfigError(conflict)
     if adapter_kind not in ("full", "lora"):
         raise ConfigError(f"model.compile=true compiles the decoder layers of full finetuning or LoRA, but "
                           f"adapter.kind={adapter_kind} edits activations with hooks inside them; set model.compile=false")
     if cfg.cluster.backend == "ray" and cfg.cluster.learner == "deepspeed":
-        raise ConfigError("model.compile=true compiles the layers of torch learners, but cluster.learner=deepspeed "
-                          "(its ZeRO hooks gather parameters inside the layers); set cluster.learner=torch or "
-                          "model.compile=false")
+        raise ConfigError("model.compile=true compiles the layers of torch learners only, but cluster.learner="
+                          "deepspeed (not built for its engines: ZeRO-3's hooks gather parameters inside the layers); set "
+                          "cluster.learner=torch or model.compile=false")
 
 
 def _validate_log(log: LogConfig) -> None:

@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import torch
 
 from rlft.adapters import read_adapter_json
-from rlft.config import COMPILE_WITH_SHARED_PROMPTS, Config, ConfigError
+from rlft.config import Config, ConfigError, compile_conflict
 from rlft.learner.base import Learner, Reference
 from rlft.learner.reference import AdapterReference, FrozenReference
 from rlft.learner.torch_learner import TorchLearner
@@ -170,8 +170,8 @@ def policy_model_options(cfg: Config, compute: Compute, *, phase: Literal["sft",
     Ray ranks): bf16 autocast under bf16-mixed, `model.gradient_checkpointing`, and the phase's packing key
     (`sft.packing` or `ppo.packing`), `model.compile` (RL learners: not with shared prompts, whose layers run
     eager)."""
-    if phase == "ppo" and cfg.model.compile and cfg.ppo.prefix_sharing:
-        raise ConfigError(COMPILE_WITH_SHARED_PROMPTS)
+    if phase == "ppo" and (conflict := compile_conflict(cfg)) is not None:
+        raise ConfigError(conflict)
     return dict(mixed_precision=compute.mixed, gradient_checkpointing=cfg.model.gradient_checkpointing,
                 packing=getattr(cfg, phase).packing, packing_key=f"{phase}.packing", compile=cfg.model.compile)
 

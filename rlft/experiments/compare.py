@@ -40,7 +40,8 @@ from pathlib import Path
 
 import yaml
 
-from rlft.config import ADAPTER_KINDS, CompareConfig, Config, ConfigError, load_config, save_config, to_dict
+from rlft.config import (ADAPTER_KINDS, CompareConfig, Config, ConfigError, compile_conflict, load_config, save_config,
+                         to_dict)
 from rlft.trainers.algorithms import ALGORITHMS
 from rlft.utils.logging import print0, read_metrics
 from rlft.utils.trackers import mlflow_uri, open_trackers
@@ -219,6 +220,9 @@ def run_compare(config_path: str | None, cli_overrides: list[str]) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     save_config(base, root / "config.yaml")
     methods = [parse_method(m, base.algo) for m in base.compare.methods]
+    for label, overrides in methods:  # before the warm-up: a method that would fail later fails now
+        if not is_sft(overrides) and (conflict := compile_conflict(load_config(config_path, [*cli_overrides, *overrides]))):
+            raise ConfigError(f"compare.methods entry {label!r}: {conflict}")
     if not any(is_null(label) for label, _ in methods) and \
             base.compare.null_reward_questions != CompareConfig().null_reward_questions:
         raise ConfigError("compare.null_reward_questions sizes the null control's constant score, but "

@@ -15,8 +15,9 @@ shape-specialised graph recompiled at each new count (the tiny model's step took
 Forwards that stay eager: those with a KV cache (the rollout engine's prefill, the HF forward's decoding,
 evaluation), whose cache object changes its Python state at every call, and those of shared prompts, whose
 packed attention hands each layer's keys and values between passes through dicts keyed by layer index (a graph
-would specialise on every layer). `model.compile` therefore needs `ppo.prefix_sharing=false` in RL
-(`rlft.config`). Gradient checkpointing breaks the graph inside the checkpointed layer: refused too.
+would specialise on every layer). RL with several samples per prompt therefore needs `ppo.prefix_sharing=false`
+(`rlft.config.compile_conflict`). Gradient checkpointing breaks the graph inside the checkpointed layer: refused
+too.
 """
 
 from __future__ import annotations
@@ -36,20 +37,31 @@ def decoder_layers(lm: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def _stays_eager(kwargs: dict) -> bool:
-    """A forward with a KV cache, or one whose packed attention hands keys and values across passes (shared
-    prompts: `AttentionPlan.capture` / `.prefix`, dicts keyed by layer index, which would specialise the graph
-    on each layer)."""
-    if any(kwargs.get(name) is not None for name in ("cache", "past_key_values", "past_key_value")):
+def _stays_eager(args: tuple, kwargs: dict) -> bool:
+    """A forward with a KV cache (a transformers `Cache` passed by keyword or, as GPT-2 does, by position; a legacy
+    `layer_past`), or one whose packed attention hands keys and values across passes (shared prompts:
+    `AttentionPlan.capture` / `.prefix`, dicts keyed by layer index, which would specialise the graph on each
+    layer)."""
+    from transformers.cache_utils import Cache
+
+    if any(kwargs.get(name) is not None for name in ("cache", "past_key_values", "past_key_value", "layer_past")):
+        return True
+    if any(isinstance(value, Cache) for value in (*args, *kwargs.values())):
         return True
     plan = kwargs.get(packed.PLAN_KEYWORD)
     return plan is not None and (plan.capture is not None or plan.prefix is not None)
 
 
 def _forward(layer: torch.nn.Module, eager, compiled, *args, **kwargs):
-    if _stays_eager(kwargs) or torch.compiler.is_compiling():
+    if _stays_eager(args, kwargs) or torch.compiler.is_compiling():
         return eager(layer, *args, **kwargs)
     return compiled(layer, *args, **kwargs)
+
+
+# Every HF decoder layer class shares one `forward` code object (transformers' checkpointing wrapper), so dynamo keeps
+# one cache of graphs for all of them: policy and reference, with and without autograd, train and eval mode, LoRA on
+# and off. Its default limit (8) would silently leave later variants eager.
+RECOMPILE_LIMIT = 64
 
 
 def compile_decoder_layers(lm: torch.nn.Module) -> int:
@@ -60,13 +72,14 @@ def compile_decoder_layers(lm: torch.nn.Module) -> int:
     if not layers:
         raise ValueError(f"model.compile=true, but {type(lm).__name__} has no transformers decoder layers "
                          "(GradientCheckpointingLayer) to compile; set model.compile=false")
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     compiled: dict[type, object] = {}
     for layer in layers:
         cls = type(layer)
         if cls not in compiled:
             compiled[cls] = torch.compile(cls.forward, dynamic=True)
-        # An instance attribute: `nn.Module.__call__` (hooks, HF's checkpointing wrapper) calls it in place of
-        # the class's forward, so hooks on the layer itself still run eagerly around the compiled body.
+        # An instance attribute: `nn.Module.__call__` calls it in place of the class's forward (which is what gets
+        # compiled, HF's checkpointing wrapper included), so hooks on the layer itself run eagerly around it.
         layer.forward = functools.partial(_forward, layer, cls.forward, compiled[cls])
     return len(layers)
 

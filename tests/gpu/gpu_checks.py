@@ -336,8 +336,8 @@ def _peak_gib(device: str):
 
 def check_device_sft(work: Path, device: str) -> list[dict]:
     """One short SFT epoch of the tiny model per precision: the learner's parameters on `device`, throughput; then
-    bf16-mixed again with `model.compile=true` (inductor's GPU backend): its last loss within 0.05 of the eager
-    run's, and its tokens/s (the first step's compilation included)."""
+    bf16-mixed again with `model.compile=true` (inductor's GPU backend): it compiled a graph, its last loss is within
+    0.05 of the eager run's, and its tokens/s (the first step's compilation included)."""
     from rlft.config import load_config
     from rlft.dist import local
     from rlft.learner.torch_learner import TorchLearner
@@ -351,9 +351,13 @@ def check_device_sft(work: Path, device: str) -> list[dict]:
             return super().train_step(micro_batches, loss_fn)
 
     local.TorchLearner = Recording  # what `build_sft_learner` builds in-process
+    import torch._dynamo
+
     rows, last_loss = [], {}
     for precision, compiled in (("fp32", False), ("bf16-mixed", False), ("bf16-mixed", True)):
         seen.clear()
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
         run_dir = work / f"sft-{precision}{'-compiled' if compiled else ''}"
         summary = sft_module.run_sft(load_config(None, [f"run.dir={run_dir}", f"model.path={model_folder('tiny', work)}",
                                                         "sft.epochs=1", f"model.precision={precision}",
@@ -364,6 +368,8 @@ def check_device_sft(work: Path, device: str) -> list[dict]:
         name = f"tiny {precision}{' compiled' if compiled else ''}"
         if compiled:
             gap = abs(last_loss[True] - last_loss[False])
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            rows.append(row("device-sft", name, "compiled graphs", graphs, ">= 1", graphs >= 1))
             rows.append(row("device-sft", name, "last loss vs eager bf16-mixed", round(gap, 4), "< 0.05", gap < 0.05))
         rows += [
             row("device-sft", name, "learner parameters on", seen.get("params"), device, seen.get("params") == device),

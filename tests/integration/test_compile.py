@@ -1,5 +1,6 @@
-"""`model.compile`: each decoder layer's cache-free forwards run one compiled graph; SFT and GRPO follow the eager
-runs to float rounding, packed batches of changing lengths reuse the graph, and decoding keeps the eager layers."""
+"""`model.compile`: each decoder layer's cache-free forwards run compiled graphs; SFT and GRPO follow the eager
+runs to float rounding, packed batches of changing lengths reuse their graph, every learner and the reference are
+routed, decoding keeps the eager layers (a cache by keyword or by position), and RL with shared prompts is refused."""
 
 import json
 
@@ -8,11 +9,15 @@ import torch
 import torch._dynamo
 
 from rlft.config import ConfigError, load_config
+from rlft.dist.local import build_local_roles
+from rlft.experiments.compare import run_compare
 from rlft.models import compiling
 from rlft.models.loading import load_policy
 from rlft.rollout import decode
+from rlft.tasks import load_records
 from rlft.trainers.ppo import run_ppo
 from rlft.trainers.sft import run_sft
+from rlft.workspace import prepare_model
 
 SFT = ["data.n_train=64", "data.n_test=4", "model.tiny.hidden_size=64", "model.tiny.num_layers=2",
        "model.tiny.intermediate_size=128", "model.tiny.vocab_size=320", "sft.sequences_per_step=16",
@@ -73,14 +78,32 @@ def test_compiled_grpo_follows_the_eager_run(tmp_path, warm_model, fresh_dynamo)
     for key in ("policy/loss", "kl/mean", "policy/entropy"):
         assert len(compiled[key]) == 3
         assert max(abs(a - b) for a, b in zip(eager[key], compiled[key])) < 1e-3, (key, eager[key], compiled[key])
-    assert 1 <= _graphs() <= 3  # the train forward, the no-grad log-prob passes (policy; a reference copy)
+    assert _graphs() == 3  # the train forward; no-grad forwards of the policy and of the frozen reference
 
 
 def test_rl_with_shared_prompts_refuses_compile(tmp_path, warm_model):
-    """Shared-prompt forwards keep their layers eager: asking for both is an error before anything runs."""
+    """Shared-prompt forwards keep their layers eager: asking for both is an error before anything runs, in
+    `rlft train` (when its learner is built) and in `rlft compare` (before the warm-up)."""
     with pytest.raises(ConfigError, match="ppo.prefix_sharing=true"):
         run_ppo(load_config(None, [f"run.dir={tmp_path}", f"model.path={warm_model}", *RL[:-1], "model.compile=true"]))
     assert not (tmp_path / "metrics.jsonl").exists()
+    with pytest.raises(ConfigError, match="compare.methods entry 'grpo': model.compile=true, but with ppo.prefix"):
+        run_compare(None, [f"run.dir={tmp_path / 'compare'}", "model.compile=true", "compare.methods=[sft,grpo]",
+                           "rollout.samples_per_prompt=2"])
+    assert not (tmp_path / "compare" / "warmup").exists()
+
+
+def test_every_learner_and_the_reference_compile(tmp_path, warm_model):
+    """ReFT with a separate critic: the policy's, the critic's and the frozen reference's layers are routed (each
+    role loads its own model); the HF engine samples from the policy's."""
+    cfg = load_config(None, [f"run.dir={tmp_path}", f"model.path={warm_model}", *RL[1:], "algo=reft",
+                             "rollout.samples_per_prompt=1", "ppo.critic=separate", "model.compile=true"])
+    lm, tokenizer, path, adapter = prepare_model(cfg, load_records("arithmetic", "train", n_train=4))
+    roles = build_local_roles(cfg, lm, tokenizer, path, adapter, total_steps=1)
+    models = [roles.policy.model.lm, roles.critic.model.lm, roles.reference.model.lm]
+    assert len({id(m) for m in models}) == 3 and all(compiling.is_compiled(m) for m in models)
+    # one dynamo cache serves every layer class's forward: room for all these roles' kinds of forward
+    assert torch._dynamo.config.recompile_limit >= compiling.RECOMPILE_LIMIT
 
 
 def test_decoding_keeps_the_eager_layers_and_forwards_compile(warm_model, fresh_dynamo):
@@ -106,6 +129,20 @@ def test_decoding_keeps_the_eager_layers_and_forwards_compile(warm_model, fresh_
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     assert _graphs() == 1
     torch.testing.assert_close(logits, eager_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_cache_passed_by_position_keeps_the_eager_layer(fresh_dynamo):
+    """GPT-2 hands its blocks the KV cache as a positional argument: sampling with it compiles nothing."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=64)).eval()
+    ids, mask = torch.randint(1, 64, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    eager = decode.sample(model, ids, mask, max_new_tokens=6, stop_ids=[0], pad_id=0, temperature=0.0)[0]
+    assert compiling.compile_decoder_layers(model) == 2
+    assert torch.equal(decode.sample(model, ids, mask, max_new_tokens=6, stop_ids=[0], pad_id=0, temperature=0.0)[0],
+                       eager)
+    assert _graphs() == 0
 
 
 def test_a_model_without_decoder_layers_is_refused():

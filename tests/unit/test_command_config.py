@@ -65,8 +65,11 @@ def test_command_line_key_that_cannot_take_effect_is_an_error(command, overrides
     ("sft", ["cluster.backend=local"]),
     ("sft", ["model.compile=true", "adapter.kind=lora"]),
     ("sft", ["model.compile=true", *RAY[:1], "cluster.learner=torch"]),
-    ("train", ["model.compile=true", "ppo.prefix_sharing=false"]),
-    ("train", ["model.compile=true", "algo=offline_st"]),  # an SFT loop: no shared prompts
+    ("train", ["model.compile=true", "algo=grpo", "rollout.samples_per_prompt=4", "ppo.prefix_sharing=false"]),
+    ("train", ["model.compile=true"]),  # reft: one sample per prompt, so no rows share one
+    ("train", ["model.compile=true", "algo=carft", "rollout.samples_per_prompt=2"]),  # its policy never shares
+    ("train", ["model.compile=true", "algo=online_st", "rollout.samples_per_prompt=2"]),  # CE updates only
+    ("train", ["model.compile=true", "algo=offline_st"]),  # an SFT loop
     ("train", ["ppo.lr=1e-4", "rollout.temperature=0.7", "kl.coef=0.1", "eval.max_new_tokens=8", *RAY,
                "cluster.rollout_workers=2"]),
     ("train", ["algo=offline_st", "sft.lr=1e-4", "sft.epochs=2", "eval.every_epoch=false"]),
@@ -162,7 +165,7 @@ def test_launch_submits_the_command_checked_for_it():
 
 
 @pytest.mark.parametrize("command, overrides, message", [
-    ("train", [], "ppo.prefix_sharing=true: RL forwards that share prompts"),
+    ("train", ["algo=grpo", "rollout.samples_per_prompt=4"], "ppo.prefix_sharing=true and rollout.samples_per_prompt=4"),
     ("sft", ["model.gradient_checkpointing=true"], "under model.gradient_checkpointing=true"),
     ("sft", ["adapter.kind=loreft"], "adapter.kind=loreft edits activations with hooks"),
     ("sft", [*RAY, "cluster.learner=deepspeed"], "cluster.learner=deepspeed"),
