@@ -6,11 +6,13 @@ attention-interface dispatch: ~800 ops per step), and its 8-row `F.linear` GEMMs
 ~45 % of the measured memory read bandwidth. This step
 - calls the same weights and the model's own rotary embedding, with one op per math step (~15 per layer);
 - on CPU, float32, for batches of at most `PACK_MAX_ROWS` rows and weights larger than the last-level cache
-  (`should_pack`), multiplies by weights that MKL has packed
-  for that row count (`torch.ops.mkl._mkl_linear`, what inductor's freezing pass uses): 1.3x the GEMM
-  speed of `F.linear` at 8 rows, 2.3x for a 49k-token LM head. Packing costs one pass over the weights
-  (0.13 s for SmolLM2-135M) and one extra copy of them while a rollout runs; the HF engine packs them
-  again for every `generate` call, so weights updated by training are always the ones sampled from.
+  (`should_pack`), multiplies by packed weights: with rlft's streaming kernel where it runs (`stream_gemm`:
+  AVX-512; q|k|v and gate|up as one GEMM each), 1.5x MKL's packed GEMM over SmolLM2-135M's step at 8 rows;
+  else with weights that MKL has packed for that row count (`torch.ops.mkl._mkl_linear`, what inductor's
+  freezing pass uses): 1.3x the GEMM speed of `F.linear` at 8 rows, 2.3x for a 49k-token LM head. Packing
+  costs one pass over the weights (0.13 s for SmolLM2-135M) and one extra copy of them while a rollout runs;
+  the HF engine packs them again for every `generate` call, so weights updated by training are always the
+  ones sampled from.
 Logits agree with the HF forward to float32 rounding (tested per architecture against
 `model(...)` on the same cache). Models it does not cover (other architectures, sliding windows, LoRA or
 other wrapped linears, forward hooks) keep the HF forward: `unsupported_reason` says why.
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 from rlft.models.loading import LLAMA_FAMILY as ARCHITECTURES
 from rlft.models.loading import uses_sliding_window
+from rlft.rollout import stream_gemm
 from rlft.utils import memory
 
 PACK_MAX_ROWS = 32  # measured: packing pays at 8-32 rows; at 64 rows (compute-bound) F.linear is as fast
@@ -65,16 +68,25 @@ def _read_only(hook) -> bool:
 
 class _Linear:
     """`F.linear`; or MKL's packed fp32 GEMM for a fixed row count (smaller batches are padded up to it); or,
-    `bf16`, oneDNN's GEMM on a bf16 copy of the weight reordered once into its blocked layout (the row count a
-    hint only), which computes what `F.linear` under bf16 autocast computes: bf16 in, bf16 out."""
+    `stream`, rlft's streaming fp32 kernel on its own packed copy (`stream_gemm`: any row count up to the packed
+    one); or, `bf16`, oneDNN's GEMM on a bf16 copy of the weight reordered once into its blocked layout (the row
+    count a hint only), which computes what `F.linear` under bf16 autocast computes: bf16 in, bf16 out."""
 
     def __init__(self, module: torch.nn.Linear | None, pack_rows: int | None, bf16: bool = False, *,
-                 weight: torch.Tensor | None = None, bias: torch.Tensor | None = None):
-        """`module`'s weight and bias, or (`module` None) `weight` and `bias` given."""
+                 weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, stream=None):
+        """`module`'s weight and bias, or (`module` None) `weight` and `bias` given; `stream`: the loaded
+        `stream_gemm` module, to pack for it instead of MKL (fp32, `pack_rows` set)."""
         if module is not None:
             weight, bias = module.weight, module.bias
         self.weight, self.bias, self.rows, self.bf16 = weight, bias, pack_rows, bf16
-        if bf16:
+        self.out_features = weight.shape[0]
+        self.stream = stream if pack_rows is not None and not bf16 else None
+        if self.stream is not None:
+            with torch.no_grad():
+                self.packed = self.stream.pack(weight.detach())
+                self.bias = None if bias is None else bias.detach().contiguous()
+            self.weight = None  # only the packed copy is multiplied by (the module keeps its own weight)
+        elif bf16:
             with torch.no_grad():
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.to(torch.bfloat16), pack_rows)
                 self.bias = None if bias is None else bias.to(torch.bfloat16)
@@ -87,6 +99,8 @@ class _Linear:
         rows = x.shape[0]
         if self.bf16:
             return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, self.bias, "none", [], "")
+        if self.stream is not None:
+            return self.stream.linear(x, self.packed, self.out_features, self.bias)
         if self.packed is None or rows > self.rows:
             return F.linear(x, self.weight, self.bias)
         if rows < self.rows:  # rows left the batch: the packed layout is for `self.rows` rows
@@ -95,18 +109,19 @@ class _Linear:
         return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, self.rows)
 
 
-def _merged_bf16(modules: tuple[torch.nn.Linear, ...], rows: int) -> _Linear:
-    """One oneDNN-packed bf16 GEMM for linears that read the same input (q|k|v, gate|up), outputs side by side.
-    Why: at decoding sizes a packed bf16 GEMM costs mostly its call (the tiny model's 32 x 256 x 256 takes ~30 us
-    for 4 MFLOP), so 5 calls per layer become 2. Each output column is the same dot product as in its own GEMM.
+def _merged(modules: tuple[torch.nn.Linear, ...], rows: int, bf16: bool, stream=None) -> _Linear:
+    """One packed GEMM (oneDNN bf16, or the fp32 `stream` kernel) for linears that read the same input (q|k|v,
+    gate|up), outputs side by side. Why: at decoding sizes a packed bf16 GEMM costs mostly its call (the tiny
+    model's 32 x 256 x 256 takes ~30 us for 4 MFLOP), so 5 calls per layer become 2; the fp32 stream kernel saves
+    1-2 % of its GEMM time. Each output column is the same dot product as in its own GEMM.
     A missing bias is 0 where another module of the group has one (Qwen2: q/k/v biases)."""
     with torch.no_grad():
-        weight = torch.cat([m.weight.to(torch.bfloat16) for m in modules])
+        weight = torch.cat([m.weight.to(torch.bfloat16) if bf16 else m.weight for m in modules])
         biases = [m.bias for m in modules]
         bias = None if all(b is None for b in biases) else torch.cat([
             (torch.zeros(m.out_features, dtype=m.weight.dtype, device=m.weight.device) if b is None else b)
             for m, b in zip(modules, biases)])
-    return _Linear(None, rows, bf16=True, weight=weight, bias=bias)
+    return _Linear(None, rows, bf16=bf16, weight=weight, bias=bias, stream=stream)
 
 
 def packs_bf16(weight: torch.Tensor) -> bool:
@@ -185,23 +200,29 @@ class LlamaStep:
         if pack is None:
             pack = should_pack(model, rows)
         pack = rows if bf16 or (pack and _can_pack(model.lm_head.weight, rows)) else None
+        # fp32: rlft's streaming kernel where it builds and runs (`stream_gemm`), else MKL's packed GEMM
+        stream = stream_gemm.load() if pack is not None and not bf16 else None
         if pack is not None:
             memory.trim()  # the packed copies go where a train step's freed activations were, not on top
         self.packed = pack is not None
         self.packed_bf16 = bf16
+        self.packed_stream = stream is not None
+        merge = bf16 or stream is not None
         self.layers = []
         for layer in self.inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
             q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-            if bf16:  # one GEMM for q|k|v and one for gate|up: see `_merged_bf16`
-                qkv, gate_up = _merged_bf16((attn.q_proj, attn.k_proj, attn.v_proj), pack), \
-                    _merged_bf16((mlp.gate_proj, mlp.up_proj), pack)
+            if merge:  # one GEMM for q|k|v and one for gate|up: see `_merged`
+                qkv, gate_up = _merged((attn.q_proj, attn.k_proj, attn.v_proj), pack, bf16, stream), \
+                    _merged((mlp.gate_proj, mlp.up_proj), pack, bf16, stream)
             else:
                 qkv = (_Linear(attn.q_proj, pack), _Linear(attn.k_proj, pack), _Linear(attn.v_proj, pack))
                 gate_up = (_Linear(mlp.gate_proj, pack), _Linear(mlp.up_proj, pack))
-            self.layers.append((layer.input_layernorm, qkv, q_norm, k_norm, _Linear(attn.o_proj, pack, bf16),
-                                layer.post_attention_layernorm, gate_up, _Linear(mlp.down_proj, pack, bf16)))
-        self.lm_head = _Linear(model.lm_head, pack, bf16)
+            self.layers.append((layer.input_layernorm, qkv, q_norm, k_norm, _Linear(attn.o_proj, pack, bf16,
+                                                                                    stream=stream),
+                                layer.post_attention_layernorm, gate_up, _Linear(mlp.down_proj, pack, bf16,
+                                                                                 stream=stream)))
+        self.lm_head = _Linear(model.lm_head, pack, bf16, stream=stream)
 
     def release(self) -> None:
         """Free the packed weights and hand the freed pages back to the OS. Why the second part (and the trim
@@ -209,7 +230,8 @@ class LlamaStep:
         copies landed on top of the train step's freed activations and the next train step on top of the freed
         packed copies: peak RSS +5 %, above TRL's. A process that keeps freed memory (`RLFT_KEEP_FREED_MEMORY`)
         skips both trims (`memory.trim`): its freed pages stay mapped for the next allocations that fit them."""
-        packed, self.layers, self.lm_head, self.packed, self.packed_bf16 = self.packed, [], None, False, False
+        packed, self.layers, self.lm_head = self.packed, [], None
+        self.packed = self.packed_bf16 = self.packed_stream = False
         if packed:
             memory.trim()
 

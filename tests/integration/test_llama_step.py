@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlft.rollout import llama_step
+from rlft.rollout import llama_step, stream_gemm
 from rlft.rollout.decode import cache_keyword, preallocated_cache, sample
 
 SMALL = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -39,13 +39,20 @@ def prompts(rows: int, vocab: int):
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-@pytest.mark.parametrize("rows,leave", [(5, 0), (6, 2), (40, 0)])  # packed; packed with rows gone; unpacked
-def test_step_logits_match_the_hf_forward(name, rows, leave):
+@pytest.mark.parametrize("rows,leave", [(5, 0), (6, 2), (12, 3), (40, 0)])  # packed (rows gone); unpacked
+@pytest.mark.parametrize("kernel", ["stream", "mkl"])
+def test_step_logits_match_the_hf_forward(name, rows, leave, kernel, monkeypatch):
     """Several decode steps on a left-padded batch: the lean step's logits equal `model(...)`'s on the same
-    cache; `leave` rows leave the batch after the first step (the packed GEMMs then pad to their row count)."""
+    cache; `leave` rows leave the batch after the first step (MKL's packed GEMMs then pad to their row count).
+    fp32 packs for rlft's streaming kernel where it runs, else for MKL's GEMM: both compared."""
+    if kernel == "stream" and stream_gemm.unavailable_reason():
+        pytest.skip(f"streaming kernel unavailable: {stream_gemm.unavailable_reason()}")
+    if kernel == "mkl":
+        monkeypatch.setattr(stream_gemm, "load", lambda: None)
     compare_steps(build(name), rows, leave, atol=2e-5, rtol=1e-4)
     if rows <= llama_step.PACK_MAX_ROWS and torch.backends.mkl.is_available():
-        assert llama_step.LlamaStep(build(name), rows, pack=True).packed  # so the packed path was compared
+        step = llama_step.LlamaStep(build(name), rows, pack=True)
+        assert step.packed and step.packed_stream == (kernel == "stream")  # so that path was compared
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
