@@ -51,12 +51,30 @@ def test_linear_takes_a_non_contiguous_input_and_refuses_bad_ones():
         module.pack(weight.double())
 
 
-def test_the_environment_switch_turns_it_off_and_bad_values_are_refused(monkeypatch):
+def test_the_environment_switch_turns_it_off_bad_values_are_refused_and_other_cpus_named(monkeypatch):
     monkeypatch.setenv(stream_gemm.ENV, "0")
     assert stream_gemm.unavailable_reason() == "RLFT_STREAM_GEMM=0"
     monkeypatch.setenv(stream_gemm.ENV, "maybe")
     with pytest.raises(ValueError, match="RLFT_STREAM_GEMM='maybe'"):
         stream_gemm.unavailable_reason()
+    monkeypatch.setenv(stream_gemm.ENV, "1")
+    monkeypatch.setattr(stream_gemm.platform, "machine", lambda: "arm64")
+    assert "the CPU is arm64" in stream_gemm.unavailable_reason()
+
+
+def test_a_cpu_without_avx512_falls_back_with_its_reason(monkeypatch, capsys):
+    import types
+
+    import torch.utils.cpp_extension
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda *a, **k: types.SimpleNamespace(supported=lambda: False))
+    monkeypatch.setattr(stream_gemm, "unavailable_reason", lambda: None)
+    stream_gemm.load.cache_clear()
+    try:
+        assert stream_gemm.load() is None
+        assert "unavailable (the CPU has no AVX-512F)" in capsys.readouterr().err
+    finally:
+        stream_gemm.load.cache_clear()
 
 
 def test_a_failed_build_falls_back_with_its_reason(monkeypatch, capsys):

@@ -2,11 +2,14 @@
 //
 // Why: at 8 rows, decoding multiplies each weight once per step, so a step costs the time to read the weights.
 // MKL's packed GEMM reads them at ~0.55-0.65 of what a plain sum over memory reads (measured on SmolLM2-135M's
-// step, 2 cores); this kernel reads each weight as one sequential stream per block of 16 output features, two
-// streams per thread with software prefetch, and reaches the sum's rate. See rlft/rollout/stream_gemm.py.
+// step, 2 cores); this kernel reads each weight as one sequential stream per block of 16 output features, with
+// software prefetch, and reaches the sum's rate. See rlft/rollout/stream_gemm.py.
 //
 // Layout (`pack`): weight (N, K) -> (ceil(N / 16), K, 16), zero-padded: block b holds output features
 // 16b..16b+15, k-major, so each k is one 64-byte line of 16 weights.
+//
+// Built without ISA flags: the kernels carry their own target attribute and `supported` checks the CPU at run
+// time, so the module loads on any x86-64 CPU and says where it cannot run.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -14,14 +17,21 @@
 namespace {
 
 constexpr int64_t kBlock = 16;     // output features per block: one AVX-512 register of float32
-constexpr int kMaxRows = 8;        // rows per pass: 2 x 8 accumulators + 2 weight registers fit in 32 zmm
-constexpr int64_t kPrefetch = 32;  // lines ahead in each stream (2 KB): measured best of 0 / 16 / 32 / 64
+// lines ahead per stream (2 KB); measured: two streams per thread with 32 reached the sum's rate, one stream
+// with 0, 16 or 64 did not
+constexpr int64_t kPrefetch = 32;
 
-// `R` rows of x (row stride K) times one or two blocks (`Two`) starting at `w`; adds bias, stores the
-// `width0` / `width1` valid features of each block (the last block may be partly padding).
+// The kernel: `R` rows of x (row stride K) times one block at `w`, or two adjacent blocks (`Two`: two streams,
+// what it takes for one core to reach the memory's rate); bias added, the valid `width0` / `width1` features of
+// each block stored (the last block may be partly padding).
+using Kernel = void (*)(const float*, int64_t, const float*, float*, int64_t, const float*, int, int);
+
+// 2 x 8 accumulators + 2 weight registers fit AVX-512's 32 registers; more rows take more passes.
+constexpr int kAvx512Rows = 8;
+
 template <int R, bool Two>
-void rows_times_blocks(const float* x, int64_t K, const float* w, float* out, int64_t ldo, const float* bias,
-                       int width0, int width1) {
+__attribute__((target("avx512f"))) void avx512_kernel(const float* x, int64_t K, const float* w, float* out,
+                                                      int64_t ldo, const float* bias, int width0, int width1) {
   __m512 acc0[R], acc1[R];
   const float* w1 = w + K * kBlock;
   for (int r = 0; r < R; ++r) {
@@ -49,23 +59,29 @@ void rows_times_blocks(const float* x, int64_t K, const float* w, float* out, in
   }
 }
 
-using Kernel = void (*)(const float*, int64_t, const float*, float*, int64_t, const float*, int, int);
-
 template <bool Two>
-Kernel kernel_for(int rows) {
+Kernel avx512_for(int rows) {
   switch (rows) {
-    case 1: return rows_times_blocks<1, Two>;
-    case 2: return rows_times_blocks<2, Two>;
-    case 3: return rows_times_blocks<3, Two>;
-    case 4: return rows_times_blocks<4, Two>;
-    case 5: return rows_times_blocks<5, Two>;
-    case 6: return rows_times_blocks<6, Two>;
-    case 7: return rows_times_blocks<7, Two>;
-    default: return rows_times_blocks<8, Two>;
+    case 1: return avx512_kernel<1, Two>;
+    case 2: return avx512_kernel<2, Two>;
+    case 3: return avx512_kernel<3, Two>;
+    case 4: return avx512_kernel<4, Two>;
+    case 5: return avx512_kernel<5, Two>;
+    case 6: return avx512_kernel<6, Two>;
+    case 7: return avx512_kernel<7, Two>;
+    default: return avx512_kernel<8, Two>;
   }
 }
 
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+
 }  // namespace
+
+// Whether this CPU runs the kernel (AVX-512F); where not, callers keep a library GEMM.
+bool supported() { return cpu_has_avx512(); }
 
 torch::Tensor pack(const torch::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kFloat32 && weight.device().is_cpu(),
@@ -82,9 +98,11 @@ torch::Tensor pack(const torch::Tensor& weight) {
 // x (M, K) @ weight.T + bias -> (M, N), `packed` = pack(weight).
 torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
                      const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(cpu_has_avx512(), "stream_gemm.linear: this CPU has no AVX-512F");
   TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == torch::kFloat32 && x_in.device().is_cpu(),
               "stream_gemm.linear: x must be 2-D float32 on CPU, got ", x_in.sizes(), " ", x_in.scalar_type());
-  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kBlock && packed.is_contiguous(),
+  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kBlock && packed.is_contiguous() &&
+              packed.scalar_type() == torch::kFloat32,
               "stream_gemm.linear: `packed` must come from stream_gemm.pack");
   const int64_t rows = x_in.size(0), k = x_in.size(1), blocks = packed.size(0);
   TORCH_CHECK(packed.size(1) == k, "stream_gemm.linear: x has ", k, " features, the weight ", packed.size(1));
@@ -99,18 +117,18 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int
   const float* wp = packed.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  const int64_t pairs = (blocks + 1) / 2;
-  at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+  // threads split pairs of blocks: contiguous ranges of the packed weight, one read of each per call
+  at::parallel_for(0, (blocks + 1) / 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t block = 2 * pair, n0 = block * kBlock;
       const bool two = block + 1 < blocks;
       const int width0 = static_cast<int>(std::min<int64_t>(kBlock, n - n0));
       const int width1 = two ? static_cast<int>(std::min<int64_t>(kBlock, n - n0 - kBlock)) : 0;
       const float* w = wp + block * k * kBlock;
-      // rows beyond 8 reuse the blocks from the core's own cache: one read from memory per call
-      for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
-        const int r = static_cast<int>(std::min<int64_t>(kMaxRows, rows - r0));
-        const Kernel kernel = two ? kernel_for<true>(r) : kernel_for<false>(r);
+      // rows past the first pass reuse the blocks from the core's own cache
+      for (int64_t r0 = 0; r0 < rows; r0 += kAvx512Rows) {
+        const int r = static_cast<int>(std::min<int64_t>(kAvx512Rows, rows - r0));
+        const Kernel kernel = two ? avx512_for<true>(r) : avx512_for<false>(r);
         kernel(xp + r0 * k, k, w, op + r0 * n + n0, n, bp ? bp + n0 : nullptr, width0, width1);
       }
     }
@@ -119,7 +137,8 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("supported", &supported, "whether this CPU runs the kernel (AVX-512F)");
   m.def("pack", &pack, "weight (N, K) -> the blocked layout `linear` streams");
-  m.def("linear", &linear, "x (M, K) @ weight.T + bias from the packed weight",
-        pybind11::arg("x"), pybind11::arg("packed"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none());
+  m.def("linear", &linear, "x (M, K) @ weight.T + bias from the packed weight", pybind11::arg("x"),
+        pybind11::arg("packed"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none());
 }
