@@ -68,9 +68,9 @@ def _read_only(hook) -> bool:
 
 class _Linear:
     """`F.linear`; or MKL's packed fp32 GEMM for a fixed row count (smaller batches are padded up to it); or,
-    `stream`, rlft's streaming fp32 kernel on its own packed copy (`stream_gemm`: any row count up to the packed
-    one); or, `bf16`, oneDNN's GEMM on a bf16 copy of the weight reordered once into its blocked layout (the row
-    count a hint only), which computes what `F.linear` under bf16 autocast computes: bf16 in, bf16 out."""
+    `stream`, rlft's streaming fp32 kernel on its own packed copy (`stream_gemm`, any row count); or, `bf16`,
+    oneDNN's GEMM on a bf16 copy of the weight reordered once into its blocked layout (the row count a hint
+    only), which computes what `F.linear` under bf16 autocast computes: bf16 in, bf16 out."""
 
     def __init__(self, module: torch.nn.Linear | None, pack_rows: int | None, bf16: bool = False, *,
                  weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, stream=None):
@@ -187,7 +187,8 @@ class LlamaStep:
     """
 
     def __init__(self, model: torch.nn.Module, rows: int, pack: bool | None = None):
-        """`pack`: multiply by MKL-packed weights (None: where `should_pack` says it pays; True: wherever MKL can)."""
+        """`pack`: multiply by packed fp32 weights, for rlft's streaming kernel where it runs, else for MKL's GEMM
+        (None: where `should_pack` says it pays; True: wherever MKL can). bf16 steps always pack (oneDNN)."""
         from transformers.activations import ACT2FN
 
         config = model.config

@@ -8,11 +8,13 @@ sequential stream, two per thread with software prefetch, and reaches the sum's 
 thirteenth session). It computes the same dot products in another order: results equal `F.linear`'s to float32
 rounding.
 
-Built with torch's C++ extension loader the first time a process needs it (~30-60 s, once per machine: the build
-is cached under `TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions; concurrent builds wait on a lock).
-Where it cannot be used (a CPU without AVX-512, no C++ compiler, a failed build, `RLFT_STREAM_GEMM=0`) `load`
-returns None and says why once; callers keep MKL's packed GEMM. (An AVX2 + FMA variant, 16 registers, was
-measured on this AVX-512 machine: faster than MKL's packed GEMM only up to 6 rows, slower from 8: not shipped.)
+Built with torch's C++ extension loader (ninja and the machine's C++ compiler) the first time a process needs it
+(~20 s, once per machine and torch version: cached in `build_directory()`, under `TORCH_EXTENSIONS_DIR`, default
+~/.cache/torch_extensions; concurrent builds wait on torch's lock file, and a lock left by a killed build is
+removed after `STALE_LOCK_SECONDS`). Where it cannot be used (a CPU without AVX-512, no compiler, a failed build,
+`RLFT_STREAM_GEMM=0`) `load` returns None and says why once; callers keep MKL's packed GEMM. (An AVX2 + FMA
+variant, 16 registers, was measured on this AVX-512 machine: faster than MKL's packed GEMM only up to 6 rows,
+slower from 8: not shipped.)
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 ENV = "RLFT_STREAM_GEMM"
 SOURCE = Path(__file__).parent / "csrc" / "stream_gemm.cpp"
+STALE_LOCK_SECONDS = 600  # a build takes ~20 s; torch waits on a lock file forever, even one a killed build left
 
 
 def unavailable_reason() -> str | None:
-    """None if the kernel may be built and run here, else why not (the build and the CPU's AVX-512 are
-    checked by `load`)."""
+    """None if the kernel can run here (the build itself is tried by `load`), else why not."""
     setting = os.environ.get(ENV, "1").strip().lower()
     if setting not in ("0", "1", "false", "true", ""):
         raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected 1 or 0")
@@ -39,9 +43,30 @@ def unavailable_reason() -> str | None:
         return f"{ENV}=0"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"the CPU is {platform.machine()}, the kernel is x86-64 (AVX-512)"
+    if not _has_avx512():
+        return "the CPU has no AVX-512F"
     if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return "torch's CPU thread pool is not OpenMP (the kernel's parallel loop is built for it)"
     return None
+
+
+def _has_avx512() -> bool:
+    """From the kernel's CPU flags where Linux lists them, else from torch's own dispatch."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return "avx512f" in line.split()
+    except OSError:
+        pass
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def build_directory() -> Path:
+    """Per torch version (a build against another torch's headers must not be loaded) and Python version."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}".replace("+", "_")
+    return Path(get_default_build_root()) / f"rlft_stream_gemm_{tag}"
 
 
 @functools.cache
@@ -50,15 +75,9 @@ def load():
     reason = unavailable_reason()
     if reason is None:
         try:
-            from torch.utils.cpp_extension import load as load_extension
-
-            print("rlft: loading the fp32 decoding GEMM kernel (built once per machine, ~20 s the first time)",
-                  file=sys.stderr, flush=True)
-            # no ISA flags: the kernels carry their own target attributes (see the source)
-            module = load_extension("rlft_stream_gemm", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                                    extra_ldflags=["-fopenmp"], verbose=False)
+            module = _build()
         except Exception as error:  # no compiler, headers or a failed build: the library GEMMs still work
-            reason = f"its build failed ({type(error).__name__}: {str(error).strip().splitlines()[-1:]})"
+            reason = f"its build failed: {_first_error_line(error)}"
         else:
             if module.supported():
                 return module
@@ -66,3 +85,37 @@ def load():
     print(f"rlft: fp32 decoding uses MKL's packed GEMM: the streaming kernel is unavailable ({reason})",
           file=sys.stderr, flush=True)
     return None
+
+
+def _build():
+    from torch.utils.cpp_extension import load as load_extension
+
+    if shutil.which("ninja") is None:  # torch runs `ninja` from PATH; the `ninja` package's may not be on it
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+    directory = build_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            print(f"rlft: removing a stale build lock left by a killed build: {lock}", file=sys.stderr, flush=True)
+            lock.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+    print("rlft: loading the fp32 decoding GEMM kernel (built once per machine, ~20 s the first time)",
+          file=sys.stderr, flush=True)
+    # no ISA flags: the kernel carries its own target attribute (see the source)
+    return load_extension("rlft_stream_gemm", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                          extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
+
+
+def _first_error_line(error: Exception) -> str:
+    """The compiler's or ninja's telling line (torch's message ends with ninja's 'build stopped'), not a dump."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if "error" in line.lower() or "not found" in line.lower()
+               or "required" in line.lower()]
+    return f"{type(error).__name__}: {(telling or lines or [''])[0][:300]}"

@@ -1,23 +1,41 @@
 """rlft's streaming fp32 decoding GEMM (rlft/rollout/stream_gemm.py, csrc/stream_gemm.cpp) against F.linear."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from rlft.rollout import stream_gemm
 
-needs_kernel = pytest.mark.skipif(stream_gemm.unavailable_reason() is not None,
-                                  reason=f"streaming kernel unavailable: {stream_gemm.unavailable_reason()}")
+
+@pytest.fixture
+def module():
+    """The built kernel; a skip where it cannot run or build here (the reason printed by `load`)."""
+    loaded = stream_gemm.load()
+    if loaded is None:
+        pytest.skip(f"streaming kernel unavailable: {stream_gemm.unavailable_reason() or 'its build failed'}")
+    return loaded
 
 
-@needs_kernel
-@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 16, 33])  # each row count kernel; several 8-row passes
-@pytest.mark.parametrize("out_features,in_features", [(16, 8), (32, 64), (48, 64), (200, 576), (17, 40), (3, 5)])
-def test_linear_equals_f_linear(rows, out_features, in_features):
-    """Two blocks, an odd last block and a partial one (padding never reaches the output), with and without a
-    bias: within float32 summation's error bound of the exact (float64) result, (K + 1) u sum |x_k w_k| + |b|
-    (each output is a sequential sum over K; a wrong index or row would be off by O(1))."""
-    module = stream_gemm.load()
+@pytest.mark.parametrize("threads", [1, 2])  # one thread: blocks in order, so a store spilling into the next
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9, 16, 33])  # block's columns is not overwritten later
+@pytest.mark.parametrize("out_features,in_features",
+                         [(16, 8), (32, 64), (48, 64), (200, 576), (17, 40), (3, 5), (120, 64), (56, 24)])
+def test_linear_equals_f_linear(module, rows, out_features, in_features, threads):
+    """Pairs of blocks, an odd last block, a partial last block alone (17, 200) or second in its pair (120, 56),
+    with and without a bias: within float32 summation's error bound of the exact (float64) result,
+    (K + 1) u sum |x_k w_k| + |b| (each output is a sequential sum over K; a wrong index, row or mask would be off
+    by O(1))."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_linear(module, rows, out_features, in_features)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_linear(module, rows, out_features, in_features):
     torch.manual_seed(rows * 1000 + out_features)
     weight, bias = torch.randn(out_features, in_features), torch.randn(out_features)
     x = torch.randn(rows, in_features)
@@ -32,9 +50,7 @@ def test_linear_equals_f_linear(rows, out_features, in_features):
         assert ((got.double() - exact).abs() <= bound).all()
 
 
-@needs_kernel
-def test_linear_takes_a_non_contiguous_input_and_refuses_bad_ones():
-    module = stream_gemm.load()
+def test_linear_takes_a_non_contiguous_input_and_refuses_bad_ones(module):
     weight = torch.randn(40, 24)
     packed = module.pack(weight)
     wide = torch.randn(6, 48)
@@ -49,6 +65,8 @@ def test_linear_takes_a_non_contiguous_input_and_refuses_bad_ones():
         module.linear(torch.randn(6, 24), packed, 40, torch.randn(41))
     with pytest.raises(RuntimeError, match="float32"):
         module.pack(weight.double())
+    with pytest.raises(RuntimeError, match="bias"):  # a bias of another dtype (a bf16 model's) is refused
+        module.linear(torch.randn(6, 24), packed, 40, torch.randn(40, dtype=torch.bfloat16))
 
 
 def test_the_environment_switch_turns_it_off_bad_values_are_refused_and_other_cpus_named(monkeypatch):
@@ -58,6 +76,8 @@ def test_the_environment_switch_turns_it_off_bad_values_are_refused_and_other_cp
     with pytest.raises(ValueError, match="RLFT_STREAM_GEMM='maybe'"):
         stream_gemm.unavailable_reason()
     monkeypatch.setenv(stream_gemm.ENV, "1")
+    monkeypatch.setattr(stream_gemm, "_has_avx512", lambda: False)
+    assert stream_gemm.unavailable_reason() == "the CPU has no AVX-512F"  # decided before any build
     monkeypatch.setattr(stream_gemm.platform, "machine", lambda: "arm64")
     assert "the CPU is arm64" in stream_gemm.unavailable_reason()
 
@@ -82,7 +102,9 @@ def test_a_failed_build_falls_back_with_its_reason(monkeypatch, capsys):
     import torch.utils.cpp_extension
 
     def broken(*args, **kwargs):
-        raise RuntimeError("Error building extension 'rlft_stream_gemm'\ng++: not found")
+        raise RuntimeError("Error building extension 'rlft_stream_gemm': [1/2] c++ -MMD ...\n"
+                           "stream_gemm.cpp:3:10: fatal error: torch/extension.h: No such file or directory\n"
+                           "ninja: build stopped: subcommand failed.")
 
     monkeypatch.setattr(torch.utils.cpp_extension, "load", broken)
     monkeypatch.setattr(stream_gemm, "unavailable_reason", lambda: None)
@@ -91,6 +113,44 @@ def test_a_failed_build_falls_back_with_its_reason(monkeypatch, capsys):
         assert stream_gemm.load() is None
         assert stream_gemm.load() is None
         err = capsys.readouterr().err
-        assert err.count("unavailable (its build failed (RuntimeError: ['g++: not found']))") == 1
+        assert err.count("unavailable (its build failed: RuntimeError: Error building extension") == 1
+        assert "fatal error: torch/extension.h" not in err  # the first telling line, not the whole log
+        assert "ninja: build stopped" not in err
     finally:
         stream_gemm.load.cache_clear()  # the next test loads the real build again
+
+
+def test_a_stale_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(monkeypatch, tmp_path, capsys):
+    """torch waits on its build lock file forever: one older than any build is removed before loading."""
+    import time
+
+    import torch.utils.cpp_extension
+
+    monkeypatch.setattr(stream_gemm, "build_directory", lambda: tmp_path / "build")
+    loaded = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda *a, **k: loaded.append(k) or "module")
+    lock = tmp_path / "build" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    assert stream_gemm._build() == "module" and lock.exists()  # another process may be building right now
+    old = time.time() - stream_gemm.STALE_LOCK_SECONDS - 5
+    os.utime(lock, (old, old))
+    assert stream_gemm._build() == "module" and not lock.exists()
+    assert "removing a stale build lock" in capsys.readouterr().err
+    assert loaded[-1]["build_directory"] == str(tmp_path / "build")
+
+
+def test_the_ninja_package_is_put_on_path_when_path_has_none(monkeypatch, tmp_path):
+    """torch runs `ninja` from PATH; a venv used without activating it has the package's binary elsewhere."""
+    import ninja
+    import torch.utils.cpp_extension
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ninja here
+    monkeypatch.setattr(stream_gemm, "build_directory", lambda: tmp_path / "build")
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda *a, **k: "module")
+    stream_gemm._build()
+    assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
+
+
+def test_the_build_directory_is_per_torch_version():
+    assert torch.__version__.replace("+", "_") in stream_gemm.build_directory().name

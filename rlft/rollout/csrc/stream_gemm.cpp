@@ -102,14 +102,14 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int
   TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == torch::kFloat32 && x_in.device().is_cpu(),
               "stream_gemm.linear: x must be 2-D float32 on CPU, got ", x_in.sizes(), " ", x_in.scalar_type());
   TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kBlock && packed.is_contiguous() &&
-              packed.scalar_type() == torch::kFloat32,
+              packed.scalar_type() == torch::kFloat32 && packed.device().is_cpu(),
               "stream_gemm.linear: `packed` must come from stream_gemm.pack");
   const int64_t rows = x_in.size(0), k = x_in.size(1), blocks = packed.size(0);
   TORCH_CHECK(packed.size(1) == k, "stream_gemm.linear: x has ", k, " features, the weight ", packed.size(1));
   TORCH_CHECK(n > (blocks - 1) * kBlock && n <= blocks * kBlock, "stream_gemm.linear: n=", n,
               " does not match ", blocks, " blocks");
   TORCH_CHECK(!bias.has_value() || (bias->numel() == n && bias->scalar_type() == torch::kFloat32 &&
-                                    bias->is_contiguous()),
+                                    bias->is_contiguous() && bias->device().is_cpu()),
               "stream_gemm.linear: bias must be a contiguous float32 vector of ", n);
   const auto x = x_in.contiguous();
   auto out = torch::empty({rows, n}, x.options());
@@ -139,6 +139,8 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported", &supported, "whether this CPU runs the kernel (AVX-512F)");
   m.def("pack", &pack, "weight (N, K) -> the blocked layout `linear` streams");
+  // without the GIL: other Python threads run while a GEMM streams (it touches no Python object)
   m.def("linear", &linear, "x (M, K) @ weight.T + bias from the packed weight", pybind11::arg("x"),
-        pybind11::arg("packed"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none());
+        pybind11::arg("packed"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none(),
+        pybind11::call_guard<pybind11::gil_scoped_release>());
 }
