@@ -81,6 +81,7 @@ bench: $(VENV)/.bench-installed $(BENCH_VENV)/.installed
 	$(PY) benchmarks/generation.py --model tiny
 	$(PY) benchmarks/generation.py --model smollm2 --prompts 4 --samples 2 --max-new-tokens 32 --repeats 3 \
 		--run-dir runs/bench_generation_smollm2 --out docs/benchmarks_generation_smollm2.md
+	$(PY) benchmarks/decode_gemm.py --model smollm2 --rows 4 8 16 32
 	$(PY) benchmarks/sft_throughput.py --model tiny $(BENCH_PRECISION_ARG)
 	$(PY) benchmarks/sft_throughput.py --model smollm2 --batch 8 --steps 6 --run-dir runs/bench_sft_smollm2 \
 		--out docs/benchmarks_sft_smollm2.md $(BENCH_PRECISION_ARG)
