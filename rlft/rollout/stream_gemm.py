@@ -106,8 +106,9 @@ def _build():
             lock.unlink(missing_ok=True)
     except FileNotFoundError:
         pass
-    print("rlft: loading the fp32 decoding GEMM kernel (built once per machine, ~20 s the first time)",
-          file=sys.stderr, flush=True)
+    if not (directory / "rlft_stream_gemm.so").exists():  # said only when it will likely build (~20 s)
+        print("rlft: building the fp32 decoding GEMM kernel (once per machine and torch version, ~20 s)",
+              file=sys.stderr, flush=True)
     # no ISA flags: the kernel carries its own target attribute (see the source)
     return load_extension("rlft_stream_gemm", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
                           extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)

@@ -160,13 +160,17 @@ def test_sample_uses_the_lean_step_and_matches_the_hf_forward(monkeypatch):
             model.model.layers[0].mlp.up_proj.weight.mul_(-1.5)
 
 
-def test_packing_is_chosen_where_weights_outgrow_the_cache(monkeypatch):
+def test_packing_is_chosen_for_the_stream_kernel_or_where_weights_outgrow_the_cache(monkeypatch):
+    """The streaming kernel packs at any model size; MKL's GEMM only weights larger than the cache."""
     model = build("llama")
+    assert llama_step.should_pack(model, 8) == (stream_gemm.load() is not None)
+    assert not llama_step.should_pack(model, llama_step.PACK_MAX_ROWS + 1)  # compute-bound batches: F.linear
+    monkeypatch.setattr(stream_gemm, "load", lambda: None)  # MKL's path
     assert llama_step.last_level_cache_bytes() > 1 << 20
     assert not llama_step.should_pack(model, 8)  # a few hundred KB of weights: cache-resident
     monkeypatch.setattr(llama_step, "last_level_cache_bytes", lambda: 1024)
     assert llama_step.should_pack(model, 8) == torch.backends.mkl.is_available()
-    assert not llama_step.should_pack(model, llama_step.PACK_MAX_ROWS + 1)  # compute-bound batches: F.linear
+    assert not llama_step.should_pack(model, llama_step.PACK_MAX_ROWS + 1)
 
 
 def test_engine_builds_one_step_per_call_and_frees_its_packed_weights(monkeypatch):

@@ -154,3 +154,15 @@ def test_the_ninja_package_is_put_on_path_when_path_has_none(monkeypatch, tmp_pa
 
 def test_the_build_directory_is_per_torch_version():
     assert torch.__version__.replace("+", "_") in stream_gemm.build_directory().name
+
+
+def test_building_is_announced_only_when_no_build_is_there(monkeypatch, tmp_path, capsys):
+    import torch.utils.cpp_extension
+
+    monkeypatch.setattr(stream_gemm, "build_directory", lambda: tmp_path)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda *a, **k: "module")
+    stream_gemm._build()
+    assert "building the fp32 decoding GEMM kernel" in capsys.readouterr().err
+    (tmp_path / "rlft_stream_gemm.so").touch()
+    stream_gemm._build()
+    assert capsys.readouterr().err == ""
