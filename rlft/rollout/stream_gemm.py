@@ -51,14 +51,11 @@ def unavailable_reason() -> str | None:
 
 
 def _has_avx512() -> bool:
-    """From the kernel's CPU flags where Linux lists them, else from torch's own dispatch."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return "avx512f" in line.split()
-    except OSError:
-        pass
-    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+    """From the CPU's flags where Linux lists them, else from torch's own dispatch."""
+    from rlft.utils.device import cpu_flags
+
+    flags = cpu_flags()
+    return "avx512f" in flags if flags else torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def build_directory() -> Path:

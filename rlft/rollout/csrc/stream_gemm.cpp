@@ -73,9 +73,12 @@ Kernel avx512_for(int rows) {
   }
 }
 
-bool cpu_has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
+bool cpu_has_avx512() {  // asked once: `linear` checks it at every call
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return has;
 }
 
 }  // namespace
