@@ -500,14 +500,20 @@ def side_env(name: str, peer_allocator: str = "default") -> dict[str, str]:
     freed memory, `rlft/utils/memory.py`). TRL's sides (which import rlft for the reward and the task, so the
     policy would reach them too) run with the C library's allocator defaults, as TRL's users run it
     (`peer_allocator="default"`: RLFT_KEEP_FREED_MEMORY=0), or with rlft's policy (`"same"`: =1), which
-    compares the two frameworks on one allocator (measured on SmolLM2: TRL 2-2.8x faster with it)."""
+    compares the two frameworks on one allocator (measured on SmolLM2: TRL 2-2.8x faster with it). The policy's
+    huge pages (THP_MEM_ALLOC_ENABLE, which this process set on importing rlft) follow the same choice: TRL's
+    default side runs without them unless the user's own environment set the variable."""
     import os
+
+    from rlft.utils import memory
 
     if peer_allocator not in PEER_ALLOCATORS:
         raise ValueError(f"peer_allocator={peer_allocator!r}: one of {PEER_ALLOCATORS}")
     env = dict(os.environ)
     if name.startswith("trl"):
         env["RLFT_KEEP_FREED_MEMORY"] = "1" if peer_allocator == "same" else "0"
+        if peer_allocator == "default" and memory.set_huge_pages():
+            env.pop(memory.HUGE_PAGES_ENV, None)
     return env
 
 
@@ -519,9 +525,15 @@ def add_peer_allocator_argument(parser) -> None:
 
 def peer_allocator_note(peer_allocator: str) -> str:
     """The report line that says which allocator each side ran with."""
-    trl = ("glibc's defaults (RLFT_KEEP_FREED_MEMORY=0), as TRL's users run it" if peer_allocator == "default"
-           else "rlft's policy too (RLFT_KEEP_FREED_MEMORY=1, `--peer-allocator same`)")
-    return f"- host memory: rlft keeps the memory it frees (`rlft/utils/memory.py`); TRL: {trl}"
+    import os
+
+    from rlft.utils import memory
+
+    huge = os.environ.get(memory.HUGE_PAGES_ENV) == "1"
+    trl = ("glibc's and torch's defaults (RLFT_KEEP_FREED_MEMORY=0), as TRL's users run it"
+           if peer_allocator == "default" else "rlft's policy too (RLFT_KEEP_FREED_MEMORY=1, `--peer-allocator same`)")
+    pages = " on huge pages (THP_MEM_ALLOC_ENABLE=1)" if huge else ""
+    return f"- host memory: rlft keeps the memory it frees{pages} (`rlft/utils/memory.py`); TRL: {trl}"
 
 
 def side_python(name: str, bench_python: str) -> tuple[str | None, str | None]:
