@@ -530,9 +530,13 @@ def peer_allocator_note(peer_allocator: str) -> str:
     from rlft.utils import memory
 
     huge = os.environ.get(memory.HUGE_PAGES_ENV) == "1"
-    trl = ("glibc's and torch's defaults (RLFT_KEEP_FREED_MEMORY=0), as TRL's users run it"
-           if peer_allocator == "default" else "rlft's policy too (RLFT_KEEP_FREED_MEMORY=1, `--peer-allocator same`)")
     pages = " on huge pages (THP_MEM_ALLOC_ENABLE=1)" if huge else ""
+    if peer_allocator == "same":
+        trl = "rlft's policy too (RLFT_KEEP_FREED_MEMORY=1, `--peer-allocator same`)"
+    elif huge and not memory.set_huge_pages():  # the user's own setting reaches TRL's side too (`side_env`)
+        trl = "glibc's defaults (RLFT_KEEP_FREED_MEMORY=0), on huge pages as set in this environment"
+    else:
+        trl = "glibc's and torch's defaults (RLFT_KEEP_FREED_MEMORY=0), as TRL's users run it"
     return f"- host memory: rlft keeps the memory it frees{pages} (`rlft/utils/memory.py`); TRL: {trl}"
 
 

@@ -305,3 +305,4 @@ def test_trl_default_side_runs_without_the_huge_pages_rlft_asked_for(bench, monk
     assert "on huge pages (THP_MEM_ALLOC_ENABLE=1)" in peers.peer_allocator_note("default")
     monkeypatch.setitem(memory._state, "set_huge_pages", False)  # the user's own setting: both sides keep it
     assert peers.side_env("trl-grpo")[memory.HUGE_PAGES_ENV] == "1"
+    assert "TRL: glibc's defaults (RLFT_KEEP_FREED_MEMORY=0), on huge pages" in peers.peer_allocator_note("default")
