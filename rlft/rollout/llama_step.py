@@ -10,9 +10,9 @@ attention-interface dispatch: ~800 ops per step), and its 8-row `F.linear` GEMMs
   1.6x MKL's packed GEMM over SmolLM2-135M's step GEMMs at 8 rows; else, for weights larger than the
   last-level cache, with weights that MKL has packed for that row count (`torch.ops.mkl._mkl_linear`, what
   inductor's freezing pass uses): 1.3x the GEMM speed of `F.linear` at 8 rows, 2.3x for a 49k-token LM head.
-  Packing costs one pass over the weights (0.13 s for SmolLM2-135M) and one extra copy of them while a
-  rollout runs; the HF engine packs them again for every `generate` call, so weights updated by training are
-  always the ones sampled from.
+  Packing costs one pass over the weights (SmolLM2-135M on 2 cores: 76 ms for the streaming kernel, 91 ms for
+  oneDNN's bf16 layout) and one extra copy of them while a rollout runs; the HF engine packs them again for
+  every `generate` call, so weights updated by training are always the ones sampled from.
 Logits agree with the HF forward to float32 rounding (tested per architecture against
 `model(...)` on the same cache). Models it does not cover (other architectures, sliding windows, LoRA or
 other wrapped linears, forward hooks) keep the HF forward: `unsupported_reason` says why.
@@ -73,17 +73,19 @@ class _Linear:
     only), which computes what `F.linear` under bf16 autocast computes: bf16 in, bf16 out."""
 
     def __init__(self, module: torch.nn.Linear | None, pack_rows: int | None, bf16: bool = False, *,
-                 weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, stream=None):
+                 weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, stream=None,
+                 stream_packed: torch.Tensor | None = None, out_features: int | None = None):
         """`module`'s weight and bias, or (`module` None) `weight` and `bias` given; `stream`: the loaded
-        `stream_gemm` module, to pack for it instead of MKL (fp32, `pack_rows` set)."""
+        `stream_gemm` module, to pack for it instead of MKL (fp32, `pack_rows` set); `stream_packed` (with
+        `out_features`, no `weight`): a weight already in its packed layout."""
         if module is not None:
             weight, bias = module.weight, module.bias
         self.weight, self.bias, self.rows, self.bf16 = weight, bias, pack_rows, bf16
-        self.out_features = weight.shape[0]
+        self.out_features = weight.shape[0] if out_features is None else out_features
         self.stream = stream if pack_rows is not None and not bf16 else None
         if self.stream is not None:
             with torch.no_grad():
-                self.packed = self.stream.pack(weight.detach())
+                self.packed = self.stream.pack(weight.detach()) if stream_packed is None else stream_packed
                 self.bias = None if bias is None else bias.detach().contiguous()
             self.weight = None  # only the packed copy is multiplied by (the module keeps its own weight)
         elif bf16:
@@ -114,13 +116,23 @@ def _merged(modules: tuple[torch.nn.Linear, ...], rows: int, bf16: bool, stream=
     gate|up), outputs side by side. Why: at decoding sizes a packed bf16 GEMM costs mostly its call (the tiny
     model's 32 x 256 x 256 takes ~30 us for 4 MFLOP), so 5 calls per layer become 2; the fp32 stream kernel saves
     1-2 % of its GEMM time. Each output column is the same dot product as in its own GEMM.
-    A missing bias is 0 where another module of the group has one (Qwen2: q/k/v biases)."""
+    A missing bias is 0 where another module of the group has one (Qwen2: q/k/v biases). For the stream kernel
+    the weights are packed side by side without concatenating them first (`stream_gemm.pack_concatenated`)."""
     with torch.no_grad():
-        weight = torch.cat([m.weight.to(torch.bfloat16) if bf16 else m.weight for m in modules])
         biases = [m.bias for m in modules]
         bias = None if all(b is None for b in biases) else torch.cat([
             (torch.zeros(m.out_features, dtype=m.weight.dtype, device=m.weight.device) if b is None else b)
             for m, b in zip(modules, biases)])
+        if stream is not None and not bf16:
+            return _Linear(None, rows, bias=bias, stream=stream, out_features=sum(m.out_features for m in modules),
+                           stream_packed=stream_gemm.pack_concatenated(stream, [m.weight for m in modules]))
+        first = modules[0].weight  # bf16: each weight cast straight into its rows (no cast copy, then a cat)
+        weight = torch.empty((sum(m.out_features for m in modules), first.shape[1]),
+                             dtype=torch.bfloat16 if bf16 else first.dtype, device=first.device)
+        row = 0
+        for m in modules:
+            weight[row:row + m.out_features].copy_(m.weight)
+            row += m.out_features
     return _Linear(None, rows, bf16=bf16, weight=weight, bias=bias, stream=stream)
 
 

@@ -166,3 +166,23 @@ def test_building_is_announced_only_when_no_build_is_there(monkeypatch, tmp_path
     (tmp_path / "rlft_stream_gemm.so").touch()
     stream_gemm._build()
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("rows", [[576, 192, 192], [32, 17], [16], [17, 16], [48, 16, 5]])
+def test_pack_concatenated_equals_packing_the_concatenation(module, rows):
+    """q|k|v and gate|up are packed side by side without concatenating them first: the same bytes as `pack` of the
+    concatenation, a partial last block zero-padded; a weight before the last that would make a block straddle two
+    weights ([17, 16]) and a single weight go through the concatenation."""
+    torch.manual_seed(sum(rows))
+    weights = [torch.randn(n, 40) for n in rows]
+    got = stream_gemm.pack_concatenated(module, weights)
+    assert torch.equal(got, module.pack(torch.cat(weights)))
+    x = torch.randn(8, 40)
+    assert torch.allclose(module.linear(x, got, sum(rows)), F.linear(x, torch.cat(weights)), atol=1e-4)
+
+
+def test_pack_concatenated_refuses_weights_it_cannot_pack_together(module):
+    with pytest.raises(ValueError, match="40 input features"):
+        stream_gemm.pack_concatenated(module, [torch.randn(16, 40), torch.randn(16, 41)])
+    with pytest.raises(ValueError, match="float32"):
+        stream_gemm.pack_concatenated(module, [torch.randn(16, 40), torch.randn(16, 40, dtype=torch.float64)])
