@@ -10,7 +10,7 @@ attention-interface dispatch: ~800 ops per step), and its 8-row `F.linear` GEMMs
   1.6x MKL's packed GEMM over SmolLM2-135M's step GEMMs at 8 rows; else, for weights larger than the
   last-level cache, with weights that MKL has packed for that row count (`torch.ops.mkl._mkl_linear`, what
   inductor's freezing pass uses): 1.3x the GEMM speed of `F.linear` at 8 rows, 2.3x for a 49k-token LM head.
-  Packing costs one pass over the weights (SmolLM2-135M on 2 cores: 76 ms for the streaming kernel, 91 ms for
+  Packing costs one pass over the weights (SmolLM2-135M on 2 cores: 38 ms for the streaming kernel, 91 ms for
   oneDNN's bf16 layout) and one extra copy of them while a rollout runs; the HF engine packs them again for
   every `generate` call, so weights updated by training are always the ones sampled from.
 Logits agree with the HF forward to float32 rounding (tested per architecture against

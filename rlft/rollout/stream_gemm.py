@@ -69,7 +69,7 @@ def build_directory() -> Path:
 
 @functools.cache
 def load():
-    """The compiled module (`pack`, `linear`, `supported`), or None where it cannot be used (why printed once)."""
+    """The compiled module (`pack`, `pack_into`, `linear`, `supported`), or None where it cannot be used (why printed once)."""
     reason = unavailable_reason()
     if reason is None:
         try:
@@ -122,16 +122,14 @@ def _first_error_line(error: Exception) -> str:
 
 def pack_concatenated(module, weights: list[torch.Tensor]) -> torch.Tensor:
     """What `module.pack(torch.cat(weights))` returns (`module`: the loaded kernel), without the concatenated copy:
-    each weight's blocks of `BLOCK` output features are written straight into their place in the packed layout.
-    Why: the decoding step packs q|k|v and gate|up as one GEMM each (`llama_step._merged`) for every `generate`
-    call, so their concatenation was a second pass over two thirds of the weights: measured on SmolLM2-135M
-    (8 rows, 2 threads, warm process) building a step's packed weights took 95 ms with it and 76 ms without
-    (docs/benchmarks.md, fifteenth session). Weights whose row counts would make a block straddle two of them
-    (a row count not a multiple of `BLOCK` before the last weight) are concatenated first, as before."""
+    each weight's blocks of `BLOCK` output features are written straight into their place in the packed layout
+    (`module.pack_into`). Why: the decoding step packs q|k|v and gate|up as one GEMM each (`llama_step._merged`)
+    for every `generate` call, so their concatenation was a second pass over two thirds of the weights
+    (docs/benchmarks.md, fifteenth session). Weights whose row counts would make a block straddle two of them (a
+    row count not a multiple of `BLOCK` before the last weight) are concatenated first, as before."""
     if len(weights) == 1 or any(w.shape[0] % BLOCK for w in weights[:-1]):
         return module.pack(torch.cat([w.detach() for w in weights]))
-    first = weights[0]
-    features = first.shape[1]
+    features = weights[0].shape[1]
     for w in weights:
         if w.dim() != 2 or w.dtype != torch.float32 or w.device.type != "cpu" or w.shape[1] != features:
             raise ValueError(f"stream_gemm.pack_concatenated: 2-D float32 CPU weights of {features} input features, "
@@ -141,11 +139,6 @@ def pack_concatenated(module, weights: list[torch.Tensor]) -> torch.Tensor:
     block = 0
     with torch.no_grad():
         for w in weights:
-            full, rest = divmod(w.shape[0], BLOCK)
-            # block b, input feature k, lane j <- w[BLOCK b + j, k]
-            packed[block:block + full].copy_(w[:full * BLOCK].reshape(full, BLOCK, features).transpose(1, 2))
-            if rest:  # the last weight's partial block: its padding lanes are zero, as `pack` pads them
-                packed[block + full].zero_()
-                packed[block + full, :, :rest].copy_(w[full * BLOCK:].T)
-            block += full + (1 if rest else 0)
+            module.pack_into(w.detach(), packed, block)
+            block += (w.shape[0] + BLOCK - 1) // BLOCK
     return packed

@@ -186,3 +186,46 @@ def test_pack_concatenated_refuses_weights_it_cannot_pack_together(module):
         stream_gemm.pack_concatenated(module, [torch.randn(16, 40), torch.randn(16, 41)])
     with pytest.raises(ValueError, match="float32"):
         stream_gemm.pack_concatenated(module, [torch.randn(16, 40), torch.randn(16, 40, dtype=torch.float64)])
+
+
+def _reference_pack(weight: torch.Tensor) -> torch.Tensor:
+    """The packed layout by definition: rows zero-padded to whole blocks of 16, block b (K, 16) k-major."""
+    n, k = weight.shape
+    blocks = (n + 15) // 16
+    padded = torch.zeros(blocks * 16, k)
+    padded[:n] = weight
+    return padded.view(blocks, 16, k).transpose(1, 2).contiguous()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("out_features,in_features", [(16, 16), (32, 40), (17, 40), (3, 5), (1, 1), (33, 17),
+                                                      (200, 576), (960, 64)])
+def test_pack_writes_the_blocked_layout_aligned_or_not(module, out_features, in_features, threads):
+    """16 x 16 tiles transposed in registers, partial tiles in both directions, zero lanes past the last row; into a
+    64-byte aligned buffer (streaming stores) and into one 4 bytes off (ordinary stores), at a block offset."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        weight = torch.randn(out_features, in_features)
+        expected = _reference_pack(weight)
+        assert torch.equal(module.pack(weight), expected)
+        assert torch.equal(module.pack(weight.T.contiguous().T), expected)  # a non-contiguous weight
+        blocks = expected.shape[0]
+        for offset in (0, 1):  # floats from a 64-byte aligned allocation
+            flat = torch.full((offset + (blocks + 2) * in_features * 16,), 7.0)
+            packed = flat[offset:].view(blocks + 2, in_features, 16)
+            module.pack_into(weight, packed, 1)
+            assert torch.equal(packed[1:1 + blocks], expected)
+            assert (packed[0] == 7).all() and (packed[1 + blocks:] == 7).all()  # nothing written outside
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_pack_into_refuses_a_buffer_that_does_not_fit(module):
+    weight = torch.randn(40, 24)
+    with pytest.raises(RuntimeError, match="24"):
+        module.pack_into(weight, torch.empty(3, 25, 16), 0)
+    with pytest.raises(RuntimeError, match="do not fit"):
+        module.pack_into(weight, torch.empty(3, 24, 16), 1)
+    with pytest.raises(RuntimeError, match="float32"):
+        module.pack_into(weight.double(), torch.empty(3, 24, 16), 0)
