@@ -13,6 +13,10 @@ GRPOTrainer and rlft's ReFT against TRL 1.12's PPOTrainer, learning curves and w
     # a variant of rlft's side against the same TRL runs (reused): in the same run dir R, rlft's runs go to
     # R/rlft-grpo+<overrides>-<hash>/ and the report to R/peer_parity+<overrides>-<hash>.md (and .png)
     python benchmarks/peer_parity.py --warmup W --pairs grpo --rlft-set model.dtype=float32 --run-dir R
+    # the levels nearest the warm-up, evaluated every 2 iterations (docs/benchmarks_parity_bf16_fine.md): one call
+    # per seed (its rlft run, then its TRL run), then one call with every seed, which reuses them for the report
+    for s in 1 2 3 4 5 6 7 8 9 10; do python benchmarks/peer_parity.py --warmup W --pairs grpo --threads 2 \\
+        --precision bf16-mixed --iterations 80 --eval-every 2 --gains 2 4 6 --run-dir R --seeds $s; done
     # smoke (what has been run so far)
     python benchmarks/peer_parity.py --warmup W --iterations 4 --eval-every 2 --seeds 1 --n-test 16 --run-dir /tmp/pp
 
