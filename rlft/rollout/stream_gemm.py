@@ -69,7 +69,8 @@ def build_directory() -> Path:
 
 @functools.cache
 def load():
-    """The compiled module (`pack`, `pack_into`, `linear`, `supported`), or None where it cannot be used (why printed once)."""
+    """The compiled module (`pack`, `pack_into`, `linear`, `supported`), or None where it cannot be used (why
+    printed once)."""
     reason = unavailable_reason()
     if reason is None:
         try:
