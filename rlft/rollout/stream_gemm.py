@@ -128,7 +128,7 @@ def pack_concatenated(module, weights: list[torch.Tensor]) -> torch.Tensor:
     for every `generate` call, so their concatenation was a second pass over two thirds of the weights
     (docs/benchmarks.md, fifteenth session). Weights whose row counts would make a block straddle two of them (a
     row count not a multiple of `BLOCK` before the last weight) are concatenated first, as before."""
-    if len(weights) == 1 or any(w.shape[0] % BLOCK for w in weights[:-1]):
+    if any(w.shape[0] % BLOCK for w in weights[:-1]):
         return module.pack(torch.cat([w.detach() for w in weights]))
     features = weights[0].shape[1]
     for w in weights:

@@ -171,8 +171,8 @@ def test_building_is_announced_only_when_no_build_is_there(monkeypatch, tmp_path
 @pytest.mark.parametrize("rows", [[576, 192, 192], [32, 17], [16], [17, 16], [48, 16, 5]])
 def test_pack_concatenated_equals_packing_the_concatenation(module, rows):
     """q|k|v and gate|up are packed side by side without concatenating them first: the same bytes as `pack` of the
-    concatenation, a partial last block zero-padded; a weight before the last that would make a block straddle two
-    weights ([17, 16]) and a single weight go through the concatenation."""
+    concatenation, a partial last block zero-padded (also for a single weight); a weight before the last that would
+    make a block straddle two weights ([17, 16]) goes through the concatenation."""
     torch.manual_seed(sum(rows))
     weights = [torch.randn(n, 40) for n in rows]
     got = stream_gemm.pack_concatenated(module, weights)
