@@ -78,6 +78,11 @@ if DynamicLayer is not None:
             self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
             return self.keys, self.values
 
+        def advance(self, end: int) -> None:
+            """Positions up to `end` were written into the buffers directly (the fused decoding step)."""
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             if self.is_initialized:
                 self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]

@@ -4,7 +4,10 @@ Why not the model's own forward for each new token: profiled on SmolLM2-135M dec
 forward spends ~25 % of a step outside the weight GEMMs (module calls, mask building, cache bookkeeping,
 attention-interface dispatch: ~800 ops per step), and its 8-row `F.linear` GEMMs stream the weights at
 ~45 % of the measured memory read bandwidth. This step
-- calls the same weights and the model's own rotary embedding, with one op per math step (~15 per layer);
+- calls the same weights and the model's own rotary embedding, with one op per math step (~15 per layer), or,
+  where the weights are packed for rlft's streaming kernel, the whole step in one call of its `Decoder`
+  (csrc/stream_gemm.cpp: the same math in plain loops around the streaming GEMMs; SmolLM2-135M at 8 rows spent
+  ~10 of a ~29 ms step in the ~900 torch ops, SDPA ~2.5 ms of it);
 - on CPU, float32, for batches of at most `PACK_MAX_ROWS` rows (`should_pack`), multiplies by packed weights:
   with rlft's streaming kernel where it runs (`stream_gemm`: AVX-512; q|k|v and gate|up as one GEMM each),
   1.6x MKL's packed GEMM over SmolLM2-135M's step GEMMs at 8 rows; else, for weights larger than the
@@ -195,6 +198,56 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def fusable_reason(model: torch.nn.Module) -> str | None:
+    """None if the streaming kernel's `Decoder` computes `LlamaStep`'s math for `model` (a supported model, see
+    `unsupported_reason`), else why not."""
+    config = model.config
+    if config.hidden_act not in ("silu", "swish"):
+        return f"activation {config.hidden_act!r} (the fused step has SiLU)"
+    norms = [model.model.norm] + [n for layer in model.model.layers
+                                  for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    qk_norms = [n for layer in model.model.layers
+                for n in (getattr(layer.self_attn, "q_norm", None), getattr(layer.self_attn, "k_norm", None))
+                if n is not None]
+    for group in (norms, qk_norms):
+        if len({float(n.variance_epsilon) for n in group}) > 1:
+            return "RMSNorms with different epsilons"
+    if any(n.weight.dtype != torch.float32 for n in norms + qk_norms):
+        return "norm weights not float32"
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    if head_dim % 2 or head_dim > 512 or heads % kv_heads:
+        return f"head_dim {head_dim} with {heads} query / {kv_heads} key-value heads"
+    return None
+
+
+def _decoder(model: torch.nn.Module, step: "LlamaStep", stream):
+    """The streaming kernel's `Decoder` over `step`'s packed weights (no copy), or None (`fusable_reason`)."""
+    if fusable_reason(model) is not None:
+        return None
+    config, inner = model.config, model.model
+    qk_eps = [float(layer.self_attn.q_norm.variance_epsilon) for layer in inner.layers
+              if getattr(layer.self_attn, "q_norm", None) is not None]
+    decoder = stream.Decoder(config.hidden_size, step.heads, step.kv_heads, step.head_dim, config.intermediate_size,
+                             float(inner.norm.variance_epsilon), qk_eps[0] if qk_eps else 0.0)
+    weight = (lambda norm: None if norm is None else norm.weight.detach().contiguous())
+    for layer, (norm1, qkv, q_norm, k_norm, o_proj, norm2, gate_up, down) in zip(inner.layers, step.layers):
+        decoder.add_layer(weight(norm1), qkv.packed, qkv.bias, weight(q_norm), weight(k_norm), o_proj.packed,
+                          o_proj.bias, weight(norm2), gate_up.packed, gate_up.bias, down.packed, down.bias)
+    decoder.set_head(weight(inner.norm), step.lm_head.packed, step.lm_head.out_features, step.lm_head.bias)
+    return decoder
+
+
+def _fp32_preallocated(cache) -> bool:
+    """The cache the fused step writes into: `decode.preallocated_cache`'s layers, filled, float32 buffers."""
+    layers = getattr(cache, "layers", None)
+    first = layers[0] if layers else None
+    buffer = getattr(first, "key_buffer", None)
+    return (buffer is not None and buffer.dtype == torch.float32 and hasattr(first, "advance")
+            and buffer.is_contiguous())
+
+
 class LlamaStep:
     """`step(tokens, positions, cache, mask_bias)` -> next-token logits (rows, vocab) for one new token per row.
 
@@ -204,9 +257,11 @@ class LlamaStep:
     weights (`HFRolloutEngine.generate` builds one per call and shares it across its chunks), then `release`.
     """
 
-    def __init__(self, model: torch.nn.Module, rows: int, pack: bool | None = None):
+    def __init__(self, model: torch.nn.Module, rows: int, pack: bool | None = None, fuse: bool | None = None):
         """`pack`: multiply by packed fp32 weights, for rlft's streaming kernel where it runs, else for MKL's GEMM
-        (None: where `should_pack` says it pays; True: wherever MKL can). bf16 steps always pack (oneDNN)."""
+        (None: where `should_pack` says it pays; True: wherever MKL can). bf16 steps always pack (oneDNN).
+        `fuse`: with the streaming kernel, run the whole step in its `Decoder` (None: where `fusable_reason`
+        finds nothing against it; False: the torch ops below, the same math)."""
         from transformers.activations import ACT2FN
 
         config = model.config
@@ -242,6 +297,8 @@ class LlamaStep:
                                 layer.post_attention_layernorm, gate_up, _Linear(mlp.down_proj, pack, bf16,
                                                                                  stream=stream)))
         self.lm_head = _Linear(model.lm_head, pack, bf16, stream=stream)
+        # the whole step in one kernel call where the weights are packed for the streaming kernel
+        self.decoder = _decoder(model, self, stream) if stream is not None and fuse is not False else None
 
     def release(self) -> None:
         """Free the packed weights and hand the freed pages back to the OS. Why the second part (and the trim
@@ -249,7 +306,7 @@ class LlamaStep:
         copies landed on top of the train step's freed activations and the next train step on top of the freed
         packed copies: peak RSS +5 %, above TRL's. A process that keeps freed memory (`RLFT_KEEP_FREED_MEMORY`)
         skips both trims (`memory.trim`): its freed pages stay mapped for the next allocations that fit them."""
-        packed, self.layers, self.lm_head = self.packed, [], None
+        packed, self.layers, self.lm_head, self.decoder = self.packed, [], None, None
         self.packed = self.packed_bf16 = self.packed_stream = False
         if packed:
             memory.trim()
@@ -258,6 +315,15 @@ class LlamaStep:
         rows, heads, kv_heads, dim = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
         h = self.inner.embed_tokens(tokens)  # (rows, hidden)
         cos, sin = self.inner.rotary_emb(h, positions[:, None])  # (rows, 1, head_dim)
+        if self.decoder is not None and _fp32_preallocated(cache):
+            layers = cache.layers
+            length = layers[0].length
+            logits = self.decoder.step(h, [layer.key_buffer for layer in layers],
+                                       [layer.value_buffer for layer in layers], length, cos[:, 0], sin[:, 0],
+                                       mask_bias)
+            for layer in layers:  # the kernel wrote each layer's key and value at position `length`
+                layer.advance(length + 1)
+            return logits
         # bf16 weights take bf16 inputs: cast each normed activation once for the projections that share it
         narrow = (lambda x: x.to(torch.bfloat16)) if self.packed_bf16 else (lambda x: x)
         for index, (norm1, qkv, q_norm, k_norm, o_proj, norm2, gate_up, down) in enumerate(self.layers):

@@ -6,7 +6,8 @@ measured for these shapes (`torch.ops.mkl._mkl_linear`; `F.linear` and oneDNN's 
 at 0.55-0.65 of a plain `torch.sum`'s rate; `csrc/stream_gemm.cpp` reads each block of 16 output features as one
 sequential stream, two per thread with software prefetch, and reaches the sum's rate (docs/benchmarks.md,
 thirteenth session). It computes the same dot products in another order: results equal `F.linear`'s to float32
-rounding.
+rounding. Its `Decoder` runs a whole Llama-family decoding step (RMSNorm, rotary embedding, the cache write,
+attention over the cache, SiLU, residuals, the LM head) around these GEMMs in one call (`llama_step.LlamaStep`).
 
 Built with torch's C++ extension loader (ninja and the machine's C++ compiler) the first time a process needs it
 (~20 s, once per machine and torch version: cached in `build_directory()`, under `TORCH_EXTENSIONS_DIR`, default
@@ -60,17 +61,19 @@ def _has_avx512() -> bool:
 
 
 def build_directory() -> Path:
-    """Per torch version (a build against another torch's headers must not be loaded) and Python version."""
+    """Per torch version (a build against another torch's headers must not be loaded) and Python version, under
+    `TORCH_EXTENSIONS_DIR` where it is set, as torch's own loader does (its default root ignores it)."""
     from torch.utils.cpp_extension import get_default_build_root
 
     tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}".replace("+", "_")
-    return Path(get_default_build_root()) / f"rlft_stream_gemm_{tag}"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    return Path(root) / f"rlft_stream_gemm_{tag}"
 
 
 @functools.cache
 def load():
-    """The compiled module (`pack`, `pack_into`, `linear`, `supported`), or None where it cannot be used (why
-    printed once)."""
+    """The compiled module (`pack`, `pack_into`, `linear`, `Decoder`, `exp`, `supported`), or None where it cannot
+    be used (why printed once)."""
     reason = unavailable_reason()
     if reason is None:
         try:

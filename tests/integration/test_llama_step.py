@@ -40,21 +40,23 @@ def prompts(rows: int, vocab: int):
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 @pytest.mark.parametrize("rows,leave", [(5, 0), (6, 2), (12, 3), (40, 0)])  # packed (rows gone); unpacked
-@pytest.mark.parametrize("kernel", ["stream", "mkl"])
+@pytest.mark.parametrize("kernel", ["fused", "stream", "mkl"])
 def test_step_logits_match_the_hf_forward(name, rows, leave, kernel, monkeypatch):
     """Several decode steps on a left-padded batch: the lean step's logits equal `model(...)`'s on the same
     cache; `leave` rows leave the batch after the first step (MKL's packed GEMMs then pad to their row count).
-    fp32 packs for rlft's streaming kernel where it runs, else for MKL's GEMM: both compared."""
-    if kernel == "stream" and stream_gemm.load() is None:
+    fp32 packs for rlft's streaming kernel where it runs, whole steps in its `Decoder` (`fused`) or its GEMMs
+    between torch ops (`stream`), else for MKL's GEMM: all compared."""
+    if kernel != "mkl" and stream_gemm.load() is None:
         pytest.skip(f"streaming kernel unavailable: {stream_gemm.unavailable_reason() or 'its build failed'}")
-    if kernel == "stream" and rows > llama_step.PACK_MAX_ROWS:
+    if kernel != "mkl" and rows > llama_step.PACK_MAX_ROWS:
         pytest.skip("unpacked: the same F.linear run as kernel=mkl")
     if kernel == "mkl":
         monkeypatch.setattr(stream_gemm, "load", lambda: None)
-    compare_steps(build(name), rows, leave, atol=2e-5, rtol=1e-4)
+    fuse = kernel == "fused"
+    used = compare_steps(build(name), rows, leave, atol=2e-5, rtol=1e-4, fuse=fuse)
     if rows <= llama_step.PACK_MAX_ROWS and torch.backends.mkl.is_available():
-        step = llama_step.LlamaStep(build(name), rows, pack=True)
-        assert step.packed and step.packed_stream == (kernel == "stream")  # so that path was compared
+        assert used.packed and used.packed_stream == (kernel != "mkl")  # so that path was compared
+        assert (used.decoder is not None) == fuse
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -88,7 +90,8 @@ def test_step_under_bf16_autocast_multiplies_packed_bf16_weights_like_the_autoca
     compare_steps(pure, rows, leave, atol=1e-2, rtol=1e-2)
 
 
-def compare_steps(model, rows: int, leave: int, *, atol: float, rtol: float) -> None:
+def compare_steps(model, rows: int, leave: int, *, atol: float, rtol: float, fuse: bool | None = None):
+    """The step's logits against the HF forward's over 4 new tokens; returns the step compared."""
     assert llama_step.unsupported_reason(model) is None
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
     ids, mask = (t.to(device) for t in prompts(rows, model.config.vocab_size))
@@ -99,7 +102,7 @@ def compare_steps(model, rows: int, leave: int, *, atol: float, rtol: float) -> 
     with torch.inference_mode():
         for cache in caches:
             model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **{kw: cache})
-        step = llama_step.LlamaStep(model, rows, pack=True)  # packed where MKL can (these weights are small)
+        step = llama_step.LlamaStep(model, rows, pack=True, fuse=fuse)  # packed where MKL can (small weights)
         full = torch.cat([mask, torch.ones(rows, new, dtype=mask.dtype, device=device)], dim=1)
         bias = torch.zeros(full.shape, dtype=dtype, device=device).masked_fill(full == 0, float("-inf"))[:, None, None, :]
         positions = mask.sum(1) - 1
@@ -118,6 +121,27 @@ def compare_steps(model, rows: int, leave: int, *, atol: float, rtol: float) -> 
             assert got.shape == ref.shape
             assert torch.allclose(got.float(), ref.float(), atol=atol, rtol=rtol), (t, (got - ref).abs().max())
             tokens = ref.argmax(-1)
+        for ours, theirs in zip(caches[1].layers, caches[0].layers):  # the step wrote the keys and values too
+            assert ours.keys.shape == theirs.keys.shape and ours.length == theirs.length
+            assert torch.allclose(ours.keys, theirs.keys, atol=atol, rtol=rtol)
+            assert torch.allclose(ours.values, theirs.values, atol=atol, rtol=rtol)
+    return step
+
+
+def test_models_the_fused_step_does_not_cover_keep_the_torch_ops(monkeypatch):
+    """Another activation or RMSNorms of different epsilons: the streaming kernel's GEMMs between torch ops."""
+    if stream_gemm.load() is None:
+        pytest.skip(f"streaming kernel unavailable: {stream_gemm.unavailable_reason() or 'its build failed'}")
+    assert llama_step.fusable_reason(build("llama")) is None
+    assert llama_step.LlamaStep(build("qwen3"), 4, pack=True).decoder is not None
+    gelu = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **{**SMALL, "hidden_act": "gelu"}))
+    assert "activation 'gelu'" in llama_step.fusable_reason(gelu)
+    assert llama_step.LlamaStep(gelu, 4, pack=True).decoder is None
+    compare_steps(gelu.eval(), 4, 1, atol=2e-5, rtol=1e-4)
+    odd = build("llama")
+    odd.model.layers[1].post_attention_layernorm.variance_epsilon = 1e-3
+    assert "epsilons" in llama_step.fusable_reason(odd)
+    assert llama_step.LlamaStep(odd, 4, pack=True).decoder is None
 
 
 def test_unsupported_models_keep_the_hf_forward():

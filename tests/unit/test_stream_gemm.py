@@ -152,8 +152,10 @@ def test_the_ninja_package_is_put_on_path_when_path_has_none(monkeypatch, tmp_pa
     assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
 
 
-def test_the_build_directory_is_per_torch_version():
+def test_the_build_directory_is_per_torch_version_under_torch_extensions_dir(monkeypatch, tmp_path):
     assert torch.__version__.replace("+", "_") in stream_gemm.build_directory().name
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert stream_gemm.build_directory().parent == tmp_path
 
 
 def test_building_is_announced_only_when_no_build_is_there(monkeypatch, tmp_path, capsys):
@@ -229,3 +231,50 @@ def test_pack_into_refuses_a_buffer_that_does_not_fit(module):
         module.pack_into(weight, torch.empty(3, 24, 16), 1)
     with pytest.raises(RuntimeError, match="float32"):
         module.pack_into(weight.double(), torch.empty(3, 24, 16), 0)
+
+
+def test_exp_is_within_two_ulps_of_float64_and_exact_at_the_ends(module):
+    """The fused step's e^x (softmax, SiLU) over float32's normal range; 0 for -inf (masked positions get exactly
+    no weight) and below the normal range, inf above it, NaN kept."""
+    x = torch.linspace(-87.3, 88.7, 200_001)
+    exact = torch.exp(x.double())
+    ulp = 2.0 ** (torch.floor(torch.log2(exact)) - 23)
+    assert ((module.exp(x).double() - exact).abs() / ulp).max() <= 2.0
+    ends = module.exp(torch.tensor([float("-inf"), -1e4, -88.0, float("inf"), 1e4, float("nan"), 0.0]))
+    assert ends[:3].tolist() == [0.0, 0.0, 0.0] and ends[3:5].isinf().all() and ends[5].isnan() and ends[6] == 1.0
+
+
+def _decoder(module, layers=1, hidden=32, heads=4, kv_heads=2, dim=8, intermediate=48, vocab=40):
+    decoder = module.Decoder(hidden, heads, kv_heads, dim, intermediate, 1e-6, 0.0)
+    packed = (lambda n, k: module.pack(torch.randn(n, k)))
+    for _ in range(layers):
+        decoder.add_layer(torch.ones(hidden), packed((heads + 2 * kv_heads) * dim, hidden), None, None, None,
+                          packed(hidden, heads * dim), None, torch.ones(hidden), packed(2 * intermediate, hidden),
+                          None, packed(hidden, intermediate), None)
+    decoder.set_head(torch.ones(hidden), packed(vocab, hidden), vocab, None)
+    return decoder
+
+
+def test_decoder_refuses_weights_and_caches_that_do_not_fit(module):
+    """Shapes are checked where the weights are handed over and at every step (the kernel writes into the cache)."""
+    with pytest.raises(RuntimeError, match="do not group"):
+        module.Decoder(32, 4, 3, 8, 48, 1e-6, 0.0)
+    decoder = module.Decoder(32, 4, 2, 8, 48, 1e-6, 0.0)
+    with pytest.raises(RuntimeError, match="qkv"):  # q|k|v packed for another width
+        decoder.add_layer(torch.ones(32), module.pack(torch.randn(40, 32)), None, None, None,
+                          module.pack(torch.randn(32, 32)), None, torch.ones(32), module.pack(torch.randn(96, 32)),
+                          None, module.pack(torch.randn(32, 48)), None)
+    with pytest.raises(RuntimeError, match="set_head"):
+        decoder.step(torch.randn(2, 32), [], [], 0, torch.ones(2, 8), torch.zeros(2, 8), torch.zeros(2, 1, 1, 1))
+    decoder = _decoder(module)
+    h, cos, sin = torch.randn(2, 32), torch.ones(2, 8), torch.zeros(2, 8)
+    cache = [torch.zeros(2, 2, 6, 8)]
+    assert decoder.step(h, cache, [torch.zeros(2, 2, 6, 8)], 3, cos, sin, torch.zeros(2, 1, 1, 4)).shape == (2, 40)
+    with pytest.raises(RuntimeError, match="cannot take position 6"):
+        decoder.step(h, cache, [torch.zeros(2, 2, 6, 8)], 6, cos, sin, torch.zeros(2, 1, 1, 7))
+    with pytest.raises(RuntimeError, match="float32"):
+        decoder.step(h, [cache[0].bfloat16()], [torch.zeros(2, 2, 6, 8)], 3, cos, sin, torch.zeros(2, 1, 1, 4))
+    with pytest.raises(RuntimeError, match="mask"):
+        decoder.step(h, cache, [torch.zeros(2, 2, 6, 8)], 3, cos, sin, torch.zeros(2, 1, 1, 5))
+    with pytest.raises(RuntimeError, match="1 layers"):
+        decoder.step(h, cache * 2, [torch.zeros(2, 2, 6, 8)] * 2, 3, cos, sin, torch.zeros(2, 1, 1, 4))

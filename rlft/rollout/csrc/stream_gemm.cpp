@@ -14,6 +14,9 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <cmath>
+#include <cstring>
+
 namespace {
 
 constexpr int64_t kBlock = 16;     // output features per block: one AVX-512 register of float32
@@ -168,28 +171,11 @@ torch::Tensor pack(const torch::Tensor& weight) {
   return packed;
 }
 
-// x (M, K) @ weight.T + bias -> (M, N), `packed` = pack(weight).
-torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
-                     const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(cpu_has_avx512(), "stream_gemm.linear: this CPU has no AVX-512F");
-  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == torch::kFloat32 && x_in.device().is_cpu(),
-              "stream_gemm.linear: x must be 2-D float32 on CPU, got ", x_in.sizes(), " ", x_in.scalar_type());
-  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kBlock && packed.is_contiguous() &&
-              packed.scalar_type() == torch::kFloat32 && packed.device().is_cpu(),
-              "stream_gemm.linear: `packed` must come from stream_gemm.pack");
-  const int64_t rows = x_in.size(0), k = x_in.size(1), blocks = packed.size(0);
-  TORCH_CHECK(packed.size(1) == k, "stream_gemm.linear: x has ", k, " features, the weight ", packed.size(1));
-  TORCH_CHECK(n > (blocks - 1) * kBlock && n <= blocks * kBlock, "stream_gemm.linear: n=", n,
-              " does not match ", blocks, " blocks");
-  TORCH_CHECK(!bias.has_value() || (bias->numel() == n && bias->scalar_type() == torch::kFloat32 &&
-                                    bias->is_contiguous() && bias->device().is_cpu()),
-              "stream_gemm.linear: bias must be a contiguous float32 vector of ", n);
-  const auto x = x_in.contiguous();
-  auto out = torch::empty({rows, n}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = packed.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+namespace {
+
+// out (rows, n) = x (rows, k) @ weight.T + bias, `packed` = pack(weight) with `blocks` blocks; out's row stride n.
+void linear_into(const float* xp, int64_t rows, int64_t k, const float* wp, int64_t blocks, int64_t n,
+                 const float* bp, float* op) {
   // threads split pairs of blocks: contiguous ranges of the packed weight, one read of each per call
   at::parallel_for(0, (blocks + 1) / 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t pair = begin; pair < end; ++pair) {
@@ -206,8 +192,332 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int
       }
     }
   });
+}
+
+void check_packed(const torch::Tensor& packed, int64_t k, int64_t n, const char* what) {
+  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kBlock && packed.is_contiguous() &&
+              packed.scalar_type() == torch::kFloat32 && packed.device().is_cpu(),
+              "stream_gemm: `", what, "` must come from stream_gemm.pack");
+  const int64_t blocks = packed.size(0);
+  TORCH_CHECK(packed.size(1) == k, "stream_gemm: `", what, "` takes ", packed.size(1), " features, not ", k);
+  TORCH_CHECK(n > (blocks - 1) * kBlock && n <= blocks * kBlock, "stream_gemm: n=", n, " does not match ", blocks,
+              " blocks of `", what, "`");
+}
+
+void check_vector(const c10::optional<torch::Tensor>& v, int64_t n, const char* what) {
+  TORCH_CHECK(!v.has_value() || (v->numel() == n && v->scalar_type() == torch::kFloat32 && v->is_contiguous() &&
+                                 v->device().is_cpu()),
+              "stream_gemm: `", what, "` must be a contiguous float32 vector of ", n);
+}
+
+const float* data_or_null(const c10::optional<torch::Tensor>& v) {
+  return v.has_value() ? v->data_ptr<float>() : nullptr;
+}
+
+}  // namespace
+
+// x (M, K) @ weight.T + bias -> (M, N), `packed` = pack(weight).
+torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
+                     const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(cpu_has_avx512(), "stream_gemm.linear: this CPU has no AVX-512F");
+  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == torch::kFloat32 && x_in.device().is_cpu(),
+              "stream_gemm.linear: x must be 2-D float32 on CPU, got ", x_in.sizes(), " ", x_in.scalar_type());
+  const int64_t rows = x_in.size(0), k = x_in.size(1);
+  check_packed(packed, k, n, "packed");
+  check_vector(bias, n, "bias");
+  const auto x = x_in.contiguous();
+  auto out = torch::empty({rows, n}, x.options());
+  linear_into(x.data_ptr<float>(), rows, k, packed.data_ptr<float>(), packed.size(0), n, data_or_null(bias),
+              out.data_ptr<float>());
   return out;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// A whole fp32 decoding step of a Llama-family model (one new token per row) in one call: `Decoder`.
+//
+// Why: with the GEMMs streaming at the memory's rate, a SmolLM2-135M step at 8 rows spent ~10 of its ~29 ms
+// outside them: ~30 torch ops per layer from Python (RMSNorm, rotary, cache writes, SDPA, SiLU, residuals), each
+// a few microseconds of dispatch for a few microseconds of work, and SDPA's ~80 us per call on one query token
+// (profiled: docs/benchmarks.md, sixteenth session). Here each layer is the streaming GEMMs plus plain loops over
+// the rows; llama_step.py holds the same math in torch ops (its tests compare the two and the HF forward).
+namespace {
+
+// e^x for 16 floats: x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' expf polynomial (~1 ulp), scaled by 2^n.
+// Below -87.3 (e^x under float's normal range) 0: softmax's -inf mask entries give exactly 0, as in torch.
+__attribute__((target("avx512f"))) inline __m512 exp_ps(__m512 x) {
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_LT_OQ);
+  const __m512 c = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72284f)), _mm512_set1_ps(-87.33654f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);  // ln2 in two parts: r exact to float
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512 e = _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_scalef_ps(y, n));
+  return _mm512_mask_mov_ps(e, nan, x);
+}
+
+inline __mmask16 tail_mask(int64_t width) {
+  return static_cast<__mmask16>(width >= kBlock ? 0xffff : (1u << width) - 1);
+}
+
+__attribute__((target("avx512f"))) void exp_block(const float* in, float* out, int64_t width) {
+  const __mmask16 m = tail_mask(width);
+  _mm512_mask_storeu_ps(out, m, exp_ps(_mm512_maskz_loadu_ps(m, in)));
+}
+
+// HF's Llama RMSNorm of one row: weight * (x * rsqrt(mean(x^2) + eps)).
+__attribute__((target("avx512f"))) void rms_norm_row(const float* x, const float* weight, int64_t n, float eps,
+                                                     float* out) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), x + i);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  const float scale = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(n) + eps);
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), s);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, weight + i), v));
+  }
+}
+
+// Rotary embedding of one head in place: x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1).
+void rotate_head(float* x, const float* cos, const float* sin, int64_t dim) {
+  const int64_t half = dim / 2;
+  float rotated[512];
+  for (int64_t i = 0; i < half; ++i) {
+    rotated[i] = -x[i + half];
+    rotated[i + half] = x[i];
+  }
+  for (int64_t i = 0; i < dim; ++i) x[i] = x[i] * cos[i] + rotated[i] * sin[i];
+}
+
+// One query head against `length` cached positions: softmax(q.K^T * scale + mask) V -> out (dim).
+__attribute__((target("avx512f"))) void attend(const float* q, const float* keys, const float* values,
+                                               const float* mask, int64_t length, int64_t dim, float scale,
+                                               float* scores, float* out) {
+  float top = -INFINITY;
+  for (int64_t t = 0; t < length; ++t) {
+    const float* k = keys + t * dim;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < dim; i += kBlock) {
+      const __mmask16 m = tail_mask(dim - i);
+      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, k + i), acc);
+    }
+    scores[t] = _mm512_reduce_add_ps(acc) * scale + mask[t];
+    top = std::max(top, scores[t]);
+  }
+  __m512 total = _mm512_setzero_ps();
+  const __m512 shift = _mm512_set1_ps(top);
+  for (int64_t t = 0; t < length; t += kBlock) {
+    const __mmask16 m = tail_mask(length - t);
+    const __m512 p = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + t), shift)));
+    _mm512_mask_storeu_ps(scores + t, m, p);
+    total = _mm512_add_ps(total, p);
+  }
+  const float inverse = 1.0f / _mm512_reduce_add_ps(total);
+  for (int64_t i = 0; i < dim; i += kBlock) {
+    const __mmask16 m = tail_mask(dim - i);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t t = 0; t < length; ++t)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[t]), _mm512_maskz_loadu_ps(m, values + t * dim + i), acc);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(acc, _mm512_set1_ps(inverse)));
+  }
+}
+
+// out = silu(gate) * up for one row, silu(g) = g / (1 + e^-g).
+__attribute__((target("avx512f"))) void silu_mul_row(const float* gate, const float* up, int64_t n, float* out) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)),
+                                                    _mm512_maskz_loadu_ps(m, up + i)));
+  }
+}
+
+struct Projection {  // a packed weight, its output features and its bias (or none)
+  torch::Tensor packed;
+  int64_t n = 0;
+  c10::optional<torch::Tensor> bias;
+};
+
+struct Layer {
+  torch::Tensor input_norm, post_norm;
+  c10::optional<torch::Tensor> q_norm, k_norm;  // Qwen3: per-head RMSNorm of q and k before the rotation
+  Projection qkv, o, gate_up, down;
+};
+
+}  // namespace
+
+// The model's weights, packed by `pack` / `pack_into` (q|k|v and gate|up merged), held for the calls of `step`.
+class Decoder {
+ public:
+  Decoder(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate, double eps,
+          double qk_eps)
+      : hidden_(hidden), heads_(heads), kv_heads_(kv_heads), dim_(head_dim), intermediate_(intermediate),
+        eps_(static_cast<float>(eps)), qk_eps_(static_cast<float>(qk_eps)) {
+    TORCH_CHECK(cpu_has_avx512(), "stream_gemm.Decoder: this CPU has no AVX-512F");
+    TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0, "stream_gemm.Decoder: ", heads,
+                " query heads do not group under ", kv_heads, " key/value heads");
+    TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0 && head_dim <= 512, "stream_gemm.Decoder: head_dim ", head_dim,
+                " (even, at most 512)");
+  }
+
+  void add_layer(const torch::Tensor& input_norm, const torch::Tensor& qkv, const c10::optional<torch::Tensor>& qkv_bias,
+                 const c10::optional<torch::Tensor>& q_norm, const c10::optional<torch::Tensor>& k_norm,
+                 const torch::Tensor& o, const c10::optional<torch::Tensor>& o_bias, const torch::Tensor& post_norm,
+                 const torch::Tensor& gate_up, const c10::optional<torch::Tensor>& gate_up_bias,
+                 const torch::Tensor& down, const c10::optional<torch::Tensor>& down_bias) {
+    const int64_t qkv_n = (heads_ + 2 * kv_heads_) * dim_;
+    check_vector(input_norm, hidden_, "input_norm");
+    check_vector(post_norm, hidden_, "post_norm");
+    check_vector(q_norm, dim_, "q_norm");
+    check_vector(k_norm, dim_, "k_norm");
+    TORCH_CHECK(q_norm.has_value() == k_norm.has_value(), "stream_gemm.Decoder: q_norm and k_norm go together");
+    check_packed(qkv, hidden_, qkv_n, "qkv");
+    check_vector(qkv_bias, qkv_n, "qkv_bias");
+    check_packed(o, heads_ * dim_, hidden_, "o");
+    check_vector(o_bias, hidden_, "o_bias");
+    check_packed(gate_up, hidden_, 2 * intermediate_, "gate_up");
+    check_vector(gate_up_bias, 2 * intermediate_, "gate_up_bias");
+    check_packed(down, intermediate_, hidden_, "down");
+    check_vector(down_bias, hidden_, "down_bias");
+    layers_.push_back(Layer{input_norm, post_norm, q_norm, k_norm, {qkv, qkv_n, qkv_bias}, {o, hidden_, o_bias},
+                            {gate_up, 2 * intermediate_, gate_up_bias}, {down, hidden_, down_bias}});
+  }
+
+  void set_head(const torch::Tensor& final_norm, const torch::Tensor& lm_head, int64_t vocab,
+                const c10::optional<torch::Tensor>& lm_bias) {
+    check_vector(final_norm, hidden_, "final_norm");
+    check_packed(lm_head, hidden_, vocab, "lm_head");
+    check_vector(lm_bias, vocab, "lm_bias");
+    final_norm_ = final_norm;
+    head_ = Projection{lm_head, vocab, lm_bias};
+  }
+
+  // hidden (rows, hidden): the new tokens' embeddings; keys[l] / values[l] (rows, kv_heads, capacity, head_dim):
+  // layer l's cache, `length` positions filled, the new token's key and value written at position `length`;
+  // cos / sin (rows, head_dim): the new positions' rotary tables; mask (rows, 1, 1, length + 1): 0 where a row
+  // attends, -inf at its padding. Returns the next-token logits (rows, vocab).
+  torch::Tensor step(const torch::Tensor& hidden, const std::vector<torch::Tensor>& keys,
+                     const std::vector<torch::Tensor>& values, int64_t length, const torch::Tensor& cos_in,
+                     const torch::Tensor& sin_in, const torch::Tensor& mask) {
+    TORCH_CHECK(head_.n > 0, "stream_gemm.Decoder: set_head was not called");
+    const int64_t rows = hidden.size(0), layers = static_cast<int64_t>(layers_.size());
+    TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == hidden_ && hidden.scalar_type() == torch::kFloat32,
+                "stream_gemm.Decoder.step: hidden must be (rows, ", hidden_, ") float32, got ", hidden.sizes());
+    TORCH_CHECK(static_cast<int64_t>(keys.size()) == layers && static_cast<int64_t>(values.size()) == layers,
+                "stream_gemm.Decoder.step: ", layers, " layers, got ", keys.size(), " key and ", values.size(),
+                " value caches");
+    const int64_t capacity = layers ? keys[0].size(2) : 0;
+    TORCH_CHECK(length >= 0 && length < capacity, "stream_gemm.Decoder.step: a cache of ", capacity,
+                " positions cannot take position ", length);
+    for (int64_t l = 0; l < layers; ++l) {
+      for (const auto* cache : {&keys[l], &values[l]}) {
+        TORCH_CHECK(cache->dim() == 4 && cache->size(0) == rows && cache->size(1) == kv_heads_ &&
+                    cache->size(2) == capacity && cache->size(3) == dim_ && cache->is_contiguous() &&
+                    cache->scalar_type() == torch::kFloat32,
+                    "stream_gemm.Decoder.step: layer ", l, "'s cache must be a contiguous float32 (", rows, ", ",
+                    kv_heads_, ", ", capacity, ", ", dim_, ") tensor, got ", cache->sizes(), " ",
+                    cache->scalar_type());
+      }
+    }
+    TORCH_CHECK(mask.dim() == 4 && mask.size(0) == rows && mask.size(3) == length + 1 && mask.stride(3) == 1 &&
+                mask.scalar_type() == torch::kFloat32,
+                "stream_gemm.Decoder.step: mask must be float32 (rows, 1, 1, ", length + 1, "), got ", mask.sizes());
+    const auto cos = cos_in.contiguous(), sin = sin_in.contiguous();
+    TORCH_CHECK(cos.numel() == rows * dim_ && sin.numel() == rows * dim_ && cos.scalar_type() == torch::kFloat32 &&
+                sin.scalar_type() == torch::kFloat32, "stream_gemm.Decoder.step: cos and sin must be float32 (rows, ",
+                dim_, ")");
+    const int64_t qkv_n = (heads_ + 2 * kv_heads_) * dim_, span = length + 1;
+    auto h = hidden.contiguous().clone();
+    const auto options = h.options();
+    auto x = torch::empty({rows, std::max(hidden_, intermediate_)}, options);
+    auto qkv = torch::empty({rows, qkv_n}, options);
+    auto attention = torch::empty({rows, heads_ * dim_}, options);
+    auto gate_up = torch::empty({rows, 2 * intermediate_}, options);
+    auto added = torch::empty({rows, hidden_}, options);
+    auto scores = torch::empty({at::get_num_threads(), span}, options);
+    float *hp = h.data_ptr<float>(), *xp = x.data_ptr<float>(), *qkvp = qkv.data_ptr<float>();
+    float *ap = attention.data_ptr<float>(), *gup = gate_up.data_ptr<float>(), *addp = added.data_ptr<float>();
+    const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>(), *mp = mask.data_ptr<float>();
+    const int64_t mask_stride = mask.stride(0), group = heads_ / kv_heads_;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(dim_));
+
+    for (int64_t l = 0; l < layers; ++l) {
+      const Layer& layer = layers_[l];
+      for (int64_t r = 0; r < rows; ++r)
+        rms_norm_row(hp + r * hidden_, layer.input_norm.data_ptr<float>(), hidden_, eps_, xp + r * hidden_);
+      project(layer.qkv, xp, rows, hidden_, qkvp);
+      float* key_cache = keys[l].data_ptr<float>();
+      float* value_cache = values[l].data_ptr<float>();
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = qkvp + r * qkv_n;
+        for (int64_t head = 0; head < heads_ + kv_heads_; ++head) {  // q heads, then k heads
+          float* x_head = row + head * dim_;
+          if (layer.q_norm.has_value())
+            rms_norm_row(x_head, (head < heads_ ? *layer.q_norm : *layer.k_norm).data_ptr<float>(), dim_, qk_eps_,
+                         x_head);
+          rotate_head(x_head, cp + r * dim_, sp + r * dim_, dim_);
+        }
+        for (int64_t g = 0; g < kv_heads_; ++g) {  // this token's key and value into the cache
+          const int64_t at = ((r * kv_heads_ + g) * capacity + length) * dim_;
+          std::memcpy(key_cache + at, row + (heads_ + g) * dim_, dim_ * sizeof(float));
+          std::memcpy(value_cache + at, row + (heads_ + kv_heads_ + g) * dim_, dim_ * sizeof(float));
+        }
+      }
+      at::parallel_for(0, rows * heads_, 1, [&](int64_t begin, int64_t end) {
+        float* thread_scores = scores.data_ptr<float>() + at::get_thread_num() * span;
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t r = task / heads_, head = task % heads_, g = head / group;
+          const int64_t cache_at = (r * kv_heads_ + g) * capacity * dim_;
+          attend(qkvp + r * qkv_n + head * dim_, key_cache + cache_at, value_cache + cache_at, mp + r * mask_stride,
+                 span, dim_, scale, thread_scores, ap + task * dim_);
+        }
+      });
+      project(layer.o, ap, rows, heads_ * dim_, addp);
+      add_into(hp, addp, rows * hidden_);
+      for (int64_t r = 0; r < rows; ++r)
+        rms_norm_row(hp + r * hidden_, layer.post_norm.data_ptr<float>(), hidden_, eps_, xp + r * hidden_);
+      project(layer.gate_up, xp, rows, hidden_, gup);
+      for (int64_t r = 0; r < rows; ++r)
+        silu_mul_row(gup + r * 2 * intermediate_, gup + r * 2 * intermediate_ + intermediate_, intermediate_,
+                     xp + r * intermediate_);
+      project(layer.down, xp, rows, intermediate_, addp);
+      add_into(hp, addp, rows * hidden_);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      rms_norm_row(hp + r * hidden_, final_norm_.data_ptr<float>(), hidden_, eps_, xp + r * hidden_);
+    auto logits = torch::empty({rows, head_.n}, options);
+    project(head_, xp, rows, hidden_, logits.data_ptr<float>());
+    return logits;
+  }
+
+ private:
+  static void project(const Projection& p, const float* x, int64_t rows, int64_t k, float* out) {
+    linear_into(x, rows, k, p.packed.data_ptr<float>(), p.packed.size(0), p.n, data_or_null(p.bias), out);
+  }
+
+  static void add_into(float* h, const float* add, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) h[i] += add[i];
+  }
+
+  int64_t hidden_, heads_, kv_heads_, dim_, intermediate_;
+  float eps_, qk_eps_;
+  std::vector<Layer> layers_;
+  torch::Tensor final_norm_;
+  Projection head_;
+};
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported", &supported, "whether this CPU runs the kernel (AVX-512F)");
@@ -218,4 +528,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "x (M, K) @ weight.T + bias from the packed weight", pybind11::arg("x"),
         pybind11::arg("packed"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none(),
         pybind11::call_guard<pybind11::gil_scoped_release>());
+  pybind11::class_<Decoder>(m, "Decoder", "a whole fp32 decoding step of a Llama-family model")
+      .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double>(), pybind11::arg("hidden"),
+           pybind11::arg("heads"), pybind11::arg("kv_heads"), pybind11::arg("head_dim"),
+           pybind11::arg("intermediate"), pybind11::arg("eps"), pybind11::arg("qk_eps"))
+      .def("add_layer", &Decoder::add_layer, pybind11::arg("input_norm"), pybind11::arg("qkv"),
+           pybind11::arg("qkv_bias"), pybind11::arg("q_norm"), pybind11::arg("k_norm"), pybind11::arg("o"),
+           pybind11::arg("o_bias"), pybind11::arg("post_norm"), pybind11::arg("gate_up"),
+           pybind11::arg("gate_up_bias"), pybind11::arg("down"), pybind11::arg("down_bias"))
+      .def("set_head", &Decoder::set_head, pybind11::arg("final_norm"), pybind11::arg("lm_head"),
+           pybind11::arg("vocab"), pybind11::arg("lm_bias"))
+      .def("step", &Decoder::step, pybind11::arg("hidden"), pybind11::arg("keys"), pybind11::arg("values"),
+           pybind11::arg("length"), pybind11::arg("cos"), pybind11::arg("sin"), pybind11::arg("mask"),
+           pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("exp", [](const torch::Tensor& x) {  // the step's e^x (softmax, SiLU), for its accuracy test
+    TORCH_CHECK(cpu_has_avx512() && x.scalar_type() == torch::kFloat32, "stream_gemm.exp: float32, AVX-512F");
+    auto in = x.contiguous();
+    auto out = torch::empty_like(in);
+    const float* ip = in.data_ptr<float>();
+    float* op = out.data_ptr<float>();
+    for (int64_t i = 0; i < in.numel(); i += kBlock) exp_block(ip + i, op + i, in.numel() - i);
+    return out;
+  }, "e^x as the fused step computes it");
 }
