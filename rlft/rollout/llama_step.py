@@ -222,15 +222,16 @@ def fusable_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
-def _decoder(model: torch.nn.Module, step: "LlamaStep", stream):
-    """The streaming kernel's `Decoder` over `step`'s packed weights (no copy), or None (`fusable_reason`)."""
+def _decoder(model: torch.nn.Module, step: "LlamaStep", stream, bf16: bool):
+    """The streaming kernel's `Decoder` over `step`'s packed weights (no copy: the streaming kernel's fp32 ones or
+    oneDNN's bf16 ones), or None (`fusable_reason`)."""
     if fusable_reason(model) is not None:
         return None
     config, inner = model.config, model.model
     qk_eps = [float(layer.self_attn.q_norm.variance_epsilon) for layer in inner.layers
               if getattr(layer.self_attn, "q_norm", None) is not None]
     decoder = stream.Decoder(config.hidden_size, step.heads, step.kv_heads, step.head_dim, config.intermediate_size,
-                             float(inner.norm.variance_epsilon), qk_eps[0] if qk_eps else 0.0)
+                             float(inner.norm.variance_epsilon), qk_eps[0] if qk_eps else 0.0, bf16)
     weight = (lambda norm: None if norm is None else norm.weight.detach().contiguous())
     for layer, (norm1, qkv, q_norm, k_norm, o_proj, norm2, gate_up, down) in zip(inner.layers, step.layers):
         decoder.add_layer(weight(norm1), qkv.packed, qkv.bias, weight(q_norm), weight(k_norm), o_proj.packed,
@@ -239,13 +240,12 @@ def _decoder(model: torch.nn.Module, step: "LlamaStep", stream):
     return decoder
 
 
-def _fp32_preallocated(cache) -> bool:
-    """The cache the fused step writes into: `decode.preallocated_cache`'s layers, filled, float32 buffers."""
+def _fusable_cache(cache, dtype: torch.dtype) -> bool:
+    """The cache the fused step writes into: `decode.preallocated_cache`'s layers, filled, `dtype` buffers."""
     layers = getattr(cache, "layers", None)
     first = layers[0] if layers else None
     buffer = getattr(first, "key_buffer", None)
-    return (buffer is not None and buffer.dtype == torch.float32 and hasattr(first, "advance")
-            and buffer.is_contiguous())
+    return buffer is not None and buffer.dtype == dtype and hasattr(first, "advance") and buffer.is_contiguous()
 
 
 class LlamaStep:
@@ -260,8 +260,9 @@ class LlamaStep:
     def __init__(self, model: torch.nn.Module, rows: int, pack: bool | None = None, fuse: bool | None = None):
         """`pack`: multiply by packed fp32 weights, for rlft's streaming kernel where it runs, else for MKL's GEMM
         (None: where `should_pack` says it pays; True: wherever MKL can). bf16 steps always pack (oneDNN).
-        `fuse`: with the streaming kernel, run the whole step in its `Decoder` (None: where `fusable_reason`
-        finds nothing against it; False: the torch ops below, the same math)."""
+        `fuse`: run the whole step in the decoding kernel's `Decoder` (`stream_gemm`: with its streaming GEMMs in
+        fp32, with oneDNN's on the bf16 packed weights under autocast over fp32 weights; None: where the kernel
+        loads and `fusable_reason` finds nothing against it; False: the torch ops below, the same math)."""
         from transformers.activations import ACT2FN
 
         config = model.config
@@ -298,7 +299,10 @@ class LlamaStep:
                                                                                  stream=stream)))
         self.lm_head = _Linear(model.lm_head, pack, bf16, stream=stream)
         # the whole step in one kernel call where the weights are packed for the streaming kernel
-        self.decoder = _decoder(model, self, stream) if stream is not None and fuse is not False else None
+        # bf16: oneDNN's GEMMs in the same kernel's `Decoder`, for autocast over fp32 weights (bf16 weights keep ops)
+        if fuse is not False and stream is None and bf16 and model.lm_head.weight.dtype == torch.float32:
+            stream = stream_gemm.load()
+        self.decoder = _decoder(model, self, stream, bf16) if stream is not None and fuse is not False else None
 
     def release(self) -> None:
         """Free the packed weights and hand the freed pages back to the OS. Why the second part (and the trim
@@ -315,7 +319,7 @@ class LlamaStep:
         rows, heads, kv_heads, dim = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
         h = self.inner.embed_tokens(tokens)  # (rows, hidden)
         cos, sin = self.inner.rotary_emb(h, positions[:, None])  # (rows, 1, head_dim)
-        if self.decoder is not None and _fp32_preallocated(cache):
+        if self.decoder is not None and _fusable_cache(cache, torch.bfloat16 if self.packed_bf16 else torch.float32):
             layers = cache.layers
             length = layers[0].length
             logits = self.decoder.step(h, [layer.key_buffer for layer in layers],

@@ -84,8 +84,8 @@ def load():
             if module.supported():
                 return module
             reason = "the CPU has no AVX-512F"
-    print(f"rlft: fp32 decoding uses MKL's packed GEMM: the streaming kernel is unavailable ({reason})",
-          file=sys.stderr, flush=True)
+    print(f"rlft: the decoding kernel is unavailable ({reason}): fp32 decoding uses MKL's packed GEMM and "
+          "decoding steps run as torch ops", file=sys.stderr, flush=True)
     return None
 
 

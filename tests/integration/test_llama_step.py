@@ -75,15 +75,18 @@ BF16_CPU = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_
 @pytest.mark.skipif(not BF16_CPU, reason="this CPU's oneDNN has no bf16 GEMM")
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 @pytest.mark.parametrize("rows,leave", [(6, 2), (40, 0)])
-def test_step_under_bf16_autocast_multiplies_packed_bf16_weights_like_the_autocast_forward(name, rows, leave):
+@pytest.mark.parametrize("fuse", [None, False])
+def test_step_under_bf16_autocast_multiplies_packed_bf16_weights_like_the_autocast_forward(name, rows, leave, fuse):
     """`model.precision=bf16-mixed` on a CPU: the step packs bf16 copies of the fp32 weights (any row count) and its
-    logits equal the autocast HF forward's to bf16 rounding; outside autocast it keeps fp32."""
+    logits equal the autocast HF forward's to bf16 rounding, whole steps in the decoding kernel's `Decoder` where it
+    loads (`fuse=None`) and as torch ops (`False`); outside autocast it keeps fp32."""
     model = build(name)
     assert not llama_step.LlamaStep(model, rows).packed_bf16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         step = llama_step.LlamaStep(model, rows)
         assert step.packed and step.packed_bf16 and not llama_step.LlamaStep(model, rows, pack=False).packed
-        compare_steps(model, rows, leave, atol=1e-2, rtol=1e-2)  # bit-equal on this AMX CPU
+        used = compare_steps(model, rows, leave, atol=1e-2, rtol=1e-2, fuse=fuse)  # ops: bit-equal on this AMX CPU
+        assert (used.decoder is not None) == (fuse is None and stream_gemm.load() is not None)
     assert model.lm_head.weight.dtype == torch.float32  # the master weights are untouched
     pure = build(name).to(torch.bfloat16)  # bf16 weights (model.dtype=bfloat16, inference) pack alike
     assert llama_step.LlamaStep(pure, rows).packed_bf16
@@ -216,3 +219,44 @@ def test_engine_builds_one_step_per_call_and_frees_its_packed_weights(monkeypatc
     step = built[0]
     assert released == [torch.backends.mkl.is_available()]  # released once, packed where MKL is there
     assert not step.packed and step.lm_head is None and not step.layers
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_step_rounds_where_the_torch_ops_round(name, precision):
+    """The decoding kernel's `Decoder` against `LlamaStep`'s torch ops from the same cache, 4 steps: fp32 within
+    float32 rounding; under bf16 autocast the same bf16 roundings (projection inputs and outputs, the cache,
+    attention's query and probabilities, SiLU), so nearly every logit is bit-equal (all of them on this AMX CPU;
+    a rounding point left out or added moves most of them)."""
+    if stream_gemm.load() is None:
+        pytest.skip(f"decoding kernel unavailable: {stream_gemm.unavailable_reason() or 'its build failed'}")
+    if precision == "bf16" and not BF16_CPU:
+        pytest.skip("this CPU's oneDNN has no bf16 GEMM")
+    model, autocast = build(name), precision == "bf16"
+    fused, used = _four_steps(model, fuse=None, autocast=autocast)
+    ops, _ = _four_steps(model, fuse=False, autocast=autocast)
+    assert used
+    if autocast:
+        assert fused.dtype == ops.dtype == torch.bfloat16
+        assert (fused == ops).float().mean() >= 0.95 and torch.allclose(fused.float(), ops.float(), atol=2e-2)
+    else:
+        assert torch.allclose(fused, ops, atol=1e-5, rtol=1e-5)
+
+
+def _four_steps(model, *, fuse, autocast: bool, rows: int = 6):
+    ids, mask = prompts(rows, model.config.vocab_size)
+    dtype = torch.bfloat16 if autocast else torch.float32
+    logits = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        cache = preallocated_cache(ids.shape[1] + 4, torch.bfloat16 if autocast else None)
+        model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+              **{cache_keyword(model): cache})
+        step = llama_step.LlamaStep(model, rows, pack=True, fuse=fuse)
+        full = torch.cat([mask, torch.ones(rows, 4, dtype=mask.dtype)], 1)
+        bias = torch.zeros(full.shape, dtype=dtype).masked_fill(full == 0, float("-inf"))[:, None, None, :]
+        positions, tokens = mask.sum(1) - 1, torch.arange(rows) % model.config.vocab_size
+        for t in range(4):
+            positions = positions + 1
+            logits.append(step(tokens, positions, cache, bias[..., :ids.shape[1] + t + 1]))
+            tokens = logits[-1].argmax(-1)
+    return torch.stack(logits), step.decoder is not None

@@ -278,3 +278,6 @@ def test_decoder_refuses_weights_and_caches_that_do_not_fit(module):
         decoder.step(h, cache, [torch.zeros(2, 2, 6, 8)], 3, cos, sin, torch.zeros(2, 1, 1, 5))
     with pytest.raises(RuntimeError, match="1 layers"):
         decoder.step(h, cache * 2, [torch.zeros(2, 2, 6, 8)] * 2, 3, cos, sin, torch.zeros(2, 1, 1, 4))
+    bf16 = module.Decoder(32, 4, 2, 8, 48, 1e-6, 0.0, bf16=True)  # oneDNN-packed bf16 weights only
+    with pytest.raises(RuntimeError, match="packed by torch.ops.mkldnn"):
+        bf16.set_head(torch.ones(32), module.pack(torch.randn(40, 32)), 40, None)

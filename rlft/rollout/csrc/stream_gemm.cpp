@@ -14,8 +14,11 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 
@@ -233,13 +236,16 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// A whole fp32 decoding step of a Llama-family model (one new token per row) in one call: `Decoder`.
+// A whole decoding step of a Llama-family model (one new token per row) in one call: `Decoder`.
 //
-// Why: with the GEMMs streaming at the memory's rate, a SmolLM2-135M step at 8 rows spent ~10 of its ~29 ms
-// outside them: ~30 torch ops per layer from Python (RMSNorm, rotary, cache writes, SDPA, SiLU, residuals), each
-// a few microseconds of dispatch for a few microseconds of work, and SDPA's ~80 us per call on one query token
-// (profiled: docs/benchmarks.md, sixteenth session). Here each layer is the streaming GEMMs plus plain loops over
-// the rows; llama_step.py holds the same math in torch ops (its tests compare the two and the HF forward).
+// Why: with the GEMMs streaming at the memory's rate, a SmolLM2-135M fp32 step at 8 rows spent ~10 of its ~29 ms
+// outside them: ~30 torch ops per layer from Python (RMSNorm, rotary, cache writes, SDPA, SiLU, residuals), each a
+// few microseconds of dispatch for a few microseconds of work, and SDPA ~80 us per call on one query token
+// (profiled: docs/benchmarks.md, sixteenth session). Here each layer is its GEMMs plus plain loops over the rows.
+// fp32: the streaming GEMMs above. bf16 (autocast over fp32 weights): oneDNN's GEMMs on the step's bf16-packed
+// weights, rounding to bf16 where autocast does (projection inputs and outputs, the cache, attention's query and
+// probabilities, SiLU); residuals and norms in fp32. llama_step.py holds the same math in torch ops; its tests
+// compare both with the HF forward.
 namespace {
 
 // e^x for 16 floats: x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' expf polynomial (~1 ulp), scaled by 2^n.
@@ -272,9 +278,72 @@ __attribute__((target("avx512f"))) void exp_block(const float* in, float* out, i
   _mm512_mask_storeu_ps(out, m, exp_ps(_mm512_maskz_loadu_ps(m, in)));
 }
 
-// HF's Llama RMSNorm of one row: weight * (x * rsqrt(mean(x^2) + eps)).
+// bfloat16 <-> float32 for 16 values (AVX-512F only: no BW/VL masked 16-bit loads, so partial vectors go through
+// a small buffer). Rounding to the nearest bf16, ties to even, NaN kept: what torch's casts do.
+__attribute__((target("avx512f"))) inline __m512 load16(const float* p, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
+
+__attribute__((target("avx512f"))) inline __m512 load16(const c10::BFloat16* p, __mmask16 m) {
+  __m256i raw;
+  if (m == 0xffff) {
+    raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  } else {
+    alignas(32) uint16_t part[16] = {0};
+    for (int i = 0; i < 16; ++i)
+      if ((m >> i) & 1) part[i] = p[i].x;
+    raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(part));
+  }
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+__attribute__((target("avx512f"))) inline __m512i bf16_bits(__m512 v) {  // the bf16 in each 32-bit lane's low half
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc0));
+}
+
+__attribute__((target("avx512f"))) inline __m512 round_bf16(__m512 v) {  // to bf16 and back
+  return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits(v), 16));
+}
+
+__attribute__((target("avx512f"))) inline void store16(float* p, __mmask16 m, __m512 v) {
+  _mm512_mask_storeu_ps(p, m, v);
+}
+
+__attribute__((target("avx512f"))) inline void store16(c10::BFloat16* p, __mmask16 m, __m512 v) {
+  const __m256i packed = _mm512_cvtepi32_epi16(bf16_bits(v));
+  if (m == 0xffff) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), packed);
+  } else {
+    alignas(32) uint16_t part[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(part), packed);
+    for (int i = 0; i < 16; ++i)
+      if ((m >> i) & 1) p[i].x = part[i];
+  }
+}
+
+__attribute__((target("avx512f"))) void round_to_bf16(float* x, int64_t n) {  // in place, kept in float32
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, m, round_bf16(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+template <typename From, typename To>
+__attribute__((target("avx512f"))) void convert(const From* in, To* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const __mmask16 m = tail_mask(n - i);
+    store16(out + i, m, load16(in + i, m));
+  }
+}
+
+// HF's Llama RMSNorm of one row: weight * (x * rsqrt(mean(x^2) + eps)); `round_mid`: the normed x rounded to bf16
+// before the weight multiplies it (a bf16 input's norm: HF casts back to the input dtype there).
 __attribute__((target("avx512f"))) void rms_norm_row(const float* x, const float* weight, int64_t n, float eps,
-                                                     float* out) {
+                                                     float* out, bool round_mid = false) {
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += kBlock) {
     const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), x + i);
@@ -284,7 +353,8 @@ __attribute__((target("avx512f"))) void rms_norm_row(const float* x, const float
   const __m512 s = _mm512_set1_ps(scale);
   for (int64_t i = 0; i < n; i += kBlock) {
     const __mmask16 m = tail_mask(n - i);
-    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), s);
+    __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), s);
+    if (round_mid) v = round_bf16(v);
     _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, weight + i), v));
   }
 }
@@ -300,17 +370,20 @@ void rotate_head(float* x, const float* cos, const float* sin, int64_t dim) {
   for (int64_t i = 0; i < dim; ++i) x[i] = x[i] * cos[i] + rotated[i] * sin[i];
 }
 
-// One query head against `length` cached positions: softmax(q.K^T * scale + mask) V -> out (dim).
-__attribute__((target("avx512f"))) void attend(const float* q, const float* keys, const float* values,
-                                               const float* mask, int64_t length, int64_t dim, float scale,
-                                               float* scores, float* out) {
+// One query head against `length` cached positions: softmax(q.K^T * scale + mask) V -> out (dim). bf16 caches
+// (`T`): the probabilities multiply V rounded to bf16 and normalised by the sum of the unrounded ones, as torch's
+// CPU flash attention does for bf16.
+template <typename T>
+__attribute__((target("avx512f"))) void attend(const float* q, const T* keys, const T* values, const float* mask,
+                                               int64_t length, int64_t dim, float scale, float* scores, float* out) {
+  constexpr bool kBf16 = std::is_same<T, c10::BFloat16>::value;
   float top = -INFINITY;
   for (int64_t t = 0; t < length; ++t) {
-    const float* k = keys + t * dim;
+    const T* k = keys + t * dim;
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < dim; i += kBlock) {
       const __mmask16 m = tail_mask(dim - i);
-      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, k + i), acc);
+      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), load16(k + i, m), acc);
     }
     scores[t] = _mm512_reduce_add_ps(acc) * scale + mask[t];
     top = std::max(top, scores[t]);
@@ -320,29 +393,44 @@ __attribute__((target("avx512f"))) void attend(const float* q, const float* keys
   for (int64_t t = 0; t < length; t += kBlock) {
     const __mmask16 m = tail_mask(length - t);
     const __m512 p = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + t), shift)));
-    _mm512_mask_storeu_ps(scores + t, m, p);
     total = _mm512_add_ps(total, p);
+    _mm512_mask_storeu_ps(scores + t, m, kBf16 ? round_bf16(p) : p);
   }
   const float inverse = 1.0f / _mm512_reduce_add_ps(total);
   for (int64_t i = 0; i < dim; i += kBlock) {
     const __mmask16 m = tail_mask(dim - i);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t t = 0; t < length; ++t)
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[t]), _mm512_maskz_loadu_ps(m, values + t * dim + i), acc);
-    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(acc, _mm512_set1_ps(inverse)));
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[t]), load16(values + t * dim + i, m), acc);
+    acc = _mm512_mul_ps(acc, _mm512_set1_ps(inverse));
+    _mm512_mask_storeu_ps(out + i, m, kBf16 ? round_bf16(acc) : acc);
   }
 }
 
-// out = silu(gate) * up for one row, silu(g) = g / (1 + e^-g).
-__attribute__((target("avx512f"))) void silu_mul_row(const float* gate, const float* up, int64_t n, float* out) {
+// out = silu(gate) * up for one row, silu(g) = g / (1 + e^-g); `round_silu`: silu's output rounded to bf16 (a bf16
+// gate's SiLU), the product left to the next projection's input rounding.
+__attribute__((target("avx512f"))) void silu_mul_row(const float* gate, const float* up, int64_t n, float* out,
+                                                     bool round_silu) {
   const __m512 one = _mm512_set1_ps(1.0f);
   for (int64_t i = 0; i < n; i += kBlock) {
     const __mmask16 m = tail_mask(n - i);
     const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
-    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
-    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)),
-                                                    _mm512_maskz_loadu_ps(m, up + i)));
+    __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    if (round_silu) silu = round_bf16(silu);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, up + i)));
   }
+}
+
+// oneDNN's GEMM on a weight packed by `torch.ops.mkldnn._reorder_linear_weight`: what llama_step.py's bf16 `_Linear`
+// calls (`torch.ops.mkldnn._linear_pointwise`), through the dispatcher.
+torch::Tensor onednn_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                            const c10::optional<torch::Tensor>& bias) {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  std::vector<c10::IValue> stack{x, packed, bias.has_value() ? c10::IValue(*bias) : c10::IValue(),
+                                 std::string("none"), c10::List<c10::optional<c10::Scalar>>(), std::string("")};
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
 }
 
 struct Projection {  // a packed weight, its output features and its bias (or none)
@@ -359,13 +447,14 @@ struct Layer {
 
 }  // namespace
 
-// The model's weights, packed by `pack` / `pack_into` (q|k|v and gate|up merged), held for the calls of `step`.
+// The model's weights, packed for `linear` (fp32; `pack` / `pack_into`) or for oneDNN (bf16), q|k|v and gate|up
+// merged, held for the calls of `step`.
 class Decoder {
  public:
   Decoder(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate, double eps,
-          double qk_eps)
+          double qk_eps, bool bf16)
       : hidden_(hidden), heads_(heads), kv_heads_(kv_heads), dim_(head_dim), intermediate_(intermediate),
-        eps_(static_cast<float>(eps)), qk_eps_(static_cast<float>(qk_eps)) {
+        eps_(static_cast<float>(eps)), qk_eps_(static_cast<float>(qk_eps)), bf16_(bf16) {
     TORCH_CHECK(cpu_has_avx512(), "stream_gemm.Decoder: this CPU has no AVX-512F");
     TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0, "stream_gemm.Decoder: ", heads,
                 " query heads do not group under ", kv_heads, " key/value heads");
@@ -384,36 +473,30 @@ class Decoder {
     check_vector(q_norm, dim_, "q_norm");
     check_vector(k_norm, dim_, "k_norm");
     TORCH_CHECK(q_norm.has_value() == k_norm.has_value(), "stream_gemm.Decoder: q_norm and k_norm go together");
-    check_packed(qkv, hidden_, qkv_n, "qkv");
-    check_vector(qkv_bias, qkv_n, "qkv_bias");
-    check_packed(o, heads_ * dim_, hidden_, "o");
-    check_vector(o_bias, hidden_, "o_bias");
-    check_packed(gate_up, hidden_, 2 * intermediate_, "gate_up");
-    check_vector(gate_up_bias, 2 * intermediate_, "gate_up_bias");
-    check_packed(down, intermediate_, hidden_, "down");
-    check_vector(down_bias, hidden_, "down_bias");
-    layers_.push_back(Layer{input_norm, post_norm, q_norm, k_norm, {qkv, qkv_n, qkv_bias}, {o, hidden_, o_bias},
-                            {gate_up, 2 * intermediate_, gate_up_bias}, {down, hidden_, down_bias}});
+    layers_.push_back(Layer{input_norm, post_norm, q_norm, k_norm, projection(qkv, hidden_, qkv_n, qkv_bias, "qkv"),
+                            projection(o, heads_ * dim_, hidden_, o_bias, "o"),
+                            projection(gate_up, hidden_, 2 * intermediate_, gate_up_bias, "gate_up"),
+                            projection(down, intermediate_, hidden_, down_bias, "down")});
   }
 
   void set_head(const torch::Tensor& final_norm, const torch::Tensor& lm_head, int64_t vocab,
                 const c10::optional<torch::Tensor>& lm_bias) {
     check_vector(final_norm, hidden_, "final_norm");
-    check_packed(lm_head, hidden_, vocab, "lm_head");
-    check_vector(lm_bias, vocab, "lm_bias");
+    head_ = projection(lm_head, hidden_, vocab, lm_bias, "lm_head");
     final_norm_ = final_norm;
-    head_ = Projection{lm_head, vocab, lm_bias};
   }
 
-  // hidden (rows, hidden): the new tokens' embeddings; keys[l] / values[l] (rows, kv_heads, capacity, head_dim):
-  // layer l's cache, `length` positions filled, the new token's key and value written at position `length`;
-  // cos / sin (rows, head_dim): the new positions' rotary tables; mask (rows, 1, 1, length + 1): 0 where a row
-  // attends, -inf at its padding. Returns the next-token logits (rows, vocab).
+  // hidden (rows, hidden) float32: the new tokens' embeddings; keys[l] / values[l] (rows, kv_heads, capacity,
+  // head_dim), float32 (bf16 for a bf16 decoder): layer l's cache, `length` positions filled, the new token's key
+  // and value written at position `length`; cos / sin (rows, head_dim): the new positions' rotary tables; mask
+  // (rows, 1, 1, length + 1): 0 where a row attends, -inf at its padding. Returns the next-token logits (rows,
+  // vocab), float32 (bf16 for a bf16 decoder).
   torch::Tensor step(const torch::Tensor& hidden, const std::vector<torch::Tensor>& keys,
                      const std::vector<torch::Tensor>& values, int64_t length, const torch::Tensor& cos_in,
-                     const torch::Tensor& sin_in, const torch::Tensor& mask) {
+                     const torch::Tensor& sin_in, const torch::Tensor& mask_in) {
     TORCH_CHECK(head_.n > 0, "stream_gemm.Decoder: set_head was not called");
     const int64_t rows = hidden.size(0), layers = static_cast<int64_t>(layers_.size());
+    const auto cache_type = bf16_ ? torch::kBFloat16 : torch::kFloat32;
     TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == hidden_ && hidden.scalar_type() == torch::kFloat32,
                 "stream_gemm.Decoder.step: hidden must be (rows, ", hidden_, ") float32, got ", hidden.sizes());
     TORCH_CHECK(static_cast<int64_t>(keys.size()) == layers && static_cast<int64_t>(values.size()) == layers,
@@ -426,15 +509,18 @@ class Decoder {
       for (const auto* cache : {&keys[l], &values[l]}) {
         TORCH_CHECK(cache->dim() == 4 && cache->size(0) == rows && cache->size(1) == kv_heads_ &&
                     cache->size(2) == capacity && cache->size(3) == dim_ && cache->is_contiguous() &&
-                    cache->scalar_type() == torch::kFloat32,
-                    "stream_gemm.Decoder.step: layer ", l, "'s cache must be a contiguous float32 (", rows, ", ",
-                    kv_heads_, ", ", capacity, ", ", dim_, ") tensor, got ", cache->sizes(), " ",
+                    cache->scalar_type() == cache_type,
+                    "stream_gemm.Decoder.step: layer ", l, "'s cache must be a contiguous ",
+                    bf16_ ? "bfloat16" : "float32", " (", rows,
+                    ", ", kv_heads_, ", ", capacity, ", ", dim_, ") tensor, got ", cache->sizes(), " ",
                     cache->scalar_type());
       }
     }
-    TORCH_CHECK(mask.dim() == 4 && mask.size(0) == rows && mask.size(3) == length + 1 && mask.stride(3) == 1 &&
-                mask.scalar_type() == torch::kFloat32,
-                "stream_gemm.Decoder.step: mask must be float32 (rows, 1, 1, ", length + 1, "), got ", mask.sizes());
+    TORCH_CHECK(mask_in.dim() == 4 && mask_in.size(0) == rows && mask_in.size(3) == length + 1 &&
+                at::isFloatingType(mask_in.scalar_type()),
+                "stream_gemm.Decoder.step: mask must be (rows, 1, 1, ", length + 1, "), got ", mask_in.sizes());
+    const auto mask = mask_in.scalar_type() == torch::kFloat32 && mask_in.stride(3) == 1
+                          ? mask_in : mask_in.to(torch::kFloat32).contiguous();
     const auto cos = cos_in.contiguous(), sin = sin_in.contiguous();
     TORCH_CHECK(cos.numel() == rows * dim_ && sin.numel() == rows * dim_ && cos.scalar_type() == torch::kFloat32 &&
                 sin.scalar_type() == torch::kFloat32, "stream_gemm.Decoder.step: cos and sin must be float32 (rows, ",
@@ -459,32 +545,23 @@ class Decoder {
       for (int64_t r = 0; r < rows; ++r)
         rms_norm_row(hp + r * hidden_, layer.input_norm.data_ptr<float>(), hidden_, eps_, xp + r * hidden_);
       project(layer.qkv, xp, rows, hidden_, qkvp);
-      float* key_cache = keys[l].data_ptr<float>();
-      float* value_cache = values[l].data_ptr<float>();
       for (int64_t r = 0; r < rows; ++r) {
         float* row = qkvp + r * qkv_n;
         for (int64_t head = 0; head < heads_ + kv_heads_; ++head) {  // q heads, then k heads
           float* x_head = row + head * dim_;
           if (layer.q_norm.has_value())
             rms_norm_row(x_head, (head < heads_ ? *layer.q_norm : *layer.k_norm).data_ptr<float>(), dim_, qk_eps_,
-                         x_head);
+                         x_head, bf16_);
           rotate_head(x_head, cp + r * dim_, sp + r * dim_, dim_);
         }
-        for (int64_t g = 0; g < kv_heads_; ++g) {  // this token's key and value into the cache
-          const int64_t at = ((r * kv_heads_ + g) * capacity + length) * dim_;
-          std::memcpy(key_cache + at, row + (heads_ + g) * dim_, dim_ * sizeof(float));
-          std::memcpy(value_cache + at, row + (heads_ + kv_heads_ + g) * dim_, dim_ * sizeof(float));
-        }
       }
-      at::parallel_for(0, rows * heads_, 1, [&](int64_t begin, int64_t end) {
-        float* thread_scores = scores.data_ptr<float>() + at::get_thread_num() * span;
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t r = task / heads_, head = task % heads_, g = head / group;
-          const int64_t cache_at = (r * kv_heads_ + g) * capacity * dim_;
-          attend(qkvp + r * qkv_n + head * dim_, key_cache + cache_at, value_cache + cache_at, mp + r * mask_stride,
-                 span, dim_, scale, thread_scores, ap + task * dim_);
-        }
-      });
+      if (bf16_) {
+        write_and_attend<c10::BFloat16>(keys[l], values[l], rows, capacity, length, qkvp, qkv_n, mp, mask_stride,
+                                        group, scale, scores, ap);
+      } else {
+        write_and_attend<float>(keys[l], values[l], rows, capacity, length, qkvp, qkv_n, mp, mask_stride, group,
+                                scale, scores, ap);
+      }
       project(layer.o, ap, rows, heads_ * dim_, addp);
       add_into(hp, addp, rows * hidden_);
       for (int64_t r = 0; r < rows; ++r)
@@ -492,20 +569,76 @@ class Decoder {
       project(layer.gate_up, xp, rows, hidden_, gup);
       for (int64_t r = 0; r < rows; ++r)
         silu_mul_row(gup + r * 2 * intermediate_, gup + r * 2 * intermediate_ + intermediate_, intermediate_,
-                     xp + r * intermediate_);
+                     xp + r * intermediate_, bf16_);
       project(layer.down, xp, rows, intermediate_, addp);
       add_into(hp, addp, rows * hidden_);
     }
     for (int64_t r = 0; r < rows; ++r)
       rms_norm_row(hp + r * hidden_, final_norm_.data_ptr<float>(), hidden_, eps_, xp + r * hidden_);
+    if (bf16_) return onednn_linear(to_bf16(xp, rows, hidden_), head_.packed, head_.bias);
     auto logits = torch::empty({rows, head_.n}, options);
     project(head_, xp, rows, hidden_, logits.data_ptr<float>());
     return logits;
   }
 
  private:
-  static void project(const Projection& p, const float* x, int64_t rows, int64_t k, float* out) {
-    linear_into(x, rows, k, p.packed.data_ptr<float>(), p.packed.size(0), p.n, data_or_null(p.bias), out);
+  Projection projection(const torch::Tensor& packed, int64_t k, int64_t n, const c10::optional<torch::Tensor>& bias,
+                        const char* what) const {
+    if (!bf16_) {
+      check_packed(packed, k, n, what);
+      check_vector(bias, n, what);
+    } else {
+      TORCH_CHECK(packed.dim() == 2 && packed.size(0) == n && packed.size(1) == k &&
+                  packed.scalar_type() == torch::kBFloat16, "stream_gemm.Decoder: `", what,
+                  "` must be a bf16 weight of (", n, ", ", k, ") packed by torch.ops.mkldnn._reorder_linear_weight");
+      TORCH_CHECK(!bias.has_value() || (bias->numel() == n && bias->scalar_type() == torch::kBFloat16),
+                  "stream_gemm.Decoder: `", what, "`'s bias must be a bf16 vector of ", n);
+    }
+    return Projection{packed, n, bias};
+  }
+
+  // x (rows, k) @ weight.T + bias into out (rows, n); bf16: x rounded to bf16 first, the bf16 result widened.
+  void project(const Projection& p, const float* x, int64_t rows, int64_t k, float* out) const {
+    if (!bf16_) {
+      linear_into(x, rows, k, p.packed.data_ptr<float>(), p.packed.size(0), p.n, data_or_null(p.bias), out);
+      return;
+    }
+    const auto y = onednn_linear(to_bf16(x, rows, k), p.packed, p.bias).contiguous();
+    convert(y.data_ptr<c10::BFloat16>(), out, rows * p.n);
+  }
+
+  static torch::Tensor to_bf16(const float* x, int64_t rows, int64_t k) {
+    auto narrow = torch::empty({rows, k}, torch::dtype(torch::kBFloat16));
+    convert(x, narrow.data_ptr<c10::BFloat16>(), rows * k);
+    return narrow;
+  }
+
+  // This token's keys (rotated) and values into the layer's cache at `length`, then every query head's attention.
+  template <typename T>
+  void write_and_attend(const torch::Tensor& keys, const torch::Tensor& values, int64_t rows, int64_t capacity,
+                        int64_t length, float* qkvp, int64_t qkv_n, const float* mp, int64_t mask_stride,
+                        int64_t group, float scale, torch::Tensor& scores, float* ap) const {
+    T* key_cache = keys.data_ptr<T>();
+    T* value_cache = values.data_ptr<T>();
+    const int64_t span = length + 1;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = qkvp + r * qkv_n;
+      for (int64_t g = 0; g < kv_heads_; ++g) {
+        const int64_t at = ((r * kv_heads_ + g) * capacity + length) * dim_;
+        convert(row + (heads_ + g) * dim_, key_cache + at, dim_);
+        convert(row + (heads_ + kv_heads_ + g) * dim_, value_cache + at, dim_);
+      }
+      if (bf16_) round_to_bf16(row, heads_ * dim_);  // the queries as autocast hands them to attention: bf16
+    }
+    at::parallel_for(0, rows * heads_, 1, [&](int64_t begin, int64_t end) {
+      float* thread_scores = scores.data_ptr<float>() + at::get_thread_num() * span;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t r = task / heads_, head = task % heads_, g = head / group;
+        const int64_t cache_at = (r * kv_heads_ + g) * capacity * dim_;
+        attend<T>(qkvp + r * qkv_n + head * dim_, key_cache + cache_at, value_cache + cache_at, mp + r * mask_stride,
+                  span, dim_, scale, thread_scores, ap + task * dim_);
+      }
+    });
   }
 
   static void add_into(float* h, const float* add, int64_t n) {
@@ -514,6 +647,7 @@ class Decoder {
 
   int64_t hidden_, heads_, kv_heads_, dim_, intermediate_;
   float eps_, qk_eps_;
+  bool bf16_;
   std::vector<Layer> layers_;
   torch::Tensor final_norm_;
   Projection head_;
@@ -528,10 +662,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "x (M, K) @ weight.T + bias from the packed weight", pybind11::arg("x"),
         pybind11::arg("packed"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none(),
         pybind11::call_guard<pybind11::gil_scoped_release>());
-  pybind11::class_<Decoder>(m, "Decoder", "a whole fp32 decoding step of a Llama-family model")
-      .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double>(), pybind11::arg("hidden"),
-           pybind11::arg("heads"), pybind11::arg("kv_heads"), pybind11::arg("head_dim"),
-           pybind11::arg("intermediate"), pybind11::arg("eps"), pybind11::arg("qk_eps"))
+  pybind11::class_<Decoder>(m, "Decoder", "a whole decoding step of a Llama-family model (fp32 or bf16)")
+      .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double, bool>(),
+           pybind11::arg("hidden"), pybind11::arg("heads"), pybind11::arg("kv_heads"), pybind11::arg("head_dim"),
+           pybind11::arg("intermediate"), pybind11::arg("eps"), pybind11::arg("qk_eps"), pybind11::arg("bf16") = false)
       .def("add_layer", &Decoder::add_layer, pybind11::arg("input_norm"), pybind11::arg("qkv"),
            pybind11::arg("qkv_bias"), pybind11::arg("q_norm"), pybind11::arg("k_norm"), pybind11::arg("o"),
            pybind11::arg("o_bias"), pybind11::arg("post_norm"), pybind11::arg("gate_up"),
