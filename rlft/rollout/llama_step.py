@@ -5,9 +5,10 @@ forward spends ~25 % of a step outside the weight GEMMs (module calls, mask buil
 attention-interface dispatch: ~800 ops per step), and its 8-row `F.linear` GEMMs stream the weights at
 ~45 % of the measured memory read bandwidth. This step
 - calls the same weights and the model's own rotary embedding, with one op per math step (~15 per layer), or,
-  where the weights are packed for rlft's streaming kernel, the whole step in one call of its `Decoder`
-  (csrc/stream_gemm.cpp: the same math in plain loops around the streaming GEMMs; SmolLM2-135M at 8 rows spent
-  ~10 of a ~29 ms step in the ~900 torch ops, SDPA ~2.5 ms of it);
+  where rlft's decoding kernel loads (`stream_gemm`), the whole step in one call of its `Decoder`
+  (csrc/stream_gemm.cpp: the same math in plain loops around the step's packed GEMMs, the streaming kernel's in
+  fp32, oneDNN's under bf16 autocast, rounding to bf16 where autocast does; SmolLM2-135M's fp32 step at 8 rows
+  spent ~10 of its ~29 ms in the ~900 torch ops, SDPA ~2.5 ms of it);
 - on CPU, float32, for batches of at most `PACK_MAX_ROWS` rows (`should_pack`), multiplies by packed weights:
   with rlft's streaming kernel where it runs (`stream_gemm`: AVX-512; q|k|v and gate|up as one GEMM each),
   1.6x MKL's packed GEMM over SmolLM2-135M's step GEMMs at 8 rows; else, for weights larger than the
