@@ -200,8 +200,8 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def fusable_reason(model: torch.nn.Module) -> str | None:
-    """None if the streaming kernel's `Decoder` computes `LlamaStep`'s math for `model` (a supported model, see
-    `unsupported_reason`), else why not."""
+    """None if the decoding kernel's `Decoder` (`stream_gemm`) computes `LlamaStep`'s math for `model` (a supported
+    model, see `unsupported_reason`), else why not."""
     config = model.config
     if config.hidden_act not in ("silu", "swish"):
         return f"activation {config.hidden_act!r} (the fused step has SiLU)"
@@ -224,7 +224,7 @@ def fusable_reason(model: torch.nn.Module) -> str | None:
 
 
 def _decoder(model: torch.nn.Module, step: "LlamaStep", stream, bf16: bool):
-    """The streaming kernel's `Decoder` over `step`'s packed weights (no copy: the streaming kernel's fp32 ones or
+    """The decoding kernel's `Decoder` over `step`'s packed weights (no copy: the streaming kernel's fp32 ones or
     oneDNN's bf16 ones), or None (`fusable_reason`)."""
     if fusable_reason(model) is not None:
         return None
@@ -299,8 +299,8 @@ class LlamaStep:
                                 layer.post_attention_layernorm, gate_up, _Linear(mlp.down_proj, pack, bf16,
                                                                                  stream=stream)))
         self.lm_head = _Linear(model.lm_head, pack, bf16, stream=stream)
-        # the whole step in one kernel call where the weights are packed for the streaming kernel
-        # bf16: oneDNN's GEMMs in the same kernel's `Decoder`, for autocast over fp32 weights (bf16 weights keep ops)
+        # The whole step in one call of the kernel's `Decoder`: fp32 on the streaming kernel's packed weights; bf16
+        # on oneDNN's, under autocast over fp32 weights only (bf16 weights keep the torch ops)
         if fuse is not False and stream is None and bf16 and model.lm_head.weight.dtype == torch.float32:
             stream = stream_gemm.load()
         self.decoder = _decoder(model, self, stream, bf16) if stream is not None and fuse is not False else None
