@@ -199,6 +199,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def _head_geometry(config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head_dim) of a Llama-family config."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
+
+
 def fusable_reason(model: torch.nn.Module) -> str | None:
     """None if the decoding kernel's `Decoder` (`stream_gemm`) computes `LlamaStep`'s math for `model` (a supported
     model, see `unsupported_reason`), else why not."""
@@ -215,9 +222,7 @@ def fusable_reason(model: torch.nn.Module) -> str | None:
             return "RMSNorms with different epsilons"
     if any(n.weight.dtype != torch.float32 for n in norms + qk_norms):
         return "norm weights not float32"
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    heads, kv_heads, head_dim = _head_geometry(config)
     if head_dim % 2 or head_dim > 512 or heads % kv_heads:
         return f"head_dim {head_dim} with {heads} query / {kv_heads} key-value heads"
     return None
@@ -268,9 +273,7 @@ class LlamaStep:
 
         config = model.config
         self.inner = model.model
-        self.heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.heads, self.kv_heads, self.head_dim = _head_geometry(config)
         self.act = ACT2FN[config.hidden_act]
         bf16 = pack is not False and packs_bf16(model.lm_head.weight)  # always pays: see `packs_bf16`
         if pack is None:
