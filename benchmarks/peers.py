@@ -500,20 +500,16 @@ def side_env(name: str, peer_allocator: str = "default") -> dict[str, str]:
     freed memory, `rlft/utils/memory.py`). TRL's sides (which import rlft for the reward and the task, so the
     policy would reach them too) run with the C library's allocator defaults, as TRL's users run it
     (`peer_allocator="default"`: RLFT_KEEP_FREED_MEMORY=0), or with rlft's policy (`"same"`: =1), which
-    compares the two frameworks on one allocator (measured on SmolLM2: TRL 2-2.8x faster with it). The policy's
-    huge pages (THP_MEM_ALLOC_ENABLE, which this process set on importing rlft) follow the same choice: TRL's
-    default side runs without them unless the user's own environment set the variable."""
+    compares the two frameworks on one allocator (measured on SmolLM2: TRL 2-2.8x faster with it). Huge pages
+    (torch's THP_MEM_ALLOC_ENABLE) are the user's setting, not the policy's: set in this environment, they reach
+    both sides."""
     import os
-
-    from rlft.utils import memory
 
     if peer_allocator not in PEER_ALLOCATORS:
         raise ValueError(f"peer_allocator={peer_allocator!r}: one of {PEER_ALLOCATORS}")
     env = dict(os.environ)
     if name.startswith("trl"):
         env["RLFT_KEEP_FREED_MEMORY"] = "1" if peer_allocator == "same" else "0"
-        if peer_allocator == "default" and memory.set_huge_pages():
-            env.pop(memory.HUGE_PAGES_ENV, None)
     return env
 
 
@@ -529,15 +525,13 @@ def peer_allocator_note(peer_allocator: str) -> str:
 
     from rlft.utils import memory
 
-    huge = os.environ.get(memory.HUGE_PAGES_ENV) == "1"
-    pages = " on huge pages (THP_MEM_ALLOC_ENABLE=1)" if huge else ""
+    pages = " on huge pages (THP_MEM_ALLOC_ENABLE=1, set in this environment: both sides)" \
+        if os.environ.get(memory.HUGE_PAGES_ENV) == "1" else ""
     if peer_allocator == "same":
         trl = "rlft's policy too (RLFT_KEEP_FREED_MEMORY=1, `--peer-allocator same`)"
-    elif huge and not memory.set_huge_pages():  # the user's own setting reaches TRL's side too (`side_env`)
-        trl = "glibc's defaults (RLFT_KEEP_FREED_MEMORY=0), on huge pages as set in this environment"
     else:
-        trl = "glibc's and torch's defaults (RLFT_KEEP_FREED_MEMORY=0), as TRL's users run it"
-    return f"- host memory: rlft keeps the memory it frees{pages} (`rlft/utils/memory.py`); TRL: {trl}"
+        trl = "glibc's defaults (RLFT_KEEP_FREED_MEMORY=0), as TRL's users run it"
+    return f"- host memory{pages}: rlft keeps the memory it frees (`rlft/utils/memory.py`); TRL: {trl}"
 
 
 def side_python(name: str, bench_python: str) -> tuple[str | None, str | None]:

@@ -293,16 +293,17 @@ def test_peer_allocator_sets_trl_sides_only(bench, monkeypatch):
     assert "RLFT_KEEP_FREED_MEMORY=1" in peers.peer_allocator_note("same")
 
 
-def test_trl_default_side_runs_without_the_huge_pages_rlft_asked_for(bench, monkeypatch):
+def test_huge_pages_are_the_users_setting_and_reach_both_sides(bench, monkeypatch):
     from rlft.utils import memory
 
     peers = bench["peers"]
-    monkeypatch.setenv(memory.HUGE_PAGES_ENV, "1")
-    monkeypatch.setitem(memory._state, "set_huge_pages", True)  # as `import rlft` sets it under THP mode madvise
-    assert memory.HUGE_PAGES_ENV not in peers.side_env("trl-grpo")  # torch's default for TRL's users
-    assert peers.side_env("trl-grpo", "same")[memory.HUGE_PAGES_ENV] == "1"
-    assert peers.side_env("rlft-grpo")[memory.HUGE_PAGES_ENV] == "1"
-    assert "on huge pages (THP_MEM_ALLOC_ENABLE=1)" in peers.peer_allocator_note("default")
-    monkeypatch.setitem(memory._state, "set_huge_pages", False)  # the user's own setting: both sides keep it
-    assert peers.side_env("trl-grpo")[memory.HUGE_PAGES_ENV] == "1"
-    assert "TRL: glibc's defaults (RLFT_KEEP_FREED_MEMORY=0), on huge pages" in peers.peer_allocator_note("default")
+    monkeypatch.delenv(memory.HUGE_PAGES_ENV, raising=False)
+    assert memory.HUGE_PAGES_ENV not in peers.side_env("rlft-grpo")  # rlft's policy does not set them
+    assert memory.HUGE_PAGES_ENV not in peers.side_env("trl-grpo")
+    assert "huge pages" not in peers.peer_allocator_note("default")
+    monkeypatch.setenv(memory.HUGE_PAGES_ENV, "1")  # the user's own setting: one allocator switch for both
+    for side in ("rlft-grpo", "trl-grpo"):
+        assert peers.side_env(side)[memory.HUGE_PAGES_ENV] == "1"
+    note = peers.peer_allocator_note("default")
+    assert "on huge pages (THP_MEM_ALLOC_ENABLE=1, set in this environment: both sides)" in note
+    assert "TRL: glibc's defaults (RLFT_KEEP_FREED_MEMORY=0)" in note

@@ -4,6 +4,7 @@ pages serve the next allocation without page faults; RLFT_KEEP_FREED_MEMORY turn
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,7 @@ print(memory.keeping(), faults() - before)
 
 
 def run_reuse(value: str | None) -> tuple[bool, int]:
-    # without the huge pages this (pytest) process asked for: on 2 MiB pages glibc's fresh mmaps fault 512x less
+    # without huge pages even where the user's environment asks for them: on 2 MiB pages fresh mmaps fault 512x less
     env = {k: v for k, v in os.environ.items() if k not in (memory.ENV, memory.HUGE_PAGES_ENV)}
     if value is not None:
         env[memory.ENV] = value
@@ -72,6 +73,8 @@ def test_trim_is_skipped_while_keeping(monkeypatch):
     assert calls == [0]
 
 
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
 # Where torch put a 64 MiB tensor: whether the mapping that holds it is advised for huge pages ("hg" in VmFlags).
 HUGE = """
 import rlft, torch
@@ -98,25 +101,9 @@ def run_huge(**env_values: str) -> tuple[bool, str]:
     return advised == "1", value
 
 
-@pytest.mark.skipif(memory.transparent_huge_pages_mode() != "madvise", reason="needs the kernel's THP mode madvise")
-def test_large_allocations_are_advised_for_huge_pages():
-    assert run_huge() == (True, "1")  # the default: `import rlft` asks torch for huge pages
-    assert run_huge(**{memory.HUGE_PAGES_ENV: "0"}) == (False, "0")  # the user's own value is kept
-    assert run_huge(**{memory.ENV: "0"}) == (False, "-")  # the policy off: torch's defaults, nothing set
-
-
-def test_huge_pages_only_where_the_kernel_asks_for_advice(monkeypatch, tmp_path):
-    mode_file = tmp_path / "enabled"
-    monkeypatch.setattr(memory, "THP_MODE_FILE", mode_file)
-    monkeypatch.setitem(memory._state, "set_huge_pages", False)
-    monkeypatch.delenv(memory.HUGE_PAGES_ENV, raising=False)
-    assert memory.transparent_huge_pages_mode() is None and memory.advise_huge_pages() is False  # no THP
-    for mode in ("always", "never"):
-        mode_file.write_text("always madvise never\n".replace(mode, f"[{mode}]"))
-        assert memory.transparent_huge_pages_mode() == mode
-        assert memory.advise_huge_pages() is False and memory.HUGE_PAGES_ENV not in os.environ
-    mode_file.write_text("always [madvise] never\n")
-    assert memory.advise_huge_pages() is True and os.environ[memory.HUGE_PAGES_ENV] == "1" and memory.set_huge_pages()
-    monkeypatch.setenv(memory.HUGE_PAGES_ENV, "0")
-    monkeypatch.setitem(memory._state, "set_huge_pages", False)
-    assert memory.advise_huge_pages() is False and not memory.set_huge_pages()
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not Path(THP_MODE_FILE).exists(), reason="needs THP")
+def test_huge_pages_only_when_the_user_asks_for_them():
+    # not by default: at 32 sequences per SFT step the kept heap grew twice as fast on huge pages (memory.py)
+    assert run_huge() == (False, "-")
+    assert run_huge(**{memory.HUGE_PAGES_ENV: "1"}) == (True, "1")  # torch's own switch, the user's to set
+    assert run_huge(**{memory.ENV: "0", memory.HUGE_PAGES_ENV: "1"}) == (True, "1")  # independent of the policy
