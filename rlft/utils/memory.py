@@ -26,7 +26,7 @@ and child processes inherit it. The fourteenth session made it part of the polic
 sequences per step: 5 % faster, -7 to -18 % RSS; fp32 generate calls 8-15 % faster); the seventeenth measured the
 other side on the same 2-core VM (docs/benchmarks.md): at 32 sequences per step the kept heap grew twice as fast
 on huge pages, 12.1 GB of peak RSS after 30 steps against 7.1 GB without (and 3 % faster), and on a VM whose
-host takes freed 2 MiB blocks back, a fresh huge page cost ~7x a 4 KiB page's fault per byte. A default that can
+host takes freed 2 MiB blocks back, a fresh huge page cost 8-9x a 4 KiB page's fault per byte. A default that can
 nearly double a training run's memory is worse than one that gives up a few per cent of speed, so it is opt-in:
 set THP_MEM_ALLOC_ENABLE=1 for rollout-heavy runs on a host with memory to spare.
 """
@@ -69,8 +69,6 @@ ENV = "RLFT_KEEP_FREED_MEMORY"
 
 def setting_from_environment() -> bool | str:
     """RLFT_KEEP_FREED_MEMORY as True, False or "auto" (unset: "auto")."""
-    import os
-
     value = os.environ.get(ENV, "auto").strip().lower()
     choices = {"1": True, "true": True, "0": False, "false": False, "auto": "auto", "": "auto"}
     if value not in choices:
